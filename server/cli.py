@@ -1,0 +1,73 @@
+"""The `fastserve` command. Its options are generated from `Config`'s fields, so a setting is
+spelled once (in config.py). Option names follow uvicorn's wherever the meaning is the same,
+so `uvicorn` can be replaced by `fastserve` in a command line."""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import types
+import typing
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from . import __version__
+from .config import Config, config_fields
+from .main import serve_config
+
+_HINTS = typing.get_type_hints(Config)
+
+
+def _base_type(hint: Any) -> Any:
+    """`int | None` -> int, `Literal[...]` -> str, `list[str]` -> str."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        return _base_type(args[0]) if len(args) == 1 else str
+    if origin is typing.Literal:
+        return str
+    if origin is list:
+        return typing.get_args(hint)[0]
+    return hint
+
+
+def option_for(f: dataclasses.Field[Any]) -> Callable[[Any], Any]:
+    meta = f.metadata
+    name = meta.get("cli", "--" + f.name.replace("_", "-"))
+    base = _base_type(_HINTS[f.name])
+    default = f.default if f.default is not dataclasses.MISSING else None
+    kwargs: dict[str, Any] = {"help": meta["help"], "show_default": default not in (None, "")}
+    if base is bool:
+        flag = f"{name}/--no-{name[2:]}"
+        return click.option(flag, f.name, default=default, **kwargs)
+    if meta.get("multiple"):
+        return click.option(name, f.name, multiple=True, default=(), **kwargs)
+    if "choices" in meta:
+        kwargs["type"] = click.Choice(meta["choices"])
+    elif base in (int, float):
+        kwargs["type"] = base
+    return click.option(name, f.name, default=default, **kwargs)
+
+
+def build_command() -> click.Command:
+    def command(app: str, **options: Any) -> None:
+        for key, value in options.items():
+            if isinstance(value, tuple):
+                options[key] = list(value)
+        sys.exit(serve_config(Config(app=app, **options)))
+
+    cmd: Any = command
+    for f in reversed(config_fields()):
+        cmd = option_for(f)(cmd)
+    cmd = click.version_option(__version__, prog_name="fastserve")(cmd)
+    cmd = click.argument("app", envvar="FASTSERVE_APP")(cmd)
+    built: click.Command = click.command(
+        context_settings={"auto_envvar_prefix": "FASTSERVE", "show_default": True},
+        help="Serve the ASGI application APP ('module:attribute').",
+    )(cmd)
+    return built
+
+
+main = build_command()

@@ -1,0 +1,192 @@
+"""Every setting of the server, in one frozen, typed place.
+
+`Config` is data: the CLI options are generated from its fields (see `cli.py`), so each
+setting is spelled once here, with its default, its help text and the reason for the default.
+Loading the app, binding sockets and building TLS contexts are plain functions that raise
+`ConfigError`; only the CLI turns that into an exit code.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import socket
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from .types import ASGIApp
+
+STARTUP_FAILURE = 3  # exit code for "could not start": bad app, port in use, lifespan failed
+
+
+class ConfigError(Exception):
+    """A user mistake in the configuration (bad APP string, port in use...). No traceback."""
+
+
+def opt(default: Any, help: str, **cli: Any) -> Any:
+    """A Config field with its CLI metadata (`cli.py` reads it)."""
+    cli["help"] = help
+    if isinstance(default, list | dict):
+        return field(default_factory=lambda: type(default)(default), metadata=cli)
+    return field(default=default, metadata=cli)
+
+
+def internal(default: Any = None) -> Any:
+    """A Config field that has no CLI option (set from Python only)."""
+    return field(default=default, metadata={"internal": True})
+
+
+LoopName = Literal["auto", "uvloop", "asyncio", "proactor"]
+LifespanMode = Literal["auto", "on", "off"]
+InterfaceName = Literal["auto", "asgi3", "asgi2", "wsgi"]
+WSName = Literal["auto", "websockets", "websockets-sansio", "wsproto", "none"]
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """The server's settings. Every field is also a CLI option and a FASTSERVE_<NAME> variable."""
+
+    app: ASGIApp | str = internal("")
+    # -- where to listen -------------------------------------------------------------------
+    host: str = opt("127.0.0.1", "Bind to this address.")
+    port: int = opt(8000, "Bind to this port (0 picks a free one and prints it).")
+    uds: str | None = opt(None, "Bind to this UNIX domain socket.")
+    fd: int | None = opt(None, "Serve on an already bound socket with this file descriptor.")
+    # 2048 as uvicorn and gunicorn; the kernel caps it at net.core.somaxconn.
+    backlog: int = opt(2048, "Maximum number of pending connections in the listen queue.")
+    reuse_port: bool = opt(False, "Each worker binds its own SO_REUSEPORT listener.")
+    # -- the application ----------------------------------------------------------------------
+    factory: bool = opt(False, "Treat APP as a zero-argument callable that returns the app.")
+    app_dir: str = opt("", "Look for APP in this directory (put first on sys.path).")
+    interface: InterfaceName = opt(
+        "auto", "Application interface.", choices=["auto", "asgi3", "asgi2", "wsgi"]
+    )
+    lifespan: LifespanMode = opt("auto", "Lifespan protocol.", choices=["auto", "on", "off"])
+    root_path: str = opt("", "ASGI root_path: the prefix the app is mounted under.")
+    env_file: str | None = opt(None, "Read environment variables from this file first.")
+    # -- event loop and protocols ----------------------------------------------------------------
+    loop: LoopName = opt(
+        "auto", "Event loop implementation.", choices=["auto", "uvloop", "asyncio", "proactor"]
+    )
+    http: str = opt(
+        "auto", "HTTP/1.1 implementation (httptools; 'h11' is accepted and means httptools).",
+        choices=["auto", "httptools", "h11"],
+    )
+    ws: WSName = opt(
+        "auto", "WebSocket implementation.",
+        choices=["auto", "websockets", "websockets-sansio", "wsproto", "none"],
+    )
+    ws_max_size: int = opt(16 * 1024 * 1024, "Largest WebSocket message accepted, in bytes.")
+    ws_max_queue: int = opt(32, "Incoming WebSocket messages buffered before reading pauses.")
+    ws_ping_interval: float | None = opt(20.0, "Seconds between WebSocket keepalive pings.")
+    ws_ping_timeout: float | None = opt(20.0, "Seconds to wait for a pong before closing (1011).")
+    ws_per_message_deflate: bool = opt(True, "Negotiate permessage-deflate.")
+    # -- response defaults ----------------------------------------------------------------------
+    server_header: bool = opt(True, "Send 'server: fastserve'.")
+    date_header: bool = opt(True, "Send a 'date' header (cached, refreshed once a second).")
+    headers: list[str] = opt(
+        [], "Extra default response header 'Name: value' (repeatable).", cli="--header",
+        multiple=True,
+    )
+    # -- limits (RFC 9112 leaves them to the server; defaults follow gunicorn/nginx) -------------
+    limit_concurrency: int | None = opt(
+        None, "In-flight requests above this get an immediate 503 (idle connections don't count)."
+    )
+    limit_max_requests: int | None = opt(None, "A worker retires after this many requests.")
+    limit_max_requests_jitter: int = opt(0, "Random extra requests (0..N) before retiring.")
+    limit_request_line: int = opt(8190, "Longest request line in bytes (414 above).")
+    limit_request_fields: int = opt(100, "Most request header fields (431 above).")
+    limit_request_field_size: int = opt(8190, "Longest request header field in bytes (431 above).")
+    limit_request_body: int | None = opt(None, "Largest request body in bytes (413 above).")
+    # -- timeouts ----------------------------------------------------------------------------
+    timeout_keep_alive: float = opt(5.0, "Close idle keep-alive connections after this many s.")
+    timeout_request_header: float = opt(10.0, "The request head must arrive within this many s.")
+    timeout_request_body: float = opt(60.0, "Close a connection whose request body stalls this long.")
+    timeout_graceful_shutdown: float | None = opt(
+        30.0, "On shutdown, wait this long for in-flight requests before cancelling them."
+    )
+    timeout_worker_healthcheck: float = opt(30.0, "Replace a worker whose loop is blocked this long.")
+    # -- processes ---------------------------------------------------------------------------
+    workers: str | None = opt(None, "Number of worker processes, or 'auto' (2 x CPUs + 1).")
+    preload: bool = opt(False, "Import the app in the supervisor before forking workers.")
+    pid: str | None = opt(None, "Write the supervisor's pid to this file.")
+    reload: bool = opt(False, "Restart when Python files change (development).")
+    reload_dirs: list[str] = opt([], "Directories to watch with --reload.", cli="--reload-dir",
+                                 multiple=True)
+    # -- proxies ------------------------------------------------------------------------------
+    proxy_headers: bool = opt(
+        False, "Trust X-Forwarded-* / Forwarded headers from --forwarded-allow-ips."
+    )
+    forwarded_allow_ips: str = opt(
+        "127.0.0.1,::1", "Comma-separated IPs/CIDRs (or '*') whose proxy headers are trusted."
+    )
+    proxy_protocol: bool = opt(False, "Expect a PROXY protocol v1/v2 header from trusted peers.")
+    # -- TLS ----------------------------------------------------------------------------------
+    ssl_certfile: str | None = opt(None, "TLS certificate file (PEM).")
+    ssl_keyfile: str | None = opt(None, "TLS private key file (PEM).")
+    ssl_keyfile_password: str | None = opt(None, "Password of the TLS private key.")
+    ssl_ca_certs: str | None = opt(None, "CA bundle to verify client certificates.")
+    ssl_cert_reqs: int = opt(0, "Client certificate: 0 none, 1 optional, 2 required (mTLS).")
+    ssl_ciphers: str = opt("TLSv1.2:TLSv1.3", "OpenSSL cipher string.")
+    # -- CORS ---------------------------------------------------------------------------------
+    cors_allow_origins: list[str] = opt([], "Allowed CORS origin (repeatable; '*' for any).",
+                                        multiple=True)
+    cors_allow_methods: str = opt("GET,POST,PUT,PATCH,DELETE,OPTIONS,HEAD", "CORS methods.")
+    cors_allow_headers: str = opt("", "Comma-separated request headers allowed by CORS.")
+    cors_allow_credentials: bool = opt(False, "Allow credentials in CORS requests.")
+    cors_max_age: int = opt(600, "Seconds browsers may cache a preflight answer.")
+    # -- logging ------------------------------------------------------------------------------
+    log_level: str = opt(
+        "info", "Log level.", choices=["critical", "error", "warning", "info", "debug", "trace"]
+    )
+    log_config: str | None = opt(None, "Logging configuration: dictConfig JSON/YAML or INI file.")
+    access_log: bool = opt(True, "Write one access log line per request.")
+    access_log_format: str | None = opt(None, "Access log format with %(name)s fields.")
+    access_log_json: bool = opt(False, "Write the access log as one JSON object per line.")
+    use_colors: bool | None = opt(None, "Colour the log output (default: when on a terminal).")
+    h11_max_incomplete_event_size: int | None = opt(
+        None, "Accepted for uvicorn compatibility: caps the request head size."
+    )
+    # -- set from Python only -------------------------------------------------------------------
+    sockets: Sequence[socket.socket] | None = internal(None)
+    install_signal_handlers: bool = internal(True)
+
+    def replace(self, **changes: Any) -> Config:
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def is_ssl(self) -> bool:
+        return self.ssl_certfile is not None
+
+    @property
+    def max_head_size(self) -> int:
+        """Cap on the whole request head: the line plus every field at its limit."""
+        if self.h11_max_incomplete_event_size is not None:
+            return self.h11_max_incomplete_event_size
+        return self.limit_request_line + self.limit_request_fields * (
+            self.limit_request_field_size + 2
+        )
+
+
+def config_fields() -> list[dataclasses.Field[Any]]:
+    """The fields that are CLI options, in declaration order."""
+    return [f for f in dataclasses.fields(Config) if not f.metadata.get("internal")]
+
+
+def load_env_file(path: str) -> None:
+    """Read KEY=VALUE lines (with optional 'export ' and quotes) into os.environ."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            lines = fh.read().splitlines()
+    except OSError as exc:
+        raise ConfigError(f"cannot read --env-file {path}: {exc.strerror}") from None
+    for line in lines:
+        line = line.strip()
+        if not line or line.startswith("#") or "=" not in line:
+            continue
+        key, _, value = line.removeprefix("export ").partition("=")
+        value = value.strip()
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+            value = value[1:-1]
+        os.environ.setdefault(key.strip(), value)

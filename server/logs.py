@@ -1,0 +1,225 @@
+"""Logging set-up and the access log.
+
+The access log is on the hot path. uvicorn's costs ~95 µs a request (a LogRecord, a formatter
+copy, a stream write and flush per line). Here a finished request appends one formatted line to
+a list; the list is flushed once per event-loop iteration, with one write when the access
+logger's only handler is our own stream handler, and through `logging` line by line otherwise
+(so a --log-config with other handlers still gets every record).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import logging.config
+import os
+import sys
+from typing import TYPE_CHECKING, Any, TextIO
+
+from .config import Config, ConfigError
+
+if TYPE_CHECKING:
+    from .protocols.cycle import RequestCycle
+
+TRACE = 5
+logging.addLevelName(TRACE, "TRACE")
+
+LEVELS = {
+    "critical": logging.CRITICAL,
+    "error": logging.ERROR,
+    "warning": logging.WARNING,
+    "info": logging.INFO,
+    "debug": logging.DEBUG,
+    "trace": TRACE,
+}
+
+# Control characters in request data are escaped so a client cannot forge log lines.
+_ESCAPES = {i: f"\\x{i:02x}" for i in [*range(0x20), 0x7F]}
+_ESCAPES[ord('"')] = '\\"'
+_ESCAPES[ord("\\")] = "\\\\"
+
+
+def escape(text: str) -> str:
+    return text.translate(_ESCAPES)
+
+
+class FastStreamHandler(logging.StreamHandler[TextIO]):
+    """Marks the handler the access log may bypass with one batched write."""
+
+
+class ColourFormatter(logging.Formatter):
+    COLOURS = {
+        logging.DEBUG: "\x1b[36m",
+        logging.INFO: "\x1b[32m",
+        logging.WARNING: "\x1b[33m",
+        logging.ERROR: "\x1b[31m",
+        logging.CRITICAL: "\x1b[1;31m",
+    }
+
+    def __init__(self, fmt: str, use_colors: bool) -> None:
+        super().__init__(fmt)
+        self.use_colors = use_colors
+
+    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 (logging API)
+        record.levelprefix = (record.levelname + ":").ljust(10)
+        if self.use_colors:
+            colour = self.COLOURS.get(record.levelno, "")
+            record.levelprefix = colour + record.levelprefix + "\x1b[0m"
+        return super().formatMessage(record)
+
+
+def configure_logging(config: Config) -> None:
+    """Install fastserve's handlers, or the user's --log-config."""
+    if config.log_config:
+        _load_log_config(config.log_config)
+    else:
+        use_colors = config.use_colors
+        if use_colors is None:
+            use_colors = sys.stderr.isatty()
+        for name, stream in (("fastserve.error", sys.stderr), ("fastserve.access", sys.stdout)):
+            logger = logging.getLogger(name)
+            logger.handlers.clear()
+            handler = FastStreamHandler(stream)
+            handler.setFormatter(ColourFormatter("%(levelprefix)s%(message)s", use_colors))
+            logger.addHandler(handler)
+            logger.propagate = False
+    level = LEVELS[config.log_level]
+    logging.getLogger("fastserve").setLevel(level)
+    logging.getLogger("fastserve.error").setLevel(level)
+    logging.getLogger("fastserve.access").setLevel(level)
+
+
+def _load_log_config(path: str) -> None:
+    try:
+        if path.endswith((".json", ".yaml", ".yml")):
+            with open(path, encoding="utf-8") as fh:
+                if path.endswith(".json"):
+                    data = json.load(fh)
+                else:
+                    import yaml
+
+                    data = yaml.safe_load(fh)
+            logging.config.dictConfig(data)
+        else:
+            logging.config.fileConfig(path, disable_existing_loggers=False)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ConfigError(f"cannot use --log-config {path}: {exc}") from None
+
+
+DEFAULT_FORMAT = '%(client)s - "%(request_line)s" %(status)s %(bytes)s %(duration_ms)sms'
+
+
+class AccessLog:
+    """Collects one line per finished request and flushes them once per loop iteration."""
+
+    __slots__ = ("fields", "flush_handle", "json", "lines", "logger", "loop", "template")
+
+    def __init__(self, config: Config, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.logger = logging.getLogger("fastserve.access")
+        self.lines: list[str] = []
+        self.flush_handle: asyncio.Handle | None = None
+        self.json = config.access_log_json
+        self.template = config.access_log_format
+        self.fields = _template_fields(self.template) if self.template else None
+
+    def log(self, cycle: RequestCycle, now: float) -> None:
+        scope = cycle.scope
+        if self.template is None and not self.json:
+            # The default format, inlined: ~1.5 µs a request.
+            client = scope["client"]
+            query = scope["query_string"]
+            target = scope["raw_path"] + b"?" + query if query else scope["raw_path"]
+            line = '%s:%d - "%s %s HTTP/%s" %d %d %.2fms' % (
+                client[0] if client else "-",
+                client[1] if client else 0,
+                scope["method"],
+                escape(target.decode("latin-1")),
+                scope["http_version"],
+                cycle.status,
+                cycle.bytes_sent,
+                (now - cycle.start_time) * 1000.0,
+            )
+        else:
+            values = access_fields(cycle, now)
+            if self.json:
+                line = json.dumps(values, ensure_ascii=True)
+            else:
+                assert self.template is not None
+                line = self.template % _FieldMap(values, cycle)
+        self.lines.append(line)
+        if self.flush_handle is None:
+            self.flush_handle = self.loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        self.flush_handle = None
+        lines = self.lines
+        if not lines:
+            return
+        self.lines = []
+        logger = self.logger
+        if not logger.isEnabledFor(logging.INFO):
+            return
+        handlers = logger.handlers
+        if len(handlers) == 1 and type(handlers[0]) is FastStreamHandler and not logger.filters:
+            handler = handlers[0]
+            prefix = "INFO:     "
+            if isinstance(handler.formatter, ColourFormatter) and handler.formatter.use_colors:
+                prefix = "\x1b[32mINFO:\x1b[0m     "
+            try:
+                handler.stream.write(prefix + ("\n" + prefix).join(lines) + "\n")
+                handler.stream.flush()
+            except (OSError, ValueError):
+                pass
+        else:
+            for line in lines:
+                logger.info(line)
+
+
+def access_fields(cycle: RequestCycle, now: float) -> dict[str, Any]:
+    """Every named field an access log format may use."""
+    scope = cycle.scope
+    client = scope.get("client")
+    query = scope["query_string"]
+    target = scope["raw_path"] + b"?" + query if query else scope["raw_path"]
+    method = scope["method"]
+    request_line = f"{method} {escape(target.decode('latin-1'))} HTTP/{scope['http_version']}"
+    headers = dict(scope["headers"])
+    duration = now - cycle.start_time
+    return {
+        "client": f"{client[0]}:{client[1]}" if client else "-",
+        "client_addr": client[0] if client else "-",
+        "request_line": request_line,
+        "method": method,
+        "path": escape(scope["raw_path"].decode("latin-1")),
+        "query": escape(query.decode("latin-1")),
+        "protocol": f"HTTP/{scope['http_version']}",
+        "status": cycle.status,
+        "bytes": cycle.bytes_sent,
+        "duration_ms": round(duration * 1000.0, 3),
+        "duration_us": int(duration * 1_000_000),
+        "referer": escape(headers.get(b"referer", b"-").decode("latin-1")),
+        "user_agent": escape(headers.get(b"user-agent", b"-").decode("latin-1")),
+        "pid": os.getpid(),
+    }
+
+
+class _FieldMap(dict[str, Any]):
+    """`%(name)s` lookups, plus `%({header}i)s` for a request header's value."""
+
+    def __init__(self, values: dict[str, Any], cycle: RequestCycle) -> None:
+        super().__init__(values)
+        self.cycle = cycle
+
+    def __missing__(self, key: str) -> str:
+        if key.startswith("{") and key.endswith("}i"):
+            wanted = key[1:-2].lower().encode("latin-1")
+            for name, value in self.cycle.scope["headers"]:
+                if name == wanted:
+                    return escape(value.decode("latin-1"))
+        return "-"
+
+
+def _template_fields(template: str) -> list[str]:
+    return [part.split(")", 1)[0] for part in template.split("%(")[1:]]

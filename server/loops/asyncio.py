@@ -1,0 +1,8 @@
+from __future__ import annotations
+
+import asyncio
+import selectors
+
+
+def factory() -> asyncio.AbstractEventLoop:
+    return asyncio.SelectorEventLoop(selectors.DefaultSelector())

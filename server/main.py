@@ -1,0 +1,81 @@
+"""Entry points shared by the CLI and the Python API: pick single process, workers or reload."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from typing import Any
+
+from .config import STARTUP_FAILURE, Config, ConfigError, load_env_file
+from .logs import configure_logging
+from .server import Server, StartupFailed
+from .types import ASGIApp
+
+log = logging.getLogger("fastserve.error")
+
+
+def run(app: ASGIApp | str, **options: Any) -> None:
+    """Serve `app` (an ASGI app or an "module:attr" string) with the given Config options.
+
+    Blocks until the server stops. Raises SystemExit(3) if it cannot start.
+    """
+    code = serve_config(Config(app=app, **options))
+    if code:
+        raise SystemExit(code)
+
+
+def worker_count(config: Config) -> int:
+    """--workers N, --workers auto, else $WEB_CONCURRENCY, else 1."""
+    value = config.workers
+    if value is None:
+        value = os.environ.get("WEB_CONCURRENCY") or "1"
+    if value == "auto":
+        from .cpus import auto_workers
+
+        return auto_workers()
+    try:
+        count = int(value)
+    except ValueError:
+        raise ConfigError(f"--workers must be a number or 'auto', got {value!r}") from None
+    if count < 1:
+        raise ConfigError("--workers must be at least 1")
+    return count
+
+
+def serve_config(config: Config) -> int:
+    """Run the server the config describes; returns the process exit code."""
+    try:
+        if config.env_file:
+            load_env_file(config.env_file)
+        configure_logging(config)
+        workers = worker_count(config)
+        if config.reload:
+            from .reload import run_with_reload
+
+            return run_with_reload(config)
+        if workers > 1 or config.workers is not None and config.pid:
+            from .supervisor import Supervisor
+
+            return Supervisor(config, workers).run()
+        if config.pid:
+            write_pid(config.pid)
+        Server(config).run()
+    except (ConfigError, StartupFailed) as exc:
+        log.error("%s", exc)
+        return STARTUP_FAILURE
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+def write_pid(path: str) -> None:
+    try:
+        with open(path, "w", encoding="ascii") as fh:
+            fh.write(f"{os.getpid()}\n")
+    except OSError as exc:
+        raise ConfigError(f"cannot write --pid {path}: {exc.strerror}") from None
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit("use: python -m fastserve")

@@ -1,0 +1,280 @@
+"""One request/response exchange, as ASGI sees it: `receive()` and `send()`.
+
+This module owns the ASGI rules (message order, header validation, Content-Length accounting,
+HEAD and bodiless statuses, the 500/abort policy); the protocol that created the cycle owns the
+wire format and implements the small `Connection` interface below. HTTP/1.1 is the first such
+protocol; HTTP/2 streams would implement the same interface and reuse this file unchanged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from time import monotonic
+from typing import TYPE_CHECKING, Any, Protocol
+
+from ..types import ASGIApp, Message, Scope
+
+if TYPE_CHECKING:
+    from ..state import ServerState
+
+log = logging.getLogger("fastserve.error")
+
+# RFC 9110 §5.6.2: tchar = "!" / "#" / "$" / "%" / "&" / "'" / "*" / "+" / "-" / "." /
+#                          "^" / "_" / "`" / "|" / "~" / DIGIT / ALPHA
+TOKEN_CHARS = bytes(
+    b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+)
+# Statuses that never carry content (RFC 9110 §6.4.1).
+NO_BODY_STATUSES = frozenset([*range(100, 200), 204, 304])
+
+DISCONNECT: Message = {"type": "http.disconnect"}
+
+
+class ClientDisconnected(OSError):
+    """`send()` was called after the client went away (ASGI spec 2.4 asks for an OSError)."""
+
+
+class Connection(Protocol):
+    """What a cycle needs from the protocol that carries it."""
+
+    write_paused: bool
+
+    def start_response(self, cycle: RequestCycle, body: bytes, final: bool) -> None: ...
+    def send_body(self, cycle: RequestCycle, body: bytes, final: bool) -> None: ...
+    def response_done(self, cycle: RequestCycle) -> None: ...
+    def send_continue(self) -> None: ...
+    def body_consumed(self, cycle: RequestCycle) -> None: ...
+    async def drain(self) -> None: ...
+    def cycle_done(self, cycle: RequestCycle) -> None: ...
+    def abort(self) -> None: ...
+
+
+class RequestCycle:
+    # Plain attributes with __slots__: the cycle is created once per request.
+    __slots__ = (
+        "body",
+        "body_size",
+        "bytes_sent",
+        "chunked",
+        "conn",
+        "disconnected",
+        "expect_100",
+        "expected_length",
+        "head_sent",
+        "headers",
+        "is_head",
+        "keep_alive",
+        "more_body",
+        "no_body",
+        "own_defaults",
+        "response_complete",
+        "response_started",
+        "scope",
+        "start_time",
+        "state",
+        "status",
+        "waiter",
+    )
+
+    def __init__(
+        self,
+        scope: Scope,
+        conn: Connection,
+        state: ServerState,
+        keep_alive: bool,
+        expect_100: bool,
+    ) -> None:
+        self.scope = scope
+        self.conn = conn
+        self.state = state
+        self.keep_alive = keep_alive
+        self.expect_100 = expect_100
+        self.is_head = scope["method"] == "HEAD"
+        self.body: list[bytes] = []
+        self.body_size = 0
+        self.more_body = True
+        self.waiter: asyncio.Future[None] | None = None
+        self.disconnected = False
+        self.response_started = False
+        self.response_complete = False
+        self.status = 0
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.expected_length: int | None = None
+        self.own_defaults = False
+        self.no_body = self.is_head
+        self.head_sent = False
+        self.chunked = False
+        self.bytes_sent = 0
+        self.start_time = monotonic()
+
+    # -- fed by the protocol ----------------------------------------------------------------
+
+    def feed_body(self, data: bytes) -> None:
+        if self.response_complete:
+            return  # the app answered without reading: the rest of the body is discarded
+        self.body.append(data)
+        self.body_size += len(data)
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def end_body(self) -> None:
+        self.more_body = False
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def lost(self) -> None:
+        """The connection is gone: wake a pending receive(), make send() fail."""
+        self.disconnected = True
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    # -- ASGI --------------------------------------------------------------------------------
+
+    async def run(self, app: ASGIApp) -> None:
+        """Run the app for this request and apply the error policy."""
+        state = self.state
+        try:
+            await app(self.scope, self.receive, self.send)
+        except BaseException as exc:
+            self.app_failed(exc)
+            if isinstance(exc, asyncio.CancelledError | KeyboardInterrupt | SystemExit):
+                raise
+        else:
+            if not self.response_complete and not self.disconnected:
+                if self.response_started:
+                    log.error("ASGI app returned without completing the response")
+                    self.conn.abort()
+                else:
+                    log.error("ASGI app returned without starting a response")
+                    self.send_500()
+        finally:
+            state.in_flight -= 1
+            self.conn.cycle_done(self)
+
+    def app_failed(self, exc: BaseException) -> None:
+        if isinstance(exc, ClientDisconnected) or self.disconnected:
+            log.debug("app raised after the client disconnected: %r", exc)
+            return
+        if isinstance(exc, asyncio.CancelledError):
+            log.warning("request cancelled (server shutting down)")
+        else:
+            log.error("Exception in ASGI application", exc_info=exc)
+        if self.response_complete:
+            return
+        if self.response_started:
+            self.conn.abort()
+        else:
+            self.send_500()
+
+    def send_500(self) -> None:
+        self.status = 500
+        self.headers = [(b"content-type", b"text/plain; charset=utf-8")]
+        self.expected_length = None
+        self.own_defaults = False
+        self.no_body = self.is_head
+        self.keep_alive = False
+        self.response_started = True
+        self.response_complete = True
+        self.conn.start_response(self, b"Internal Server Error", True)
+        self.conn.response_done(self)
+
+    async def receive(self) -> Message:
+        if self.response_complete or self.disconnected:
+            return DISCONNECT
+        if not self.body and self.more_body:
+            if self.expect_100:
+                self.expect_100 = False
+                if not self.response_started:
+                    self.conn.send_continue()
+            self.waiter = self.state.loop.create_future()
+            try:
+                await self.waiter
+            finally:
+                self.waiter = None
+            if self.disconnected:
+                return DISCONNECT
+        body = self.body
+        if len(body) == 1:
+            data = body[0]
+        else:
+            data = b"".join(body)
+        self.body = []
+        self.body_size = 0
+        self.conn.body_consumed(self)
+        return {"type": "http.request", "body": data, "more_body": self.more_body}
+
+    async def send(self, message: Message) -> None:
+        mtype = message["type"]
+        if self.disconnected:
+            raise ClientDisconnected("client disconnected")
+        if not self.response_started:
+            if mtype != "http.response.start":
+                raise RuntimeError(f"expected 'http.response.start', got {mtype!r}")
+            self.response_started = True
+            self.expect_100 = False
+            self.set_status_and_headers(message)
+            return
+        if self.response_complete:
+            raise RuntimeError(f"{mtype!r} sent after the response was complete")
+        if mtype != "http.response.body":
+            raise RuntimeError(f"expected 'http.response.body', got {mtype!r}")
+        body: bytes = message.get("body", b"")
+        final = not message.get("more_body", False)
+        if self.expected_length is not None and not self.no_body:
+            sent = self.bytes_sent + len(body)
+            if sent > self.expected_length:
+                raise RuntimeError("response body longer than its Content-Length")
+            if final and sent < self.expected_length:
+                raise RuntimeError("response body shorter than its Content-Length")
+        if final:
+            self.response_complete = True
+        conn = self.conn
+        if self.head_sent:
+            conn.send_body(self, body, final)
+        else:
+            conn.start_response(self, body, final)
+        self.bytes_sent += len(body)
+        if final:
+            conn.response_done(self)
+        elif conn.write_paused:
+            await conn.drain()
+
+    def set_status_and_headers(self, message: Message) -> None:
+        status = message["status"]
+        if type(status) is not int or not 100 <= status <= 999:
+            raise RuntimeError(f"invalid status {status!r}")
+        self.status = status
+        headers: list[tuple[bytes, bytes]] = []
+        for name, value in message.get("headers", ()):
+            # Validate before anything is written: a bad header is an app error, never a split
+            # response. translate()/`in` are ~5x cheaper than a regex match per header here.
+            if not name or name.translate(None, TOKEN_CHARS):
+                raise RuntimeError(f"invalid response header name {name!r}")
+            if b"\n" in value or b"\r" in value or b"\0" in value:
+                raise RuntimeError(f"invalid response header value for {name!r}")
+            lname = name.lower()
+            if lname in SPECIAL_RESPONSE_HEADERS:
+                if lname == b"content-length":
+                    if not value.isdigit():
+                        raise RuntimeError(f"invalid content-length {value!r}")
+                    self.expected_length = int(value)
+                elif lname == b"connection":
+                    if b"close" in value.lower():
+                        self.keep_alive = False
+                    continue  # the server decides the connection header
+                elif lname == b"transfer-encoding":
+                    continue  # the server decides the framing
+                else:
+                    self.own_defaults = True
+            headers.append((name, value))
+        self.headers = headers
+        if status in NO_BODY_STATUSES:
+            self.no_body = True
+
+SPECIAL_RESPONSE_HEADERS = frozenset(
+    [b"content-length", b"connection", b"transfer-encoding", b"server", b"date"]
+)

@@ -1,0 +1,537 @@
+"""HTTP/1.1 on httptools: where a request enters and where its bytes leave.
+
+Bytes arrive in `data_received`, httptools calls back `on_url` / `on_header` /
+`on_headers_complete` (the scope is built there) / `on_body` / `on_message_complete`, and a
+`RequestCycle` runs the app. Responses leave through `start_response` / `send_body`, which
+frame them (Content-Length, chunked or close-delimited) and write head and body with a single
+`transport.write` for small responses.
+
+Rules this module lives by:
+- responses go out strictly in request order (pipelining): one cycle runs at a time, later
+  requests wait in `pipeline` and reading pauses while they do;
+- memory is bounded both ways: reading pauses while a request body is buffered past
+  HIGH_WATER, and `send()` waits while the transport's write buffer is above its high mark;
+- one timer per connection whose deadline moves; it is checked lazily when it fires.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import http
+import logging
+from collections import deque
+from time import monotonic
+from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote
+
+import httptools
+
+from .cycle import RequestCycle
+
+if TYPE_CHECKING:
+    from ..state import ServerState
+
+log = logging.getLogger("fastserve.error")
+
+# Reading pauses when this much request body waits unread by the app (the same order as
+# asyncio's StreamReader default limit of 64 KiB).
+HIGH_WATER = 64 * 1024
+
+
+def _status_line(code: int) -> bytes:
+    try:
+        phrase = http.HTTPStatus(code).phrase
+    except ValueError:
+        phrase = ""
+    return b"HTTP/1.1 %d %s\r\n" % (code, phrase.encode("ascii"))
+
+
+STATUS_LINES: dict[int, bytes] = {code: _status_line(code) for code in range(100, 600)}
+
+# Timer phases: what the connection's single deadline means when it passes.
+IDLE, HEAD, BUSY, BODY = 0, 1, 2, 3
+
+
+class RejectRequest(Exception):
+    """The client sent something we answer with a 4xx/5xx and a closed connection."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+class HTTP1Protocol(asyncio.Protocol):
+    __slots__ = (
+        "client",
+        "cycle",
+        "deadline",
+        "head_bytes",
+        "headers",
+        "keep_alive",
+        "parser",
+        "parsing",
+        "phase",
+        "pipeline",
+        "read_paused",
+        "scheme",
+        "scope_base",
+        "server",
+        "state",
+        "timer",
+        "transport",
+        "url",
+        "drain_waiter",
+        "write_paused",
+        "closed",
+        "pending_error",
+        "upgrade",
+        "expect_100",
+    )
+
+    def __init__(self, state: ServerState) -> None:
+        self.state = state
+        self.transport: asyncio.Transport = None  # type: ignore[assignment]  # set at once
+        self.parser = httptools.HttpRequestParser(self)
+        self.url = b""
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.head_bytes = 0
+        self.expect_100 = False
+        self.upgrade: bytes | None = None
+        self.cycle: RequestCycle | None = None  # the cycle whose app runs
+        self.parsing: RequestCycle | None = None  # the cycle whose body is being read
+        self.pipeline: deque[RequestCycle] = deque()
+        self.read_paused = False
+        self.write_paused = False
+        self.drain_waiter: asyncio.Future[None] | None = None
+        self.keep_alive = True
+        self.closed = False
+        self.pending_error: RejectRequest | None = None
+        self.timer: asyncio.TimerHandle | None = None
+        self.deadline = 0.0
+        self.phase = IDLE
+        self.scheme = "http"
+        self.client: tuple[str, int] | None = None
+        self.server: tuple[str, int] | None = None
+        self.scope_base: dict[str, Any] = {}
+
+    # -- connection lifecycle ------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]  # uvloop's is no subclass
+        state = self.state
+        state.connections.add(self)
+        self.client = _address(transport.get_extra_info("peername"))
+        self.server = _address(transport.get_extra_info("sockname"))
+        if transport.get_extra_info("sslcontext") is not None:
+            self.scheme = "https"
+        # The scope keys that are the same for every request of this connection.
+        self.scope_base = {
+            "type": "http",
+            "asgi": {"version": "3.0", "spec_version": "2.4"},
+            "scheme": self.scheme,
+            "root_path": state.config.root_path,
+            "client": self.client,
+            "server": self.server,
+        }
+        self.set_deadline(IDLE, state.config.timeout_keep_alive)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.state.connections.discard(self)
+        if self.cycle is not None:
+            self.cycle.lost()
+        for cycle in self.pipeline:
+            cycle.lost()
+        self.pipeline.clear()
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        self.wake_drain()
+
+    def eof_received(self) -> bool | None:
+        return None  # close our side too once the write buffer is flushed
+
+    # -- bytes in --------------------------------------------------------------------------------
+
+    def data_received(self, data: bytes) -> None:
+        if self.phase == HEAD:
+            # A head split over several reads: bound it (a single read is bounded by the
+            # transport's read size, and on_url/on_header check their own parts).
+            self.head_bytes += len(data)
+            if self.head_bytes > self.state.config.max_head_size:
+                self.reject(RejectRequest(431, "Request header fields too large"))
+                return
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade as exc:
+            self.handle_upgrade(data, exc)
+        except RejectRequest as exc:
+            self.reject(exc)
+        except httptools.HttpParserError as exc:
+            self.reject(RejectRequest(400, _parser_reason(exc)))
+
+    def on_message_begin(self) -> None:
+        self.url = b""
+        self.headers = []
+        self.head_bytes = 0
+        self.expect_100 = False
+        self.upgrade = None
+        if self.cycle is None:
+            self.set_deadline(HEAD, self.state.config.timeout_request_header)
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+        if len(self.url) > self.state.config.limit_request_line:
+            raise RejectRequest(414, "Request-URI too long")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        headers = self.headers
+        config = self.state.config
+        if len(headers) >= config.limit_request_fields:
+            raise RejectRequest(431, "Too many request header fields")
+        if len(name) + len(value) > config.limit_request_field_size:
+            raise RejectRequest(431, "Request header field too large")
+        name = name.lower()
+        if name in WATCHED_REQUEST_HEADERS:
+            self.watch_header(name, value)
+        headers.append((name, value.strip(b" \t")))
+
+    def watch_header(self, name: bytes, value: bytes) -> None:
+        if name == b"expect":
+            if value.strip().lower() == b"100-continue":
+                self.expect_100 = True
+        elif name == b"host":
+            if any(n == b"host" for n, _ in self.headers):
+                raise RejectRequest(400, "Several Host headers")
+        elif name == b"upgrade":
+            self.upgrade = value.strip().lower()
+
+    def on_headers_complete(self) -> None:
+        parser = self.parser
+        state = self.state
+        http_version = parser.get_http_version()
+        method = parser.get_method().decode("ascii")
+        url = self.url
+        if http_version == "1.1" and not any(n == b"host" for n, _ in self.headers):
+            raise RejectRequest(400, "Missing Host header")
+        if url[:1] == b"/":
+            raw_path, _, query = url.partition(b"?")
+        elif url == b"*" and method == "OPTIONS":
+            raw_path, query = url, b""
+        else:
+            raw_path, query = _target_path(url, method)
+        if b"%" in raw_path:
+            path = unquote(raw_path.decode("latin-1"))
+        else:
+            path = raw_path.decode("latin-1")
+        scope = self.scope_base.copy()
+        scope["http_version"] = http_version
+        scope["method"] = method
+        scope["path"] = path
+        scope["raw_path"] = raw_path
+        scope["query_string"] = query
+        scope["headers"] = self.headers
+        scope["state"] = state.lifespan_state.copy()
+
+        keep_alive = self.keep_alive and parser.should_keep_alive() and not state.shutting_down
+        cycle = RequestCycle(scope, self, state, keep_alive, self.expect_100 and http_version == "1.1")
+        self.parsing = cycle
+        limit = state.config.limit_concurrency
+        if self.cycle is None:
+            self.cycle = cycle
+            self.phase = BUSY
+            if limit is not None and state.in_flight >= limit:
+                self.refuse(cycle)
+            else:
+                self.start(cycle)
+        else:
+            self.pipeline.append(cycle)
+            self.pause_reading()
+
+    def on_body(self, body: bytes) -> None:
+        cycle = self.parsing
+        if cycle is None:
+            return
+        cycle.feed_body(body)
+        if cycle.body_size > HIGH_WATER and not self.read_paused:
+            self.pause_reading()
+
+    def on_message_complete(self) -> None:
+        cycle = self.parsing
+        if cycle is not None:
+            cycle.end_body()
+            self.parsing = None
+
+    # -- running the app -----------------------------------------------------------------------
+
+    def start(self, cycle: RequestCycle) -> None:
+        state = self.state
+        state.in_flight += 1
+        state.total_requests += 1
+        task = state.loop.create_task(cycle.run(state.app))
+        state.tasks.add(task)
+        task.add_done_callback(state.tasks.discard)
+
+    def refuse(self, cycle: RequestCycle) -> None:
+        """--limit-concurrency: answer 503 at once, without running the app."""
+        self.state.in_flight += 1
+        cycle.status = 503
+        cycle.headers = [(b"content-type", b"text/plain; charset=utf-8")]
+        cycle.response_started = cycle.response_complete = True
+        self.start_response(cycle, b"Service Unavailable", True)
+        self.response_done(cycle)
+        self.state.in_flight -= 1
+        self.cycle_done(cycle)
+
+    def cycle_done(self, cycle: RequestCycle) -> None:
+        """The app of `cycle` has returned: run the next pipelined request or go idle."""
+        if self.closed:
+            return
+        self.cycle = None
+        if self.pending_error is not None and cycle.response_complete:
+            self.reject(self.pending_error)
+            return
+        if not cycle.response_complete or not cycle.keep_alive or not self.keep_alive:
+            self.close()
+            return
+        if self.pipeline:
+            nxt = self.pipeline.popleft()
+            self.cycle = nxt
+            self.start(nxt)
+            if not self.pipeline and self.read_paused and nxt.body_size <= HIGH_WATER:
+                self.resume_reading()
+            return
+        if self.read_paused:
+            self.resume_reading()
+        if self.parsing is not None:
+            self.set_deadline(BODY, self.state.config.timeout_request_body)
+        else:
+            self.set_deadline(IDLE, self.state.config.timeout_keep_alive)
+        if self.state.shutting_down:
+            self.close()
+
+    def body_consumed(self, cycle: RequestCycle) -> None:
+        if self.read_paused and not self.pipeline and cycle is self.parsing:
+            self.resume_reading()
+
+    # -- bytes out -------------------------------------------------------------------------------
+
+    def start_response(self, cycle: RequestCycle, body: bytes, final: bool) -> None:
+        """Write the head, and with it the first piece of body (one write for small ones)."""
+        cycle.head_sent = True
+        status = cycle.status
+        line = STATUS_LINES.get(status) or _status_line(status)
+        parts = [line]
+        for name, value in cycle.headers:
+            parts += (name, b": ", value, b"\r\n")
+        http10 = cycle.scope["http_version"] == "1.0"
+        if cycle.no_body:
+            if final and cycle.is_head and cycle.expected_length is None and body:
+                parts.append(b"content-length: %d\r\n" % len(body))
+            body = b""
+        elif cycle.expected_length is None:
+            if final:
+                parts.append(b"content-length: %d\r\n" % len(body))
+            elif http10:
+                cycle.keep_alive = False  # close-delimited body
+            else:
+                cycle.chunked = True
+                parts.append(b"transfer-encoding: chunked\r\n")
+        if not cycle.keep_alive or not self.keep_alive:
+            cycle.keep_alive = False
+            parts.append(b"connection: close\r\n")
+        elif http10:
+            parts.append(b"connection: keep-alive\r\n")
+        if cycle.own_defaults:
+            names = {n.lower() for n, _ in cycle.headers}
+            for name, value in self.state.defaults_without(names):
+                parts += (name, b": ", value, b"\r\n")
+            parts.append(b"\r\n")
+        else:
+            parts += (self.state.default_head, b"\r\n")
+        if cycle.chunked:
+            if body:
+                parts += (b"%x\r\n" % len(body), body, b"\r\n")
+            if final:
+                parts.append(b"0\r\n\r\n")
+        elif body:
+            parts.append(body)
+        self.transport.write(b"".join(parts))
+
+    def send_body(self, cycle: RequestCycle, body: bytes, final: bool) -> None:
+        transport = self.transport
+        if cycle.no_body:
+            pass
+        elif cycle.chunked:
+            if body:
+                if final:
+                    transport.write(b"%x\r\n%b\r\n0\r\n\r\n" % (len(body), body))
+                else:
+                    transport.write(b"%x\r\n%b\r\n" % (len(body), body))
+            elif final:
+                transport.write(b"0\r\n\r\n")
+        elif body:
+            transport.write(body)
+
+    def response_done(self, cycle: RequestCycle) -> None:
+        if cycle.expect_100 and cycle.more_body:
+            # 100-continue was never sent: the client may or may not send the body now, so
+            # the connection cannot be reused safely (RFC 9110 §10.1.1).
+            cycle.keep_alive = False
+        if not cycle.keep_alive:
+            self.keep_alive = False
+        access = self.state.access_log
+        if access is not None:
+            access.log(cycle, monotonic())
+
+    def send_continue(self) -> None:
+        self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+
+    def abort(self) -> None:
+        """The response cannot be completed: drop the connection."""
+        self.keep_alive = False
+        if not self.closed:
+            self.transport.abort()
+
+    def close(self) -> None:
+        if not self.closed:
+            self.keep_alive = False
+            self.transport.close()
+
+    # -- flow control ------------------------------------------------------------------------
+
+    def pause_reading(self) -> None:
+        if not self.read_paused:
+            self.read_paused = True
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self.read_paused and not self.closed:
+            self.read_paused = False
+            self.transport.resume_reading()
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        self.wake_drain()
+
+    def wake_drain(self) -> None:
+        waiter = self.drain_waiter
+        if waiter is not None:
+            self.drain_waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
+
+    async def drain(self) -> None:
+        if self.closed:
+            return
+        waiter = self.drain_waiter
+        if waiter is None:
+            waiter = self.drain_waiter = self.state.loop.create_future()
+        await waiter
+
+    # -- timeouts, errors, shutdown ---------------------------------------------------------
+
+    def set_deadline(self, phase: int, seconds: float) -> None:
+        """Move the connection's single deadline; the timer is re-armed lazily (no churn)."""
+        self.phase = phase
+        self.deadline = deadline = monotonic() + seconds
+        if self.timer is None:
+            self.timer = self.state.loop.call_later(seconds + 0.001, self.on_timer)
+        elif deadline < self.timer_when():
+            self.timer.cancel()
+            self.timer = self.state.loop.call_later(seconds + 0.001, self.on_timer)
+
+    def timer_when(self) -> float:
+        assert self.timer is not None
+        return self.timer.when() - self.state.loop.time() + monotonic()
+
+    def on_timer(self) -> None:
+        self.timer = None
+        if self.closed or self.phase == BUSY:
+            return
+        remaining = self.deadline - monotonic()
+        if remaining > 0:
+            self.timer = self.state.loop.call_later(remaining + 0.001, self.on_timer)
+            return
+        if self.phase == HEAD:
+            self.reject(RejectRequest(408, "Request header timeout"))
+        elif self.phase == BODY and self.cycle is None:
+            self.close()
+        elif self.phase == IDLE:
+            self.close()
+
+    def reject(self, error: RejectRequest) -> None:
+        """Answer a bad request with its 4xx, close, and log one line (no traceback)."""
+        if self.closed:
+            return
+        if self.cycle is not None:
+            # An earlier request is still being answered: reply in order, after it.
+            self.pending_error = error
+            self.pause_reading()
+            self.keep_alive = False
+            return
+        self.pending_error = None
+        log.info(
+            "%s:%s - rejected: %d %s", *(self.client or ("-", 0)), error.status, error.reason
+        )
+        body = error.reason.encode("latin-1")
+        self.transport.write(
+            STATUS_LINES.get(error.status, _status_line(error.status))
+            + b"content-type: text/plain; charset=utf-8\r\n"
+            + b"content-length: %d\r\nconnection: close\r\n" % len(body)
+            + self.state.default_head
+            + b"\r\n"
+            + body
+        )
+        self.close()
+
+    def handle_upgrade(self, data: bytes, exc: httptools.HttpParserUpgrade) -> None:
+        """Upgrade requests other than WebSocket are served as plain HTTP/1.1."""
+        offset = exc.args[0] if exc.args else len(data)
+        rest = data[offset:]
+        self.parser = httptools.HttpRequestParser(self)
+        if rest:
+            self.data_received(rest)
+
+    @property
+    def idle(self) -> bool:
+        return self.cycle is None and self.phase != HEAD
+
+    def shutdown(self) -> None:
+        """Graceful stop: idle connections close now, busy ones after their response."""
+        self.keep_alive = False
+        if self.cycle is None:
+            self.close()
+
+
+WATCHED_REQUEST_HEADERS = frozenset([b"expect", b"host", b"upgrade"])
+
+
+def _address(addr: Any) -> tuple[str, int] | None:
+    if isinstance(addr, tuple) and len(addr) >= 2:
+        return (str(addr[0]), int(addr[1]))
+    return None
+
+
+def _target_path(url: bytes, method: str) -> tuple[bytes, bytes]:
+    """Absolute-form (RFC 9112 §3.2.2) and authority-form (§3.2.3) targets."""
+    if method == "CONNECT":
+        return url, b""
+    try:
+        parsed = httptools.parse_url(url)
+    except httptools.HttpParserInvalidURLError:
+        raise RejectRequest(400, "Invalid request target") from None
+    if parsed.schema is None:
+        raise RejectRequest(400, "Invalid request target")
+    return (parsed.path or b"/"), (parsed.query or b"")
+
+
+def _parser_reason(exc: Exception) -> str:
+    text = str(exc)
+    if isinstance(exc, httptools.HttpParserInvalidMethodError):
+        return "Invalid HTTP method"
+    return "Invalid HTTP request: " + text[:80].replace("\r", " ").replace("\n", " ")

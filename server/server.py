@@ -1,0 +1,205 @@
+"""One server process: load the app, run lifespan, listen, serve, and stop gracefully.
+
+`Server.serve()` is the embeddable coroutine; `Server.run()` owns an event loop for it. The
+multi-process supervisor (`supervisor.py`) forks workers that each run a `Server` on sockets
+the supervisor bound.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import socket
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from .config import Config
+from .importer import load_app
+from .lifespan import Lifespan, LifespanFailed
+from .logs import AccessLog
+from .loops import get_loop_factory
+from .protocols.http1 import HTTP1Protocol
+from .sockets import bind_sockets, describe
+from .state import ServerState
+from .types import ASGIApp
+
+log = logging.getLogger("fastserve.error")
+
+HANDLED_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class StartupFailed(Exception):
+    """The server could not start (lifespan failed); the CLI exits with code 3."""
+
+
+class Server:
+    """Serve one app in this process.
+
+    `await server.serve()` runs until `server.should_exit` is set (by SIGINT/SIGTERM when
+    `install_signal_handlers`, or by the embedding code), then drains in-flight requests.
+    """
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.should_exit = False
+        self.force_exit = False
+        self.started = False
+        self.state: ServerState | None = None
+        self.servers: list[asyncio.Server] = []
+        self.sockets: list[socket.socket] = []
+        self.exit_event: asyncio.Event | None = None
+        self.app: ASGIApp | None = None
+        self.on_started: Callable[[Server], None] | None = None
+
+    def run(self) -> None:
+        """Run `serve()` on a new event loop of the configured kind."""
+        with asyncio.Runner(loop_factory=get_loop_factory(self.config.loop)) as runner:
+            runner.run(self.serve())
+
+    async def serve(self, sockets: list[socket.socket] | None = None) -> None:
+        loop = asyncio.get_running_loop()
+        self.exit_event = asyncio.Event()
+        app = self.app or load_app(self.config)
+        app = self.wrap_middleware(app)
+        lifespan: Lifespan | None = None
+        if self.config.lifespan != "off":
+            lifespan = Lifespan(app, self.config.lifespan)
+            try:
+                await lifespan.startup()
+            except LifespanFailed as exc:
+                raise StartupFailed(f"application startup failed: {exc}") from None
+        access = AccessLog(self.config, loop) if self.config.access_log else None
+        self.state = state = ServerState(
+            self.config, app, loop, lifespan.state if lifespan else {}, access
+        )
+        try:
+            if self.config.install_signal_handlers:
+                self.install_signal_handlers(loop)
+            await self.startup(sockets)
+            if not self.should_exit:
+                await self.exit_event.wait()
+            await self.shutdown()
+        finally:
+            state.close()
+            if access is not None:
+                access.flush()
+        if lifespan is not None and not self.force_exit:
+            await lifespan.shutdown()
+
+    def wrap_middleware(self, app: ASGIApp) -> ASGIApp:
+        """Server-side middleware (proxy headers, CORS), outermost last."""
+        config = self.config
+        if config.cors_allow_origins:
+            from .middleware.cors import CORSMiddleware
+
+            app = CORSMiddleware(app, config)
+        if config.proxy_headers:
+            from .middleware.proxy_headers import ProxyHeadersMiddleware
+
+            app = ProxyHeadersMiddleware(app, config.forwarded_allow_ips)
+        return app
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        loop = asyncio.get_running_loop()
+        state = self.state
+        assert state is not None
+        self.sockets = sockets if sockets is not None else bind_sockets(self.config)
+        ssl_context = None
+        if self.config.is_ssl:
+            from .tls import create_ssl_context
+
+            ssl_context = create_ssl_context(self.config)
+        factory = self.protocol_factory(state)
+        for sock in self.sockets:
+            if sock.family == socket.AF_UNIX:
+                srv = await loop.create_unix_server(
+                    factory, sock=sock, ssl=ssl_context, backlog=self.config.backlog
+                )
+            else:
+                srv = await loop.create_server(
+                    factory, sock=sock, ssl=ssl_context, backlog=self.config.backlog
+                )
+            self.servers.append(srv)
+        scheme = "https" if ssl_context else "http"
+        for sock in self.sockets:
+            where = describe(sock)
+            url = where if where.startswith("unix:") else f"{scheme}://{where}"
+            log.info("fastserve running on %s (press CTRL+C to quit)", url)
+        self.started = True
+        if self.on_started is not None:
+            self.on_started(self)
+
+    def protocol_factory(self, state: ServerState) -> Callable[[], asyncio.Protocol]:
+        if self.config.proxy_protocol:
+            from .protocols.proxy_protocol import proxy_protocol_factory
+
+            return proxy_protocol_factory(state)
+
+        def factory() -> asyncio.Protocol:
+            return HTTP1Protocol(state)
+
+        return factory
+
+    @property
+    def port(self) -> int:
+        """The TCP port of the first listener (useful with port 0)."""
+        for sock in self.sockets:
+            if sock.family != socket.AF_UNIX:
+                port: int = sock.getsockname()[1]
+                return port
+        raise RuntimeError("not listening on TCP")
+
+    def handle_exit(self, sig: int | None = None, frame: Any = None) -> None:
+        if self.should_exit and sig == signal.SIGINT:
+            self.force_exit = True
+        self.should_exit = True
+        if self.exit_event is not None:
+            self.exit_event.set()
+
+    def install_signal_handlers(self, loop: asyncio.AbstractEventLoop) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for sig in HANDLED_SIGNALS:
+            try:
+                loop.add_signal_handler(sig, self.handle_exit, sig, None)
+            except NotImplementedError:  # Windows
+                signal.signal(sig, self.handle_exit)
+
+    async def shutdown(self) -> None:
+        """Stop accepting, close idle connections, let busy ones finish (bounded), cancel."""
+        state = self.state
+        assert state is not None
+        log.info("Shutting down")
+        state.shutting_down = True
+        for srv in self.servers:
+            srv.close()
+        for conn in list(state.connections):
+            conn.shutdown()
+        timeout = self.config.timeout_graceful_shutdown
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        while (state.connections or state.tasks) and not self.force_exit:
+            if deadline is not None and loop.time() >= deadline:
+                log.warning("graceful shutdown timed out: cancelling %d tasks", len(state.tasks))
+                break
+            await self.wait_briefly()
+        for task in list(state.tasks):
+            task.cancel()
+        if state.tasks:
+            await asyncio.wait(list(state.tasks), timeout=1.0)
+        for conn in list(state.connections):
+            conn.shutdown()
+
+    async def wait_briefly(self) -> None:
+        """Wait for the next task or connection to end (or 0.1 s), whichever comes first."""
+        state = self.state
+        assert state is not None
+        if state.tasks:
+            await asyncio.wait(list(state.tasks), timeout=0.1,
+                               return_when=asyncio.FIRST_COMPLETED)
+        else:
+            await asyncio.sleep(0.05)
+            if self.exit_event is not None and self.force_exit:
+                return

@@ -1,0 +1,77 @@
+"""Binding listening sockets (done once, by the single process or by the supervisor)."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import socket
+import stat
+
+from .config import Config, ConfigError
+
+
+def bind_sockets(config: Config, reuse_port: bool = False) -> list[socket.socket]:
+    """The listening socket(s) the config asks for. Errors are ConfigError (exit code 3)."""
+    if config.sockets:
+        return list(config.sockets)
+    if config.fd is not None:
+        try:
+            sock = socket.socket(fileno=config.fd)
+        except OSError as exc:
+            raise ConfigError(f"--fd {config.fd}: {exc.strerror}") from None
+        sock.setblocking(False)
+        return [sock]
+    if config.uds:
+        return [_bind_unix(config.uds, config.backlog)]
+    return [_bind_tcp(config.host, config.port, config.backlog, reuse_port)]
+
+
+def _bind_tcp(host: str, port: int, backlog: int, reuse_port: bool) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    if family == socket.AF_INET6:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0 if host == "::" else 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise ConfigError(f"cannot bind {host}:{port}: address already in use") from None
+        raise ConfigError(f"cannot bind {host}:{port}: {exc.strerror}") from None
+    sock.listen(backlog)
+    sock.setblocking(False)
+    sock.set_inheritable(True)
+    return sock
+
+
+def _bind_unix(path: str, backlog: int) -> socket.socket:
+    with contextlib.suppress(FileNotFoundError):
+        if stat.S_ISSOCK(os.stat(path).st_mode):
+            os.unlink(path)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.bind(path)
+        os.chmod(path, 0o666)
+    except OSError as exc:
+        sock.close()
+        raise ConfigError(f"cannot bind {path}: {exc.strerror}") from None
+    sock.listen(backlog)
+    sock.setblocking(False)
+    sock.set_inheritable(True)
+    return sock
+
+
+def describe(sock: socket.socket) -> str:
+    """The URL-ish address a socket listens on, for the startup line."""
+    addr = sock.getsockname()
+    if sock.family == socket.AF_UNIX:
+        return f"unix:{addr}"
+    host, port = addr[0], addr[1]
+    if sock.family == socket.AF_INET6:
+        host = f"[{host}]"
+    return f"{host}:{port}"

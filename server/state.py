@@ -1,0 +1,104 @@
+"""What every connection of one server process shares: the app, the pre-encoded default
+headers, the counters and the set of open connections."""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import time
+from typing import TYPE_CHECKING, Any
+
+from .config import Config
+from .types import ASGIApp
+
+if TYPE_CHECKING:
+    from .logs import AccessLog
+
+
+class Closable:
+    """A connection as the server sees it at shutdown."""
+
+    def shutdown(self) -> None:
+        raise NotImplementedError
+
+    @property
+    def idle(self) -> bool:
+        raise NotImplementedError
+
+
+class ServerState:
+    __slots__ = (
+        "access_log",
+        "app",
+        "config",
+        "connections",
+        "date_timer",
+        "default_head",
+        "default_headers",
+        "in_flight",
+        "lifespan_state",
+        "loop",
+        "on_request",
+        "shutting_down",
+        "static_head",
+        "tasks",
+        "total_requests",
+    )
+
+    def __init__(
+        self,
+        config: Config,
+        app: ASGIApp,
+        loop: asyncio.AbstractEventLoop,
+        lifespan_state: dict[str, Any],
+        access_log: AccessLog | None,
+    ) -> None:
+        self.config = config
+        self.app = app
+        self.loop = loop
+        self.lifespan_state = lifespan_state
+        self.access_log = access_log
+        self.connections: set[Closable] = set()
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.in_flight = 0
+        self.total_requests = 0
+        self.shutting_down = False
+        self.on_request: Any = None  # a callback(count) for max-requests accounting
+        # Headers added to every response, encoded once: the server line and --header values.
+        static: list[tuple[bytes, bytes]] = []
+        if config.server_header:
+            static.append((b"server", b"fastserve"))
+        for item in config.headers:
+            name, sep, value = item.partition(":")
+            if not sep:
+                from .config import ConfigError
+
+                raise ConfigError(f"--header {item!r} is not 'Name: value'")
+            static.append((name.strip().lower().encode("latin-1"), value.strip().encode("latin-1")))
+        self.default_headers = static
+        self.static_head = b"".join(n + b": " + v + b"\r\n" for n, v in static)
+        self.default_head = self.static_head
+        self.date_timer: asyncio.TimerHandle | None = None
+        self.refresh_date()
+
+    def refresh_date(self) -> None:
+        """Re-encode the Date line; runs once a second, aligned to the wall-clock second."""
+        if self.config.date_header:
+            now = time.time()
+            date = email.utils.formatdate(now, usegmt=True).encode("ascii")
+            self.default_head = b"date: " + date + b"\r\n" + self.static_head
+            self.date_timer = self.loop.call_at(
+                self.loop.time() + 1.0 - (now % 1.0), self.refresh_date
+            )
+
+    def defaults_without(self, names: set[bytes]) -> list[tuple[bytes, bytes]]:
+        """The default headers minus those the app set itself (slow path, rare)."""
+        out = [(n, v) for n, v in self.default_headers if n not in names]
+        if self.config.date_header and b"date" not in names:
+            out.insert(0, (b"date", self.default_head[6 : self.default_head.index(b"\r\n")]))
+        return out
+
+    def close(self) -> None:
+        if self.date_timer is not None:
+            self.date_timer.cancel()
+            self.date_timer = None
