@@ -43,6 +43,7 @@ class ServerState:
         "static_head",
         "tasks",
         "total_requests",
+        "ws_enabled",
     )
 
     def __init__(
@@ -64,6 +65,7 @@ class ServerState:
         self.total_requests = 0
         self.shutting_down = False
         self.on_request: Any = None  # a callback(count) for max-requests accounting
+        self.ws_enabled = config.ws != "none" and _websockets_available()
         # Headers added to every response, encoded once: the server line and --header values.
         static: list[tuple[bytes, bytes]] = []
         if config.server_header:
@@ -102,3 +104,11 @@ class ServerState:
         if self.date_timer is not None:
             self.date_timer.cancel()
             self.date_timer = None
+
+
+def _websockets_available() -> bool:
+    try:
+        import websockets  # noqa: F401
+    except ImportError:
+        return False
+    return True

@@ -87,6 +87,7 @@ class HTTP1Protocol(asyncio.Protocol):
         "pending_error",
         "upgrade",
         "expect_100",
+        "ws_scope",
     )
 
     def __init__(self, state: ServerState) -> None:
@@ -98,6 +99,7 @@ class HTTP1Protocol(asyncio.Protocol):
         self.head_bytes = 0
         self.expect_100 = False
         self.upgrade: bytes | None = None
+        self.ws_scope: dict[str, Any] | None = None
         self.cycle: RequestCycle | None = None  # the cycle whose app runs
         self.parsing: RequestCycle | None = None  # the cycle whose body is being read
         self.pipeline: deque[RequestCycle] = deque()
@@ -234,6 +236,11 @@ class HTTP1Protocol(asyncio.Protocol):
         scope["headers"] = self.headers
         scope["state"] = state.lifespan_state.copy()
 
+        if self.upgrade == b"websocket" and state.ws_enabled and parser.should_upgrade():
+            # Handed over to the WebSocket protocol when httptools raises HttpParserUpgrade
+            # at the end of this head (see handle_upgrade).
+            self.ws_scope = scope
+            return
         keep_alive = self.keep_alive and parser.should_keep_alive() and not state.shutting_down
         cycle = RequestCycle(scope, self, state, keep_alive, self.expect_100 and http_version == "1.1")
         self.parsing = cycle
@@ -490,9 +497,17 @@ class HTTP1Protocol(asyncio.Protocol):
         self.close()
 
     def handle_upgrade(self, data: bytes, exc: httptools.HttpParserUpgrade) -> None:
-        """Upgrade requests other than WebSocket are served as plain HTTP/1.1."""
+        """WebSocket upgrades go to the WebSocket protocol; others (h2c...) are served as
+        plain HTTP/1.1 and parsing continues after the head."""
         offset = exc.args[0] if exc.args else len(data)
         rest = data[offset:]
+        scope = self.ws_scope
+        if scope is not None:
+            self.ws_scope = None
+            from .websocket import upgrade_to_websocket
+
+            upgrade_to_websocket(self, scope, rest)
+            return
         self.parser = httptools.HttpRequestParser(self)
         if rest:
             self.data_received(rest)
