@@ -70,11 +70,13 @@ class Config:
         "auto", "Event loop implementation.", choices=["auto", "uvloop", "asyncio", "proactor"]
     )
     http: str = opt(
-        "auto", "HTTP/1.1 implementation (httptools; 'h11' is accepted and means httptools).",
+        "auto",
+        "HTTP/1.1 implementation (httptools; 'h11' is accepted and means httptools).",
         choices=["auto", "httptools", "h11"],
     )
     ws: WSName = opt(
-        "auto", "WebSocket implementation.",
+        "auto",
+        "WebSocket implementation.",
         choices=["auto", "websockets", "websockets-sansio", "wsproto", "none"],
     )
     ws_max_size: int = opt(16 * 1024 * 1024, "Largest WebSocket message accepted, in bytes.")
@@ -86,7 +88,9 @@ class Config:
     server_header: bool = opt(True, "Send 'server: fastserve'.")
     date_header: bool = opt(True, "Send a 'date' header (cached, refreshed once a second).")
     headers: list[str] = opt(
-        [], "Extra default response header 'Name: value' (repeatable).", cli="--header",
+        [],
+        "Extra default response header 'Name: value' (repeatable).",
+        cli="--header",
         multiple=True,
     )
     # -- limits (RFC 9112 leaves them to the server; defaults follow gunicorn/nginx) -------------
@@ -102,18 +106,23 @@ class Config:
     # -- timeouts ----------------------------------------------------------------------------
     timeout_keep_alive: float = opt(5.0, "Close idle keep-alive connections after this many s.")
     timeout_request_header: float = opt(10.0, "The request head must arrive within this many s.")
-    timeout_request_body: float = opt(60.0, "Close a connection whose request body stalls this long.")
+    timeout_request_body: float = opt(
+        60.0, "Close a connection whose request body stalls this long."
+    )
     timeout_graceful_shutdown: float | None = opt(
         30.0, "On shutdown, wait this long for in-flight requests before cancelling them."
     )
-    timeout_worker_healthcheck: float = opt(30.0, "Replace a worker whose loop is blocked this long.")
+    timeout_worker_healthcheck: float = opt(
+        30.0, "Replace a worker whose loop is blocked this long."
+    )
     # -- processes ---------------------------------------------------------------------------
     workers: str | None = opt(None, "Number of worker processes, or 'auto' (2 x CPUs + 1).")
     preload: bool = opt(False, "Import the app in the supervisor before forking workers.")
     pid: str | None = opt(None, "Write the supervisor's pid to this file.")
     reload: bool = opt(False, "Restart when Python files change (development).")
-    reload_dirs: list[str] = opt([], "Directories to watch with --reload.", cli="--reload-dir",
-                                 multiple=True)
+    reload_dirs: list[str] = opt(
+        [], "Directories to watch with --reload.", cli="--reload-dir", multiple=True
+    )
     # -- proxies ------------------------------------------------------------------------------
     proxy_headers: bool = opt(
         False, "Trust X-Forwarded-* / Forwarded headers from --forwarded-allow-ips."
@@ -130,8 +139,9 @@ class Config:
     ssl_cert_reqs: int = opt(0, "Client certificate: 0 none, 1 optional, 2 required (mTLS).")
     ssl_ciphers: str = opt("TLSv1.2:TLSv1.3", "OpenSSL cipher string.")
     # -- CORS ---------------------------------------------------------------------------------
-    cors_allow_origins: list[str] = opt([], "Allowed CORS origin (repeatable; '*' for any).",
-                                        multiple=True)
+    cors_allow_origins: list[str] = opt(
+        [], "Allowed CORS origin (repeatable; '*' for any).", multiple=True
+    )
     cors_allow_methods: str = opt("GET,POST,PUT,PATCH,DELETE,OPTIONS,HEAD", "CORS methods.")
     cors_allow_headers: str = opt("", "Comma-separated request headers allowed by CORS.")
     cors_allow_credentials: bool = opt(False, "Allow credentials in CORS requests.")

@@ -18,7 +18,7 @@ def import_from_string(target: str) -> Any:
     try:
         obj: Any = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
-        if exc.name and module_name.startswith(exc.name) or exc.name == module_name:
+        if (exc.name and module_name.startswith(exc.name)) or exc.name == module_name:
             raise ConfigError(f"cannot import module {module_name!r}") from None
         raise
     for attr in attrs.split("."):
@@ -73,7 +73,7 @@ def adapt_interface(app: Any, interface: str) -> ASGIApp:
             from a2wsgi import WSGIMiddleware
         except ImportError:
             raise ConfigError("--interface wsgi needs a2wsgi: pip install a2wsgi") from None
-        wrapped: ASGIApp = WSGIMiddleware(app)
+        wrapped: ASGIApp = WSGIMiddleware(app)  # type: ignore[assignment]  # its own TypedDicts
         return wrapped
     if interface == "asgi2":
         return _ASGI2(app)

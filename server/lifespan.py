@@ -49,8 +49,11 @@ class Lifespan:
             log.info("Application shutdown complete.")
 
     async def main(self) -> None:
-        scope = {"type": "lifespan", "asgi": {"version": "3.0", "spec_version": "2.0"},
-                 "state": self.state}
+        scope = {
+            "type": "lifespan",
+            "asgi": {"version": "3.0", "spec_version": "2.0"},
+            "state": self.state,
+        }
         try:
             await self.app(scope, self.receive, self.send)
         except BaseException as exc:

@@ -61,11 +61,11 @@ class ColourFormatter(logging.Formatter):
         super().__init__(fmt)
         self.use_colors = use_colors
 
-    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 (logging API)
-        record.levelprefix = (record.levelname + ":").ljust(10)
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        prefix = (record.levelname + ":").ljust(10)
         if self.use_colors:
-            colour = self.COLOURS.get(record.levelno, "")
-            record.levelprefix = colour + record.levelprefix + "\x1b[0m"
+            prefix = self.COLOURS.get(record.levelno, "") + prefix + "\x1b[0m"
+        record.__dict__["levelprefix"] = prefix
         return super().formatMessage(record)
 
 

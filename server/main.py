@@ -54,7 +54,7 @@ def serve_config(config: Config) -> int:
             from .reload import run_with_reload
 
             return run_with_reload(config)
-        if workers > 1 or config.workers is not None and config.pid:
+        if workers > 1 or (config.workers is not None and config.pid):
             from .supervisor import Supervisor
 
             return Supervisor(config, workers).run()

@@ -185,21 +185,27 @@ class Server:
                 log.warning("graceful shutdown timed out: cancelling %d tasks", len(state.tasks))
                 break
             await self.wait_briefly()
+        for conn in list(state.connections):
+            conn.cancel()
         for task in list(state.tasks):
             task.cancel()
         if state.tasks:
             await asyncio.wait(list(state.tasks), timeout=1.0)
-        for conn in list(state.connections):
-            conn.shutdown()
+        for _ in range(20):
+            if not state.connections:
+                break
+            await asyncio.sleep(0.05)
 
     async def wait_briefly(self) -> None:
         """Wait for the next task or connection to end (or 0.1 s), whichever comes first."""
         state = self.state
         assert state is not None
-        if state.tasks:
-            await asyncio.wait(list(state.tasks), timeout=0.1,
-                               return_when=asyncio.FIRST_COMPLETED)
+        tasks = set(state.tasks)
+        for conn in state.connections:
+            task = conn.task
+            if task is not None:
+                tasks.add(task)
+        if tasks:
+            await asyncio.wait(tasks, timeout=0.1, return_when=asyncio.FIRST_COMPLETED)
         else:
             await asyncio.sleep(0.05)
-            if self.exit_event is not None and self.force_exit:
-                return

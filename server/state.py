@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .config import Config
 from .types import ASGIApp
@@ -15,15 +15,21 @@ if TYPE_CHECKING:
     from .logs import AccessLog
 
 
-class Closable:
+class Closable(Protocol):
     """A connection as the server sees it at shutdown."""
 
     def shutdown(self) -> None:
-        raise NotImplementedError
+        """Stop taking requests: close now if idle, else after the current response."""
+
+    def cancel(self) -> None:
+        """The graceful timeout passed: stop whatever still runs."""
 
     @property
-    def idle(self) -> bool:
-        raise NotImplementedError
+    def idle(self) -> bool: ...
+
+    @property
+    def task(self) -> asyncio.Task[None] | None:
+        """The app task running for this connection now, if any."""
 
 
 class ServerState:

@@ -3,11 +3,11 @@ handed to `asyncio.Runner(loop_factory=...)`."""
 
 from __future__ import annotations
 
-import asyncio
+import asyncio as _asyncio  # not `asyncio`: the submodule of that name lives here
 import importlib
 from collections.abc import Callable
 
-LoopFactory = Callable[[], asyncio.AbstractEventLoop]
+LoopFactory = Callable[[], _asyncio.AbstractEventLoop]
 
 LOOPS: dict[str, str] = {
     "auto": "fastserve.loops.auto:factory",

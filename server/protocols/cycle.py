@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from time import monotonic
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from ..types import ASGIApp, Message, Scope
 
@@ -22,9 +22,7 @@ log = logging.getLogger("fastserve.error")
 
 # RFC 9110 §5.6.2: tchar = "!" / "#" / "$" / "%" / "&" / "'" / "*" / "+" / "-" / "." /
 #                          "^" / "_" / "`" / "|" / "~" / DIGIT / ALPHA
-TOKEN_CHARS = bytes(
-    b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
-)
+TOKEN_CHARS = b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
 # Statuses that never carry content (RFC 9110 §6.4.1).
 NO_BODY_STATUSES = frozenset([*range(100, 200), 204, 304])
 
@@ -74,6 +72,7 @@ class RequestCycle:
         "start_time",
         "state",
         "status",
+        "task",
         "waiter",
     )
 
@@ -107,6 +106,7 @@ class RequestCycle:
         self.chunked = False
         self.bytes_sent = 0
         self.start_time = monotonic()
+        self.task: asyncio.Task[None] | None = None
 
     # -- fed by the protocol ----------------------------------------------------------------
 
@@ -274,6 +274,7 @@ class RequestCycle:
         self.headers = headers
         if status in NO_BODY_STATUSES:
             self.no_body = True
+
 
 SPECIAL_RESPONSE_HEADERS = frozenset(
     [b"content-length", b"connection", b"transfer-encoding", b"server", b"date"]

@@ -64,13 +64,18 @@ class RejectRequest(Exception):
 class HTTP1Protocol(asyncio.Protocol):
     __slots__ = (
         "client",
+        "closed",
         "cycle",
         "deadline",
+        "drain_waiter",
+        "expect_100",
+        "has_host",
         "head_bytes",
         "headers",
         "keep_alive",
         "parser",
         "parsing",
+        "pending_error",
         "phase",
         "pipeline",
         "read_paused",
@@ -79,14 +84,11 @@ class HTTP1Protocol(asyncio.Protocol):
         "server",
         "state",
         "timer",
+        "timer_at",
         "transport",
-        "url",
-        "drain_waiter",
-        "write_paused",
-        "closed",
-        "pending_error",
         "upgrade",
-        "expect_100",
+        "url",
+        "write_paused",
         "ws_scope",
     )
 
@@ -110,6 +112,8 @@ class HTTP1Protocol(asyncio.Protocol):
         self.closed = False
         self.pending_error: RejectRequest | None = None
         self.timer: asyncio.TimerHandle | None = None
+        self.timer_at = 0.0
+        self.has_host = False
         self.deadline = 0.0
         self.phase = IDLE
         self.scheme = "http"
@@ -178,9 +182,14 @@ class HTTP1Protocol(asyncio.Protocol):
         self.headers = []
         self.head_bytes = 0
         self.expect_100 = False
+        self.has_host = False
         self.upgrade = None
         if self.cycle is None:
-            self.set_deadline(HEAD, self.state.config.timeout_request_header)
+            # set_deadline() inlined for the common case (the armed timer is earlier).
+            self.phase = HEAD
+            self.deadline = deadline = monotonic() + self.state.config.timeout_request_header
+            if self.timer is None or deadline < self.timer_at:
+                self.set_deadline(HEAD, self.state.config.timeout_request_header)
 
     def on_url(self, url: bytes) -> None:
         self.url += url
@@ -204,8 +213,9 @@ class HTTP1Protocol(asyncio.Protocol):
             if value.strip().lower() == b"100-continue":
                 self.expect_100 = True
         elif name == b"host":
-            if any(n == b"host" for n, _ in self.headers):
+            if self.has_host:
                 raise RejectRequest(400, "Several Host headers")
+            self.has_host = True
         elif name == b"upgrade":
             self.upgrade = value.strip().lower()
 
@@ -215,7 +225,7 @@ class HTTP1Protocol(asyncio.Protocol):
         http_version = parser.get_http_version()
         method = parser.get_method().decode("ascii")
         url = self.url
-        if http_version == "1.1" and not any(n == b"host" for n, _ in self.headers):
+        if not self.has_host and http_version == "1.1":
             raise RejectRequest(400, "Missing Host header")
         if url[:1] == b"/":
             raw_path, _, query = url.partition(b"?")
@@ -242,7 +252,9 @@ class HTTP1Protocol(asyncio.Protocol):
             self.ws_scope = scope
             return
         keep_alive = self.keep_alive and parser.should_keep_alive() and not state.shutting_down
-        cycle = RequestCycle(scope, self, state, keep_alive, self.expect_100 and http_version == "1.1")
+        cycle = RequestCycle(
+            scope, self, state, keep_alive, self.expect_100 and http_version == "1.1"
+        )
         self.parsing = cycle
         limit = state.config.limit_concurrency
         if self.cycle is None:
@@ -276,9 +288,9 @@ class HTTP1Protocol(asyncio.Protocol):
         state = self.state
         state.in_flight += 1
         state.total_requests += 1
-        task = state.loop.create_task(cycle.run(state.app))
-        state.tasks.add(task)
-        task.add_done_callback(state.tasks.discard)
+        # The task is reachable from the connection (self.cycle.task) for shutdown; no
+        # server-wide set and no done-callback per request.
+        cycle.task = state.loop.create_task(cycle.run(state.app))
 
     def refuse(self, cycle: RequestCycle) -> None:
         """--limit-concurrency: answer 503 at once, without running the app."""
@@ -443,18 +455,18 @@ class HTTP1Protocol(asyncio.Protocol):
     # -- timeouts, errors, shutdown ---------------------------------------------------------
 
     def set_deadline(self, phase: int, seconds: float) -> None:
-        """Move the connection's single deadline; the timer is re-armed lazily (no churn)."""
+        """Move the connection's single deadline. The timer is only re-armed when the new
+        deadline comes before the armed one: a keep-alive connection serving requests
+        back to back creates no timer per request (it fires once per timeout period and
+        re-arms itself for the remainder)."""
         self.phase = phase
         self.deadline = deadline = monotonic() + seconds
-        if self.timer is None:
-            self.timer = self.state.loop.call_later(seconds + 0.001, self.on_timer)
-        elif deadline < self.timer_when():
-            self.timer.cancel()
-            self.timer = self.state.loop.call_later(seconds + 0.001, self.on_timer)
-
-    def timer_when(self) -> float:
-        assert self.timer is not None
-        return self.timer.when() - self.state.loop.time() + monotonic()
+        timer = self.timer
+        if timer is None or deadline < self.timer_at:
+            if timer is not None:
+                timer.cancel()
+            self.timer_at = deadline
+            self.timer = self.state.loop.call_later(seconds, self.on_timer)
 
     def on_timer(self) -> None:
         self.timer = None
@@ -462,13 +474,12 @@ class HTTP1Protocol(asyncio.Protocol):
             return
         remaining = self.deadline - monotonic()
         if remaining > 0:
-            self.timer = self.state.loop.call_later(remaining + 0.001, self.on_timer)
+            self.timer_at = self.deadline
+            self.timer = self.state.loop.call_later(remaining, self.on_timer)
             return
         if self.phase == HEAD:
             self.reject(RejectRequest(408, "Request header timeout"))
-        elif self.phase == BODY and self.cycle is None:
-            self.close()
-        elif self.phase == IDLE:
+        elif (self.phase == BODY and self.cycle is None) or self.phase == IDLE:
             self.close()
 
     def reject(self, error: RejectRequest) -> None:
@@ -482,9 +493,7 @@ class HTTP1Protocol(asyncio.Protocol):
             self.keep_alive = False
             return
         self.pending_error = None
-        log.info(
-            "%s:%s - rejected: %d %s", *(self.client or ("-", 0)), error.status, error.reason
-        )
+        log.info("%s:%s - rejected: %d %s", *(self.client or ("-", 0)), error.status, error.reason)
         body = error.reason.encode("latin-1")
         self.transport.write(
             STATUS_LINES.get(error.status, _status_line(error.status))
@@ -516,10 +525,22 @@ class HTTP1Protocol(asyncio.Protocol):
     def idle(self) -> bool:
         return self.cycle is None and self.phase != HEAD
 
+    @property
+    def task(self) -> asyncio.Task[None] | None:
+        return self.cycle.task if self.cycle is not None else None
+
     def shutdown(self) -> None:
         """Graceful stop: idle connections close now, busy ones after their response."""
         self.keep_alive = False
         if self.cycle is None:
+            self.close()
+
+    def cancel(self) -> None:
+        """The graceful timeout passed: cancel the running app, drop the connection."""
+        cycle = self.cycle
+        if cycle is not None and cycle.task is not None:
+            cycle.task.cancel()
+        else:
             self.close()
 
 
