@@ -15,7 +15,7 @@ import logging
 import logging.config
 import os
 import sys
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO, cast
 
 from .config import Config, ConfigError
 
@@ -152,6 +152,13 @@ class AccessLog:
         if self.flush_handle is None:
             self.flush_handle = self.loop.call_soon(self.flush)
 
+    def log_websocket(
+        self, scope: dict[str, Any], status: int, sent: int, start: float, now: float
+    ) -> None:
+        """A WebSocket handshake: one line with status 101 or the denial status. `scope` is the
+        handshake's HTTP scope, so every format field means what it means for a request."""
+        self.log(cast("RequestCycle", _Exchange(scope, status, sent, start)), now)
+
     def flush(self) -> None:
         self.flush_handle = None
         lines = self.lines
@@ -175,6 +182,18 @@ class AccessLog:
         else:
             for line in lines:
                 logger.info(line)
+
+
+class _Exchange:
+    """The fields of a RequestCycle that the access log reads, for exchanges without one."""
+
+    __slots__ = ("bytes_sent", "scope", "start_time", "status")
+
+    def __init__(self, scope: dict[str, Any], status: int, sent: int, start: float) -> None:
+        self.scope = scope
+        self.status = status
+        self.bytes_sent = sent
+        self.start_time = start
 
 
 def access_fields(cycle: RequestCycle, now: float) -> dict[str, Any]:

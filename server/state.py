@@ -45,6 +45,7 @@ class ServerState:
         "lifespan_state",
         "loop",
         "on_request",
+        "restarting",
         "shutting_down",
         "static_head",
         "tasks",
@@ -70,6 +71,9 @@ class ServerState:
         self.in_flight = 0
         self.total_requests = 0
         self.shutting_down = False
+        # Set by whoever stops this server to have it replaced (reload, worker recycling):
+        # open WebSockets then close with 1012 "service restart" instead of 1001 "going away".
+        self.restarting = False
         self.on_request: Any = None  # a callback(count) for max-requests accounting
         self.ws_enabled = config.ws != "none" and _websockets_available()
         # Headers added to every response, encoded once: the server line and --header values.

@@ -521,6 +521,16 @@ class HTTP1Protocol(asyncio.Protocol):
         if rest:
             self.data_received(rest)
 
+    def detach(self) -> asyncio.Transport:
+        """Give the transport up to another protocol (the WebSocket one): this protocol stops
+        counting as a connection and its timer and callbacks stop acting."""
+        self.closed = True
+        self.state.connections.discard(self)
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        return self.transport
+
     @property
     def idle(self) -> bool:
         return self.cycle is None and self.phase != HEAD
