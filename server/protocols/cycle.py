@@ -52,6 +52,7 @@ class RequestCycle:
     # Plain attributes with __slots__: the cycle is created once per request.
     __slots__ = (
         "body",
+        "body_done",
         "body_size",
         "bytes_sent",
         "chunked",
@@ -93,6 +94,7 @@ class RequestCycle:
         self.body: list[bytes] = []
         self.body_size = 0
         self.more_body = True
+        self.body_done = False  # the last http.request message was delivered
         self.waiter: asyncio.Future[None] | None = None
         self.disconnected = False
         self.response_started = False
@@ -145,11 +147,11 @@ class RequestCycle:
                 raise
         else:
             if not self.response_complete and not self.disconnected:
-                if self.response_started:
+                if self.head_sent:
                     log.error("ASGI app returned without completing the response")
                     self.conn.abort()
                 else:
-                    log.error("ASGI app returned without starting a response")
+                    log.error("ASGI app returned without sending a response")
                     self.send_500()
         finally:
             state.in_flight -= 1
@@ -165,7 +167,9 @@ class RequestCycle:
             log.error("Exception in ASGI application", exc_info=exc)
         if self.response_complete:
             return
-        if self.response_started:
+        # Nothing written yet (an invalid header or a body longer than its Content-Length is
+        # caught before the write): the client still gets a proper 500.
+        if self.head_sent:
             self.conn.abort()
         else:
             self.send_500()
@@ -185,7 +189,10 @@ class RequestCycle:
     async def receive(self) -> Message:
         if self.response_complete or self.disconnected:
             return DISCONNECT
-        if not self.body and self.more_body:
+        if not self.body and (self.more_body or self.body_done):
+            # Wait for more body or, once the last http.request was delivered, for the client
+            # to leave or the response to complete: apps poll receive() to detect a
+            # disconnect, so it must block rather than repeat an empty body.
             if self.expect_100:
                 self.expect_100 = False
                 if not self.response_started:
@@ -195,7 +202,7 @@ class RequestCycle:
                 await self.waiter
             finally:
                 self.waiter = None
-            if self.disconnected:
+            if self.disconnected or self.response_complete or self.body_done:
                 return DISCONNECT
         body = self.body
         if len(body) == 1:
@@ -205,7 +212,10 @@ class RequestCycle:
         self.body = []
         self.body_size = 0
         self.conn.body_consumed(self)
-        return {"type": "http.request", "body": data, "more_body": self.more_body}
+        more_body = self.more_body
+        if not more_body:
+            self.body_done = True
+        return {"type": "http.request", "body": data, "more_body": more_body}
 
     async def send(self, message: Message) -> None:
         mtype = message["type"]
@@ -215,7 +225,6 @@ class RequestCycle:
             if mtype != "http.response.start":
                 raise RuntimeError(f"expected 'http.response.start', got {mtype!r}")
             self.response_started = True
-            self.expect_100 = False
             self.set_status_and_headers(message)
             return
         if self.response_complete:
@@ -232,6 +241,9 @@ class RequestCycle:
                 raise RuntimeError("response body shorter than its Content-Length")
         if final:
             self.response_complete = True
+            waiter = self.waiter
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)  # a receive() waiting in another task: disconnect
         conn = self.conn
         if self.head_sent:
             conn.send_body(self, body, final)
@@ -245,7 +257,9 @@ class RequestCycle:
 
     def set_status_and_headers(self, message: Message) -> None:
         status = message["status"]
-        if type(status) is not int or not 100 <= status <= 999:
+        # 1xx are interim (RFC 9110 §15.2): as the final response they would leave the
+        # client waiting for one that never comes.
+        if type(status) is not int or not 200 <= status <= 999:
             raise RuntimeError(f"invalid status {status!r}")
         self.status = status
         headers: list[tuple[bytes, bytes]] = []

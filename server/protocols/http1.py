@@ -237,6 +237,12 @@ class HTTP1Protocol(asyncio.Protocol):
             path = unquote(raw_path.decode("latin-1"))
         else:
             path = raw_path.decode("latin-1")
+        root_path = state.config.root_path
+        if root_path:
+            # As uvicorn, and as the ASGI spec's WSGI mapping implies (PATH_INFO = path minus
+            # root_path): path and raw_path are the full path, the mount prefix included.
+            path = root_path + path
+            raw_path = root_path.encode() + raw_path
         scope = self.scope_base.copy()
         scope["http_version"] = http_version
         scope["method"] = method
@@ -308,7 +314,7 @@ class HTTP1Protocol(asyncio.Protocol):
         if self.closed:
             return
         self.cycle = None
-        if self.pending_error is not None and cycle.response_complete:
+        if self.pending_error is not None and (cycle.response_complete or not cycle.head_sent):
             self.reject(self.pending_error)
             return
         if not cycle.response_complete or not cycle.keep_alive or not self.keep_alive:
@@ -357,6 +363,10 @@ class HTTP1Protocol(asyncio.Protocol):
             else:
                 cycle.chunked = True
                 parts.append(b"transfer-encoding: chunked\r\n")
+        if cycle.expect_100 and cycle.more_body:
+            # 100-continue was never sent and the body is not all here: the client may or may
+            # not send it now, so the connection cannot be reused (RFC 9110 §10.1.1).
+            cycle.keep_alive = False
         if not cycle.keep_alive or not self.keep_alive:
             cycle.keep_alive = False
             parts.append(b"connection: close\r\n")
@@ -394,10 +404,6 @@ class HTTP1Protocol(asyncio.Protocol):
             transport.write(body)
 
     def response_done(self, cycle: RequestCycle) -> None:
-        if cycle.expect_100 and cycle.more_body:
-            # 100-continue was never sent: the client may or may not send the body now, so
-            # the connection cannot be reused safely (RFC 9110 §10.1.1).
-            cycle.keep_alive = False
         if not cycle.keep_alive:
             self.keep_alive = False
         access = self.state.access_log
@@ -491,6 +497,11 @@ class HTTP1Protocol(asyncio.Protocol):
             self.pending_error = error
             self.pause_reading()
             self.keep_alive = False
+            if self.parsing is self.cycle:
+                # The running app's own request body is broken: its receive() gets
+                # http.disconnect instead of waiting forever, and the 4xx goes out once it
+                # returns (unless it had started answering: then the connection just closes).
+                self.cycle.lost()
             return
         self.pending_error = None
         log.info("%s:%s - rejected: %d %s", *(self.client or ("-", 0)), error.status, error.reason)

@@ -1,0 +1,542 @@
+"""The HTTP/1.1 wire behaviour of the core server, over real sockets, on both loops.
+
+Requests are written as raw bytes (so the tests control framing, splitting and pipelining);
+responses are parsed by h11 (see `Wire`), an independent HTTP/1.1 implementation, so a framing
+mistake by the server fails the parse instead of slipping past a substring check.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import logging
+import queue
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import h11
+import pytest
+
+from tests.apps.core_apps import (
+    BAD_HEADERS,
+    Probe,
+    Wire,
+    answer_while_receiving,
+    core_app,
+    counted_download,
+    hold_then_count,
+    receive_after_response,
+    recording_echo,
+    request,
+    until_disconnect,
+)
+
+Serve = Callable[..., Any]
+
+
+class ListHandler(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+@contextmanager
+def error_log() -> Iterator[list[logging.LogRecord]]:
+    """Records of the "fastserve.error" logger (which does not propagate to caplog's root
+    handler). Enter it after the server started: configure_logging resets the handlers."""
+    handler = ListHandler()
+    logger = logging.getLogger("fastserve.error")
+    logger.addHandler(handler)
+    try:
+        yield handler.records
+    finally:
+        logger.removeHandler(handler)
+
+
+# -- request bodies ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("encoding", ["content-length", "chunked"])
+def test_request_body_delivered_in_pieces_as_they_arrive(serve: Serve, encoding: str) -> None:
+    probe = Probe()
+    pieces = [b"a" * 10, b"b" * 10, b"c" * 10]
+    with serve(recording_echo(probe)) as srv, srv.connect() as sock:
+        wire = Wire(sock)
+        if encoding == "chunked":
+            wire.send(request("/", "POST", "Transfer-Encoding: chunked\r\n"))
+            frames = [b"a\r\n" + p + b"\r\n" for p in pieces[:-1]]
+            frames.append(b"a\r\n" + pieces[-1] + b"\r\n0\r\n\r\n")
+        else:
+            wire.send(request("/", "POST", "Content-Length: 30\r\n"))
+            frames = pieces
+        for i, frame in enumerate(frames):
+            wire.send(frame)
+            message = probe.get()  # the app sees each piece before the next is even sent
+            assert message["type"] == "http.request"
+            assert message["body"] == pieces[i]
+            assert message["more_body"] is (i < 2)
+        response = wire.response("POST")
+    assert response.status == 200
+    assert response.body == b"".join(pieces)
+
+
+# -- response framing -------------------------------------------------------------------------
+
+
+def test_chunked_response_when_the_app_gives_no_length(serve: Serve) -> None:
+    with serve(core_app) as srv, srv.connect() as sock:
+        wire = Wire(sock)
+        wire.send(request("/stream?n=3"))
+        response = wire.response()
+    assert response.header(b"transfer-encoding") == b"chunked"
+    assert response.header(b"content-length") is None
+    assert response.body == b"chunk0\nchunk1\nchunk2\n"
+
+
+def test_content_length_added_when_the_body_is_one_message(serve: Serve) -> None:
+    with serve(core_app) as srv, srv.connect() as sock:
+        wire = Wire(sock)
+        wire.send(request("/hello"))
+        response = wire.response()
+        wire.send(request("/stream-cl"))  # the app's own Content-Length, streamed
+        streamed = wire.response()
+    assert response.all(b"content-length") == [b"5"]
+    assert response.header(b"transfer-encoding") is None
+    assert response.body == b"hello"
+    assert streamed.all(b"content-length") == [b"10"]
+    assert streamed.header(b"transfer-encoding") is None
+    assert streamed.body == b"0123456789"
+
+
+def test_http10_streaming_response_is_close_delimited(serve: Serve) -> None:
+    with serve(core_app) as srv, srv.connect() as sock:
+        wire = Wire(sock)
+        wire.send(b"GET /stream?n=2 HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+        response = wire.response()  # h11 reads an unframed body up to EOF
+    assert response.header(b"transfer-encoding") is None
+    assert response.header(b"content-length") is None
+    assert response.header(b"connection") == b"close"
+    assert response.body == b"chunk0\nchunk1\n"
+
+
+@pytest.mark.parametrize("target", ["/hello", "/stream?n=2", "/stream-cl"])
+def test_head_sends_no_body(serve: Serve, target: str) -> None:
+    with serve(core_app) as srv, srv.connect() as sock:
+        wire = Wire(sock)
+        wire.send(request(target, "HEAD") + request("/hello"))
+        head = wire.response("HEAD")
+        after = wire.response()  # parses only if the HEAD response had no body bytes
+    assert head.status == 200
+    assert head.body == b""
+    if target == "/hello":
+        assert head.header(b"content-length") == b"5"
+    assert after.body == b"hello"
+
+
+@pytest.mark.parametrize("target", ["/status?code=204&body=x", "/status?code=304&cl=7&body=x"])
+def test_bodiless_statuses_carry_no_body(serve: Serve, target: str) -> None:
+    with serve(core_app) as srv, srv.connect() as sock:
+        wire = Wire(sock)
+        wire.send(request(target) + request("/hello"))
+        first = wire.response()
+        after = wire.response()
+        assert b"\r\n\r\nHTTP/1.1 200" in wire.raw  # nothing between the two responses
+    assert first.status in (204, 304)
+    assert first.header(b"transfer-encoding") is None
+    assert after.body == b"hello"
+
+
+def test_informational_status_as_final_response_is_an_app_error(serve: Serve) -> None:
+    """A 1xx is interim (RFC 9110 §15.2): as the final response it would leave the client
+    waiting for one that never comes."""
+    with serve(core_app) as srv, srv.connect() as sock:
+        wire = Wire(sock)
+        wire.send(request("/status?code=103"))
+        response = wire.response()
+    assert response.status == 500
+    assert response.informational == []
+
+
+# -- keep-alive and Connection ----------------------------------------------------------------
+
+
+def test_keep_alive_is_the_default_for_http11(serve: Serve) -> None:
+    with serve(core_app) as srv, srv.connect() as sock:
+        wire = Wire(sock)
+        for _ in range(3):
+            wire.send(request("/hello"))
+            response = wire.response()
+            assert response.body == b"hello"
+            assert response.header(b"connection") is None
+
+
+def test_http10_keep_alive_on_request(serve: Serve) -> None:
+    with serve(core_app) as srv, srv.connect() as sock:
+        wire = Wire(sock)
+        for _ in range(2):
+            wire.send(b"GET /hello HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+            response = wire.response()
+            assert response.header(b"connection") == b"keep-alive"
+            assert response.body == b"hello"
+        wire.send(b"GET /hello HTTP/1.0\r\n\r\n")  # 1.0 without keep-alive: closed
+        assert wire.response().header(b"connection") == b"close"
+        assert wire.closed()
+
+
+def test_connection_close_from_the_client(serve: Serve) -> None:
+    with serve(core_app) as srv, srv.connect() as sock:
+        wire = Wire(sock)
+        wire.send(request("/hello", headers="Connection: close\r\n"))
+        response = wire.response()
+        assert response.all(b"connection") == [b"close"]
+        assert wire.closed()
+
+
+def test_connection_close_from_the_app(serve: Serve) -> None:
+    with serve(core_app) as srv, srv.connect() as sock:
+        wire = Wire(sock)
+        wire.send(request("/close"))
+        response = wire.response()
+        assert response.all(b"connection") == [b"close"]
+        assert response.body == b"bye"
+        assert wire.closed()
+
+
+# -- pipelining -------------------------------------------------------------------------------
+
+
+def test_pipelined_responses_in_request_order_even_when_the_first_is_slow(serve: Serve) -> None:
+    batch = (
+        request("/slow?s=0.3")
+        + request("/echo", "POST", "Content-Length: 4\r\n", b"ping")
+        + request("/stream?n=1")
+        + request("/hello")
+    )
+    with serve(core_app) as srv, srv.connect() as sock:
+        wire = Wire(sock)
+        wire.send(batch)  # one write
+        bodies = [wire.response(m).body for m in ("GET", "POST", "GET", "GET")]
+    assert bodies == [b"slow s=0.3", b"ping", b"chunk0\n", b"hello"]
+
+
+def test_many_pipelined_requests(serve: Serve) -> None:
+    with serve(core_app) as srv, srv.connect() as sock:
+        wire = Wire(sock)
+        wire.send(b"".join(request(f"/slow?s=0&i={i}") for i in range(50)))
+        bodies = [wire.response().body for _ in range(50)]
+    assert bodies == [b"slow s=0&i=%d" % i for i in range(50)]
+
+
+# -- Expect: 100-continue (RFC 9110 §10.1.1) ---------------------------------------------------
+
+
+def read_head(sock: socket.socket) -> bytes:
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(1)
+        assert chunk, "connection closed"
+        data += chunk
+    return data
+
+
+def test_100_continue_sent_when_the_app_first_reads(serve: Serve) -> None:
+    probe = Probe()
+    with serve(hold_then_count(probe)) as srv, srv.connect() as sock:
+        sock.sendall(request("/", "POST", "Content-Length: 5\r\nExpect: 100-continue\r\n"))
+        assert probe.get() == "started"
+        sock.settimeout(0.3)
+        with pytest.raises(TimeoutError):
+            sock.recv(100)  # the app has not called receive() yet: no 100
+        probe.release.set()
+        sock.settimeout(5)
+        assert read_head(sock) == b"HTTP/1.1 100 Continue\r\n\r\n"
+        wire = Wire(sock)
+        wire.send(b"12345")
+        response = wire.response("POST")
+    assert response.body == b"5"
+
+
+def test_no_100_continue_when_the_app_answers_without_reading(serve: Serve) -> None:
+    with serve(core_app) as srv, srv.connect() as sock:
+        wire = Wire(sock)
+        wire.send(request("/hello", "POST", "Content-Length: 5\r\nExpect: 100-continue\r\n"))
+        response = wire.response("POST")
+        assert response.informational == []
+        assert response.body == b"hello"
+        # The client may or may not send the announced body now: the next bytes cannot be
+        # parsed unambiguously, so the server must close (and say so).
+        assert response.header(b"connection") == b"close"
+        assert wire.closed()
+
+
+# -- flow control -----------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(60)
+def test_unread_upload_pauses_reading(serve: Serve) -> None:
+    """The app does not read: after the kernel buffers fill, the client's send blocks."""
+    total = 50 * 1024 * 1024
+    probe = Probe()
+    piece = b"u" * 65536
+    with serve(hold_then_count(probe)) as srv, srv.connect() as sock:
+        sock.sendall(request("/", "POST", f"Content-Length: {total}\r\n"))
+        assert probe.get() == "started"
+        sock.settimeout(1.0)
+        sent = 0
+        while sent < total:
+            try:
+                sent += sock.send(piece[: min(len(piece), total - sent)])
+            except TimeoutError:
+                break
+        # Loopback kernel buffers hold a few MiB; the server holds ~64 KiB more.
+        assert sent < total // 4, f"the server swallowed {sent} bytes of an unread body"
+        probe.release.set()
+        sock.settimeout(10)
+        while sent < total:
+            sent += sock.send(piece[: min(len(piece), total - sent)])
+        response = Wire(sock).response("POST", timeout=10)
+    assert response.body == str(total).encode()
+
+
+@pytest.mark.timeout(60)
+def test_slow_reader_makes_send_wait(serve: Serve) -> None:
+    pieces, size = 32, 1024 * 1024
+    probe = Probe()
+    with serve(counted_download(probe, pieces, size)) as srv:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+        sock.settimeout(10)
+        with sock:
+            sock.connect(("127.0.0.1", srv.port))
+            sock.sendall(request("/"))
+            first = sock.recv(1024)
+            assert first.startswith(b"HTTP/1.1 200")
+            stalled = wait_stable(lambda: probe.counter)
+            # A few MiB sit in kernel buffers; the rest must wait for the client to read.
+            assert stalled < pieces // 2, f"send() returned {stalled} times for a non-reader"
+            wire = Wire(sock)
+            wire.conn.receive_data(first)
+            response = wire.response(timeout=10)
+    assert probe.counter == pieces
+    assert len(response.body) == pieces * size
+
+
+def wait_stable(read: Callable[[], int], quiet: float = 0.5, limit: float = 10.0) -> int:
+    """Poll until `read()` stops changing for `quiet` seconds."""
+    deadline = time.monotonic() + limit
+    value = read()
+    while time.monotonic() < deadline:
+        time.sleep(quiet)
+        now = read()
+        if now == value:
+            return value
+        value = now
+    return value
+
+
+# -- response header validation ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", sorted(BAD_HEADERS))
+def test_invalid_response_header_is_a_500_and_nothing_is_split(serve: Serve, kind: str) -> None:
+    with serve(core_app) as srv, srv.connect() as sock, error_log() as records:
+        wire = Wire(sock)
+        wire.send(request(f"/bad-header?kind={kind}"))
+        response = wire.response()
+        assert wire.closed()
+    assert response.status == 500
+    assert b"x-injected" not in wire.raw.lower()
+    assert b"never" not in wire.raw
+    errors = [r for r in records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1 and errors[0].exc_info is not None
+
+
+# -- app errors -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "target", ["/raise-before", "/no-response", "/start-only", "/cl-longer", "/cl-shorter"]
+)
+def test_app_error_before_the_head_was_written_is_a_500(serve: Serve, target: str) -> None:
+    with serve(core_app) as srv, srv.connect() as sock, error_log() as records:
+        wire = Wire(sock)
+        wire.send(request(target))
+        response = wire.response()
+        assert wire.closed()
+    assert response.status == 500
+    assert response.header(b"connection") == b"close"
+    assert response.body == b"Internal Server Error"
+    assert len([r for r in records if r.levelno >= logging.ERROR]) == 1
+
+
+@pytest.mark.parametrize("target", ["/raise-after", "/cl-longer-streamed", "/cl-shorter-streamed"])
+def test_app_error_after_the_head_was_written_aborts(serve: Serve, target: str) -> None:
+    with serve(core_app) as srv, srv.connect() as sock, error_log() as records:
+        wire = Wire(sock)
+        wire.send(request(target))
+        with pytest.raises((h11.RemoteProtocolError, ConnectionResetError)):
+            wire.response()  # an incomplete body, then EOF or RST
+    assert b"ABC" not in wire.raw and b"567" not in wire.raw  # the bad piece was not sent
+    errors = [r for r in records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1 and errors[0].exc_info is not None
+
+
+def test_a_failing_request_does_not_affect_a_concurrent_neighbour(serve: Serve) -> None:
+    with serve(core_app) as srv, srv.connect() as slow_sock, srv.connect() as bad_sock:
+        slow, bad = Wire(slow_sock), Wire(bad_sock)
+        slow.send(request("/slow?s=0.5"))
+        bad.send(request("/raise-before"))
+        assert bad.response().status == 500
+        assert slow.response().body == b"slow s=0.5"
+        slow.send(request("/hello"))
+        assert slow.response().body == b"hello"
+
+
+# -- malformed requests -----------------------------------------------------------------------
+
+MALFORMED = {
+    "garbage": b"GARBAGE\r\n\r\n",
+    "bad-header-line": b"GET / HTTP/1.1\r\nHost: a\r\nno colon here\r\n\r\n",
+    "missing-host": b"GET / HTTP/1.1\r\n\r\n",
+    "bad-content-length": b"POST /echo HTTP/1.1\r\nHost: a\r\nContent-Length: abc\r\n\r\n",
+    # The app is already reading the body when the bad chunk arrives: its receive() must
+    # not wait forever, and the client still gets the 400.
+    "bad-chunk-size": (
+        b"POST /echo HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\nzz\r\n"
+    ),
+    "space-in-target": b"GET /a b HTTP/1.1\r\nHost: a\r\n\r\n",
+}
+
+
+@pytest.mark.parametrize("name", sorted(MALFORMED))
+def test_malformed_request_is_a_400_with_one_log_line(serve: Serve, name: str) -> None:
+    with serve(core_app, log_level="info") as srv, srv.connect() as sock, error_log() as records:
+        wire = Wire(sock)
+        wire.send(MALFORMED[name])
+        response = wire.response()
+        assert wire.closed()
+    assert response.status == 400
+    assert response.header(b"connection") == b"close"
+    assert (response.header(b"content-type") or b"").startswith(b"text/plain")
+    assert 0 < len(response.body) < 200
+    assert len(records) == 1
+    assert records[0].exc_info is None
+    assert "400" in records[0].getMessage()
+
+
+# -- disconnects ------------------------------------------------------------------------------
+
+
+def test_disconnect_mid_body_reaches_receive(serve: Serve) -> None:
+    probe = Probe()
+    with serve(until_disconnect(probe)) as srv, srv.connect() as sock:
+        sock.sendall(request("/", "POST", "Content-Length: 100\r\n", b"x" * 10))
+        first = probe.get()
+        assert (first["body"], first["more_body"]) == (b"x" * 10, True)
+        sock.close()
+        assert probe.get() == {"type": "http.disconnect"}
+
+
+def test_receive_waits_for_the_disconnect_once_the_body_is_read(serve: Serve) -> None:
+    """After the last http.request, receive() blocks until the client leaves (apps poll it to
+    detect disconnects; returning the empty body again would spin them)."""
+    probe = Probe()
+    with serve(until_disconnect(probe)) as srv, srv.connect() as sock:
+        sock.sendall(request("/"))
+        assert probe.get()["more_body"] is False
+        with pytest.raises(queue.Empty):
+            probe.get(timeout=0.3)
+        sock.close()
+        assert probe.get() == {"type": "http.disconnect"}
+
+
+def test_receive_after_the_response_is_disconnect(serve: Serve) -> None:
+    probe = Probe()
+    with serve(receive_after_response(probe)) as srv, srv.connect() as sock:
+        wire = Wire(sock)
+        wire.send(request("/"))
+        assert wire.response().body == b"done"
+        assert probe.get() == {"type": "http.disconnect"}
+
+
+def test_pending_receive_is_woken_by_the_response(serve: Serve) -> None:
+    probe = Probe()
+    with serve(answer_while_receiving(probe)) as srv, srv.connect() as sock:
+        wire = Wire(sock)
+        wire.send(request("/"))
+        assert wire.response().body == b"answered"
+        assert probe.get() == {"type": "http.disconnect"}
+
+
+# -- default headers --------------------------------------------------------------------------
+
+
+def test_date_and_server_headers_by_default(serve: Serve) -> None:
+    with serve(core_app) as srv, srv.connect() as sock:
+        wire = Wire(sock)
+        wire.send(request("/hello"))
+        response = wire.response()
+    assert response.all(b"server") == [b"fastserve"]
+    [date] = response.all(b"date")
+    parsed = email.utils.parsedate_to_datetime(date.decode())
+    assert abs(parsed.timestamp() - time.time()) < 5
+
+
+def test_date_and_server_headers_can_be_switched_off(serve: Serve) -> None:
+    with serve(core_app, server_header=False, date_header=False) as srv, srv.connect() as sock:
+        wire = Wire(sock)
+        wire.send(request("/hello") + request("/bad-header?kind=nul"))
+        ok, failed = wire.response(), wire.response()
+    for response in (ok, failed):
+        assert response.header(b"server") is None
+        assert response.header(b"date") is None
+
+
+def test_extra_default_headers(serve: Serve) -> None:
+    extra = ["X-Frame-Options: DENY", "X-Served-By:  edge-1 "]
+    with serve(core_app, headers=extra) as srv, srv.connect() as sock:
+        wire = Wire(sock)
+        wire.send(request("/hello") + request("/own-server-date"))
+        plain, own = wire.response(), wire.response()
+    for response in (plain, own):
+        assert response.all(b"x-frame-options") == [b"DENY"]
+        assert response.all(b"x-served-by") == [b"edge-1"]
+
+
+def test_app_set_server_and_date_are_not_duplicated(serve: Serve) -> None:
+    with serve(core_app) as srv, srv.connect() as sock:
+        wire = Wire(sock)
+        wire.send(request("/own-server-date"))
+        response = wire.response()
+    assert response.all(b"server") == [b"custom/1.0"]
+    assert response.all(b"date") == [b"Mon, 01 Jan 2001 00:00:00 GMT"]
+
+
+# -- several connections at once ---------------------------------------------------------------
+
+
+def test_concurrent_connections_are_served_independently(serve: Serve) -> None:
+    results: list[bytes] = []
+
+    def client(i: int) -> None:
+        with srv.connect() as sock:
+            wire = Wire(sock)
+            for j in range(5):
+                wire.send(
+                    request(f"/echo?{i}", "POST", "Content-Length: 6\r\n", b"%03d%03d" % (i, j))
+                )
+                results.append(wire.response("POST").body)
+
+    with serve(core_app) as srv:
+        threads = [threading.Thread(target=client, args=(i,)) for i in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(10)
+    assert sorted(results) == sorted(b"%03d%03d" % (i, j) for i in range(8) for j in range(5))
