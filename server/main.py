@@ -54,7 +54,11 @@ def serve_config(config: Config) -> int:
             from .reload import run_with_reload
 
             return run_with_reload(config)
-        if workers > 1 or (config.workers is not None and config.pid):
+        # As PID 1 (a container's entrypoint) a single worker still runs under the supervisor:
+        # it reaps orphaned processes, which a lone server cannot do without stealing the exit
+        # statuses of the app's own subprocesses.
+        as_init = os.getpid() == 1 and config.install_signal_handlers
+        if workers > 1 or (config.workers is not None and config.pid) or as_init:
             from .supervisor import Supervisor
 
             return Supervisor(config, workers).run()

@@ -1,0 +1,109 @@
+"""`--reload` (development): serve in a child process, restart it when Python files change.
+
+The parent binds the socket once and hands it to each child by file descriptor, so `--port 0`
+keeps its port across restarts and a connection arriving mid-restart waits in the listen queue
+instead of being refused. Each child is a new interpreter (`sys.executable`), not a fork, so
+it imports every module afresh: changed code is what it serves. The parent itself never
+imports the app. File events come from watchfiles (inotify on Linux); with the default
+`PythonFilter`, `__pycache__`, `.git`, virtualenvs and non-Python files are ignored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+from .config import Config, ConfigError
+from .sockets import bind_sockets
+
+log = logging.getLogger("fastserve.error")
+
+CHILD_CODE = "from fastserve.reload import child_main; child_main()"
+# The child gets this long beyond --timeout-graceful-shutdown before it is killed.
+STOP_MARGIN = 2.0
+
+
+def run_with_reload(config: Config) -> int:
+    """Serve, restarting the server process on every change; returns on SIGINT/SIGTERM."""
+    if not isinstance(config.app, str):
+        raise ConfigError("--reload needs the app as an import string ('module:attribute')")
+    try:
+        import watchfiles
+    except ImportError:
+        raise ConfigError("--reload needs watchfiles: pip install 'fastserve[standard]'") from None
+    dirs = [str(Path(d).resolve()) for d in (config.reload_dirs or [os.getcwd()])]
+    sockets = bind_sockets(config)
+    stop = threading.Event()
+    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in STOP_SIGNALS}
+    log.info("Started reloader [%d], watching %s", os.getpid(), ", ".join(dirs))
+    child = start_child(config, sockets)
+    try:
+        for changes in watchfiles.watch(
+            *dirs,
+            watch_filter=watchfiles.PythonFilter(),
+            stop_event=stop,
+            raise_interrupt=False,
+        ):
+            names = sorted({Path(path).name for _, path in changes})
+            log.warning("Changes detected in %s; restarting", ", ".join(names))
+            stop_child(child, config)
+            child = start_child(config, sockets)
+    finally:
+        stop_child(child, config)
+        for sock in sockets:
+            sock.close()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return 0
+
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def start_child(config: Config, sockets: list[socket.socket]) -> subprocess.Popen[bytes]:
+    fds = [sock.fileno() for sock in sockets]
+    payload = child_payload(config, fds)
+    return subprocess.Popen([sys.executable, "-c", CHILD_CODE, payload], pass_fds=fds)
+
+
+def stop_child(child: subprocess.Popen[bytes], config: Config) -> None:
+    """SIGTERM (the child drains as any server does), then SIGKILL after the graceful limit."""
+    if child.poll() is not None:
+        return
+    child.send_signal(signal.SIGTERM)
+    timeout = config.timeout_graceful_shutdown
+    try:
+        child.wait(None if timeout is None else timeout + STOP_MARGIN)
+    except subprocess.TimeoutExpired:
+        log.warning("Server process [%d] did not stop in time; killing it", child.pid)
+        child.kill()
+        child.wait()
+
+
+def child_payload(config: Config, fds: list[int]) -> str:
+    """The child's Config as JSON: every CLI-settable field (plain data), minus the reload."""
+    values: dict[str, Any] = {}
+    for f in dataclasses.fields(Config):
+        if f.name not in ("sockets", "install_signal_handlers"):
+            values[f.name] = getattr(config, f.name)
+    values.update(reload=False, workers="1", pid=None, fd=None, uds=None, env_file=None)
+    values["_fds"] = fds
+    return json.dumps(values)
+
+
+def child_main() -> None:
+    """Entry point of the server process (`python -c CHILD_CODE PAYLOAD`)."""
+    from .main import serve_config
+
+    values = json.loads(sys.argv[1])
+    sockets = [socket.socket(fileno=fd) for fd in values.pop("_fds")]
+    sys.exit(serve_config(Config(**values, sockets=sockets)))

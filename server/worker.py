@@ -1,0 +1,194 @@
+"""One worker process: the supervisor's handle on it (`Worker`) and the code that runs in it
+after the fork (`run_worker`, `Heartbeat`).
+
+The heartbeat pipe carries one-byte messages from the worker to the supervisor:
+    b"."  heartbeat (the event loop is turning)
+    b"R"  listening: ready to take connections (a rolling restart waits for it)
+    b"M"  --limit-max-requests reached: please start my replacement, then retire me
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+from collections.abc import Callable
+
+from .config import STARTUP_FAILURE, Config, ConfigError
+from .loops import get_loop_factory
+from .server import Server, StartupFailed
+from .types import ASGIApp
+
+log = logging.getLogger("fastserve.error")
+
+HEARTBEAT, READY, RETIRE = b".", b"R", b"M"
+
+
+class Worker:
+    """One forked worker process, as the supervisor sees it."""
+
+    def __init__(self, pid: int, fd: int, now: float) -> None:
+        self.pid = pid
+        self.fd = fd  # read end of the heartbeat pipe
+        self.started = now
+        self.last_seen = now  # the boot (import, lifespan startup) is bounded by the same timeout
+        self.ready = False
+        self.outdated = False  # to be replaced: SIGHUP or --limit-max-requests
+        self.retiring = False  # SIGTERM sent
+        self.killed = False  # SIGKILL sent
+
+    @classmethod
+    def start(cls, child: Callable[[int], int]) -> Worker:
+        """Fork; the child runs `child(heartbeat_fd)` and exits with its return value."""
+        read_fd, write_fd = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover (runs in the child; tests see its effects)
+            code = 1
+            try:
+                os.close(read_fd)
+                code = child(write_fd)
+            except SystemExit as exc:
+                code = exc.code if isinstance(exc.code, int) else 1
+            except BaseException:
+                log.exception("Worker [%d] crashed", os.getpid())
+            finally:
+                _flush_stdio()
+                os._exit(code)
+        os.close(write_fd)
+        os.set_blocking(read_fd, False)
+        return cls(pid, read_fd, time.monotonic())
+
+    def ping(self, now: float) -> bytes | None:
+        """Read what the worker sent (heartbeats and notices); None once it closed the pipe."""
+        try:
+            data = os.read(self.fd, 4096)
+        except BlockingIOError:
+            return b""
+        except OSError:
+            return None
+        if not data:
+            return None
+        self.last_seen = now
+        if READY in data:
+            self.ready = True
+        return data
+
+    def terminate(self) -> None:
+        """Graceful: the worker stops accepting and drains (see Server.shutdown)."""
+        self.retiring = True
+        self._send(signal.SIGTERM)
+
+    def kill(self) -> None:
+        self.killed = True
+        self._send(signal.SIGKILL)
+
+    def _send(self, sig: int) -> None:
+        try:
+            os.kill(self.pid, sig)
+        except ProcessLookupError:  # already dead, not yet reaped
+            pass
+
+    def close(self) -> None:
+        try:
+            os.close(self.fd)
+        except OSError:
+            pass
+
+
+class Heartbeat:
+    """The worker's side of the pipe: a loop timer writes a byte every `interval` seconds."""
+
+    def __init__(self, fd: int, server: Server, interval: float) -> None:
+        self.fd = fd
+        self.server = server
+        self.interval = interval
+        config = server.config
+        self.limit: int | None = None
+        if config.limit_max_requests is not None:
+            import random
+
+            jitter = random.randint(0, max(0, config.limit_max_requests_jitter))
+            self.limit = config.limit_max_requests + jitter
+        # The request count is checked more often than the heartbeat is sent.
+        self.step = min(interval, 0.1) if self.limit is not None else interval
+        self.next_beat = 0.0
+        self.handle: asyncio.TimerHandle | asyncio.Handle | None = None
+        os.set_blocking(fd, False)
+
+    def start(self) -> None:
+        self.handle = asyncio.get_running_loop().call_soon(self.tick)
+
+    def tick(self) -> None:
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        if now >= self.next_beat:
+            self.next_beat = now + self.interval
+            self.send(HEARTBEAT)
+        state = self.server.state
+        if self.limit is not None and state is not None and state.total_requests >= self.limit:
+            self.limit = None
+            self.send(RETIRE)
+        self.handle = loop.call_later(self.step, self.tick)
+
+    def ready(self, _server: Server) -> None:
+        self.send(READY)
+
+    def send(self, message: bytes) -> None:
+        try:
+            os.write(self.fd, message)
+        except BlockingIOError:  # the supervisor is slow to read: it will see the next one
+            pass
+        except OSError:  # EPIPE: the supervisor is gone; do not outlive it
+            if not self.server.should_exit:
+                log.warning("Worker [%d]: supervisor gone; shutting down", os.getpid())
+                self.server.handle_exit()
+
+    def stop(self) -> None:
+        if self.handle is not None:
+            self.handle.cancel()
+        os.close(self.fd)
+
+
+def run_worker(
+    config: Config, sockets: list[socket.socket], app: ASGIApp | None, heartbeat_fd: int
+) -> int:
+    """Serve on inherited sockets in a fresh event loop; the exit code tells the supervisor
+    whether this was a startup failure (3: stop everything) or a crash (replace me)."""
+    server = Server(config)
+    server.app = app
+    beat = Heartbeat(
+        heartbeat_fd, server, max(0.05, min(1.0, config.timeout_worker_healthcheck / 4))
+    )
+    server.on_started = beat.ready
+
+    async def main() -> None:
+        beat.start()
+        await server.serve(sockets=sockets)
+
+    try:
+        with asyncio.Runner(loop_factory=get_loop_factory(config.loop)) as runner:
+            runner.run(main())
+    except (ConfigError, StartupFailed) as exc:
+        log.error("%s", exc)
+        return STARTUP_FAILURE
+    except Exception:
+        if server.started:
+            log.exception("Worker [%d] crashed", os.getpid())
+            return 1
+        log.exception("Worker [%d] failed to start", os.getpid())
+        return STARTUP_FAILURE
+    finally:
+        beat.stop()
+    return 0
+
+
+def _flush_stdio() -> None:
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError, AttributeError):
+            pass
