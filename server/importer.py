@@ -57,7 +57,9 @@ def _is_factory(func: Any) -> bool:
 def adapt_interface(app: Any, interface: str) -> ASGIApp:
     if interface == "auto":
         if inspect.isclass(app):
-            interface = "asgi2" if hasattr(app, "__await__") else "asgi3"
+            # A class is ASGI 2 (`cls(scope)` then `instance(receive, send)`) unless its
+            # instances are awaitable: `cls(scope, receive, send)` is then an ASGI 3 call.
+            interface = "asgi3" if hasattr(app, "__await__") else "asgi2"
         elif _takes_params(app) == 2:
             interface = "wsgi"
         elif inspect.iscoroutinefunction(app) or inspect.iscoroutinefunction(

@@ -5,9 +5,10 @@ is how an in-process app reports what it saw to the test thread, and how the tes
 an app that is holding a request. `Wire` is the client side for raw-socket tests: bytes go
 out exactly as written and responses are parsed with h11, a real HTTP/1.1 parser, so framing
 errors (a missing chunk terminator, a body on a HEAD, a split header) fail loudly.
-"""
 
-from __future__ import annotations
+No `from __future__ import annotations` here: FastAPI reads the annotations of endpoints
+defined inside `fastapi_app()` at runtime, and local classes cannot be resolved from strings.
+"""
 
 import asyncio
 import json
@@ -15,7 +16,8 @@ import queue
 import socket
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs
@@ -264,14 +266,35 @@ def jsonable(value: Any) -> Any:
 
 
 async def scope_app(scope: Scope, receive: Receive, send: Send) -> None:
-    """Answers with its scope as JSON (and marks its `state` copy to prove it is a copy)."""
+    """Answers with its scope as JSON. With lifespan state it counts requests in the shared
+    nested dict (a shallow copy shares it) and marks its own copy (which must not leak)."""
     if scope["type"] == "lifespan":
         await lifespan_app(scope, receive, send)
         return
+    state = scope.get("state", {})
+    if "shared" in state:
+        state["shared"]["count"] += 1
     body = json.dumps(jsonable(scope)).encode()
-    if "state" in scope:
-        scope["state"]["mutated_by_request"] = True
+    state["mutated_by_request"] = True
     await respond(send, 200, body, [(b"content-type", b"application/json")])
+
+
+def recording_lifespan(probe: Probe) -> App:
+    """scope_app, with every lifespan message it receives put on the probe."""
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "lifespan":
+            await scope_app(scope, receive, send)
+            return
+
+        async def recorded() -> Message:
+            message = await receive()
+            probe.put(message["type"])
+            return message
+
+        await lifespan_app(scope, recorded, send)
+
+    return app
 
 
 async def lifespan_app(scope: Scope, receive: Receive, send: Send) -> None:
@@ -346,6 +369,113 @@ def wsgi_app(environ: dict[str, Any], start_response: Callable[..., Any]) -> lis
     )
     start_response("200 OK", [("Content-Type", "text/plain")])
     return [text]
+
+
+# -- framework apps ---------------------------------------------------------------------------
+
+
+def starlette_app(probe: Probe) -> Any:
+    """Routing, JSON, path/query params, streaming, form upload, body stream, background task
+    and lifespan state, the way a Starlette user writes them."""
+    from starlette.applications import Starlette
+    from starlette.background import BackgroundTask
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse, PlainTextResponse, StreamingResponse
+    from starlette.routing import Route
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
+        probe.put("startup")
+        yield {"greeting": "hi"}
+        probe.put("shutdown")
+
+    async def home(request: Request) -> JSONResponse:
+        return JSONResponse({"hello": "world", "greeting": request.state.greeting})
+
+    async def item(request: Request) -> JSONResponse:
+        item_id = request.path_params["item_id"]
+        return JSONResponse({"id": item_id, "q": request.query_params.get("q")})
+
+    async def form(request: Request) -> JSONResponse:
+        async with request.form() as data:
+            upload: Any = data["file"]
+            content = await upload.read()
+            return JSONResponse(
+                {"name": data["name"], "filename": upload.filename, "size": len(content)}
+            )
+
+    async def upload(request: Request) -> PlainTextResponse:
+        sizes = [len(chunk) async for chunk in request.stream()]
+        return PlainTextResponse(f"{sum(sizes)}")
+
+    async def stream(request: Request) -> StreamingResponse:
+        async def lines() -> AsyncIterator[bytes]:
+            for i in range(5):
+                yield b"line %d\n" % i
+                await asyncio.sleep(0)
+
+        return StreamingResponse(lines(), media_type="text/plain")
+
+    async def background(request: Request) -> PlainTextResponse:
+        return PlainTextResponse("queued", background=BackgroundTask(probe.put, "background ran"))
+
+    routes = [
+        Route("/", home),
+        Route("/items/{item_id:int}", item),
+        Route("/form", form, methods=["POST"]),
+        Route("/upload", upload, methods=["POST"]),
+        Route("/stream", stream),
+        Route("/background", background),
+    ]
+    return Starlette(routes=routes, lifespan=lifespan)
+
+
+def fastapi_app(probe: Probe) -> Any:
+    """Pydantic bodies, validation errors, dependencies, uploads, sync endpoints (thread
+    pool), streaming and background tasks, the way a FastAPI user writes them."""
+    from fastapi import BackgroundTasks, Depends, FastAPI, Form, UploadFile
+    from fastapi.responses import StreamingResponse
+    from pydantic import BaseModel
+
+    class Item(BaseModel):
+        name: str
+        price: float
+
+    app = FastAPI()
+
+    def token(x_token: str = "anonymous") -> str:
+        return x_token
+
+    @app.post("/items")
+    async def create(item: Item, who: str = Depends(token)) -> dict[str, Any]:
+        return {"name": item.name, "double": item.price * 2, "who": who}
+
+    @app.get("/items/{item_id}")
+    async def read(item_id: int, q: str | None = None) -> dict[str, Any]:
+        return {"item_id": item_id, "q": q}
+
+    @app.post("/upload")
+    async def upload(file: UploadFile, name: str = Form()) -> dict[str, Any]:
+        return {"name": name, "filename": file.filename, "size": len(await file.read())}
+
+    @app.get("/sync")
+    def sync() -> dict[str, Any]:
+        return {"thread": threading.current_thread() is not threading.main_thread()}
+
+    @app.get("/stream")
+    async def stream() -> StreamingResponse:
+        async def parts() -> AsyncIterator[bytes]:
+            for i in range(3):
+                yield b"part %d\n" % i
+
+        return StreamingResponse(parts())
+
+    @app.post("/notify")
+    async def notify(tasks: BackgroundTasks) -> dict[str, bool]:
+        tasks.add_task(probe.put, "notified")
+        return {"ok": True}
+
+    return app
 
 
 # -- client side: raw bytes out, h11-parsed responses in -----------------------------------------

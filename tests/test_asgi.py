@@ -1,0 +1,231 @@
+"""ASGI behaviour of the core server: the scope, lifespan, real frameworks and the ASGI2/WSGI
+adapters, exercised over real sockets (httpx, or raw bytes where the exact request matters)."""
+
+from __future__ import annotations
+
+import json
+import queue
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import pytest
+
+from fastserve.server import StartupFailed
+from tests.apps.core_apps import (
+    ASGI2App,
+    Probe,
+    Wire,
+    fastapi_app,
+    lifespan_failing_app,
+    lifespan_raising_app,
+    no_lifespan_app,
+    recording_lifespan,
+    request,
+    scope_app,
+    starlette_app,
+    wsgi_app,
+)
+
+Serve = Callable[..., Any]
+
+
+def raw_scope(srv: Any, data: bytes) -> tuple[dict[str, Any], tuple[str, int]]:
+    """Send raw request bytes to scope_app; return the scope it saw and our socket address."""
+    with srv.connect() as sock:
+        wire = Wire(sock)
+        wire.send(data)
+        response = wire.response()
+        assert response.status == 200, response.body
+        local = sock.getsockname()
+    return json.loads(response.body), (local[0], local[1])
+
+
+# -- the scope --------------------------------------------------------------------------------
+
+
+def test_scope_fields(serve: Serve) -> None:
+    with serve(scope_app) as srv:
+        scope, local = raw_scope(
+            srv, request("/caf%C3%A9/a%2Fb/%20x?q=caf%C3%A9&y=1", "PURGE", "Content-Length: 0\r\n")
+        )
+        port = srv.port
+    assert scope["type"] == "http"
+    assert scope["asgi"]["version"] == "3.0"
+    major, minor = scope["asgi"]["spec_version"].split(".")
+    assert (int(major), int(minor)) >= (2, 3)
+    assert scope["http_version"] == "1.1"
+    assert scope["method"] == "PURGE"
+    assert scope["scheme"] == "http"
+    assert scope["path"] == "/café/a/b/ x"  # percent-decoded, as UTF-8
+    assert scope["raw_path"] == "/caf%C3%A9/a%2Fb/%20x"  # exactly as sent
+    assert scope["query_string"] == "q=caf%C3%A9&y=1"  # never decoded
+    assert scope["root_path"] == ""
+    assert scope["client"] == list(local)
+    assert scope["server"] == ["127.0.0.1", port]
+    assert scope["state"] == {}  # no lifespan state (lifespan off)
+
+
+def test_scope_http10_and_empty_query(serve: Serve) -> None:
+    with serve(scope_app) as srv:
+        scope, _ = raw_scope(srv, b"GET /plain HTTP/1.0\r\n\r\n")
+    assert scope["http_version"] == "1.0"
+    assert scope["path"] == "/plain"
+    assert scope["query_string"] == ""
+
+
+def test_scope_headers_lowercased_in_order_duplicates_kept_whitespace_stripped(
+    serve: Serve,
+) -> None:
+    head = (
+        b"GET / HTTP/1.1\r\n"
+        b"Host: test\r\n"
+        b"X-Mixed-CASE:   padded value \t\r\n"
+        b"Accept: a\r\n"
+        b"x-dup: 1\r\n"
+        b"Accept: b\r\n"
+        b"X-Dup: 2\r\n"
+        b"X-Empty:\r\n"
+        b"\r\n"
+    )
+    with serve(scope_app) as srv:
+        scope, _ = raw_scope(srv, head)
+    assert scope["headers"] == [
+        ["host", "test"],
+        ["x-mixed-case", "padded value"],
+        ["accept", "a"],
+        ["x-dup", "1"],
+        ["accept", "b"],
+        ["x-dup", "2"],
+        ["x-empty", ""],
+    ]
+
+
+def test_root_path(serve: Serve) -> None:
+    """--root-path: the app is mounted under a prefix a proxy strips; as uvicorn does (and as
+    the ASGI spec's WSGI mapping implies), path and raw_path then include the prefix."""
+    with serve(scope_app, root_path="/api") as srv:
+        scope, _ = raw_scope(srv, request("/items?x=1"))
+    assert scope["root_path"] == "/api"
+    assert scope["path"] == "/api/items"
+    assert scope["raw_path"] == "/api/items"
+    assert scope["query_string"] == "x=1"
+
+
+# -- lifespan ---------------------------------------------------------------------------------
+
+
+def test_lifespan_messages_and_state_shallow_copied_into_scopes(serve: Serve) -> None:
+    probe = Probe()
+    with serve(recording_lifespan(probe), lifespan="on") as srv:
+        assert probe.get() == "lifespan.startup"
+        states = [httpx.get(srv.url + "/").json()["state"] for _ in range(2)]
+        with pytest.raises(queue.Empty):
+            probe.get(timeout=0.05)  # no shutdown while serving
+    assert probe.get() == "lifespan.shutdown"
+    # Each request sees the startup values; the nested dict is shared (a shallow copy), and
+    # a key one request adds to its own copy does not reach the next request.
+    assert [s["answer"] for s in states] == [42, 42]
+    assert [s["shared"]["count"] for s in states] == [1, 2]
+    assert all("mutated_by_request" not in s for s in states)
+
+
+@pytest.mark.parametrize(
+    ("app", "mode", "reason"),
+    [
+        (lifespan_failing_app, "on", "database unreachable"),
+        (lifespan_failing_app, "auto", "database unreachable"),
+        # (In auto mode an exception before startup.complete means "unsupported": below.)
+        (lifespan_raising_app, "on", "startup exploded"),
+    ],
+)
+def test_lifespan_startup_failure_stops_the_server(
+    serve: Serve, app: Any, mode: str, reason: str
+) -> None:
+    with pytest.raises(StartupFailed, match=reason), serve(app, lifespan=mode):
+        pass
+
+
+@pytest.mark.parametrize("app", [no_lifespan_app, lifespan_raising_app])
+def test_lifespan_auto_tolerates_an_app_without_lifespan(serve: Serve, app: Any) -> None:
+    with serve(app, lifespan="auto") as srv:
+        assert httpx.get(srv.url + "/hello").text == "hello"
+
+
+def test_lifespan_on_requires_support(serve: Serve) -> None:
+    with pytest.raises(StartupFailed), serve(no_lifespan_app, lifespan="on"):
+        pass
+
+
+def test_lifespan_off_sends_nothing(serve: Serve) -> None:
+    probe = Probe()
+    with serve(recording_lifespan(probe), lifespan="off") as srv:
+        state = httpx.get(srv.url + "/").json()["state"]
+    assert state == {}
+    with pytest.raises(queue.Empty):
+        probe.get(timeout=0.05)
+
+
+# -- frameworks -------------------------------------------------------------------------------
+
+
+def test_starlette_app(serve: Serve) -> None:
+    probe = Probe()
+    with serve(starlette_app(probe), lifespan="on") as srv, httpx.Client(base_url=srv.url) as c:
+        assert probe.get() == "startup"
+        assert c.get("/").json() == {"hello": "world", "greeting": "hi"}
+        assert c.get("/items/7?q=x").json() == {"id": 7, "q": "x"}
+        assert c.get("/items/nope").status_code == 404
+        files = {"file": ("a.bin", b"\0" * 100_000, "application/octet-stream")}
+        form = c.post("/form", data={"name": "n"}, files=files)
+        assert form.json() == {"name": "n", "filename": "a.bin", "size": 100_000}
+        big = b"z" * (3 * 1024 * 1024)
+        assert c.post("/upload", content=big).text == str(len(big))
+        chunks = (b"x" * 1000 for _ in range(100))  # a generator: sent chunked
+        assert c.post("/upload", content=chunks).text == "100000"
+        streamed = c.get("/stream")
+        assert streamed.headers["transfer-encoding"] == "chunked"
+        assert streamed.text == "".join(f"line {i}\n" for i in range(5))
+        assert c.get("/background").text == "queued"
+        assert probe.get() == "background ran"
+    assert probe.get() == "shutdown"
+
+
+def test_fastapi_app(serve: Serve) -> None:
+    probe = Probe()
+    with serve(fastapi_app(probe)) as srv, httpx.Client(base_url=srv.url) as c:
+        created = c.post("/items", json={"name": "pen", "price": 1.5})
+        assert created.json() == {"name": "pen", "double": 3.0, "who": "anonymous"}
+        assert c.post("/items", json={"name": "pen"}).status_code == 422
+        assert c.get("/items/3", params={"q": "é"}).json() == {"item_id": 3, "q": "é"}
+        files = {"file": ("f.txt", b"12345", "text/plain")}
+        uploaded = c.post("/upload", data={"name": "doc"}, files=files)
+        assert uploaded.json() == {"name": "doc", "filename": "f.txt", "size": 5}
+        assert c.get("/sync").json() == {"thread": True}
+        assert c.get("/stream").text == "part 0\npart 1\npart 2\n"
+        assert c.post("/notify").json() == {"ok": True}
+        assert probe.get() == "notified"
+        assert c.get("/openapi.json").json()["info"]["title"] == "FastAPI"
+
+
+def test_fastapi_behind_root_path(serve: Serve) -> None:
+    with serve(fastapi_app(Probe()), root_path="/api") as srv:
+        assert httpx.get(srv.url + "/items/1").json() == {"item_id": 1, "q": None}
+        spec = httpx.get(srv.url + "/openapi.json").json()
+    assert spec["servers"] == [{"url": "/api"}]
+
+
+# -- other interfaces -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("interface", ["auto", "asgi2"])
+def test_asgi2_app(serve: Serve, interface: str) -> None:
+    with serve(ASGI2App, interface=interface) as srv:
+        assert httpx.get(srv.url + "/two").text == "asgi2 /two"
+
+
+@pytest.mark.parametrize("interface", ["auto", "wsgi"])
+def test_wsgi_app(serve: Serve, interface: str) -> None:
+    with serve(wsgi_app, interface=interface) as srv:
+        response = httpx.post(srv.url + "/w", content=b"hello")
+    assert response.text == "wsgi POST /w 5"
