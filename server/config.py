@@ -99,9 +99,11 @@ class Config:
     )
     limit_max_requests: int | None = opt(None, "A worker retires after this many requests.")
     limit_max_requests_jitter: int = opt(0, "Random extra requests (0..N) before retiring.")
-    limit_request_line: int = opt(8190, "Longest request line in bytes (414 above).")
+    limit_request_line: int = opt(8190, "Longest request target (URI) in bytes (414 above).")
     limit_request_fields: int = opt(100, "Most request header fields (431 above).")
-    limit_request_field_size: int = opt(8190, "Longest request header field in bytes (431 above).")
+    limit_request_field_size: int = opt(
+        8190, "Longest request header field (name + value) in bytes (431 above)."
+    )
     limit_request_body: int | None = opt(None, "Largest request body in bytes (413 above).")
     # -- timeouts ----------------------------------------------------------------------------
     timeout_keep_alive: float = opt(5.0, "Close idle keep-alive connections after this many s.")
@@ -137,7 +139,8 @@ class Config:
     ssl_keyfile_password: str | None = opt(None, "Password of the TLS private key.")
     ssl_ca_certs: str | None = opt(None, "CA bundle to verify client certificates.")
     ssl_cert_reqs: int = opt(0, "Client certificate: 0 none, 1 optional, 2 required (mTLS).")
-    ssl_ciphers: str = opt("TLSv1.2:TLSv1.3", "OpenSSL cipher string.")
+    # None keeps Python's list (ECDHE/DHE with AES-GCM/ChaCha20 only); TLS 1.3 suites are fixed.
+    ssl_ciphers: str | None = opt(None, "OpenSSL cipher string for TLS 1.2 (default: Python's).")
     # -- CORS ---------------------------------------------------------------------------------
     cors_allow_origins: list[str] = opt(
         [], "Allowed CORS origin (repeatable; '*' for any).", multiple=True
