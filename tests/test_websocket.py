@@ -1,0 +1,533 @@
+"""WebSockets over a real server on both loops: the websockets client where behaviour matters,
+raw frames (`RawWS`) where the wire matters or the client must misbehave."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import select
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from typing import Any
+
+import pytest
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.frames import Opcode
+from websockets.sync.client import ClientConnection, connect
+
+from tests.apps.core_apps import Probe
+from tests.apps.ws_apps import (
+    RawWS,
+    close_after_first,
+    crash_after_accept,
+    crash_before_accept,
+    deny_app,
+    echo_app,
+    fastapi_app,
+    flooder,
+    frame_bytes,
+    hold_after_disconnect,
+    reject_app,
+    send_after_disconnect,
+    slow_reader,
+    starlette_app,
+    unmasked_frame,
+)
+from tests.conftest import recv_all
+
+Serve = Callable[..., Any]
+
+
+def ws_connect(port: int, path: str = "/", **options: Any) -> ClientConnection:
+    options.setdefault("open_timeout", 5)
+    options.setdefault("close_timeout", 5)
+    ws: ClientConnection = connect(f"ws://127.0.0.1:{port}{path}", **options)
+    return ws
+
+
+def headers(ws: ClientConnection) -> Any:
+    """The handshake response's headers."""
+    assert ws.response is not None
+    return ws.response.headers
+
+
+def closed_code(ws: ClientConnection) -> tuple[int, str]:
+    """Wait for the server's close frame; the (code, reason) it carried."""
+    with pytest.raises(ConnectionClosed) as info:
+        while True:
+            ws.recv(timeout=5)
+    assert info.value.rcvd is not None, "no close frame from the server"
+    return info.value.rcvd.code, info.value.rcvd.reason
+
+
+@contextmanager
+def error_log() -> Iterator[list[logging.LogRecord]]:
+    """Records of "fastserve.error" (enter after the server started: logging is reset then)."""
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append  # type: ignore[method-assign,assignment]
+    logger = logging.getLogger("fastserve.error")
+    logger.addHandler(handler)
+    try:
+        yield records
+    finally:
+        logger.removeHandler(handler)
+
+
+# -- messages -------------------------------------------------------------------------------
+
+
+def test_echo_text_and_bytes_and_the_scope(serve: Serve) -> None:
+    probe = Probe()
+    with serve(echo_app(probe), root_path="/api") as srv, ws_connect(srv.port, "/a%20b?x=1") as ws:
+        ws.send("héllo")
+        assert ws.recv(timeout=5) == "héllo"
+        ws.send(b"\x00\xff" * 1000)
+        assert ws.recv(timeout=5) == b"\x00\xff" * 1000
+        ws.send("")
+        assert ws.recv(timeout=5) == ""
+        assert headers(ws)["x-extra"] == "yes"
+        assert headers(ws)["server"] == "fastserve"
+        scope = probe.get()
+        port = srv.port
+    assert scope["type"] == "websocket"
+    assert scope["asgi"] == {"version": "3.0", "spec_version": "2.4"}
+    assert scope["http_version"] == "1.1"
+    assert scope["scheme"] == "ws"
+    assert scope["path"] == "/api/a b"  # root_path included, as in the HTTP scope
+    assert scope["raw_path"] == b"/api/a%20b"
+    assert scope["query_string"] == b"x=1"
+    assert scope["root_path"] == "/api"
+    assert scope["client"][0] == "127.0.0.1"
+    assert scope["server"] == ("127.0.0.1", port)
+    assert scope["subprotocols"] == []
+    assert scope["extensions"] == {"websocket.http.response": {}}
+    assert isinstance(scope["state"], dict)
+    assert "method" not in scope
+    assert (b"upgrade", b"websocket") in scope["headers"]
+
+
+def test_fragmented_messages_are_reassembled(serve: Serve) -> None:
+    with serve(echo_app()) as srv, ws_connect(srv.port) as ws:
+        ws.send(["frag", "mented ", "tëxt"])
+        assert ws.recv(timeout=5) == "fragmented tëxt"
+        ws.send([b"ab", b"", b"cd"])
+        assert ws.recv(timeout=5) == b"abcd"
+
+
+def test_raw_fragments_with_a_ping_in_between(serve: Serve) -> None:
+    with serve(echo_app(), ws_per_message_deflate=False) as srv, RawWS(srv.port) as raw:
+        assert raw.status == 101
+        # "é" split across two fragments: UTF-8 is decoded across frame boundaries.
+        raw.send(Opcode.TEXT, b"caf\xc3", fin=False)
+        raw.send(Opcode.PING, b"p1")
+        raw.send(Opcode.CONT, b"\xa9!", fin=True)
+        assert raw.recv_frame() == (Opcode.PONG, True, b"p1")
+        assert raw.recv_frame() == (Opcode.TEXT, True, "café!".encode())
+        raw.close()
+
+
+def test_ping_pong_from_the_client(serve: Serve) -> None:
+    with serve(echo_app()) as srv, ws_connect(srv.port) as ws:
+        assert ws.ping(b"hi").wait(5)
+
+
+def test_keepalive_pings_answered_keep_the_connection(serve: Serve) -> None:
+    options = {"ws_ping_interval": 0.05, "ws_ping_timeout": 0.5}
+    with serve(echo_app(), **options) as srv, ws_connect(srv.port, ping_interval=None) as ws:
+        time.sleep(0.5)  # ~10 keepalive pings, each answered by the client
+        ws.send("still here")
+        assert ws.recv(timeout=5) == "still here"
+
+
+def test_keepalive_timeout_closes_with_1011(serve: Serve) -> None:
+    with (
+        serve(echo_app(), ws_ping_interval=0.05, ws_ping_timeout=0.2) as srv,
+        RawWS(srv.port) as raw,
+    ):
+        opcode, _, _ = raw.recv_frame()
+        assert opcode == Opcode.PING  # never answered
+        assert raw.recv_close()[0] == 1011
+        assert raw.at_eof()
+
+
+# -- closing --------------------------------------------------------------------------------
+
+
+def test_client_close_code_reaches_the_app(serve: Serve) -> None:
+    probe = Probe()
+    with serve(echo_app(probe)) as srv:
+        with ws_connect(srv.port) as ws:
+            probe.get()  # the scope
+            ws.close(4001, "client bye")
+        assert probe.get() == {"type": "websocket.disconnect", "code": 4001, "reason": "client bye"}
+
+
+def test_app_close_code_reaches_the_client(serve: Serve) -> None:
+    probe = Probe()
+    with serve(close_after_first(4002, "app bye", probe)) as srv, ws_connect(srv.port) as ws:
+        ws.send("one")
+        assert closed_code(ws) == (4002, "app bye")
+        assert probe.get()["text"] == "one"
+        # After its own close, the app's receive() says disconnected, with its code.
+        assert probe.get() == {"type": "websocket.disconnect", "code": 4002, "reason": "app bye"}
+
+
+def test_closing_handshake_times_out_when_the_peer_never_answers(
+    serve: Serve, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from fastserve.protocols import websocket
+
+    monkeypatch.setattr(websocket, "CLOSE_TIMEOUT", 0.2)
+    with serve(close_after_first(1000, "", Probe())) as srv, RawWS(srv.port) as raw:
+        raw.send(Opcode.TEXT, b"x")
+        assert raw.recv_close() == (1000, "")
+        # We neither answer the close frame nor close TCP: the server drops the connection.
+        assert raw.at_eof(timeout=5)
+
+
+def test_client_vanishing_mid_message(serve: Serve) -> None:
+    probe = Probe()
+    with serve(echo_app(probe)) as srv, RawWS(srv.port) as raw:
+        probe.get()
+        raw.send(Opcode.BINARY, b"first half", fin=False)
+        raw.sock.sendall(frame_bytes(Opcode.CONT, b"x" * 100)[:20])  # and half a frame
+        raw.close()
+        assert probe.get() == {"type": "websocket.disconnect", "code": 1006, "reason": ""}
+        # The server carries on.
+        with ws_connect(srv.port) as ws:
+            ws.send("next")
+            assert ws.recv(timeout=5) == "next"
+
+
+def test_send_after_disconnect_raises_oserror(serve: Serve) -> None:
+    probe = Probe()
+    with serve(send_after_disconnect(probe)) as srv:
+        with ws_connect(srv.port) as ws:
+            ws.close(1000)
+        assert probe.get()["code"] == 1000
+        assert isinstance(probe.get(), OSError)
+
+
+# -- protocol errors ------------------------------------------------------------------------
+
+
+def test_message_too_big_closes_with_1009(serve: Serve) -> None:
+    probe = Probe()
+    with serve(echo_app(probe), ws_max_size=1024) as srv, ws_connect(srv.port) as ws:
+        probe.get()
+        ws.send(b"x" * 1024)
+        assert ws.recv(timeout=5) == b"x" * 1024
+        ws.send(b"x" * 1025)
+        assert closed_code(ws)[0] == 1009
+        assert probe.get()["code"] == 1009
+
+
+def test_fragmented_message_too_big_closes_with_1009(serve: Serve) -> None:
+    with (
+        serve(echo_app(), ws_max_size=1024, ws_per_message_deflate=False) as srv,
+        RawWS(srv.port) as raw,
+    ):
+        raw.send(Opcode.BINARY, b"x" * 600, fin=False)
+        raw.send(Opcode.CONT, b"x" * 600, fin=True)
+        assert raw.recv_close()[0] == 1009
+        assert raw.at_eof()
+
+
+def test_compressed_bomb_is_bounded_by_max_size(serve: Serve) -> None:
+    # 1 MiB of zeros deflates to ~1 KiB: the limit applies to the inflated size.
+    with serve(echo_app(), ws_max_size=64 * 1024) as srv, ws_connect(srv.port) as ws:
+        assert "permessage-deflate" in headers(ws)["sec-websocket-extensions"]
+        ws.send(b"\0" * (1024 * 1024))
+        assert closed_code(ws)[0] == 1009
+
+
+@pytest.mark.parametrize(
+    "frames",
+    [
+        [(Opcode.TEXT, b"\xff\xfe", True)],
+        [(Opcode.TEXT, b"ok", False), (Opcode.CONT, b"\xc3\x28", True)],
+    ],
+    ids=["single", "fragmented"],
+)
+def test_invalid_utf8_closes_with_1007(
+    serve: Serve, frames: list[tuple[Opcode, bytes, bool]]
+) -> None:
+    probe = Probe()
+    with serve(echo_app(probe)) as srv, RawWS(srv.port) as raw:
+        probe.get()
+        for opcode, payload, fin in frames:
+            raw.send(opcode, payload, fin)
+        assert raw.recv_close()[0] == 1007
+        assert raw.at_eof()
+        assert probe.get()["code"] == 1007
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        unmasked_frame(0x1, b"hi"),  # clients must mask (RFC 6455 §5.1)
+        bytes([0x83, 0x80, 0, 0, 0, 0]),  # reserved opcode 3
+        frame_bytes(Opcode.CONT, b"x"),  # continuation without a message
+    ],
+    ids=["unmasked", "reserved-opcode", "stray-continuation"],
+)
+def test_protocol_errors_close_with_1002(serve: Serve, data: bytes) -> None:
+    with serve(echo_app()) as srv, RawWS(srv.port) as raw:
+        raw.sock.sendall(data)
+        assert raw.recv_close()[0] == 1002
+        assert raw.at_eof()
+
+
+# -- handshake ------------------------------------------------------------------------------
+
+
+def test_subprotocol_negotiation(serve: Serve) -> None:
+    probe = Probe()
+    with serve(echo_app(probe)) as srv:
+        with ws_connect(srv.port, "/?sub=b", subprotocols=["a", "b"]) as ws:
+            assert ws.subprotocol == "b"
+            assert probe.get()["subprotocols"] == ["a", "b"]
+        with ws_connect(srv.port, "/") as ws:
+            assert ws.subprotocol is None
+            assert "sec-websocket-protocol" not in headers(ws)
+
+
+@pytest.mark.parametrize(
+    "parts", [[b"not allowed"], [b"not ", b"", b"allowed"]], ids=["one", "streamed"]
+)
+def test_denial_response(serve: Serve, parts: list[bytes]) -> None:
+    with serve(deny_app(401, parts)) as srv:
+        with pytest.raises(InvalidStatus) as info:
+            ws_connect(srv.port)
+        assert info.value.response.status_code == 401
+        assert info.value.response.headers["x-denied"] == "1"
+        # Raw: the body is delimited by Content-Length, or by closing when streamed.
+        with RawWS(srv.port) as raw:
+            assert raw.status == 401
+            body = raw.buffer + recv_all(raw.sock)
+        assert body == b"not allowed"
+        assert b"connection: close" in raw.head.lower()
+        assert (b"content-length: 11" in raw.head.lower()) == (len(parts) == 1)
+
+
+def test_close_before_accept_is_403(serve: Serve) -> None:
+    with serve(reject_app) as srv:
+        with pytest.raises(InvalidStatus) as info:
+            ws_connect(srv.port)
+        assert info.value.response.status_code == 403
+
+
+def test_app_exception_before_accept_is_500(serve: Serve) -> None:
+    with serve(crash_before_accept) as srv, error_log() as errors:
+        with pytest.raises(InvalidStatus) as info:
+            ws_connect(srv.port)
+        assert info.value.response.status_code == 500
+        assert any(r.exc_info and "boom before accept" in str(r.exc_info[1]) for r in errors)
+
+
+def test_app_exception_after_accept_closes_with_1011(serve: Serve) -> None:
+    with serve(crash_after_accept) as srv, error_log() as errors, ws_connect(srv.port) as ws:
+        ws.send("go")
+        assert closed_code(ws)[0] == 1011
+        assert any(r.exc_info and "boom after accept" in str(r.exc_info[1]) for r in errors)
+
+
+def test_invalid_handshake_is_refused_without_running_the_app(serve: Serve) -> None:
+    probe = Probe()
+    with serve(echo_app(probe)) as srv, srv.connect() as sock:
+        sock.sendall(
+            b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Key: too-short\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        )
+        response = recv_all(sock)
+        assert response.startswith(b"HTTP/1.1 400 ")
+        assert probe.events.empty()
+
+
+@pytest.mark.parametrize("deflate", [True, False])
+def test_per_message_deflate(serve: Serve, deflate: bool) -> None:
+    text = "compressible " * 5000
+    with serve(echo_app(), ws_per_message_deflate=deflate) as srv:
+        with ws_connect(srv.port) as ws:
+            negotiated = headers(ws).get("sec-websocket-extensions") or ""
+            assert ("permessage-deflate" in negotiated) == deflate
+            ws.send(text)
+            assert ws.recv(timeout=5) == text
+        with ws_connect(srv.port, compression=None) as ws:  # the client declines
+            assert "sec-websocket-extensions" not in headers(ws)
+            ws.send(text)
+            assert ws.recv(timeout=5) == text
+
+
+def test_non_websocket_upgrade_is_served_as_http(serve: Serve) -> None:
+    with serve(echo_app()) as srv, srv.connect() as sock:
+        request = (
+            b"GET / HTTP/1.1\r\nHost: x\r\nConnection: Upgrade, HTTP2-Settings\r\n"
+            b"Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n"
+        )
+        sock.sendall(request + b"GET /second HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        data = recv_all(sock)
+        assert data.startswith(b"HTTP/1.1 200 ")
+        assert data.count(b"plain http") == 2  # the next request on the connection too
+
+
+def test_ws_none_serves_upgrades_as_http(serve: Serve) -> None:
+    with serve(echo_app(), ws="none") as srv, RawWS(srv.port) as raw:
+        assert raw.status == 200
+
+
+def test_access_log_line_for_handshakes(serve: Serve, capsys: pytest.CaptureFixture[str]) -> None:
+    options: dict[str, Any] = {"access_log": True, "log_level": "info"}
+    with serve(echo_app(), **options) as srv, ws_connect(srv.port, "/chat?room=1") as ws:
+        ws.send("x")
+        ws.recv(timeout=5)
+    with serve(reject_app, **options) as srv, pytest.raises(InvalidStatus):
+        ws_connect(srv.port, "/nope")
+    out = capsys.readouterr().out
+    assert re.search(r'"GET /chat\?room=1 HTTP/1.1" 101 ', out), out
+    assert re.search(r'"GET /nope HTTP/1.1" 403 ', out), out
+
+
+# -- flow control -----------------------------------------------------------------------------
+
+
+def push_until_blocked(sock: socket.socket, frame: bytes, limit: int) -> int:
+    """Send `frame` over and over until the kernel takes no byte for 1 s (or `limit` frames
+    went out); the number of bytes sent (the last frame may be cut short)."""
+    sock.setblocking(False)
+    size, sent = len(frame), 0
+    while sent < limit * size:
+        try:
+            sent += sock.send(frame[sent % size :])
+        except BlockingIOError:
+            if not select.select([], [sock], [], 1.0)[1]:
+                break
+    sock.settimeout(30)
+    return sent
+
+
+@pytest.mark.timeout(60)
+def test_slow_app_pauses_reading(serve: Serve) -> None:
+    probe = Probe()
+    frame = frame_bytes(Opcode.BINARY, b"y" * 65536)
+    limit = 1024  # 64 MiB: far more than the queue plus the socket buffers can hold
+    with (
+        serve(slow_reader(probe), ws_max_queue=4, ws_per_message_deflate=False) as srv,
+        RawWS(srv.port) as raw,
+    ):
+        sent = push_until_blocked(raw.sock, frame, limit)
+        # Reading paused: only the queue (4 messages) and the kernel's buffers hold the rest.
+        assert sent < limit // 2 * len(frame)
+        probe.release.set()
+        # The app reads again, reading resumes, every message arrives, then the EOF.
+        if sent % len(frame):
+            raw.sock.sendall(frame[sent % len(frame) :])
+        raw.close()
+        assert probe.get(timeout=30) == -(-sent // len(frame))
+
+
+@pytest.mark.timeout(60)
+def test_slow_peer_makes_send_wait(serve: Serve) -> None:
+    probe = Probe()
+    total = 1024  # 64 MiB if nothing held the app back
+    with (
+        serve(flooder(probe, 65536, total), ws_per_message_deflate=False) as srv,
+        RawWS(srv.port) as raw,
+    ):  # reads nothing from now on
+        previous = -1
+        deadline = time.monotonic() + 30
+        while probe.counter != previous and time.monotonic() < deadline:
+            previous = probe.counter
+            time.sleep(0.5)
+        assert probe.counter < total // 2  # send() is waiting for the peer
+        raw.close()
+        assert isinstance(probe.get(timeout=10), OSError)
+
+
+# -- shutdown -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("restarting", "code"), [(False, 1001), (True, 1012)])
+def test_shutdown_closes_open_websockets(serve: Serve, restarting: bool, code: int) -> None:
+    probe = Probe()
+    app = hold_after_disconnect(probe)
+    with serve(app, timeout_graceful_shutdown=2) as srv, ExitStack() as stack:
+        clients = [stack.enter_context(ws_connect(srv.port)) for _ in range(3)]
+        for _ in clients:
+            assert probe.get() == "accepted"
+        assert srv.server.state is not None
+        srv.server.state.restarting = restarting
+        srv.loop.call_soon_threadsafe(srv.server.handle_exit)
+        for ws in clients:
+            assert closed_code(ws)[0] == code
+            assert probe.get()["code"] == code
+        # The apps still run (held): the server waits for them within the graceful timeout,
+        # then cancels them; leaving this block joins the server thread.
+        assert srv.thread.is_alive()
+
+
+@pytest.mark.timeout(30)
+def test_sigterm_closes_websockets_with_1001_and_exits() -> None:
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "fastserve",
+            "tests.apps.ws_apps:print_disconnect",
+            "--port",
+            "0",
+            "--lifespan",
+            "off",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=os.getcwd(),
+    )
+    try:
+        assert proc.stderr is not None
+        port = 0
+        while not port:
+            line = proc.stderr.readline()
+            assert line, "server exited before listening"
+            match = re.search(r"running on http://127.0.0.1:(\d+)", line)
+            if match:
+                port = int(match.group(1))
+        with ws_connect(port) as ws:
+            proc.send_signal(signal.SIGTERM)
+            assert closed_code(ws)[0] == 1001
+        stdout, _ = proc.communicate(timeout=20)
+        assert proc.returncode == 0
+        assert "disconnect 1001" in stdout
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+# -- frameworks ---------------------------------------------------------------------------
+
+
+def test_starlette_websocket_endpoint(serve: Serve) -> None:
+    with serve(starlette_app()) as srv:
+        with ws_connect(srv.port, "/ws", subprotocols=["chat"]) as ws:
+            assert ws.subprotocol == "chat"
+            ws.send("hi")
+            assert ws.recv(timeout=5) == "starlette: hi"
+        with pytest.raises(InvalidStatus) as info:
+            ws_connect(srv.port, "/denied")
+        assert info.value.response.status_code == 401
+        assert info.value.response.body == b"go away"
+
+
+def test_fastapi_websocket_endpoint(serve: Serve) -> None:
+    with serve(fastapi_app()) as srv, ws_connect(srv.port, "/items/42?q=z") as ws:
+        ws.send('{"a": 1}')
+        assert ws.recv(timeout=5) == '{"item":"42","q":"z","got":{"a":1}}'
