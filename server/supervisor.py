@@ -181,7 +181,7 @@ class Supervisor:
         fresh = [w for w in serving if not w.outdated]
         ready = sum(1 for w in fresh if w.ready)
         while old and ready + len(old) > self.target:
-            self.retire(old.pop(0), "replaced")
+            self.retire(old.pop(0), "replaced", restart=True)
         while len(fresh) > self.target:
             self.retire(fresh.pop(), "fewer workers wanted")
         missing = self.target - len(fresh)
@@ -190,7 +190,8 @@ class Supervisor:
         if missing > 0 and now >= self.spawn_after:
             for _ in range(missing):
                 self.spawn()
-        if self.rolling and not old and ready == len(fresh) == self.target:
+        draining = any(w.outdated for w in self.workers.values())
+        if self.rolling and not draining and ready == len(fresh) == self.target:
             self.rolling = False
             log.info("Rolling restart done")
 
@@ -206,9 +207,9 @@ class Supervisor:
         self.selector.register(worker.fd, selectors.EVENT_READ, lambda: self.on_ping(worker))
         log.info("Started worker [%d]", worker.pid)
 
-    def retire(self, worker: Worker, why: str) -> None:
+    def retire(self, worker: Worker, why: str, restart: bool = False) -> None:
         log.info("Retiring worker [%d] (%s)", worker.pid, why)
-        worker.terminate()
+        worker.terminate(restart)
 
     def on_ping(self, worker: Worker) -> None:
         data = worker.ping(time.monotonic())
@@ -374,7 +375,7 @@ class Supervisor:
             os.close(fd)
         if self.reserved is not None:
             self.reserved.close()
-        config = self.worker_config.replace(install_signal_handlers=True)
+        config = self.worker_config
         try:
             sockets = self.sockets or bind_sockets(config, reuse_port=True)
         except ConfigError as exc:

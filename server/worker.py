@@ -26,6 +26,8 @@ from .types import ASGIApp
 log = logging.getLogger("fastserve.error")
 
 HEARTBEAT, READY, RETIRE = b".", b"R", b"M"
+# Seconds between closing the listeners and draining the connections (see Stopper).
+ACCEPT_GRACE = 0.1
 
 
 class Worker:
@@ -77,10 +79,11 @@ class Worker:
             self.ready = True
         return data
 
-    def terminate(self) -> None:
-        """Graceful: the worker stops accepting and drains (see Server.shutdown)."""
+    def terminate(self, restart: bool = False) -> None:
+        """Graceful: the worker stops accepting and drains (see Stopper, Server.shutdown).
+        `restart`: it is being replaced, not stopped (SIGUSR1; WebSockets close with 1012)."""
         self.retiring = True
-        self._send(signal.SIGTERM)
+        self._send(signal.SIGUSR1 if restart else signal.SIGTERM)
 
     def kill(self) -> None:
         self.killed = True
@@ -153,12 +156,46 @@ class Heartbeat:
         os.close(self.fd)
 
 
+class Stopper:
+    """The worker's SIGTERM / SIGINT / SIGUSR1 handling.
+
+    Stopping starts by closing this worker's listeners only; the drain (`Server.handle_exit`)
+    begins ACCEPT_GRACE later. A connection accepted just before the listener closed has
+    usually not delivered its first request yet: draining at once would close it as idle and
+    fail a request its client sent before it could know (Go's net/http likewise leaves new
+    connections alone for a while at shutdown). SIGUSR1 is the supervisor's "retire for a
+    restart" (SIGHUP, --limit-max-requests): WebSockets then close with 1012 (Service Restart)
+    instead of 1001 (Going Away). A second SIGINT forces the exit, as in a single process.
+    """
+
+    def __init__(self, server: Server) -> None:
+        self.server = server
+        self.stopping = False
+
+    def install(self, loop: asyncio.AbstractEventLoop) -> None:
+        loop.add_signal_handler(signal.SIGTERM, self.stop, signal.SIGTERM, False)
+        loop.add_signal_handler(signal.SIGINT, self.stop, signal.SIGINT, False)
+        loop.add_signal_handler(signal.SIGUSR1, self.stop, signal.SIGTERM, True)
+
+    def stop(self, sig: int, restarting: bool) -> None:
+        server = self.server
+        if self.stopping:
+            server.handle_exit(sig)
+            return
+        self.stopping = True
+        if restarting and server.state is not None:
+            server.state.restarting = True
+        for listener in server.servers:
+            listener.close()
+        asyncio.get_running_loop().call_later(ACCEPT_GRACE, server.handle_exit, sig)
+
+
 def run_worker(
     config: Config, sockets: list[socket.socket], app: ASGIApp | None, heartbeat_fd: int
 ) -> int:
     """Serve on inherited sockets in a fresh event loop; the exit code tells the supervisor
     whether this was a startup failure (3: stop everything) or a crash (replace me)."""
-    server = Server(config)
+    server = Server(config.replace(install_signal_handlers=False))
     server.app = app
     beat = Heartbeat(
         heartbeat_fd, server, max(0.05, min(1.0, config.timeout_worker_healthcheck / 4))
@@ -166,6 +203,7 @@ def run_worker(
     server.on_started = beat.ready
 
     async def main() -> None:
+        Stopper(server).install(asyncio.get_running_loop())
         beat.start()
         await server.serve(sockets=sockets)
 

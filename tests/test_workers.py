@@ -258,6 +258,7 @@ def test_limit_max_requests_replaces_the_worker_first() -> None:
         with Load(port, threads=2, pause=0.005, max_requests=200) as load:
             server.wait_for("reached --limit-max-requests", 2, timeout=30)
             server.wait_for(r"Retiring worker \[\d+\] \(replaced\)", 2, timeout=30)
+            server.wait_for(r"Worker \[\d+\] stopped", 2, timeout=30)
             load.stop()
         assert load.errors == []
         assert server.count("reached --limit-max-requests") >= 2
