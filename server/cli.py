@@ -39,7 +39,7 @@ def option_for(f: dataclasses.Field[Any]) -> Callable[[Any], Any]:
     base = _base_type(_HINTS[f.name])
     default = f.default if f.default is not dataclasses.MISSING else None
     kwargs: dict[str, Any] = {"help": meta["help"], "show_default": default not in (None, "")}
-    if base is bool:
+    if base is bool and not meta.get("takes_value"):
         flag = f"{name}/--no-{name[2:]}"
         return click.option(flag, f.name, default=default, **kwargs)
     if meta.get("multiple"):
@@ -48,6 +48,8 @@ def option_for(f: dataclasses.Field[Any]) -> Callable[[Any], Any]:
         kwargs["type"] = click.Choice(meta["choices"])
     elif base in (int, float):
         kwargs["type"] = base
+    elif base is bool:  # `--name true|false`, where uvicorn spells it that way
+        kwargs["type"] = click.BOOL
     return click.option(name, f.name, default=default, **kwargs)
 
 

@@ -83,7 +83,10 @@ class Config:
     ws_max_queue: int = opt(32, "Incoming WebSocket messages buffered before reading pauses.")
     ws_ping_interval: float | None = opt(20.0, "Seconds between WebSocket keepalive pings.")
     ws_ping_timeout: float | None = opt(20.0, "Seconds to wait for a pong before closing (1011).")
-    ws_per_message_deflate: bool = opt(True, "Negotiate permessage-deflate.")
+    # A value (`--ws-per-message-deflate false`), not a flag pair: uvicorn's spelling.
+    ws_per_message_deflate: bool = opt(
+        True, "Negotiate permessage-deflate (true/false).", takes_value=True
+    )
     # -- response defaults ----------------------------------------------------------------------
     server_header: bool = opt(True, "Send 'server: fastserve'.")
     date_header: bool = opt(True, "Send a 'date' header (cached, refreshed once a second).")

@@ -43,7 +43,8 @@ class Server:
 
     def __init__(self, config: Config) -> None:
         self.config = config
-        self.should_exit = False
+        self._should_exit = False
+        self.loop: asyncio.AbstractEventLoop | None = None
         self.force_exit = False
         self.started = False
         self.state: ServerState | None = None
@@ -59,7 +60,7 @@ class Server:
             runner.run(self.serve())
 
     async def serve(self, sockets: list[socket.socket] | None = None) -> None:
-        loop = asyncio.get_running_loop()
+        self.loop = loop = asyncio.get_running_loop()
         self.exit_event = asyncio.Event()
         app = self.app or load_app(self.config)
         app = self.wrap_middleware(app)
@@ -150,6 +151,27 @@ class Server:
                 port: int = sock.getsockname()[1]
                 return port
         raise RuntimeError("not listening on TCP")
+
+    @property
+    def should_exit(self) -> bool:
+        return self._should_exit
+
+    @should_exit.setter
+    def should_exit(self, value: bool) -> None:
+        """`server.should_exit = True` stops an embedded server, as with uvicorn's Server,
+        from the server's loop or from any other thread."""
+        self._should_exit = value
+        event, loop = self.exit_event, self.loop
+        if not value or event is None or loop is None:
+            return
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:
+            event.set()
+        elif not loop.is_closed():
+            loop.call_soon_threadsafe(event.set)
 
     def handle_exit(self, sig: int | None = None, frame: Any = None) -> None:
         if self.should_exit and sig == signal.SIGINT:

@@ -183,7 +183,9 @@ class RequestCycle:
         self.keep_alive = False
         self.response_started = True
         self.response_complete = True
-        self.conn.start_response(self, b"Internal Server Error", True)
+        body = b"Internal Server Error"
+        self.bytes_sent = len(body)  # for the access log
+        self.conn.start_response(self, body, True)
         self.conn.response_done(self)
 
     async def receive(self) -> Message:

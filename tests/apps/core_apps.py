@@ -336,7 +336,10 @@ async def no_lifespan_app(scope: Scope, receive: Receive, send: Send) -> None:
 
 
 async def slow_app(scope: Scope, receive: Receive, send: Send) -> None:
-    """For graceful shutdown: /slow?s=N answers after N seconds, other paths at once."""
+    """For graceful shutdown (in a subprocess): /slow?s=N prints a line to stdout when it
+    starts, so the test knows the request is in flight, and answers after N seconds."""
+    if scope["type"] == "http" and scope["path"] == "/slow":
+        print("slow request started", flush=True)
     await core_app(scope, receive, send)
 
 
