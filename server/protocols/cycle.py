@@ -264,32 +264,49 @@ class RequestCycle:
         if type(status) is not int or not 200 <= status <= 999:
             raise RuntimeError(f"invalid status {status!r}")
         self.status = status
-        headers: list[tuple[bytes, bytes]] = []
-        for name, value in message.get("headers", ()):
-            # Validate before anything is written: a bad header is an app error, never a split
-            # response. translate()/`in` are ~5x cheaper than a regex match per header here.
-            if not name or name.translate(None, TOKEN_CHARS):
-                raise RuntimeError(f"invalid response header name {name!r}")
-            if b"\n" in value or b"\r" in value or b"\0" in value:
+        headers = message.get("headers", ())
+        dropped = False
+        for name, value in headers:
+            # Validate before anything is written: a bad header is an app error, never a
+            # split response. Valid names are remembered (apps send the same few names over
+            # and over): a dict hit costs a fraction of a translate() per header.
+            lname = _VALID_NAMES.get(name)
+            if lname is None:
+                lname = _check_name(name)
+            # `10 in value` is ~10x faster than `b"\n" in value` (memchr, no buffer protocol).
+            if 10 in value or 13 in value or 0 in value:
                 raise RuntimeError(f"invalid response header value for {name!r}")
-            lname = name.lower()
             if lname in SPECIAL_RESPONSE_HEADERS:
                 if lname == b"content-length":
                     if not value.isdigit():
                         raise RuntimeError(f"invalid content-length {value!r}")
                     self.expected_length = int(value)
-                elif lname == b"connection":
-                    if b"close" in value.lower():
+                elif lname == b"connection" or lname == b"transfer-encoding":
+                    # The server decides the framing and the connection's fate.
+                    if lname == b"connection" and b"close" in value.lower():
                         self.keep_alive = False
-                    continue  # the server decides the connection header
-                elif lname == b"transfer-encoding":
-                    continue  # the server decides the framing
+                    dropped = True
                 else:
                     self.own_defaults = True
-            headers.append((name, value))
+        if dropped:
+            headers = [(n, v) for n, v in headers if n.lower() not in _SERVER_DECIDES]
         self.headers = headers
         if status in NO_BODY_STATUSES:
             self.no_body = True
+
+
+_VALID_NAMES: dict[bytes, bytes] = {}  # response header name -> its lower-case form
+_SERVER_DECIDES = (b"connection", b"transfer-encoding")
+
+
+def _check_name(name: bytes) -> bytes:
+    """Validate a response header name (RFC 9110 §5.1: a token) and remember it."""
+    if type(name) is not bytes or not name or name.translate(None, TOKEN_CHARS):
+        raise RuntimeError(f"invalid response header name {name!r}")
+    lname = name.lower()
+    if len(_VALID_NAMES) < 4096:  # bounded: an app inventing names can't grow it forever
+        _VALID_NAMES[name] = lname
+    return lname
 
 
 SPECIAL_RESPONSE_HEADERS = frozenset(
