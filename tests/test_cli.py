@@ -365,7 +365,8 @@ def start_slow_request(url: str, seconds: float) -> tuple[threading.Thread, list
 def test_sigterm_lets_the_request_in_flight_finish() -> None:
     with slow_server() as server:
         url = server.url()
-        idle = socket.create_connection(url.removeprefix("http://").split(":"), timeout=10)
+        host, port = url.removeprefix("http://").split(":")
+        idle = socket.create_connection((host, int(port)), timeout=10)
         idle.sendall(b"GET /hello HTTP/1.1\r\nHost: x\r\n\r\n")
         assert idle.recv(4096).startswith(b"HTTP/1.1 200")
         thread, result = start_slow_request(url, 1.5)

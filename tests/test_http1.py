@@ -11,6 +11,7 @@ import email.utils
 import logging
 import queue
 import socket
+import struct
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -27,6 +28,7 @@ from tests.apps.core_apps import (
     answer_while_receiving,
     core_app,
     counted_download,
+    download_until_gone,
     hold_then_count,
     receive_after_response,
     recording_echo,
@@ -225,6 +227,27 @@ def test_pipelined_responses_in_request_order_even_when_the_first_is_slow(serve:
     assert bodies == [b"slow s=0.3", b"ping", b"chunk0\n", b"hello"]
 
 
+def test_unread_body_is_skipped_before_the_next_request(serve: Serve) -> None:
+    """The app answers without reading a 1 MiB body: the body is discarded, not parsed as the
+    next request, and the connection stays usable."""
+    size = 1 << 20
+    with serve(core_app) as srv, srv.connect() as sock:
+        wire = Wire(sock)
+        wire.send(request("/hello", "POST", f"Content-Length: {size}\r\n"))
+        assert wire.response("POST").body == b"hello"
+        wire.send(b"G" * size + request("/echo", "POST", "Content-Length: 2\r\n", b"ok"))
+        assert wire.response("POST").body == b"ok"
+
+
+def test_nothing_is_answered_after_connection_close(serve: Serve) -> None:
+    """RFC 9112 §9.6: a request with `Connection: close` is the last one answered."""
+    with serve(core_app) as srv, srv.connect() as sock:
+        wire = Wire(sock)
+        wire.send(request("/hello", headers="Connection: close\r\n") + request("/echo"))
+        assert wire.response().body == b"hello"
+        assert wire.closed()
+
+
 def test_many_pipelined_requests(serve: Serve) -> None:
     with serve(core_app) as srv, srv.connect() as sock:
         wire = Wire(sock)
@@ -375,6 +398,24 @@ def test_app_error_before_the_head_was_written_is_a_500(serve: Serve, target: st
     assert len([r for r in records if r.levelno >= logging.ERROR]) == 1
 
 
+@pytest.mark.parametrize("status", ['"200"', "99", "1000", "200.0", "null"])
+def test_invalid_status_is_a_500(serve: Serve, status: str) -> None:
+    with serve(core_app) as srv, srv.connect() as sock:
+        wire = Wire(sock)
+        wire.send(request(f"/bad-status?status={status}") + request("/body-first"))
+        assert wire.response().status == 500
+        assert wire.closed()
+        assert b"never" not in wire.raw
+
+
+def test_body_before_start_is_a_500(serve: Serve) -> None:
+    with serve(core_app) as srv, srv.connect() as sock:
+        wire = Wire(sock)
+        wire.send(request("/body-first"))
+        assert wire.response().status == 500
+        assert b"never" not in wire.raw
+
+
 @pytest.mark.parametrize("target", ["/raise-after", "/cl-longer-streamed", "/cl-shorter-streamed"])
 def test_app_error_after_the_head_was_written_aborts(serve: Serve, target: str) -> None:
     with serve(core_app) as srv, srv.connect() as sock, error_log() as records:
@@ -441,6 +482,25 @@ def test_disconnect_mid_body_reaches_receive(serve: Serve) -> None:
         assert (first["body"], first["more_body"]) == (b"x" * 10, True)
         sock.close()
         assert probe.get() == {"type": "http.disconnect"}
+
+
+def test_send_raises_oserror_once_the_client_is_gone(serve: Serve) -> None:
+    """A client leaves mid-download while send() waits for the buffer to drain: the waiting
+    send() wakes, the next raises an OSError (ASGI 2.4), and nothing is logged as an error."""
+    probe = Probe()
+    with serve(download_until_gone(probe)) as srv, error_log() as records:
+        with srv.connect() as sock:
+            sock.sendall(request("/"))
+            assert sock.recv(65536).startswith(b"HTTP/1.1 200")
+            # Close with a reset (linger 0), as a client that crashed or gave up would.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        assert probe.get().startswith("OSError")
+        wire = Wire(srv.connect())
+        with wire.sock:
+            wire.send(request("/"))  # the server still serves
+            wire.sock.settimeout(5)
+            assert wire.sock.recv(100).startswith(b"HTTP/1.1 200")
+    assert [r for r in records if r.levelno >= logging.WARNING] == []
 
 
 def test_receive_waits_for_the_disconnect_once_the_body_is_read(serve: Serve) -> None:

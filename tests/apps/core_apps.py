@@ -136,6 +136,10 @@ async def core_app(scope: Scope, receive: Receive, send: Send) -> None:
         return
     elif path == "/start-only":
         await send({"type": "http.response.start", "status": 200, "headers": []})
+    elif path == "/bad-status":
+        await respond(send, json.loads(args["status"]), b"never")
+    elif path == "/body-first":
+        await send({"type": "http.response.body", "body": b"never"})
     elif path == "/own-server-date":
         own = [(b"Server", b"custom/1.0"), (b"Date", b"Mon, 01 Jan 2001 00:00:00 GMT")]
         await respond(send, 200, b"own", own)
@@ -203,6 +207,23 @@ def counted_download(probe: Probe, pieces: int, size: int) -> App:
             await send({"type": "http.response.body", "body": piece, "more_body": True})
             probe.counter += 1
         await send({"type": "http.response.body", "body": b""})
+
+    return app
+
+
+def download_until_gone(probe: Probe) -> App:
+    """Streams 1 MiB pieces until send() raises because the client left (ASGI 2.4: OSError)."""
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        piece = b"d" * (1 << 20)
+        try:
+            for _ in range(256):
+                await send({"type": "http.response.body", "body": piece, "more_body": True})
+        except OSError as exc:
+            probe.put(f"OSError: {type(exc).__name__}")
+            raise
+        probe.put("finished")
 
     return app
 
