@@ -201,6 +201,10 @@ class Supervisor:
         signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
         try:
             worker = Worker.start(self.worker_main)
+        except OSError as exc:  # EAGAIN/ENOMEM: out of processes or memory; try again later
+            log.error("Cannot start a worker: %s", exc.strerror)
+            self.spawn_after = time.monotonic() + 1.0
+            return
         finally:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)
         self.workers[worker.pid] = worker
@@ -238,25 +242,47 @@ class Supervisor:
         if worker.fd in self.selector.get_map():
             self.selector.unregister(worker.fd)
         worker.close()
-        how = f"was killed by {signal.Signals(-code).name}" if code < 0 else f"exited ({code})"
-        if self.stopping or (worker.retiring and not worker.killed):
+        if self.stopping or worker.retiring:
             log.info("Worker [%d] stopped", worker.pid)
             return
         if code == STARTUP_FAILURE:
-            log.error("Worker [%d] failed to start; stopping the server", worker.pid)
-            self.exit_code = STARTUP_FAILURE
-            self.stop()
+            self.startup_failed(worker, now)
             return
+        how = f"was killed by {signal.Signals(-code).name}" if code < 0 else f"exited ({code})"
+        log.error(
+            "Worker [%d] %s; starting a new one%s", worker.pid, how, self.back_off(worker, now)
+        )
+
+    def back_off(self, worker: Worker, now: float) -> str:
+        """Delay the next start after a quick death; the log line's suffix."""
         quick = not worker.ready or now - worker.started < QUICK_DEATH
         self.quick_deaths = self.quick_deaths + 1 if quick else 0
         delay = backoff(self.quick_deaths)
         self.spawn_after = now + delay
-        log.error(
-            "Worker [%d] %s; starting a new one%s",
-            worker.pid,
-            how,
-            f" in {delay:.1f}s" if delay else "",
-        )
+        return f" in {delay:.1f}s" if delay else ""
+
+    def startup_failed(self, worker: Worker, now: float) -> None:
+        """Exit code 3. With nothing else serving (the first start), the server stops with
+        that code rather than loop. If other workers serve, they are kept: a rolling restart
+        onto broken code is called off, and other replacements are retried with back-off."""
+        serving = [w for w in self.workers.values() if w.ready and not w.retiring]
+        if not serving:
+            log.error("Worker [%d] failed to start; stopping the server", worker.pid)
+            self.exit_code = STARTUP_FAILURE
+            self.stop()
+            return
+        outdated = [w for w in serving if w.outdated]
+        if outdated:
+            log.error(
+                "Worker [%d] failed to start; replacement called off, %d workers keep running",
+                worker.pid,
+                len(outdated),
+            )
+            for w in outdated:
+                w.outdated = False
+            self.rolling = False
+            return
+        log.error("Worker [%d] failed to start; retrying%s", worker.pid, self.back_off(worker, now))
 
     def check_health(self, now: float) -> None:
         for worker in self.workers.values():

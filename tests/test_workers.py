@@ -151,6 +151,22 @@ def test_sighup_with_preload_keeps_the_imported_code(tmp_path: Path) -> None:
         stop(server)
 
 
+def test_sighup_onto_broken_code_keeps_the_old_workers(tmp_path: Path) -> None:
+    module = tmp_path / "broken_app.py"
+    module.write_text(VERSIONED_APP.replace("VERSION", "v1"))
+    args = ["broken_app:app", "--app-dir", str(tmp_path), "--workers", "2", *QUIET]
+    with Fastserve(args) as server:
+        port = server.wait_running(2)
+        old = set(wait_children(server, 2))
+        module.write_text("this is not Python\n")
+        server.signal(signal.SIGHUP)
+        server.wait_for("failed to start; replacement called off, 2 workers keep running")
+        assert set(wait_children(server, 2)) == old
+        assert {Client(port).get("/").split()[1] for _ in range(10)} == {"v1"}
+        assert server.count("Started worker") == 3, "no restart loop"
+        stop(server)
+
+
 def test_sigterm_lets_a_slow_request_finish() -> None:
     with start(2) as server:
         port = server.wait_running(2)
