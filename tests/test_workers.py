@@ -167,6 +167,33 @@ def test_sighup_onto_broken_code_keeps_the_old_workers(tmp_path: Path) -> None:
         stop(server)
 
 
+@pytest.mark.parametrize(
+    ("sig", "code"), [(signal.SIGHUP, 1012), (signal.SIGTERM, 1001)], ids=["restart", "stop"]
+)
+def test_websockets_are_told_whether_the_server_restarts(
+    sig: int, code: int, tmp_path: Path
+) -> None:
+    """A worker retired by a rolling restart closes WebSockets with 1012 (Service Restart),
+    a worker that stops with 1001 (Going Away) (RFC 6455 §7.4.1, IANA registry)."""
+    from websockets.exceptions import ConnectionClosed
+    from websockets.sync.client import connect
+
+    with start(1, "--pid", str(tmp_path / "pid")) as server:  # --pid: a supervisor for 1
+        port = server.wait_running(1)
+        with connect(f"ws://127.0.0.1:{port}/", open_timeout=5) as ws:
+            ws.send("hi")
+            assert str(ws.recv(timeout=5)).endswith(" hi")
+            server.signal(sig)
+            with pytest.raises(ConnectionClosed) as closed:
+                ws.recv(timeout=10)
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == code
+        if sig == signal.SIGHUP:
+            server.wait_for("Rolling restart done")
+            stop(server)
+        else:
+            assert server.wait() == 0
+
+
 def test_sigterm_lets_a_slow_request_finish() -> None:
     with start(2) as server:
         port = server.wait_running(2)

@@ -23,9 +23,13 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     GET /version     -> "<pid> <VERSION>"
     GET /orphan      -> starts a grandchild that outlives its parent; answers its pid
     GET /proc/N      -> the state letter of process N in /proc, or "gone"
+    WebSocket        -> echoes text messages as "<pid> <text>"
     """
     if scope["type"] == "lifespan":
         await _lifespan(receive, send)
+        return
+    if scope["type"] == "websocket":
+        await _echo(receive, send)
         return
     if scope["type"] != "http":
         return
@@ -70,6 +74,18 @@ async def _lifespan(receive: Any, send: Any) -> None:
             await send({"type": "lifespan.startup.complete"})
         elif message["type"] == "lifespan.shutdown":
             await send({"type": "lifespan.shutdown.complete"})
+            return
+
+
+async def _echo(receive: Any, send: Any) -> None:
+    """WebSocket: accept, then echo text messages until the connection closes."""
+    while True:
+        message = await receive()
+        if message["type"] == "websocket.connect":
+            await send({"type": "websocket.accept"})
+        elif message["type"] == "websocket.receive":
+            await send({"type": "websocket.send", "text": f"{os.getpid()} {message.get('text')}"})
+        else:
             return
 
 
