@@ -1,0 +1,248 @@
+"""Load clients wrk cannot play, run as `python perf/clients.py COMMAND ...` (pinned to CPU 1).
+
+- `idle`: opens N keep-alive connections, sends one request on each, reads the answer and
+  holds them idle; prints `READY {...}` and waits for a line on stdin (or --hold seconds).
+- `download`: one GET of a large body read at a limited rate through a small receive buffer:
+  the server must stop producing while the reader lags (its `send()` waits on the transport).
+- `upload`: one POST of a large body written as fast as the socket takes it, to a route that
+  consumes it slowly: the server must stop reading meanwhile.
+- `ws`: WebSocket echo round trips over C connections for D seconds (needs `websockets`).
+
+Standard library only (except `ws`), self-contained, every loop bounded in time. Results are
+printed as one `RESULT {json}` line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import importlib
+import json
+import resource
+import socket
+import sys
+import time
+from typing import Any
+
+
+def emit(tag: str, data: dict[str, Any]) -> None:
+    print(f"{tag} {json.dumps(data)}", flush=True)
+
+
+async def _open_one(port: int, sem: asyncio.Semaphore) -> asyncio.StreamWriter | None:
+    """One connection that has completed one request (so the server holds per-connection state)."""
+    async with sem:
+        try:
+            reader, writer = await asyncio.wait_for(
+                asyncio.open_connection("127.0.0.1", port), timeout=10
+            )
+            writer.write(b"GET /plaintext HTTP/1.1\r\nHost: bench\r\n\r\n")
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout=10)
+            length = 0
+            for line in head.split(b"\r\n"):
+                name, _, value = line.partition(b":")
+                if name.strip().lower() == b"content-length":
+                    length = int(value)
+            await asyncio.wait_for(reader.readexactly(length), timeout=10)
+            return writer
+        except (TimeoutError, OSError, asyncio.IncompleteReadError):
+            return None
+
+
+async def idle(port: int, count: int, hold: float, concurrency: int) -> None:
+    start = time.monotonic()
+    sem = asyncio.Semaphore(concurrency)
+    tasks = [asyncio.ensure_future(_open_one(port, sem)) for _ in range(count)]
+    # A server that stops accepting must not stall the run: give up on the rest after 60 s.
+    done, pending = await asyncio.wait(tasks, timeout=60)
+    for task in pending:
+        task.cancel()
+    await asyncio.gather(*pending, return_exceptions=True)
+    writers = [w for t in done if (w := t.result()) is not None]
+    emit(
+        "READY",
+        {"opened": len(writers), "wanted": count, "seconds": round(time.monotonic() - start, 2)},
+    )
+    # Hold until the harness writes a line (or closes our stdin), at most `hold` seconds.
+    released = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.add_reader(sys.stdin.fileno(), released.set)
+    with contextlib.suppress(asyncio.TimeoutError):
+        await asyncio.wait_for(released.wait(), timeout=hold)
+    loop.remove_reader(sys.stdin.fileno())
+    for writer in writers:
+        writer.transport.abort()
+    emit("RESULT", {"opened": len(writers)})
+
+
+def download(port: int, size: int, rate: float, deadline: float) -> None:
+    """Read `size` body bytes no faster than `rate` bytes/s, through a 64 KiB receive buffer."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+    sock.settimeout(10)
+    start = time.monotonic()
+    got = 0
+    try:
+        sock.connect(("127.0.0.1", port))
+        sock.sendall(f"GET /download?size={size} HTTP/1.1\r\nHost: bench\r\n\r\n".encode())
+        head = b""
+        while b"\r\n\r\n" not in head:
+            piece = sock.recv(65536)
+            if not piece:
+                break
+            head += piece
+        got = len(head.partition(b"\r\n\r\n")[2])
+        while got < size and time.monotonic() - start < deadline:
+            piece = sock.recv(65536)
+            if not piece:
+                break
+            got += len(piece)
+            ahead = got / rate - (time.monotonic() - start)
+            if ahead > 0:
+                time.sleep(ahead)
+    except OSError as exc:
+        emit(
+            "RESULT",
+            {
+                "bytes": got,
+                "complete": False,
+                "error": str(exc),
+                "seconds": round(time.monotonic() - start, 2),
+            },
+        )
+        return
+    finally:
+        sock.close()
+    emit(
+        "RESULT",
+        {"bytes": got, "complete": got >= size, "seconds": round(time.monotonic() - start, 2)},
+    )
+
+
+def upload(port: int, size: int, rate: float, deadline: float) -> None:
+    """POST `size` bytes as fast as the socket accepts them to /upload?rate=`rate`."""
+    sock = socket.socket()
+    start = time.monotonic()
+    sent = 0
+    piece = b"u" * (1 << 20)
+    answer = b""
+    try:
+        sock.connect(("127.0.0.1", port))
+        sock.settimeout(max(1.0, deadline))
+        head = (
+            f"POST /upload?rate={int(rate)} HTTP/1.1\r\nHost: bench\r\n"
+            f"Content-Type: application/octet-stream\r\nContent-Length: {size}\r\n\r\n"
+        )
+        sock.sendall(head.encode())
+        while sent < size and time.monotonic() - start < deadline:
+            chunk = piece[: size - sent]
+            sock.sendall(chunk)
+            sent += len(chunk)
+        if sent >= size:
+            answer = sock.recv(65536)
+    except OSError as exc:
+        emit(
+            "RESULT",
+            {
+                "bytes": sent,
+                "complete": False,
+                "error": str(exc),
+                "seconds": round(time.monotonic() - start, 2),
+            },
+        )
+        return
+    finally:
+        sock.close()
+    complete = sent >= size and answer.startswith(b"HTTP/1.1 200")
+    emit(
+        "RESULT",
+        {"bytes": sent, "complete": complete, "seconds": round(time.monotonic() - start, 2)},
+    )
+
+
+async def ws_echo(port: int, connections: int, duration: float, size: int) -> dict[str, Any]:
+    """Echo round trips of `size`-byte binary messages over the websockets asyncio client."""
+    from websockets.asyncio.client import connect
+
+    payload = b"w" * size
+    counts = [0] * connections
+    errors: list[str] = []
+    stop_at = time.monotonic() + duration
+
+    async def one(index: int) -> None:
+        url = f"ws://127.0.0.1:{port}/ws"
+        try:
+            async with connect(url, compression=None, max_size=None, open_timeout=10) as ws:
+                while time.monotonic() < stop_at:
+                    await ws.send(payload)
+                    await asyncio.wait_for(ws.recv(), timeout=10)
+                    counts[index] += 1
+        except Exception as exc:  # any failure is reported, and counts as an error
+            errors.append(f"{type(exc).__name__}: {exc}")
+
+    start = time.monotonic()
+    await asyncio.gather(*(one(i) for i in range(connections)))
+    seconds = time.monotonic() - start
+    return {
+        "messages": sum(counts),
+        "seconds": round(seconds, 3),
+        "mps": round(sum(counts) / seconds, 1),
+        "errors": len(errors),
+        "first_error": errors[0] if errors else None,
+    }
+
+
+def ws(port: int, connections: int, duration: float, size: int) -> None:
+    """Prefer ws_bench.py's sans-I/O client (cheaper per message, so the server is what is
+    measured); fall back to the websockets asyncio client when that module is absent."""
+    try:
+        measure: Any = importlib.import_module("ws_bench").measure
+    except (ImportError, AttributeError):
+        measure = None
+    url = f"ws://127.0.0.1:{port}/ws"
+    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+        if measure is not None:
+            result = runner.run(measure(url, connections, size, duration))
+            result["client"] = "ws_bench sans-I/O"
+        else:
+            result = runner.run(ws_echo(port, connections, duration, size))
+            result["client"] = "websockets asyncio"
+    emit("RESULT", result)
+
+
+def _loop_factory() -> Any:
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("command", choices=["idle", "download", "upload", "ws"])
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--count", type=int, default=10_000)
+    parser.add_argument("--hold", type=float, default=60.0)
+    parser.add_argument("--concurrency", type=int, default=200)
+    parser.add_argument("--size", type=int, default=1 << 30)
+    parser.add_argument("--rate", type=float, default=100 * (1 << 20))
+    parser.add_argument("--deadline", type=float, default=60.0)
+    parser.add_argument("--connections", type=int, default=50)
+    parser.add_argument("--duration", type=float, default=5.0)
+    args = parser.parse_args(argv)
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    if args.command == "idle":
+        asyncio.run(idle(args.port, args.count, args.hold, args.concurrency))
+    elif args.command == "download":
+        download(args.port, args.size, args.rate, args.deadline)
+    elif args.command == "upload":
+        upload(args.port, args.size, args.rate, args.deadline)
+    else:
+        ws(args.port, args.connections, args.duration, args.size)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,160 @@
+"""Render a run's results as markdown (the console output and results/*.md)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .stats import Goal, paired_ratio
+
+
+def fmt_rate(value: float | None) -> str:
+    return "-" if value is None else f"{value:,.0f}"
+
+
+def fmt_ratio(value: float | None) -> str:
+    return "" if value is None else f" ({value:.2f}x)"
+
+
+def fmt_ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def server_order(results: dict[str, Any]) -> list[str]:
+    """Servers in first-seen order across scenarios (fastserve first, as the harness runs them)."""
+    order: list[str] = []
+    for scenario in results.get("scenarios", {}).values():
+        for name in scenario.get("servers", {}):
+            if name not in order:
+                order.append(name)
+    return order
+
+
+def _row(cells: list[str]) -> str:
+    return "| " + " | ".join(cells) + " |"
+
+
+def throughput_table(results: dict[str, Any]) -> list[str]:
+    """Req/s (median) per scenario and server, with the paired ratio to uvicorn; ! = errors."""
+    names = server_order(results)
+    lines = [_row(["scenario", *names]), _row(["---"] + ["---:"] * len(names))]
+    for scenario in _interleaved(results):
+        cells = [scenario["title"]]
+        for name in names:
+            entry = scenario["servers"].get(name)
+            if not entry:
+                cells.append("")
+                continue
+            med = entry.get("median", {})
+            mark = " !" if med.get("flagged") else ""
+            ratio = entry.get("ratio", {}).get("rps")
+            cells.append(f"{fmt_rate(med.get('rps'))}{fmt_ratio(ratio)}{mark}")
+        lines.append(_row(cells))
+    return lines
+
+
+def latency_table(results: dict[str, Any]) -> list[str]:
+    """p50 / p90 / p99 in ms per scenario and server."""
+    names = server_order(results)
+    lines = [_row(["scenario (p50 / p90 / p99 ms)", *names]), _row(["---"] * (len(names) + 1))]
+    for scenario in _interleaved(results):
+        if scenario.get("kind") != "wrk":
+            continue
+        cells = [scenario["title"]]
+        for name in names:
+            med = scenario["servers"].get(name, {}).get("median")
+            cells.append(
+                " / ".join(fmt_ms(med.get(k)) for k in ("p50_ms", "p90_ms", "p99_ms"))
+                if med
+                else ""
+            )
+        lines.append(_row(cells))
+    return lines
+
+
+def memory_table(results: dict[str, Any]) -> list[str]:
+    """RSS figures: idle vs 10k idle connections, and peaks of the slow transfers."""
+    scenarios = results.get("scenarios", {})
+    names = [n for n in server_order(results) if "+" not in n]
+    lines = [_row(["memory (MiB)", *names]), _row(["---"] + ["---:"] * len(names))]
+    count = scenarios.get("idle10k", {}).get("params", {}).get("count", 10_000)
+    rows = [
+        ("idle10k", "idle_kib", "RSS idle"),
+        ("idle10k", "loaded_kib", f"RSS with {count:,} idle conns"),
+        ("idle10k", "per_conn_bytes", "bytes per idle conn"),
+        ("download", "peak_above_idle_kib", "slow download: peak above idle"),
+        ("upload", "peak_above_idle_kib", "slow upload: peak above idle"),
+    ]
+    for key, field, label in rows:
+        servers = scenarios.get(key, {}).get("servers")
+        if not servers:
+            continue
+        cells = [label]
+        for name in names:
+            entry = servers.get(name, {})
+            value = entry.get(field)
+            note = " !" if entry.get("flagged") else ""
+            if value is None:
+                cells.append("-")
+            elif field == "per_conn_bytes":
+                cells.append(f"{value:,.0f}{note}")
+            else:
+                cells.append(f"{value / 1024:.1f}{note}")
+        lines.append(_row(cells))
+    return lines if len(lines) > 2 else []
+
+
+def access_log_costs(results: dict[str, Any]) -> str:
+    """'fastserve 4.1 %, uvicorn 55.0 %': throughput lost by turning the access log on."""
+    servers = results.get("scenarios", {}).get("accesslog", {}).get("servers", {})
+    parts = []
+    for name in servers:
+        if name.endswith("+log") and name[:-4] in servers:
+            kept = paired_ratio(
+                servers[name].get("rounds", []), servers[name[:-4]].get("rounds", [])
+            )
+            if kept is not None:
+                parts.append(f"{name[:-4]} {(1 - kept) * 100:.1f} %")
+    return ", ".join(parts)
+
+
+def goals_table(goals: list[Goal]) -> list[str]:
+    lines = [_row(["goal", "target", "measured", "result"]), _row(["---"] * 4)]
+    for goal in goals:
+        result = goal.status + (f" ({goal.detail})" if goal.detail else "")
+        lines.append(_row([goal.name, goal.target, goal.measured, result]))
+    return lines
+
+
+def _interleaved(results: dict[str, Any]) -> list[dict[str, Any]]:
+    return [s for s in results.get("scenarios", {}).values() if s.get("kind") in ("wrk", "ws")]
+
+
+def render(results: dict[str, Any], goals: list[Goal]) -> str:
+    meta = results.get("meta", {})
+    out = [
+        f"# Benchmark run {meta.get('stamp', '')}",
+        "",
+        f"Python {meta.get('python', '?')}, {meta.get('cpus', '?')} CPUs, "
+        f"rounds {meta.get('rounds', '?')} x {meta.get('duration_s', '?')} s, "
+        f"fastserve {meta.get('commit', '?')}{' (quick)' if meta.get('quick') else ''}.",
+        f"Versions: {', '.join(f'{k} {v}' for k, v in meta.get('versions', {}).items())}.",
+        "",
+        "Median req/s (WebSocket: messages/s) over interleaved rounds; (Nx) is the median of the"
+        " per-round ratios to uvicorn; `!` marks a run with socket errors or non-2xx answers.",
+        "",
+        *throughput_table(results),
+        "",
+        *latency_table(results),
+        "",
+    ]
+    costs = access_log_costs(results)
+    if costs:
+        out += [f"Access log cost (paired rounds, log on vs off): {costs}.", ""]
+    memory = memory_table(results)
+    if memory:
+        out += [*memory, ""]
+    skipped = results.get("skipped", {})
+    if skipped:
+        out += ["Skipped:", ""] + [f"- {k}: {v}" for k, v in skipped.items()] + [""]
+    out += ["## Goals", "", *goals_table(goals), ""]
+    return "\n".join(out)

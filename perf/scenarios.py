@@ -1,0 +1,197 @@
+"""What the benchmark measures, and the interleaved runner for throughput scenarios.
+
+Throughput scenarios (wrk, WebSocket echo) keep every server of the scenario running at once,
+each on its own port, all pinned to the server CPU, idle while another is measured. Each server
+is warmed up, then the rounds go A B C D, A B C D, ... so that drift of the shared machine lands
+on every server alike. Memory scenarios (`memory.py`) run one server at a time.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from . import wrk
+from .servers import Running, probe
+from .venv import PERF_DIR, BenchEnv
+
+PEERS = ("fastserve", "uvicorn", "granian", "hypercorn")
+CLIENT_CPU = 1
+
+
+@dataclass(frozen=True)
+class Scenario:
+    key: str
+    title: str
+    kind: str  # "wrk", "ws" (interleaved rounds) or "idle", "transfer" (memory.py)
+    path: str = "/plaintext"
+    connections: int = 100
+    method: str = "GET"
+    body_size: int = 0  # request body (wrk) or message size (ws)
+    close: bool = False
+    servers: tuple[str, ...] = PEERS
+
+    def params(self) -> dict[str, Any]:
+        return {k: v for k, v in asdict(self).items() if k not in ("key", "title", "servers")}
+
+
+KIB = 1024
+SCENARIOS: list[Scenario] = [
+    Scenario("plaintext", "plaintext, 100 conns", "wrk"),
+    Scenario("json", "JSON, 100 conns", "wrk", "/json"),
+    Scenario("post1k", "POST echo 1 KiB", "wrk", "/echo", method="POST", body_size=KIB),
+    Scenario("post64k", "POST echo 64 KiB", "wrk", "/echo", method="POST", body_size=64 * KIB),
+    Scenario("stream1m", "1 MiB streamed (16 x 64 KiB)", "wrk", "/stream?size=1048576&chunk=65536"),
+    Scenario("conns1000", "plaintext, 1,000 conns", "wrk", connections=1000),
+    Scenario("close", "Connection: close", "wrk", close=True),
+    Scenario(
+        "accesslog",
+        "plaintext, access log on/off",
+        "wrk",
+        servers=("fastserve", "fastserve+log", "uvicorn", "uvicorn+log"),
+    ),
+    Scenario("idle10k", "RSS with 10k idle keep-alive conns", "idle"),
+    Scenario("download", "slow reader: large download", "transfer", "/download"),
+    Scenario("upload", "slow consumer: large upload", "transfer", "/upload", method="POST"),
+    Scenario("ws_small", "WebSocket echo 32 B, 50 conns", "ws", "/ws", 50, body_size=32),
+    Scenario("ws_64k", "WebSocket echo 64 KiB, 50 conns", "ws", "/ws", 50, body_size=64 * KIB),
+]
+BY_KEY = {s.key: s for s in SCENARIOS}
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    rounds: int = 5
+    duration: float = 5.0
+    warmup: float = 2.0
+    idle_conns: int = 10_000
+    transfer_size: int = 1 << 30
+    transfer_rate: float = 128 * (1 << 20)
+
+
+def measure_wrk(scenario: Scenario, server: Running, duration: float) -> dict[str, Any]:
+    """One wrk run; any socket error, bad status or dead server flags the round."""
+    lines_before = server.log_lines() if server.spec.access_log else 0
+    try:
+        result = wrk.run(
+            server.url + scenario.path,
+            connections=scenario.connections,
+            duration=duration,
+            method=scenario.method,
+            body_size=scenario.body_size,
+            close=scenario.close,
+            cpu=CLIENT_CPU,
+        )
+    except wrk.WrkError as exc:
+        return {"flagged": True, "error": str(exc)}
+    out: dict[str, Any] = result.as_dict()
+    out["flagged"] = result.failed or server.proc.poll() is not None
+    if server.spec.access_log:
+        # The access log must really be written: count the lines this round added.
+        out["logged_lines"] = server.log_lines() - lines_before
+    return out
+
+
+def measure_ws(
+    scenario: Scenario, server: Running, env: BenchEnv, duration: float
+) -> dict[str, Any]:
+    """One WebSocket echo run (messages/s reported as `rps`)."""
+    argv = [
+        *wrk.pin_prefix(CLIENT_CPU),
+        str(env.python),
+        str(PERF_DIR / "clients.py"),
+        "ws",
+        "--port",
+        str(server.port),
+        "--connections",
+        str(scenario.connections),
+        "--duration",
+        str(duration),
+        "--size",
+        str(scenario.body_size),
+    ]
+    result = run_client(argv, timeout=duration + 60)
+    if "error" in result:
+        return {"flagged": True, **result}
+    return {
+        "rps": result["mps"],
+        "messages": result["messages"],
+        "errors": {"ws": result["errors"]},
+        "flagged": result["errors"] > 0,
+        "first_error": result.get("first_error"),
+    }
+
+
+def run_client(argv: list[str], timeout: float) -> dict[str, Any]:
+    """Run a clients.py command to completion and parse its RESULT line."""
+    try:
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"error": f"client did not finish in {timeout:.0f} s"}
+    for line in reversed(proc.stdout.splitlines()):
+        if line.startswith("RESULT "):
+            parsed: dict[str, Any] = json.loads(line[7:])
+            return parsed
+    return {"error": f"client exited {proc.returncode}: {proc.stderr.strip()[-300:]}"}
+
+
+def run_interleaved(
+    scenario: Scenario, running: dict[str, Running], env: BenchEnv, cfg: RunConfig
+) -> dict[str, Any]:
+    """Warm every server up, then `cfg.rounds` rounds in A B C D order; raw rounds per server."""
+
+    def once(server: Running, duration: float) -> dict[str, Any]:
+        if scenario.kind == "ws":
+            return measure_ws(scenario, server, env, duration)
+        return measure_wrk(scenario, server, duration)
+
+    for server in running.values():
+        once(server, cfg.warmup)
+    rounds: dict[str, list[dict[str, Any]]] = {name: [] for name in running}
+    for i in range(cfg.rounds):
+        for name, server in running.items():
+            result = once(server, cfg.duration)
+            rounds[name].append(result)
+            print(
+                f"  [{scenario.key}] round {i + 1}/{cfg.rounds} {progress(name, result)}",
+                flush=True,
+            )
+    return {
+        "title": scenario.title,
+        "kind": scenario.kind,
+        "params": scenario.params(),
+        "servers": {name: {"rounds": r} for name, r in rounds.items()},
+    }
+
+
+def progress(name: str, result: dict[str, Any]) -> str:
+    if "error" in result:
+        return f"{name:<14} ERROR {result['error']}"
+    text = f"{name:<14} {result.get('rps', 0):>10,.0f}/s"
+    if "p99_ms" in result:
+        text += f"  p50 {result['p50_ms']:.2f} ms  p99 {result['p99_ms']:.2f} ms"
+    if result.get("flagged"):
+        text += f"  FLAGGED errors={result.get('errors')}"
+    return text
+
+
+def websocket_supported(port: int) -> bool:
+    """Does the server at `port` complete a WebSocket handshake (101, RFC 6455 section 4)?"""
+    import socket
+
+    request = (
+        "GET /ws HTTP/1.1\r\nHost: bench\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=3) as sock:
+            sock.sendall(request.encode())
+            return sock.recv(64).startswith(b"HTTP/1.1 101")
+    except OSError:
+        return False
+
+
+def server_alive(server: Running) -> bool:
+    return server.proc.poll() is None and probe(server.port) == 200

@@ -1,0 +1,148 @@
+"""Pure arithmetic on benchmark rounds: medians, paired ratios, and the issue's goals.
+
+Ratios are paired: round i of server A is divided by round i of the baseline, which ran right
+next to it (A B C A B C), and the median of those quotients is reported. Drift of the shared
+machine (other jobs, thermal) hits both sides of a pair alike and cancels; a plain quotient of
+medians would keep it.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+BASELINE = "uvicorn"
+LATENCY_KEYS = ("p50_ms", "p90_ms", "p99_ms")
+
+
+def median(values: Sequence[float]) -> float | None:
+    clean = [v for v in values if v is not None]
+    return statistics.median(clean) if clean else None
+
+
+def summarize(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """Median of every figure over the rounds, plus error totals; `flagged` if any round erred."""
+    out: dict[str, Any] = {"rounds": len(rounds)}
+    for key in ("rps", *LATENCY_KEYS):
+        out[key] = median([r[key] for r in rounds if key in r])
+    out["errors"] = sum(_errors(r) for r in rounds)
+    out["flagged"] = any(r.get("flagged") for r in rounds) or not rounds
+    return out
+
+
+def _errors(r: dict[str, Any]) -> int:
+    errors = r.get("errors") or {}
+    return sum(errors.values()) if isinstance(errors, dict) else int(errors)
+
+
+def paired_ratio(
+    a: list[dict[str, Any]], b: list[dict[str, Any]], key: str = "rps"
+) -> float | None:
+    """Median over rounds of a[i][key] / b[i][key], skipping rounds where either is missing/0."""
+    quotients = [x[key] / y[key] for x, y in zip(a, b, strict=False) if x.get(key) and y.get(key)]
+    return median(quotients)
+
+
+def add_summaries(scenario: dict[str, Any], baseline: str = BASELINE) -> None:
+    """Fill `median` and `ratio` (vs the baseline's rounds of the same run) for each server."""
+    servers: dict[str, dict[str, Any]] = scenario["servers"]
+    base = servers.get(baseline, {}).get("rounds")
+    for entry in servers.values():
+        rounds = entry.get("rounds", [])
+        entry["median"] = summarize(rounds)
+        entry["ratio"] = (
+            {key: paired_ratio(rounds, base, key) for key in ("rps", "p99_ms")} if base else {}
+        )
+
+
+@dataclass(frozen=True)
+class Goal:
+    name: str
+    target: str
+    measured: str
+    status: str  # PASS, MISS or N/A
+    detail: str = ""
+
+    def as_dict(self) -> dict[str, str]:
+        return asdict(self)
+
+
+def _at_least(name: str, value: float | None, target: float, unit: str = "x") -> Goal:
+    if value is None:
+        return Goal(name, f">= {target:g}{unit}", "-", "N/A", "not measured in this run")
+    shown = f"{value:.2f}{unit}"
+    if value >= target:
+        return Goal(name, f">= {target:g}{unit}", shown, "PASS", f"by {value / target - 1:.0%}")
+    return Goal(name, f">= {target:g}{unit}", shown, "MISS", f"short by {1 - value / target:.0%}")
+
+
+def _at_most(name: str, value: float | None, target: float, unit: str, fmt: str) -> Goal:
+    if value is None:
+        return Goal(name, f"<= {target:{fmt}}{unit}", "-", "N/A", "not measured in this run")
+    shown = f"{value:{fmt}}{unit}"
+    if value <= target:
+        return Goal(
+            name,
+            f"<= {target:{fmt}}{unit}",
+            shown,
+            "PASS",
+            f"{target - value:{fmt}}{unit} to spare",
+        )
+    return Goal(
+        name, f"<= {target:{fmt}}{unit}", shown, "MISS", f"over by {value - target:{fmt}}{unit}"
+    )
+
+
+def _servers(results: dict[str, Any], scenario: str) -> dict[str, Any]:
+    found: dict[str, Any] = results.get("scenarios", {}).get(scenario, {}).get("servers", {})
+    return found
+
+
+def _rounds(results: dict[str, Any], scenario: str, server: str) -> list[dict[str, Any]]:
+    rounds: list[dict[str, Any]] = _servers(results, scenario).get(server, {}).get("rounds", [])
+    return rounds
+
+
+def _ratio(results: dict[str, Any], scenario: str, a: str, b: str, key: str = "rps") -> Any:
+    ra, rb = _rounds(results, scenario, a), _rounds(results, scenario, b)
+    return paired_ratio(ra, rb, key) if ra and rb else None
+
+
+def _rss(results: dict[str, Any], scenario: str, server: str, key: str) -> float | None:
+    value = _servers(results, scenario).get(server, {}).get(key)
+    return float(value) if isinstance(value, int | float) else None
+
+
+def evaluate_goals(results: dict[str, Any], me: str = "fastserve") -> list[Goal]:
+    """The issue's goals, each PASS/MISS with the margin, or N/A when the run lacks the data."""
+    goals = [
+        _at_least("plaintext vs uvicorn", _ratio(results, "plaintext", me, "uvicorn"), 2.5),
+        _at_least("plaintext vs granian", _ratio(results, "plaintext", me, "granian"), 1.0),
+    ]
+    kept = _ratio(results, "accesslog", f"{me}+log", me)
+    goals.append(
+        _at_most("access log cost", None if kept is None else (1 - kept) * 100, 10, " %", ".1f")
+    )
+    p99 = _ratio(results, "plaintext", me, "uvicorn", "p99_ms")
+    goals.append(_at_most("p99 at 100 conns vs uvicorn", p99, 1.0, "x", ".2f"))
+    goals.append(
+        _at_least("POST echo 64 KiB vs uvicorn", _ratio(results, "post64k", me, "uvicorn"), 1.5)
+    )
+    mine, theirs = (_rss(results, "idle10k", s, "loaded_kib") for s in (me, "uvicorn"))
+    rss_ratio = mine / theirs if mine is not None and theirs else None
+    goals.append(_at_most("RSS at 10k idle conns vs uvicorn", rss_ratio, 1.0, "x", ".2f"))
+    c1000 = median([r["rps"] for r in _rounds(results, "conns1000", me)])
+    c100 = median([r["rps"] for r in _rounds(results, "plaintext", me)])
+    goals.append(
+        _at_least("1,000 conns vs 100 conns", c1000 / c100 if c1000 and c100 else None, 0.9)
+    )
+    peaks = [_rss(results, s, me, "peak_above_idle_kib") for s in ("download", "upload")]
+    known = [p / 1024 for p in peaks if p is not None]
+    goals.append(
+        _at_most(
+            "peak RSS in slow 1 GiB transfer", max(known) if known else None, 64, " MiB", ".1f"
+        )
+    )
+    return goals
