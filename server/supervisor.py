@@ -24,6 +24,7 @@ so capacity never drops during a rolling restart.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import selectors
@@ -421,7 +422,8 @@ def _reserve_port(host: str, port: int) -> socket.socket:
         sock.bind((host, port))
     except OSError as exc:
         sock.close()
-        raise ConfigError(f"cannot bind {host}:{port}: {exc.strerror}") from None
+        reason = "address already in use" if exc.errno == errno.EADDRINUSE else exc.strerror
+        raise ConfigError(f"cannot bind {host}:{port}: {reason}") from None
     return sock
 
 

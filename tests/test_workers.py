@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import threading
 import time
 from pathlib import Path
@@ -247,6 +248,19 @@ def test_import_error_exits_3() -> None:
         assert server.wait() == 3
         assert server.count("Started worker") == 0
         assert server.count("cannot import module") == 1
+
+
+@pytest.mark.parametrize("reuse_port", [False, True], ids=["shared", "reuse-port"])
+def test_port_in_use_exits_3_before_forking(reuse_port: bool) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        args = [APP, "--workers", "2", "--port", port] + (["--reuse-port"] if reuse_port else [])
+        with Fastserve(args) as server:
+            assert server.wait() == 3
+            assert server.count("address already in use") == 1
+            assert server.count("Started worker") == 0
 
 
 def test_blocked_worker_is_killed_and_replaced() -> None:
