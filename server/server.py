@@ -106,13 +106,14 @@ class Server:
         loop = asyncio.get_running_loop()
         state = self.state
         assert state is not None
-        self.sockets = sockets if sockets is not None else bind_sockets(self.config)
+        # Config errors (TLS files, PROXY + TLS) before binding: nothing to clean up then.
         ssl_context = None
         if self.config.is_ssl:
             from .tls import create_ssl_context
 
             ssl_context = create_ssl_context(self.config)
         factory = self.protocol_factory(state)
+        self.sockets = sockets if sockets is not None else bind_sockets(self.config)
         for sock in self.sockets:
             if sock.family == socket.AF_UNIX:
                 srv = await loop.create_unix_server(
