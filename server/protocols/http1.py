@@ -26,7 +26,7 @@ from urllib.parse import unquote
 
 import httptools
 
-from .cycle import RequestCycle
+from .cycle import ClientDisconnected, RequestCycle
 
 if TYPE_CHECKING:
     from ..state import ServerState
@@ -379,8 +379,10 @@ class HTTP1Protocol(asyncio.Protocol):
     def on_message_complete(self) -> None:
         cycle = self.parsing
         if cycle is not None:
-            cycle.end_body()
             self.parsing = None
+            cycle.more_body = False  # cycle.end_body(), inlined for the common case
+            if cycle.waiter is not None:
+                cycle.end_body()
 
     # -- running the app -----------------------------------------------------------------------
 
@@ -408,6 +410,23 @@ class HTTP1Protocol(asyncio.Protocol):
         if self.closed:
             return
         self.cycle = None
+        if (
+            cycle.keep_alive
+            and self.keep_alive
+            and cycle.response_complete
+            and self.parsing is None
+            and not self.pipeline
+            and not self.read_paused
+            and self.pending_error is None
+        ):
+            # The common case, inlined: the request is done, wait for the next one.
+            self.phase = IDLE
+            self.deadline = deadline = monotonic() + self.state.config.timeout_keep_alive
+            if self.timer is None or deadline < self.timer_at:
+                self.set_deadline(IDLE, self.state.config.timeout_keep_alive)
+            if self.state.shutting_down:
+                self.close()
+            return
         if self.pending_error is not None and (cycle.response_complete or not cycle.head_sent):
             self.reject(self.pending_error)
             return
@@ -484,6 +503,11 @@ class HTTP1Protocol(asyncio.Protocol):
 
     def send_body(self, cycle: RequestCycle, body: bytes, final: bool) -> None:
         transport = self.transport
+        if transport.is_closing():
+            # The peer is gone but connection_lost() is only scheduled: a streaming app whose
+            # sends never wait would produce its whole body (and asyncio would log a warning
+            # per failed write). ASGI 2.4: send() raises an OSError.
+            raise ClientDisconnected("client disconnected")
         if cycle.no_body:
             pass
         elif cycle.chunked:
