@@ -408,6 +408,18 @@ def test_invalid_status_is_a_500(serve: Serve, status: str) -> None:
         assert b"never" not in wire.raw
 
 
+def test_repeated_content_length(serve: Serve) -> None:
+    """Identical repeats are sent once; conflicting lengths are an app error (a client and a
+    proxy could otherwise frame the response differently)."""
+    with serve(core_app) as srv, srv.connect() as sock:
+        wire = Wire(sock)
+        wire.send(request("/two-lengths?second=5") + request("/two-lengths?second=6"))
+        same = wire.response()
+        assert (same.all(b"content-length"), same.body) == ([b"5"], b"hello")
+        assert wire.response().status == 500
+        assert wire.closed()
+
+
 def test_body_before_start_is_a_500(serve: Serve) -> None:
     with serve(core_app) as srv, srv.connect() as sock:
         wire = Wire(sock)
@@ -484,7 +496,9 @@ def test_disconnect_mid_body_reaches_receive(serve: Serve) -> None:
         assert probe.get() == {"type": "http.disconnect"}
 
 
-def test_send_raises_oserror_once_the_client_is_gone(serve: Serve) -> None:
+def test_send_raises_oserror_once_the_client_is_gone(
+    serve: Serve, caplog: pytest.LogCaptureFixture
+) -> None:
     """A client leaves mid-download while send() waits for the buffer to drain: the waiting
     send() wakes, the next raises an OSError (ASGI 2.4), and nothing is logged as an error."""
     probe = Probe()
@@ -501,6 +515,8 @@ def test_send_raises_oserror_once_the_client_is_gone(serve: Serve) -> None:
             wire.sock.settimeout(5)
             assert wire.sock.recv(100).startswith(b"HTTP/1.1 200")
     assert [r for r in records if r.levelno >= logging.WARNING] == []
+    # No "socket.send() raised exception." from asyncio: the app stopped writing at once.
+    assert [r for r in caplog.records if r.name == "asyncio"] == []
 
 
 def test_receive_waits_for_the_disconnect_once_the_body_is_read(serve: Serve) -> None:

@@ -280,7 +280,13 @@ class RequestCycle:
                 if lname == b"content-length":
                     if not value.isdigit():
                         raise RuntimeError(f"invalid content-length {value!r}")
-                    self.expected_length = int(value)
+                    length = int(value)
+                    if self.expected_length is not None:
+                        # Two lengths would let the client and a proxy disagree on framing.
+                        if length != self.expected_length:
+                            raise RuntimeError("conflicting content-length headers")
+                        continue  # an identical repeat is sent once (RFC 9110 §8.6)
+                    self.expected_length = length
                 elif lname == b"connection" or lname == b"transfer-encoding":
                     # The server decides the framing and the connection's fate.
                     if lname == b"connection" and b"close" in value.lower():

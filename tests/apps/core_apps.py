@@ -90,6 +90,7 @@ BAD_HEADERS: dict[str, tuple[bytes, bytes]] = {
     "name-colon": (b"x-injected:", b"1"),
     "name-empty": (b"", b"1"),
     "name-crlf": (b"x-a\r\nx-injected", b"1"),
+    "content-length": (b"content-length", b"5, 5"),
 }
 
 
@@ -136,6 +137,9 @@ async def core_app(scope: Scope, receive: Receive, send: Send) -> None:
         return
     elif path == "/start-only":
         await send({"type": "http.response.start", "status": 200, "headers": []})
+    elif path == "/two-lengths":
+        lengths = [(b"content-length", b"5"), (b"content-length", args["second"].encode())]
+        await respond(send, 200, b"hello", lengths)
     elif path == "/bad-status":
         await respond(send, json.loads(args["status"]), b"never")
     elif path == "/body-first":
