@@ -41,6 +41,11 @@ def run_with_reload(config: Config) -> int:
     except ImportError:
         raise ConfigError("--reload needs watchfiles: pip install 'fastserve[standard]'") from None
     dirs = [str(Path(d).resolve()) for d in (config.reload_dirs or [os.getcwd()])]
+    for directory in dirs:
+        if not os.path.isdir(directory):
+            raise ConfigError(f"--reload-dir {directory}: no such directory")
+    if config.workers not in (None, "1"):
+        log.warning("--reload runs one server process: --workers is ignored")
     sockets = bind_sockets(config)
     stop = threading.Event()
     previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in STOP_SIGNALS}

@@ -73,3 +73,10 @@ def test_reload_needs_an_import_string() -> None:
     from fastserve.main import serve_config
 
     assert serve_config(Config(app=app, reload=True, port=0)) == 3
+
+
+def test_reload_dir_must_exist(tmp_path: Path) -> None:
+    from fastserve.main import serve_config
+
+    missing = str(tmp_path / "missing")
+    assert serve_config(Config(app="a:b", reload=True, port=0, reload_dirs=[missing])) == 3
