@@ -34,8 +34,9 @@ LEVELS = {
     "trace": TRACE,
 }
 
-# Control characters in request data are escaped so a client cannot forge log lines.
-_ESCAPES = {i: f"\\x{i:02x}" for i in [*range(0x20), 0x7F]}
+# Control characters in request data are escaped so a client cannot forge log lines: C0, DEL
+# and C1 (obs-text bytes arrive as U+0080-U+00FF; U+0085 is a line break to many readers).
+_ESCAPES = {i: f"\\x{i:02x}" for i in [*range(0x20), *range(0x7F, 0xA0)]}
 _ESCAPES[ord('"')] = '\\"'
 _ESCAPES[ord("\\")] = "\\\\"
 
@@ -91,20 +92,25 @@ def configure_logging(config: Config) -> None:
 
 
 def _load_log_config(path: str) -> None:
+    """A dictConfig in JSON or YAML (by extension), else an INI fileConfig. Whatever is wrong
+    with the file (syntax, unknown handler class...) is one ConfigError line, no traceback."""
     try:
-        if path.endswith((".json", ".yaml", ".yml")):
-            with open(path, encoding="utf-8") as fh:
-                if path.endswith(".json"):
-                    data = json.load(fh)
-                else:
-                    import yaml
+        with open(path, encoding="utf-8") as fh:
+            text = fh.read()
+    except OSError as exc:
+        raise ConfigError(f"cannot read --log-config {path}: {exc.strerror}") from None
+    try:
+        if path.endswith(".json"):
+            logging.config.dictConfig(json.loads(text))
+        elif path.endswith((".yaml", ".yml")):
+            import yaml
 
-                    data = yaml.safe_load(fh)
-            logging.config.dictConfig(data)
+            logging.config.dictConfig(yaml.safe_load(text))
         else:
             logging.config.fileConfig(path, disable_existing_loggers=False)
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise ConfigError(f"cannot use --log-config {path}: {exc}") from None
+    except Exception as exc:  # the file is the user's: any failure is a config error
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ConfigError(f"cannot use --log-config {path}: {reason}") from None
 
 
 DEFAULT_FORMAT = '%(client)s - "%(request_line)s" %(status)s %(bytes)s %(duration_ms)sms'
@@ -123,6 +129,8 @@ class AccessLog:
         self.json = config.access_log_json
         self.template = config.access_log_format
         self.fields = _template_fields(self.template) if self.template else None
+        if self.template is not None:
+            _check_template(self.template)
 
     def log(self, cycle: RequestCycle, now: float) -> None:
         scope = cycle.scope
@@ -242,3 +250,37 @@ class _FieldMap(dict[str, Any]):
 
 def _template_fields(template: str) -> list[str]:
     return [part.split(")", 1)[0] for part in template.split("%(")[1:]]
+
+
+FIELDS = frozenset(
+    [
+        "client",
+        "client_addr",
+        "request_line",
+        "method",
+        "path",
+        "query",
+        "protocol",
+        "status",
+        "bytes",
+        "duration_ms",
+        "duration_us",
+        "referer",
+        "user_agent",
+        "pid",
+    ]
+)
+
+
+def _check_template(template: str) -> None:
+    """--access-log-format mistakes are startup errors, not an exception per request."""
+    for name in _template_fields(template):
+        if name not in FIELDS and not (name.startswith("{") and name.endswith("}i")):
+            known = ", ".join(sorted(FIELDS))
+            raise ConfigError(
+                f"--access-log-format: unknown field {name!r} (known: {known}, {{header}}i)"
+            )
+    try:
+        template % dict.fromkeys(_template_fields(template), 0)
+    except (ValueError, TypeError, KeyError) as exc:
+        raise ConfigError(f"--access-log-format {template!r}: {exc}") from None
