@@ -146,7 +146,9 @@ def apply_hop(scope: Scope, hop: dict[str, str]) -> None:
     addr = hop.get("for")
     if addr:
         host, port = _split_host_port(addr)
-        if host:
+        # An IP, `unknown` or an obfuscated `_name` (RFC 7239 §6): nothing that could garble
+        # an access log line.
+        if host and all(ch in _HOST_CHARS for ch in host):
             scope["client"] = (host, port)
     proto = hop.get("proto", "").lower()
     if proto in _SCHEMES:
