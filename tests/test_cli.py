@@ -124,9 +124,10 @@ def run_cli(*args: str, timeout: float = 20, **env: str) -> subprocess.Completed
 
 
 @pytest.mark.parametrize("how", ["script", "python -m"])
-def test_starts_prints_one_line_and_serves(how: str) -> None:
+@pytest.mark.parametrize("loop", ["auto", "asyncio"])
+def test_starts_prints_one_line_and_serves(how: str, loop: str) -> None:
     base = fastserve_cmd() if how == "script" else [sys.executable, "-m", "fastserve"]
-    with ServerProcess([*base, HELLO, "--port", "0"]) as server:
+    with ServerProcess([*base, HELLO, "--port", "0", "--loop", loop]) as server:
         url = server.url()
         assert re.fullmatch(r"http://127\.0\.0\.1:\d+", url)
         assert httpx.get(url).text == "Hello, world!"
@@ -202,6 +203,14 @@ def test_lifespan_startup_and_shutdown_run() -> None:
         assert server.stop() == 0
     assert server.out[:1] == ["lifespan startup ran"]
     assert "lifespan shutdown ran" in server.out
+
+
+def test_app_dir(tmp_path: Path) -> None:
+    (tmp_path / "elsewhere_app.py").write_text((REPO / "examples/hello.py").read_text())
+    cmd = fastserve_cmd("elsewhere_app:app", "--app-dir", str(tmp_path), "--port", "0")
+    with ServerProcess(cmd) as server:
+        assert httpx.get(server.url()).text == "Hello, world!"
+        assert server.stop() == 0
 
 
 def test_factory() -> None:
@@ -363,6 +372,8 @@ def start_slow_request(url: str, seconds: float) -> tuple[threading.Thread, list
 
 
 def test_sigterm_lets_the_request_in_flight_finish() -> None:
+    """Stop accepting, close idle keep-alive connections at once, let the busy one finish
+    (then close it), and only then run the lifespan shutdown."""
     with slow_server() as server:
         url = server.url()
         host, port = url.removeprefix("http://").split(":")
@@ -381,6 +392,15 @@ def test_sigterm_lets_the_request_in_flight_finish() -> None:
     [response] = result
     assert isinstance(response, httpx.Response)
     assert response.status_code == 200 and response.text == "slow s=1.5"
+    assert response.headers["connection"] == "close"
+    order = [
+        "lifespan startup ran",
+        "slow request started",
+        '"GET /slow?s=1.5 HTTP/1.1" 200',
+        "lifespan shutdown ran",
+    ]
+    positions = [next(i for i, line in enumerate(server.out) if text in line) for text in order]
+    assert positions == sorted(positions), server.out
 
 
 def test_graceful_shutdown_timeout_cancels() -> None:

@@ -564,6 +564,21 @@ def test_date_and_server_headers_by_default(serve: Serve) -> None:
     assert abs(parsed.timestamp() - time.time()) < 5
 
 
+def test_date_header_is_refreshed(serve: Serve) -> None:
+    """The Date line is cached, but follows the clock (refreshed once a second)."""
+    with serve(core_app) as srv, srv.connect() as sock:
+        wire = Wire(sock)
+        wire.send(request("/hello"))
+        first = wire.response().header(b"date")
+        dates = {first}
+        deadline = time.monotonic() + 5
+        while len(dates) == 1 and time.monotonic() < deadline:
+            time.sleep(0.1)
+            wire.send(request("/hello"))
+            dates.add(wire.response().header(b"date"))
+    assert len(dates) == 2
+
+
 def test_date_and_server_headers_can_be_switched_off(serve: Serve) -> None:
     with serve(core_app, server_header=False, date_header=False) as srv, srv.connect() as sock:
         wire = Wire(sock)

@@ -365,7 +365,7 @@ async def slow_app(scope: Scope, receive: Receive, send: Send) -> None:
     starts, so the test knows the request is in flight, and answers after N seconds."""
     if scope["type"] == "http" and scope["path"] == "/slow":
         print("slow request started", flush=True)
-    await core_app(scope, receive, send)
+    await lifespan_app(scope, receive, send)
 
 
 def make_app() -> App:
