@@ -358,8 +358,8 @@ def test_parse_header_unit() -> None:
     assert parse_header(b"PRO") is None
     assert parse_header(V2[:5]) is None
     assert parse_header(v2_inet("1.2.3.4", "5.6.7.8", 1, 2)[:20]) is None
-    length, src, dst = parse_header(b"PROXY TCP4 1.2.3.4 5.6.7.8 1 2\r\nGET")  # type: ignore[misc]
-    assert (length, src, dst) == (32, ("1.2.3.4", 1), ("5.6.7.8", 2))
+    parsed = parse_header(b"PROXY TCP4 1.2.3.4 5.6.7.8 1 2\r\nGET")
+    assert parsed == (32, ("1.2.3.4", 1), ("5.6.7.8", 2))
     for bad in (b"GET / HTTP/1.1\r\n", b"PROXY TCP4 1.2.3.4 5.6.7.8 01 2\r\n", V2[:11] + b"X"):
         with pytest.raises(ProxyHeaderError):
             parse_header(bad)

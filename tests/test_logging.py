@@ -1,0 +1,275 @@
+"""Logging: the access log (default, named-field and JSON formats), escaping of request data,
+--log-config in JSON / YAML / INI, --use-colors, and one-line rejections."""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.apps.core_apps import Wire, core_app, request
+from tests.conftest import recv_all, run_server
+
+Serve = Callable[..., Any]
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def exchange(srv: Any, data: bytes, method: str = "GET") -> int:
+    with srv.connect() as sock:
+        wire = Wire(sock)
+        wire.send(data)
+        return wire.response(method).status
+
+
+def access_lines(capsys: pytest.CaptureFixture[str]) -> list[str]:
+    return [line for line in capsys.readouterr().out.splitlines() if line]
+
+
+def test_default_access_log_line(serve: Serve, capsys: pytest.CaptureFixture[str]) -> None:
+    with serve(core_app, access_log=True, log_level="info", use_colors=False) as srv:
+        exchange(srv, request("/hello?x=1"))
+        port = srv.port
+    (line,) = access_lines(capsys)
+    pattern = r'INFO:     127\.0\.0\.1:\d+ - "GET /hello\?x=1 HTTP/1\.1" 200 5 \d+\.\d\dms'
+    assert re.fullmatch(pattern, line), line
+    assert str(port) not in line.split(" - ")[0].split(":")[0]
+
+
+def test_access_log_with_named_fields(capsys: pytest.CaptureFixture[str]) -> None:
+    template = (
+        "%(client_addr)s|%(method)s|%(path)s|%(query)s|%(protocol)s|%(status)s|%(bytes)s|"
+        "%(duration_us)s|%(referer)s|%(user_agent)s|%({x-request-id}i)s|%({absent}i)s|%(pid)s"
+    )
+    options = {"access_log": True, "log_level": "info", "access_log_format": template}
+    with run_server(core_app, use_colors=False, **options) as srv:
+        headers = (
+            "Referer: https://ref.example/\r\nUser-Agent: tester/1.0\r\nX-Request-Id: r-42\r\n"
+        )
+        exchange(srv, request("/hello?a=b", "GET", headers))
+    (line,) = access_lines(capsys)
+    fields = line.removeprefix("INFO:     ").split("|")
+    assert fields[:8] == ["127.0.0.1", "GET", "/hello", "a=b", "HTTP/1.1", "200", "5", fields[7]]
+    assert fields[7].isdigit()
+    assert fields[8:12] == ["https://ref.example/", "tester/1.0", "r-42", "-"]
+    assert fields[12].isdigit()
+
+
+def test_access_log_json(capsys: pytest.CaptureFixture[str]) -> None:
+    options = {"access_log": True, "log_level": "info", "access_log_json": True}
+    with run_server(core_app, use_colors=False, **options) as srv:
+        exchange(srv, request("/hello"))
+        exchange(srv, request("/echo", "POST", "Content-Length: 3\r\n", b"abc"), "POST")
+    first, second = (json.loads(line.removeprefix("INFO:     ")) for line in access_lines(capsys))
+    assert first["request_line"] == "GET /hello HTTP/1.1" and first["status"] == 200
+    assert first["bytes"] == 5 and first["client_addr"] == "127.0.0.1"
+    assert isinstance(first["duration_ms"], float) and isinstance(first["duration_us"], int)
+    assert second["method"] == "POST" and second["bytes"] == 3
+
+
+def test_request_data_cannot_forge_log_lines(capsys: pytest.CaptureFixture[str]) -> None:
+    """Header values may carry HTAB, quotes, backslashes and obs-text (NEL is U+0085): all
+    escaped, so one request is exactly one line, in every format."""
+    hostile = b'evil\t"quoted" \\ \x85FAKE LINE'
+    for options in ({"access_log_format": '%({user-agent}i)s "%(user_agent)s"'}, {}):
+        with run_server(core_app, access_log=True, log_level="info", **options) as srv:
+            data = b"GET /hello HTTP/1.1\r\nHost: x\r\nUser-Agent: " + hostile + b"\r\n\r\n"
+            assert exchange(srv, data) == 200
+        lines = access_lines(capsys)
+        assert len(lines) == 1, lines
+        assert "\t" not in lines[0] and "\x85" not in lines[0]
+    with run_server(core_app, access_log=True, access_log_json=True, log_level="info") as srv:
+        data = b"GET /hello HTTP/1.1\r\nHost: x\r\nUser-Agent: " + hostile + b"\r\n\r\n"
+        exchange(srv, data)
+    (line,) = access_lines(capsys)
+    assert json.loads(line.removeprefix("INFO:     "))["user_agent"].startswith("evil\\x09")
+
+
+def test_colours(capsys: pytest.CaptureFixture[str]) -> None:
+    with run_server(core_app, access_log=True, log_level="info", use_colors=True) as srv:
+        exchange(srv, request("/hello"))
+    captured = capsys.readouterr()
+    assert captured.out.startswith("\x1b[32mINFO:     \x1b[0m127.0.0.1:")
+    assert "\x1b[32mINFO:     \x1b[0mfastserve running on" in captured.err
+    with run_server(core_app, access_log=True, log_level="info", use_colors=False) as srv:
+        exchange(srv, request("/hello"))
+    captured = capsys.readouterr()
+    assert "\x1b[" not in captured.out + captured.err
+
+
+def test_rejections_are_one_info_line_without_traceback(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with run_server(core_app, log_level="info", use_colors=False) as srv:
+        with srv.connect() as sock:
+            sock.sendall(b"GET / HTTP/1.1\r\n\r\n")
+            assert recv_all(sock).startswith(b"HTTP/1.1 400 ")
+        err = capsys.readouterr().err
+    rejected = [line for line in err.splitlines() if "rejected" in line]
+    assert rejected == [rejected[0]] and "Traceback" not in err
+    assert re.fullmatch(
+        r"INFO:     127\.0\.0\.1:\d+ - rejected: 400 Missing Host header", rejected[0]
+    )
+
+
+# -- --log-config and bad settings, in a real process -------------------------------------------
+
+
+def start(*args: str) -> Iterator[subprocess.Popen[str]]:
+    """The server process, stopped (SIGTERM, then kill) when the caller is done with it."""
+    command = [sys.executable, "-m", "fastserve", "tests.apps.core_apps:core_app", "--port", "0"]
+    proc = subprocess.Popen(
+        [*command, "--lifespan", "off", *args],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(15)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(5)
+            assert proc.stderr is not None
+            proc.stderr.close()
+
+
+def wait_for(path: Path, pattern: str, timeout: float = 15) -> re.Match[str]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.exists():
+            match = re.search(pattern, path.read_text())
+            if match:
+                return match
+        time.sleep(0.05)
+    raise AssertionError(f"{pattern!r} not in {path}: {path.read_text() if path.exists() else ''}")
+
+
+DICT_CONFIG: dict[str, Any] = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(name)s|%(levelname)s|%(message)s"}},
+    "handlers": {"file": {"class": "logging.FileHandler", "filename": "LOG", "formatter": "plain"}},
+    "loggers": {
+        "fastserve.error": {"handlers": ["file"], "level": "INFO", "propagate": False},
+        "fastserve.access": {"handlers": ["file"], "level": "INFO", "propagate": False},
+    },
+}
+
+INI_CONFIG = """\
+[loggers]
+keys=root,error,access
+
+[handlers]
+keys=file
+
+[formatters]
+keys=plain
+
+[logger_root]
+handlers=
+
+[logger_error]
+qualname=fastserve.error
+handlers=file
+level=INFO
+propagate=0
+
+[logger_access]
+qualname=fastserve.access
+handlers=file
+level=INFO
+propagate=0
+
+[handler_file]
+class=FileHandler
+formatter=plain
+args=('LOG',)
+
+[formatter_plain]
+format=%(name)s|%(levelname)s|%(message)s
+"""
+
+
+def write_config(tmp_path: Path, kind: str, log: Path) -> Path:
+    if kind == "ini":
+        path = tmp_path / "logging.ini"
+        path.write_text(INI_CONFIG.replace("LOG", str(log)))
+        return path
+    data = json.loads(json.dumps(DICT_CONFIG).replace("LOG", str(log)))
+    if kind == "json":
+        path = tmp_path / "logging.json"
+        path.write_text(json.dumps(data))
+    else:
+        import yaml
+
+        path = tmp_path / "logging.yaml"
+        path.write_text(yaml.safe_dump(data))
+    return path
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("kind", ["json", "yaml", "ini"])
+def test_log_config(tmp_path: Path, kind: str) -> None:
+    import httpx
+
+    log = tmp_path / "server.log"
+    config = write_config(tmp_path, kind, log)
+    for proc in start("--log-config", str(config)):
+        match = wait_for(log, r"fastserve\.error\|INFO\|fastserve running on (\S+)")
+        assert httpx.get(match.group(1) + "/hello").text == "hello"
+        wait_for(log, r'fastserve\.access\|INFO\|127\.0\.0\.1:\d+ - "GET /hello HTTP/1\.1" 200')
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(15) == 0
+        assert proc.stderr is not None
+        assert "Traceback" not in proc.stderr.read()
+
+
+BAD_SETTINGS = {
+    "missing --log-config": ["--log-config", "/nonexistent/logging.json"],
+    "broken JSON": ["--log-config", "BROKEN.json"],
+    "broken YAML": ["--log-config", "BROKEN.yaml"],
+    "broken INI": ["--log-config", "BROKEN.ini"],
+    "unknown handler class": ["--log-config", "BADCLASS.json"],
+    "unknown access log field": ["--access-log-format", "%(stauts)s"],
+    "bad format character": ["--access-log-format", "%(status)z"],
+}
+
+
+@pytest.mark.timeout(120)
+def test_bad_logging_settings_are_one_line_and_exit_3(tmp_path: Path) -> None:
+    (tmp_path / "BROKEN.json").write_text("{not json")
+    (tmp_path / "BROKEN.yaml").write_text("a: [unclosed")
+    (tmp_path / "BROKEN.ini").write_text("no section header\n")
+    bad_class = {**DICT_CONFIG, "handlers": {"file": {"class": "nowhere.Handler"}}}
+    (tmp_path / "BADCLASS.json").write_text(json.dumps(bad_class))
+    for case, args in BAD_SETTINGS.items():
+        args = [str(tmp_path / a) if a.startswith(("BROKEN", "BADCLASS")) else a for a in args]
+        command = [sys.executable, "-m", "fastserve", "tests.apps.core_apps:core_app"]
+        result = subprocess.run(
+            [*command, "--port", "0", "--lifespan", "off", *args],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert result.returncode == 3, (case, result.stderr)
+        assert "Traceback" not in result.stderr, (case, result.stderr)
+        lines = [line for line in result.stderr.splitlines() if line.strip()]
+        assert len(lines) == 1 and ("log-config" in lines[0] or "log-format" in lines[0]), (
+            case,
+            lines,
+        )
