@@ -181,7 +181,7 @@ class AccessLog:
             handler = handlers[0]
             prefix = "INFO:     "
             if isinstance(handler.formatter, ColourFormatter) and handler.formatter.use_colors:
-                prefix = "\x1b[32mINFO:\x1b[0m     "
+                prefix = "\x1b[32mINFO:     \x1b[0m"  # as ColourFormatter
             try:
                 handler.stream.write(prefix + ("\n" + prefix).join(lines) + "\n")
                 handler.stream.flush()
