@@ -235,7 +235,10 @@ class HTTP1Protocol(asyncio.Protocol):
             raise RejectRequest(431, "Request header field too large")
         name = name.lower()
         if name in WATCHED_REQUEST_HEADERS:
-            self.watch_header(name, value)
+            if name == b"host" and not self.has_host and self.parsing is None:
+                self.has_host = True  # every request has one: no call for it
+            else:
+                self.watch_header(name, value)
         # llhttp strips leading whitespace, not trailing (RFC 9110 §5.5: OWS around values).
         self.headers.append((name, value.rstrip(b" \t")))
 
@@ -427,7 +430,11 @@ class HTTP1Protocol(asyncio.Protocol):
             if self.state.shutting_down:
                 self.close()
             return
-        if self.pending_error is not None and (cycle.response_complete or not cycle.head_sent):
+        if (
+            self.pending_error is not None
+            and not self.pipeline  # valid requests before the bad one are answered first
+            and (cycle.response_complete or not cycle.head_sent)
+        ):
             self.reject(self.pending_error)
             return
         if not cycle.response_complete or not cycle.keep_alive or not self.keep_alive:
@@ -437,7 +444,12 @@ class HTTP1Protocol(asyncio.Protocol):
             nxt = self.pipeline.popleft()
             self.cycle = nxt
             self.start(nxt)
-            if not self.pipeline and self.read_paused and nxt.body_size <= HIGH_WATER:
+            if (
+                not self.pipeline
+                and self.read_paused
+                and nxt.body_size <= HIGH_WATER
+                and self.pending_error is None
+            ):
                 self.resume_reading()
             return
         if self.read_paused:
@@ -641,9 +653,10 @@ class HTTP1Protocol(asyncio.Protocol):
             return
         if self.cycle is not None:
             # An earlier request is still being answered: reply in order, after it.
+            # (Keep-alive stays on: the responses before the error say nothing of closing,
+            # the error response does; the connection closes after it.)
             self.pending_error = error
             self.pause_reading()
-            self.keep_alive = False
             if self.parsing is self.cycle:
                 # The running app's own request body is broken: its receive() gets
                 # http.disconnect instead of waiting forever, and the 4xx goes out once it
