@@ -186,8 +186,10 @@ def test_starlette_app(serve: Serve) -> None:
         streamed = c.get("/stream")
         assert streamed.headers["transfer-encoding"] == "chunked"
         assert streamed.text == "".join(f"line {i}\n" for i in range(5))
-        assert c.get("/background").text == "queued"
+        background = c.get("/background")
+        assert background.text == "queued"
         assert probe.get() == "background ran"
+        assert all(r.headers["x-stamp"] == "yes" for r in (form, streamed, background))
     assert probe.get() == "shutdown"
 
 

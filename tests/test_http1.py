@@ -483,6 +483,19 @@ def test_malformed_request_is_a_400_with_one_log_line(serve: Serve, name: str) -
     assert "400" in records[0].getMessage()
 
 
+def test_malformed_request_after_good_ones_is_answered_in_order(serve: Serve) -> None:
+    """Pipelined: the good requests get their responses (which do not announce a close),
+    then the bad one its 400 with `Connection: close`, then the connection closes."""
+    with serve(core_app) as srv, srv.connect() as sock:
+        wire = Wire(sock)
+        wire.send(request("/slow?s=0.2") + request("/hello") + MALFORMED["garbage"])
+        first, second, error = wire.response(), wire.response(), wire.response()
+        assert wire.closed()
+    assert (first.body, second.body) == (b"slow s=0.2", b"hello")
+    assert first.header(b"connection") is None and second.header(b"connection") is None
+    assert (error.status, error.header(b"connection")) == (400, b"close")
+
+
 # -- disconnects ------------------------------------------------------------------------------
 
 

@@ -407,9 +407,19 @@ def starlette_app(probe: Probe) -> Any:
     and lifespan state, the way a Starlette user writes them."""
     from starlette.applications import Starlette
     from starlette.background import BackgroundTask
+    from starlette.middleware import Middleware
+    from starlette.middleware.base import BaseHTTPMiddleware, RequestResponseEndpoint
     from starlette.requests import Request
-    from starlette.responses import JSONResponse, PlainTextResponse, StreamingResponse
+    from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
     from starlette.routing import Route
+
+    class Stamp(BaseHTTPMiddleware):
+        """The most common middleware pattern: it wraps receive() and streams the response."""
+
+        async def dispatch(self, request: Request, call_next: RequestResponseEndpoint) -> Response:
+            response = await call_next(request)
+            response.headers["x-stamp"] = "yes"
+            return response
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
@@ -455,7 +465,7 @@ def starlette_app(probe: Probe) -> Any:
         Route("/stream", stream),
         Route("/background", background),
     ]
-    return Starlette(routes=routes, lifespan=lifespan)
+    return Starlette(routes=routes, lifespan=lifespan, middleware=[Middleware(Stamp)])
 
 
 def fastapi_app(probe: Probe) -> Any:
