@@ -265,6 +265,9 @@ class RequestCycle:
             raise RuntimeError(f"invalid status {status!r}")
         self.status = status
         headers = message.get("headers", ())
+        if type(headers) is not list:
+            # ASGI allows any iterable (a generator is read once); it is walked twice here.
+            headers = list(headers)
         dropped = False
         for name, value in headers:
             # Validate before anything is written: a bad header is an app error, never a
@@ -280,13 +283,11 @@ class RequestCycle:
                 if lname == b"content-length":
                     if not value.isdigit():
                         raise RuntimeError(f"invalid content-length {value!r}")
-                    length = int(value)
                     if self.expected_length is not None:
-                        # Two lengths would let the client and a proxy disagree on framing.
-                        if length != self.expected_length:
-                            raise RuntimeError("conflicting content-length headers")
-                        continue  # an identical repeat is sent once (RFC 9110 §8.6)
-                    self.expected_length = length
+                        # Recipients may reject repeated lengths or frame by either one
+                        # (RFC 9110 §8.6): a client and a proxy could disagree.
+                        raise RuntimeError("several content-length headers")
+                    self.expected_length = int(value)
                 elif lname == b"connection" or lname == b"transfer-encoding":
                     # The server decides the framing and the connection's fate.
                     if lname == b"connection" and b"close" in value.lower():

@@ -140,6 +140,11 @@ async def core_app(scope: Scope, receive: Receive, send: Send) -> None:
     elif path == "/two-lengths":
         lengths = [(b"content-length", b"5"), (b"content-length", args["second"].encode())]
         await respond(send, 200, b"hello", lengths)
+    elif path == "/iterable-headers":
+        # ASGI: headers is any iterable of pairs (here a generator, read once).
+        pairs = ((b"x-gen-%d" % i, b"%d" % i) for i in range(2))
+        await send({"type": "http.response.start", "status": 200, "headers": pairs})
+        await send({"type": "http.response.body", "body": b"gen"})
     elif path == "/bad-status":
         await respond(send, json.loads(args["status"]), b"never")
     elif path == "/body-first":
