@@ -285,6 +285,19 @@ def test_100_continue_sent_when_the_app_first_reads(serve: Serve) -> None:
     assert response.body == b"5"
 
 
+def test_100_continue_when_the_app_reads_after_starting_its_response(serve: Serve) -> None:
+    """`http.response.start` writes nothing by itself: until the head is written, a first
+    receive() still owes the client its 100 (else it waits for a body that never comes)."""
+    with serve(core_app) as srv, srv.connect() as sock:
+        sock.sendall(
+            request("/start-then-echo", "POST", "Content-Length: 5\r\nExpect: 100-continue\r\n")
+        )
+        assert read_head(sock) == b"HTTP/1.1 100 Continue\r\n\r\n"
+        wire = Wire(sock)
+        wire.send(b"12345")
+        assert wire.response("POST").body == b"12345"
+
+
 def test_no_100_continue_when_the_app_answers_without_reading(serve: Serve) -> None:
     with serve(core_app) as srv, srv.connect() as sock:
         wire = Wire(sock)

@@ -197,7 +197,7 @@ class RequestCycle:
             # disconnect, so it must block rather than repeat an empty body.
             if self.expect_100:
                 self.expect_100 = False
-                if not self.response_started:
+                if not self.head_sent:  # (http.response.start alone writes nothing)
                     self.conn.send_continue()
             self.waiter = self.state.loop.create_future()
             try:

@@ -145,6 +145,15 @@ async def core_app(scope: Scope, receive: Receive, send: Send) -> None:
         pairs = ((b"x-gen-%d" % i, b"%d" % i) for i in range(2))
         await send({"type": "http.response.start", "status": 200, "headers": pairs})
         await send({"type": "http.response.body", "body": b"gen"})
+    elif path == "/start-then-echo":
+        # Starts the response, then streams the request body back as it arrives.
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        while True:
+            message = await receive()
+            more = message.get("more_body", False)
+            await send({"type": "http.response.body", "body": message["body"], "more_body": more})
+            if not more:
+                break
     elif path == "/bad-status":
         await respond(send, json.loads(args["status"]), b"never")
     elif path == "/body-first":
