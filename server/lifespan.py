@@ -6,7 +6,7 @@ import asyncio
 import logging
 from typing import Any
 
-from .types import ASGIApp, Message
+from .types import ASGIApp, Message, SendMessage
 
 log = logging.getLogger("fastserve.error")
 
@@ -82,7 +82,7 @@ class Lifespan:
     async def receive(self) -> Message:
         return await self.inbox.get()
 
-    async def send(self, message: Message) -> None:
+    async def send(self, message: SendMessage) -> None:
         mtype = message["type"]
         if mtype == "lifespan.startup.complete":
             self.startup_done.set()

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..types import ASGIApp, Message, Receive, Scope, Send
+from ..types import ASGIApp, Receive, Scope, Send, SendMessage
 
 # Request headers a browser sends without asking (Fetch: CORS-safelisted request headers).
 SAFELISTED = frozenset(["accept", "accept-language", "content-language", "content-type"])
@@ -60,7 +60,7 @@ class CORSMiddleware:
             return
         extra = self.simple_headers(origin) if allowed and origin is not None else []
 
-        async def send_with_cors(message: Message) -> None:
+        async def send_with_cors(message: SendMessage) -> None:
             if message["type"] == "http.response.start":
                 headers = list(message.get("headers", ()))
                 message["headers"] = self.decorate(headers, extra)

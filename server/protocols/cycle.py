@@ -13,7 +13,7 @@ import logging
 from time import monotonic
 from typing import TYPE_CHECKING, Protocol
 
-from ..types import ASGIApp, Message, Scope
+from ..types import ASGIApp, Message, Scope, SendMessage
 
 if TYPE_CHECKING:
     from ..state import ServerState
@@ -219,7 +219,7 @@ class RequestCycle:
             self.body_done = True
         return {"type": "http.request", "body": data, "more_body": more_body}
 
-    async def send(self, message: Message) -> None:
+    async def send(self, message: SendMessage) -> None:
         mtype = message["type"]
         if self.disconnected:
             raise ClientDisconnected("client disconnected")
@@ -257,7 +257,7 @@ class RequestCycle:
         elif conn.write_paused:
             await conn.drain()
 
-    def set_status_and_headers(self, message: Message) -> None:
+    def set_status_and_headers(self, message: SendMessage) -> None:
         status = message["status"]
         # 1xx are interim (RFC 9110 §15.2): as the final response they would leave the
         # client waiting for one that never comes.
