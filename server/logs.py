@@ -42,6 +42,10 @@ _ESCAPES[ord("\\")] = "\\\\"
 
 
 def escape(text: str) -> str:
+    # The common case (nothing to escape) in three C scans: ~0.15 µs instead of ~1 µs for
+    # translate(). isprintable() is False for every C0/C1 control and DEL.
+    if text.isprintable() and '"' not in text and "\\" not in text:
+        return text
     return text.translate(_ESCAPES)
 
 
