@@ -276,9 +276,9 @@ NOT_SUPPORTED = {
     "(the server's, never the lifespan's or a previous request's)",
     "--ssl-version": "the context is PROTOCOL_TLS_SERVER with TLS 1.2 as the minimum; "
     "pinning a protocol constant is deprecated in Python's ssl module",
-    "--reload-include": "--reload watches *.py files under --reload-dir only",
-    "--reload-exclude": "--reload watches *.py files under --reload-dir only",
-    "--reload-delay": "--reload uses watchfiles' own debounce",
+    "--reload-include": "--reload watches Python files (watchfiles' PythonFilter) only",
+    "--reload-exclude": "--reload already skips __pycache__, .git and virtualenvs",
+    "--reload-delay": "--reload restarts on watchfiles' own debounced batches",
 }
 
 
