@@ -75,9 +75,12 @@ async def app(
 
 
 class EchoClient(asyncio.Protocol):
-    """One connection: handshake, then send a message, wait for its echo, repeat."""
+    """One connection: handshake, then keep `window` messages in flight (1: strict round
+    trips) until the deadline, then close once every echo is back."""
 
-    def __init__(self, url: str, payload: bytes, deadline: float, deflate: bool) -> None:
+    def __init__(
+        self, url: str, payload: bytes, deadline: float, deflate: bool, window: int
+    ) -> None:
         from websockets.client import ClientProtocol
         from websockets.extensions.permessage_deflate import ClientPerMessageDeflateFactory
         from websockets.uri import parse_uri
@@ -86,6 +89,8 @@ class EchoClient(asyncio.Protocol):
         self.ws = ClientProtocol(parse_uri(url), extensions=extensions, max_size=None)
         self.payload = payload
         self.deadline = deadline
+        self.window = window
+        self.in_flight = 0
         self.count = 0
         self.received = 0
         self.transport: asyncio.Transport | None = None
@@ -114,18 +119,21 @@ class EchoClient(asyncio.Protocol):
                 if event.status_code != 101:
                     self.finish(RuntimeError(f"handshake answered {event.status_code}"))
                     return
-                self.send_next()
+                for _ in range(self.window):
+                    self.send_next()
             elif isinstance(event, Frame) and event.opcode in (Opcode.BINARY, Opcode.CONT):
                 self.received += len(event.data)
                 if event.fin:
                     self.count += 1
+                    self.in_flight -= 1
                     self.send_next()
         self.flush()
 
     def send_next(self) -> None:
         if time.monotonic() < self.deadline:
             self.ws.send_binary(self.payload)
-        else:
+            self.in_flight += 1
+        elif self.in_flight == 0:
             self.ws.send_close(1000)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -144,7 +152,7 @@ class EchoClient(asyncio.Protocol):
 
 
 async def measure(
-    url: str, connections: int, size: int, duration: float, deflate: bool = False
+    url: str, connections: int, size: int, duration: float, deflate: bool = False, window: int = 1
 ) -> dict[str, Any]:
     """Run `connections` echo loops for `duration` seconds; messages/s and errors."""
     loop = asyncio.get_running_loop()
@@ -156,7 +164,7 @@ async def measure(
     errors: list[str] = []
 
     async def one() -> None:
-        client = EchoClient(url, payload, deadline, deflate)
+        client = EchoClient(url, payload, deadline, deflate, window)
         clients.append(client)
         try:
             await loop.create_connection(lambda: client, host, port)
@@ -178,7 +186,9 @@ async def measure(
     }
 
 
-def run_client(url: str, connections: int, size: int, duration: float, deflate: bool) -> Any:
+def run_client(
+    url: str, connections: int, size: int, duration: float, deflate: bool, window: int
+) -> Any:
     try:
         import uvloop
 
@@ -186,7 +196,7 @@ def run_client(url: str, connections: int, size: int, duration: float, deflate: 
     except ImportError:
         runner = asyncio.Runner()
     with runner:
-        return runner.run(measure(url, connections, size, duration, deflate))
+        return runner.run(measure(url, connections, size, duration, deflate, window))
 
 
 # -- --compare: start the servers ---------------------------------------------------------------
@@ -261,19 +271,11 @@ def cpu_seconds(pid: int) -> float:
 
 def one_run(args: argparse.Namespace, port: int, pid: int, size: int) -> tuple[float, float]:
     """(messages/s, server CPU µs per message) of one client run in a subprocess on CPU 1."""
-    argv = [
-        *pin(1),
-        sys.executable,
-        __file__,
-        "--url",
-        f"ws://127.0.0.1:{port}/",
-        "--connections",
-        str(args.connections),
-        "--size",
-        str(size),
-        "--duration",
-        str(args.duration),
-    ]
+    options = {"connections": args.connections, "size": size, "duration": args.duration,
+               "window": args.window}  # fmt: skip
+    argv = [*pin(1), sys.executable, __file__, "--url", f"ws://127.0.0.1:{port}/"]
+    for name, value in options.items():
+        argv += [f"--{name}", str(value)]
     if args.deflate:
         argv.append("--deflate")
     before = cpu_seconds(pid)
@@ -330,6 +332,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=32, help="message size in bytes")
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per run")
     parser.add_argument("--deflate", action="store_true", help="negotiate permessage-deflate")
+    parser.add_argument("--window", type=int, default=1, help="messages in flight per conn")
     parser.add_argument("--rounds", type=int, default=3, help="--compare: interleaved rounds")
     args = parser.parse_args()
     if args.compare:
@@ -337,7 +340,9 @@ def main() -> None:
         return
     if not args.url:
         parser.error("--url or --compare is required")
-    result = run_client(args.url, args.connections, args.size, args.duration, args.deflate)
+    result = run_client(
+        args.url, args.connections, args.size, args.duration, args.deflate, args.window
+    )
     print(" ".join(f"{k}={v}" for k, v in result.items()))
 
 

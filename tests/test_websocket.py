@@ -157,6 +157,23 @@ def test_keepalive_timeout_closes_with_1011(serve: Serve) -> None:
         assert raw.at_eof()
 
 
+def test_keepalive_spares_a_peer_whose_pong_we_did_not_read(serve: Serve) -> None:
+    # The app reads nothing for a while, so reading pauses (queue of 1) and the client's
+    # pongs stay unread in the socket: that is our doing, not a dead peer.
+    probe = Probe()
+    options = {"ws_ping_interval": 0.05, "ws_ping_timeout": 0.1, "ws_max_queue": 1}
+    with serve(slow_reader(probe), **options) as srv:
+        with ws_connect(srv.port, ping_interval=None) as ws:
+            for i in range(10):
+                ws.send(f"m{i}")
+            time.sleep(0.6)  # several ping intervals and timeouts
+            probe.release.set()
+            time.sleep(0.2)
+            ws.close(1000)
+            assert ws.close_code == 1000
+        assert probe.get() == 10
+
+
 # -- closing --------------------------------------------------------------------------------
 
 

@@ -43,7 +43,7 @@ from websockets.protocol import State
 from websockets.server import ServerProtocol
 from websockets.typing import Subprotocol
 
-from ..types import Message, Scope
+from ..types import Message, Scope, SendMessage
 from .cycle import TOKEN_CHARS, ClientDisconnected
 
 if TYPE_CHECKING:
@@ -385,7 +385,12 @@ class WebSocketProtocol(asyncio.Protocol):
 
     def on_ping_timeout(self) -> None:
         self.ping_timer = None
-        if self.phase == OPEN:
+        if self.read_paused and self.phase == OPEN:
+            # We stopped reading (the app is slow): the pong may be waiting unread. Not the
+            # peer's fault, so the deadline moves instead of failing a live connection.
+            timeout = self.state.config.ws_ping_timeout or 0.0
+            self.ping_timer = self.state.loop.call_later(timeout, self.on_ping_timeout)
+        elif self.phase == OPEN:
             log.info("WebSocket keepalive ping timed out: closing with 1011")
             self.ws.fail(CloseCode.INTERNAL_ERROR, "keepalive ping timeout")
             self.after_io()
@@ -448,16 +453,19 @@ class WebSocketProtocol(asyncio.Protocol):
         while not messages:
             if self.disconnect is not None:
                 return self.disconnect
+            if self.read_paused and self.phase >= OPEN:
+                self.resume_reading()  # never wait for data we stopped reading
             self.waiter = self.state.loop.create_future()
             try:
                 await self.waiter
             finally:
                 self.waiter = None
+        message = messages.popleft()
         if self.read_paused and len(messages) <= self.max_queue // 2 and self.phase >= OPEN:
             self.resume_reading()
-        return messages.popleft()
+        return message
 
-    async def send(self, message: Message) -> None:
+    async def send(self, message: SendMessage) -> None:
         if self.phase == OPEN and message["type"] == "websocket.send":
             data = message.get("bytes")
             text = message.get("text")
@@ -473,7 +481,7 @@ class WebSocketProtocol(asyncio.Protocol):
         else:
             await self.send_other(message)
 
-    async def send_other(self, message: Message) -> None:
+    async def send_other(self, message: SendMessage) -> None:
         """Every message but websocket.send on an open WebSocket, by phase."""
         mtype = message["type"]
         phase = self.phase
@@ -494,7 +502,7 @@ class WebSocketProtocol(asyncio.Protocol):
         else:
             raise RuntimeError(f"unexpected ASGI message {mtype!r} (WebSocket phase {phase})")
 
-    def accept(self, message: Message) -> None:
+    def accept(self, message: SendMessage) -> None:
         response = self.handshake
         assert response is not None
         headers = response.headers
@@ -528,7 +536,7 @@ class WebSocketProtocol(asyncio.Protocol):
         self.transport.write(self.response_head(status, headers, len(body)) + body)
         self.responded(status, len(body))
 
-    def start_denial(self, message: Message) -> None:
+    def start_denial(self, message: SendMessage) -> None:
         """websocket.http.response.start (the ASGI WebSocket Denial Response extension)."""
         status = message["status"]
         if type(status) is not int or not 100 <= status <= 999 or status == 101:
@@ -537,7 +545,7 @@ class WebSocketProtocol(asyncio.Protocol):
         self.deny_headers = checked_headers(message.get("headers") or ())
         self.phase = DENYING
 
-    async def send_denial_body(self, message: Message) -> None:
+    async def send_denial_body(self, message: SendMessage) -> None:
         body: bytes = message.get("body", b"")
         final = not message.get("more_body", False)
         headers = self.deny_headers
