@@ -9,11 +9,13 @@ import re
 import select
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -111,6 +113,25 @@ def test_echo_text_and_bytes_and_the_scope(serve: Serve) -> None:
     assert isinstance(scope["state"], dict)
     assert "method" not in scope
     assert (b"upgrade", b"websocket") in scope["headers"]
+
+
+def test_wss_over_tls(serve: Serve, tmp_path: Path) -> None:
+    import trustme
+
+    ca = trustme.CA()
+    pem = tmp_path / "server.pem"
+    ca.issue_cert("127.0.0.1").private_key_and_cert_chain_pem.write_to_path(str(pem))
+    client_ctx = ssl.create_default_context()
+    ca.configure_trust(client_ctx)
+    probe = Probe()
+    with serve(echo_app(probe), ssl_certfile=str(pem)) as srv:
+        with connect(f"wss://127.0.0.1:{srv.port}/", ssl=client_ctx, open_timeout=5) as ws:
+            ws.send("secret")
+            assert ws.recv(timeout=5) == "secret"
+        scope = probe.get()
+    assert scope["scheme"] == "wss"
+    assert "tls" in scope["extensions"]
+    assert "websocket.http.response" in scope["extensions"]
 
 
 def test_fragmented_messages_are_reassembled(serve: Serve) -> None:

@@ -613,7 +613,8 @@ def websocket_scope(http_scope: dict[str, Any]) -> Scope:
             except InvalidHeader:
                 pass  # accept() already refused a malformed header
     scope["subprotocols"] = subprotocols
-    scope["extensions"] = {"websocket.http.response": {}}
+    # Keep the connection's extensions (tls) and add the Denial Response one.
+    scope["extensions"] = {**(http_scope.get("extensions") or {}), "websocket.http.response": {}}
     return scope
 
 
