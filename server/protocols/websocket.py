@@ -43,6 +43,7 @@ from websockets.protocol import State
 from websockets.server import ServerProtocol
 from websockets.typing import Subprotocol
 
+from ..logs import escape
 from ..types import Message, Scope, SendMessage
 from .cycle import TOKEN_CHARS, ClientDisconnected
 
@@ -166,17 +167,23 @@ class WebSocketProtocol(asyncio.Protocol):
         scope = self.http_scope
         query = scope["query_string"]
         target = scope["raw_path"] + b"?" + query if query else scope["raw_path"]
-        request = Request(
-            target.decode("latin-1"),
-            Headers([(n.decode("latin-1"), v.decode("latin-1")) for n, v in scope["headers"]]),
-            scope["method"],
-            "HTTP/" + scope["http_version"],
-        )
-        response = self.ws.accept(request)
+        try:
+            headers = Headers(
+                [(n.decode("latin-1"), v.decode("latin-1")) for n, v in scope["headers"]]
+            )
+        except InvalidHeader as exc:  # a value httptools let through (a control character)
+            response = self.ws.reject(400, "Invalid header value\n")
+            self.ws.handshake_exc = exc
+        else:
+            request = Request(
+                target.decode("latin-1"), headers, scope["method"], "HTTP/" + scope["http_version"]
+            )
+            response = self.ws.accept(request)
         if response.status_code != 101:
             # Not a valid handshake (key, version, method...): the app never sees it.
             client = scope["client"] or ("-", 0)
-            log.info("%s:%s - bad WebSocket handshake: %s", *client, self.ws.handshake_exc)
+            reason = escape(str(self.ws.handshake_exc))
+            log.info("%s:%s - bad WebSocket handshake: %s", *client, reason)
             for name, value in state.default_headers:
                 response.headers[name.decode("latin-1")] = value.decode("latin-1")
             self.transport.write(response.serialize())
