@@ -416,6 +416,29 @@ def test_non_websocket_upgrade_is_served_as_http(serve: Serve) -> None:
         assert data.count(b"plain http") == 2  # the next request on the connection too
 
 
+def test_limit_concurrency_counts_open_websockets(serve: Serve) -> None:
+    probe = Probe()
+    with serve(echo_app(probe), limit_concurrency=1) as srv:
+        with ws_connect(srv.port) as ws:
+            probe.get()
+            with pytest.raises(InvalidStatus) as info:
+                ws_connect(srv.port)
+            assert info.value.response.status_code == 503
+            ws.send("still served")
+            assert ws.recv(timeout=5) == "still served"
+        probe.get()  # its app saw the disconnect and returns: the slot frees up
+        deadline = time.monotonic() + 5
+        while True:
+            try:
+                with ws_connect(srv.port) as again:
+                    again.send("x")
+                    assert again.recv(timeout=5) == "x"
+                break
+            except InvalidStatus:
+                assert time.monotonic() < deadline, "the slot was never released"
+                time.sleep(0.01)
+
+
 def test_ws_none_serves_upgrades_as_http(serve: Serve) -> None:
     with serve(echo_app(), ws="none") as srv, RawWS(srv.port) as raw:
         assert raw.status == 200

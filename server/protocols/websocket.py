@@ -189,15 +189,25 @@ class WebSocketProtocol(asyncio.Protocol):
             self.transport.write(response.serialize())
             self.responded(response.status_code, len(response.body))
             return
+        limit = state.config.limit_concurrency
+        if limit is not None and state.in_flight >= limit:
+            self.respond(503, b"Service Unavailable")  # as an HTTP request would be
+            return
         self.handshake = response
         self.scope = websocket_scope(scope)
         if rest:
             self.pending.append(rest)
         self.read_paused = read_paused
         self.resume_reading()
+        # The app counts in `in_flight` (--limit-concurrency) for as long as it runs.
+        state.in_flight += 1
         self.task = task = state.loop.create_task(self.run())
         state.tasks.add(task)
-        task.add_done_callback(state.tasks.discard)
+        task.add_done_callback(self.task_done)
+
+    def task_done(self, task: asyncio.Task[None]) -> None:
+        self.state.tasks.discard(task)
+        self.state.in_flight -= 1
 
     # -- bytes in ----------------------------------------------------------------------------
 
