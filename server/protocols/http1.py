@@ -209,8 +209,7 @@ class HTTP1Protocol(asyncio.Protocol):
 
     def on_message_begin(self) -> None:
         self.url = b""
-        if self.headers:  # trailers of the previous request (see on_headers_complete)
-            self.headers = []
+        self.headers = []
         self.head_bytes = 0
         self.body_received = 0
         self.expect_100 = False
@@ -303,7 +302,7 @@ class HTTP1Protocol(asyncio.Protocol):
         scope["raw_path"] = raw_path
         scope["query_string"] = query
         scope["headers"] = self.headers
-        self.headers = []  # trailers, if any, land here and are dropped
+        self.headers = TRAILERS  # trailer fields, if any, are dropped
         scope["state"] = state.lifespan_state.copy()
 
         if self.upgrade == b"websocket" and state.ws_enabled and parser.should_upgrade():
@@ -677,7 +676,22 @@ class HTTP1Protocol(asyncio.Protocol):
             + b"\r\n"
             + body
         )
-        self.close()
+        self.linger()
+
+    def linger(self) -> None:
+        """Close after an error answer without losing it. Closing a socket with unread input
+        makes the kernel send a reset, which can destroy our response before the client
+        reads it (a client still uploading a body it was refused for). So, as RFC 9112 §9.6
+        describes: half-close (FIN after the response), read and drop what still comes, then
+        close. The connection leaves this protocol for a tiny one that does only that."""
+        transport = self.transport
+        if not transport.can_write_eof():  # TLS cannot half-close
+            self.close()
+            return
+        self.connection_lost(None)  # this protocol is done: cycles, timer, counts
+        transport.set_protocol(_Lingering(transport, self.state))
+        transport.write_eof()
+        transport.resume_reading()
 
     def handle_upgrade(self, data: bytes, exc: httptools.HttpParserUpgrade) -> None:
         """WebSocket upgrades go to the WebSocket protocol; others (h2c...) are served as
@@ -732,6 +746,63 @@ class HTTP1Protocol(asyncio.Protocol):
 
 
 METHODS = {m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS")}
+
+
+# After an error answer, input is read and dropped for at most this long / this much.
+LINGER_SECONDS = 2.0
+LINGER_BYTES = 1 << 20
+
+
+class _Lingering(asyncio.Protocol):
+    """A connection whose error answer is out and whose write side is shut: drop input until
+    the client closes, LINGER_SECONDS pass or LINGER_BYTES arrive (see HTTP1Protocol.linger)."""
+
+    def __init__(self, transport: asyncio.Transport, state: ServerState) -> None:
+        self.transport = transport
+        self.state = state
+        self.left = LINGER_BYTES
+        self.timer = state.loop.call_later(LINGER_SECONDS, transport.close)
+        state.connections.add(self)  # so that a server shutdown closes it at once
+
+    def data_received(self, data: bytes) -> None:
+        self.left -= len(data)
+        if self.left < 0:
+            self.transport.close()
+
+    def eof_received(self) -> bool | None:
+        return None  # the client is done too: close
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.timer.cancel()
+        self.state.connections.discard(self)
+
+    # -- Closable: nothing runs here --------------------------------------------------------
+
+    @property
+    def idle(self) -> bool:
+        return True
+
+    @property
+    def task(self) -> asyncio.Task[None] | None:
+        return None
+
+    def shutdown(self) -> None:
+        self.transport.close()
+
+    def cancel(self) -> None:
+        self.transport.close()
+
+
+class _Dropped(list[tuple[bytes, bytes]]):
+    """Where trailer fields go: httptools reports them like header fields, ASGI has no place
+    for them, and keeping them would let a client grow a list without bound."""
+
+    def append(self, item: tuple[bytes, bytes]) -> None:
+        pass
+
+
+TRAILERS = _Dropped()
+
 WATCHED_REQUEST_HEADERS = frozenset(
     [b"expect", b"host", b"upgrade", b"transfer-encoding", b"content-length"]
 )
