@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import sys
 from typing import Any
 
@@ -64,7 +65,11 @@ def serve_config(config: Config) -> int:
             return Supervisor(config, workers).run()
         if config.pid:
             write_pid(config.pid)
-        Server(config).run()
+        server = Server(config)
+        if config.limit_max_requests is not None:
+            jitter = random.randint(0, max(0, config.limit_max_requests_jitter))
+            server.max_requests = config.limit_max_requests + jitter
+        server.run()
     except (ConfigError, StartupFailed) as exc:
         log.error("%s", exc)
         return STARTUP_FAILURE

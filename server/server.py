@@ -53,6 +53,9 @@ class Server:
         self.exit_event: asyncio.Event | None = None
         self.app: ASGIApp | None = None
         self.on_started: Callable[[Server], None] | None = None
+        # Single process: stop after this many requests (a worker's Heartbeat does it instead,
+        # so that the supervisor starts the replacement first).
+        self.max_requests: int | None = None
 
     def run(self) -> None:
         """Run `serve()` on a new event loop of the configured kind."""
@@ -79,6 +82,8 @@ class Server:
             if self.config.install_signal_handlers:
                 self.install_signal_handlers(loop)
             await self.startup(sockets)
+            if self.max_requests is not None:
+                loop.call_later(0.1, self.check_max_requests)
             if not self.should_exit:
                 await self.exit_event.wait()
             await self.shutdown()
@@ -143,6 +148,17 @@ class Server:
             return HTTP1Protocol(state)
 
         return factory
+
+    def check_max_requests(self) -> None:
+        """--limit-max-requests in a single process: a 0.1 s tick, nothing per request."""
+        state = self.state
+        if state is None or self.max_requests is None or self.should_exit:
+            return
+        if state.total_requests >= self.max_requests:
+            log.info("Maximum request limit of %d reached: shutting down.", self.max_requests)
+            self.should_exit = True
+        else:
+            state.loop.call_later(0.1, self.check_max_requests)
 
     @property
     def port(self) -> int:

@@ -44,7 +44,6 @@ class ServerState:
         "in_flight",
         "lifespan_state",
         "loop",
-        "on_request",
         "restarting",
         "shutting_down",
         "static_head",
@@ -74,7 +73,6 @@ class ServerState:
         # Set by whoever stops this server to have it replaced (reload, worker recycling):
         # open WebSockets then close with 1012 "service restart" instead of 1001 "going away".
         self.restarting = False
-        self.on_request: Any = None  # a callback(count) for max-requests accounting
         self.ws_enabled = config.ws != "none" and _websockets_available()
         # Headers added to every response, encoded once: the server line and --header values.
         static: list[tuple[bytes, bytes]] = []

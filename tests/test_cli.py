@@ -513,3 +513,15 @@ def test_import_server_does_not_work_outside_the_repo(tmp_path: Path) -> None:
     failed = python("import server")
     assert failed.returncode != 0
     assert "ModuleNotFoundError" in failed.stderr
+
+
+def test_limit_max_requests_stops_a_single_process() -> None:
+    """Without workers, --limit-max-requests stops the server (exit 0) once it is reached."""
+    cmd = fastserve_cmd(HELLO, "--port", "0", "--limit-max-requests", "3")
+    with ServerProcess(cmd) as server:
+        url = server.url()
+        with httpx.Client() as client:
+            for _ in range(3):
+                assert client.get(url, headers={"connection": "close"}).status_code == 200
+        assert server.wait(10) == 0
+    assert any("Maximum request limit of 3" in line for line in server.err)
