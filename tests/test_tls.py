@@ -201,7 +201,9 @@ def test_websocket_over_tls_is_wss(certs: Certs) -> None:
                 await ws.wait_closed()
 
         asyncio.run(connect())
-    assert probe.get()["scheme"] == "wss"
+    scope = probe.get()
+    assert scope["scheme"] == "wss"
+    assert scope["extensions"]["tls"]["tls_version"] in (0x0303, 0x0304)
 
 
 # -- startup errors: one line, exit code 3 ------------------------------------------------------
