@@ -122,6 +122,9 @@ class Config:
     )
     # -- processes ---------------------------------------------------------------------------
     workers: str | None = opt(None, "Number of worker processes, or 'auto' (2 x CPUs + 1).")
+    gc_tune: bool = opt(
+        True, "Freeze the startup heap (gc.freeze) and run gen-0 collections 10x less often."
+    )
     preload: bool = opt(False, "Import the app in the supervisor before forking workers.")
     pid: str | None = opt(None, "Write the supervisor's pid to this file.")
     reload: bool = opt(False, "Restart when Python files change (development).")

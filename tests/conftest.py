@@ -55,6 +55,7 @@ def run_server(app: ASGIApp, **options: Any) -> Iterator[RunningServer]:
     options.setdefault("lifespan", "off")
     options.setdefault("log_level", "warning")
     options.setdefault("access_log", False)
+    options.setdefault("gc_tune", False)  # gc.freeze() in the test process would pin garbage
     config = Config(app=app, install_signal_handlers=False, **options)
     from fastserve.logs import configure_logging
     from fastserve.loops import get_loop_factory
