@@ -71,6 +71,23 @@ def latency_table(results: dict[str, Any]) -> list[str]:
     return lines
 
 
+def cpu_table(results: dict[str, Any]) -> list[str]:
+    """Server CPU µs per request (median) and its paired ratio to uvicorn (lower is better)."""
+    names = server_order(results)
+    lines = [_row(["server CPU µs per request", *names]), _row(["---"] + ["---:"] * len(names))]
+    for scenario in _interleaved(results):
+        cells = [scenario["title"]]
+        for name in names:
+            entry = scenario["servers"].get(name)
+            cpu = entry.get("median", {}).get("cpu_us") if entry else None
+            if cpu is None:
+                cells.append("")
+                continue
+            cells.append(f"{cpu:,.1f}{fmt_ratio(entry.get('ratio', {}).get('cpu_us'))}")
+        lines.append(_row(cells))
+    return lines if len(lines) > 2 else []
+
+
 def memory_table(results: dict[str, Any]) -> list[str]:
     """RSS figures: idle vs 10k idle connections, and peaks of the slow transfers."""
     scenarios = results.get("scenarios", {})
@@ -118,10 +135,11 @@ def access_log_costs(results: dict[str, Any]) -> str:
 
 
 def goals_table(goals: list[Goal]) -> list[str]:
-    lines = [_row(["goal", "target", "measured", "result"]), _row(["---"] * 4)]
+    header = ["goal", "target", "measured", "result", "by server CPU per request"]
+    lines = [_row(header), _row(["---"] * len(header))]
     for goal in goals:
         result = goal.status + (f" ({goal.detail})" if goal.detail else "")
-        lines.append(_row([goal.name, goal.target, goal.measured, result]))
+        lines.append(_row([goal.name, goal.target, goal.measured, result, goal.by_cpu]))
     return lines
 
 
@@ -140,13 +158,18 @@ def render(results: dict[str, Any], goals: list[Goal]) -> str:
         f"Versions: {', '.join(f'{k} {v}' for k, v in meta.get('versions', {}).items())}.",
         "",
         "Median req/s (WebSocket: messages/s) over interleaved rounds; (Nx) is the median of the"
-        " per-round ratios to uvicorn; `!` marks a run with socket errors or non-2xx answers.",
+        " per-round ratios to uvicorn; `!` marks a run with socket errors or non-2xx answers."
+        " The CPU table divides the server's CPU time (utime + stime, whole process tree) by the"
+        " requests served: on a shared machine it is steadier than req/s (lower is better).",
         "",
         *throughput_table(results),
         "",
         *latency_table(results),
         "",
     ]
+    cpu = cpu_table(results)
+    if cpu:
+        out += [*cpu, ""]
     costs = access_log_costs(results)
     if costs:
         out += [f"Access log cost (paired rounds, log on vs off): {costs}.", ""]

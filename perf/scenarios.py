@@ -63,8 +63,8 @@ BY_KEY = {s.key: s for s in SCENARIOS}
 
 @dataclass(frozen=True)
 class RunConfig:
-    rounds: int = 5
-    duration: float = 5.0
+    rounds: int = 7
+    duration: float = 4.0
     warmup: float = 2.0
     idle_conns: int = 10_000
     transfer_size: int = 1 << 30
@@ -74,6 +74,7 @@ class RunConfig:
 def measure_wrk(scenario: Scenario, server: Running, duration: float) -> dict[str, Any]:
     """One wrk run; any socket error, bad status or dead server flags the round."""
     lines_before = server.log_lines() if server.spec.access_log else 0
+    cpu_before = server.cpu_seconds()
     try:
         result = wrk.run(
             server.url + scenario.path,
@@ -87,6 +88,7 @@ def measure_wrk(scenario: Scenario, server: Running, duration: float) -> dict[st
     except wrk.WrkError as exc:
         return {"flagged": True, "error": str(exc)}
     out: dict[str, Any] = result.as_dict()
+    add_cpu(out, server.cpu_seconds() - cpu_before, result.requests)
     out["flagged"] = result.failed or server.proc.poll() is not None
     if server.spec.access_log:
         # The access log must really be written: count the lines this round added.
@@ -112,16 +114,27 @@ def measure_ws(
         "--size",
         str(scenario.body_size),
     ]
+    cpu_before = server.cpu_seconds()
     result = run_client(argv, timeout=duration + 60)
     if "error" in result:
         return {"flagged": True, **result}
+    cpu: dict[str, Any] = {}
+    add_cpu(cpu, server.cpu_seconds() - cpu_before, int(result["messages"]))
     return {
+        **cpu,
         "rps": result["mps"],
         "messages": result["messages"],
         "errors": {"ws": result["errors"]},
         "flagged": result["errors"] > 0,
         "first_error": result.get("first_error"),
     }
+
+
+def add_cpu(out: dict[str, Any], cpu_s: float, count: int) -> None:
+    """Server CPU time per request (or message). It is steadier than req/s on a shared machine:
+    a neighbour that steals CPU 0 lowers req/s, but not the CPU each request costs."""
+    out["cpu_s"] = round(cpu_s, 3)
+    out["cpu_us"] = round(cpu_s / count * 1e6, 2) if count else None
 
 
 def run_client(argv: list[str], timeout: float) -> dict[str, Any]:

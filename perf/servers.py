@@ -165,6 +165,10 @@ class Running:
         """VmRSS of the server process plus every descendant (granian/hypercorn fork workers)."""
         return sum(vm_rss_kib(pid) for pid in process_tree(self.proc.pid))
 
+    def cpu_seconds(self) -> float:
+        """User + system CPU time used so far by the server's process tree."""
+        return sum(cpu_seconds(pid) for pid in process_tree(self.proc.pid))
+
     def log_lines(self) -> int:
         try:
             with open(self.log_path, "rb") as fh:
@@ -266,6 +270,16 @@ def vm_rss_kib(pid: int) -> int:
     except OSError:
         pass
     return 0
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime (fields 14 and 15 of /proc/PID/stat) in seconds; 0 if the process is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as fh:
+            fields = fh.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def process_tree(root: int) -> list[int]:

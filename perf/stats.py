@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import statistics
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 BASELINE = "uvicorn"
@@ -25,7 +25,7 @@ def median(values: Sequence[float]) -> float | None:
 def summarize(rounds: list[dict[str, Any]]) -> dict[str, Any]:
     """Median of every figure over the rounds, plus error totals; `flagged` if any round erred."""
     out: dict[str, Any] = {"rounds": len(rounds)}
-    for key in ("rps", *LATENCY_KEYS):
+    for key in ("rps", "cpu_us", *LATENCY_KEYS):
         out[key] = median([r[key] for r in rounds if key in r])
     out["errors"] = sum(_errors(r) for r in rounds)
     out["flagged"] = any(r.get("flagged") for r in rounds) or not rounds
@@ -53,7 +53,9 @@ def add_summaries(scenario: dict[str, Any], baseline: str = BASELINE) -> None:
         rounds = entry.get("rounds", [])
         entry["median"] = summarize(rounds)
         entry["ratio"] = (
-            {key: paired_ratio(rounds, base, key) for key in ("rps", "p99_ms")} if base else {}
+            {key: paired_ratio(rounds, base, key) for key in ("rps", "cpu_us", "p99_ms")}
+            if base
+            else {}
         )
 
 
@@ -64,6 +66,8 @@ class Goal:
     measured: str
     status: str  # PASS, MISS or N/A
     detail: str = ""
+    # The same comparison by server CPU time per request (steadier on a shared machine).
+    by_cpu: str = ""
 
     def as_dict(self) -> dict[str, str]:
         return asdict(self)
@@ -115,21 +119,36 @@ def _rss(results: dict[str, Any], scenario: str, server: str, key: str) -> float
     return float(value) if isinstance(value, int | float) else None
 
 
+def _cpu_speedup(results: dict[str, Any], scenario: str, a: str, b: str) -> str:
+    """'2.31x': how many times less server CPU a request costs on `a` than on `b`."""
+    ratio = _ratio(results, scenario, a, b, "cpu_us")
+    return f"{1 / ratio:.2f}x" if ratio else ""
+
+
 def evaluate_goals(results: dict[str, Any], me: str = "fastserve") -> list[Goal]:
     """The issue's goals, each PASS/MISS with the margin, or N/A when the run lacks the data."""
     goals = [
         _at_least("plaintext vs uvicorn", _ratio(results, "plaintext", me, "uvicorn"), 2.5),
         _at_least("plaintext vs granian", _ratio(results, "plaintext", me, "granian"), 1.0),
     ]
+    goals = [
+        replace(goals[0], by_cpu=_cpu_speedup(results, "plaintext", me, "uvicorn")),
+        replace(goals[1], by_cpu=_cpu_speedup(results, "plaintext", me, "granian")),
+    ]
     kept = _ratio(results, "accesslog", f"{me}+log", me)
+    log_cpu = _ratio(results, "accesslog", f"{me}+log", me, "cpu_us")
     goals.append(
-        _at_most("access log cost", None if kept is None else (1 - kept) * 100, 10, " %", ".1f")
+        replace(
+            _at_most(
+                "access log cost", None if kept is None else (1 - kept) * 100, 10, " %", ".1f"
+            ),
+            by_cpu=f"+{(log_cpu - 1) * 100:.1f} % CPU/req" if log_cpu else "",
+        )
     )
     p99 = _ratio(results, "plaintext", me, "uvicorn", "p99_ms")
     goals.append(_at_most("p99 at 100 conns vs uvicorn", p99, 1.0, "x", ".2f"))
-    goals.append(
-        _at_least("POST echo 64 KiB vs uvicorn", _ratio(results, "post64k", me, "uvicorn"), 1.5)
-    )
+    post = _at_least("POST echo 64 KiB vs uvicorn", _ratio(results, "post64k", me, "uvicorn"), 1.5)
+    goals.append(replace(post, by_cpu=_cpu_speedup(results, "post64k", me, "uvicorn")))
     mine, theirs = (_rss(results, "idle10k", s, "loaded_kib") for s in (me, "uvicorn"))
     rss_ratio = mine / theirs if mine is not None and theirs else None
     goals.append(_at_most("RSS at 10k idle conns vs uvicorn", rss_ratio, 1.0, "x", ".2f"))

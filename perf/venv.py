@@ -116,8 +116,12 @@ def _ensure(py: Path, name: str, dists: list[str], have: dict[str, str], env: Be
 
 
 def _pip(py: Path, args: list[str]) -> int:
+    """Run pip quietly; its output is shown only when it fails."""
     env = dict(os.environ, PIP_DISABLE_PIP_VERSION_CHECK="1")
-    return subprocess.run([str(py), "-m", "pip", *args], env=env).returncode
+    proc = subprocess.run([str(py), "-m", "pip", *args], env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        print((proc.stdout + proc.stderr).strip()[-2000:])
+    return proc.returncode
 
 
 def installed_versions(py: Path) -> dict[str, str]:

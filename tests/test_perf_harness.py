@@ -91,8 +91,10 @@ def test_median_and_paired_ratio() -> None:
 
 
 def wrk_round(rps: float, p99: float, flagged: bool = False) -> dict[str, Any]:
+    """A round of a server that kept CPU 0 busy: CPU per request is 1/rps."""
     return {
         "rps": rps,
+        "cpu_us": round(1e6 / rps, 2),
         "p50_ms": p99 / 4,
         "p90_ms": p99 / 2,
         "p99_ms": p99,
@@ -184,6 +186,8 @@ def test_goals_pass_miss_and_not_measured() -> None:
     goals = {g.name: g for g in stats.evaluate_goals(sample_results())}
     assert goals["plaintext vs uvicorn"].status == "PASS"  # rounds 3.0x and 2.67x
     assert goals["plaintext vs uvicorn"].measured == "2.83x"
+    assert goals["plaintext vs uvicorn"].by_cpu == "2.82x"  # median of 3.0 and 2.67 (rounded)
+    assert goals["access log cost"].by_cpu == "+5.3 % CPU/req"
     assert goals["plaintext vs granian"].status == "MISS"  # 0.91x and 1.0x -> 0.95x
     assert goals["plaintext vs granian"].detail == "short by 5%"
     assert goals["access log cost"].measured == "5.0 %"
@@ -210,7 +214,10 @@ def test_render_tables_ratios_flags_memory_and_goals() -> None:
     assert "| slow upload: peak above idle | 90.0 |" in text
     assert "- websocket: fastserve does not complete" in text
     assert "Access log cost (paired rounds, log on vs off): fastserve 5.0 %." in text
-    assert "| access log cost | <= 10.0 % | 5.0 % | PASS (5.0 % to spare) |" in text
+    assert (
+        "| access log cost | <= 10.0 % | 5.0 % | PASS (5.0 % to spare) | +5.3 % CPU/req |" in text
+    )
+    assert "| plaintext, 100 conns | 32.3 (0.35x) | 91.7 (1.00x) | 30.8 (0.34x) |  |" in text
 
 
 def test_rss_readers_see_this_process() -> None:
