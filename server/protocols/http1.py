@@ -137,14 +137,23 @@ class HTTP1Protocol(asyncio.Protocol):
         self.server = _address(transport.get_extra_info("sockname"))
         if transport.get_extra_info("sslcontext") is not None:
             self.scheme = "https"
-        # The scope keys that are the same for every request of this connection.
+        # The scope keys that are the same for every request of this connection, and
+        # placeholders for the others: copying a dict that already has every key is a memcpy,
+        # and filling it in then resizes nothing (-0.5k instructions a request).
         self.scope_base = {
             "type": "http",
             "asgi": {"version": "3.0", "spec_version": "2.4"},
+            "http_version": "1.1",
             "scheme": self.scheme,
+            "method": "GET",
+            "path": "",
+            "raw_path": b"",
+            "query_string": b"",
             "root_path": state.config.root_path,
+            "headers": [],
             "client": self.client,
             "server": self.server,
+            "state": {},
         }
         if self.scheme == "https":
             from ..tls import tls_extension
