@@ -117,13 +117,25 @@ def _load_log_config(path: str) -> None:
         raise ConfigError(f"cannot use --log-config {path}: {reason}") from None
 
 
+# ".000ms" ... ".999ms": the default line's duration without float formatting.
+_MILLIS = tuple(f".{i:03d}ms" for i in range(1000))
+
 DEFAULT_FORMAT = '%(client)s - "%(request_line)s" %(status)s %(bytes)s %(duration_ms)sms'
 
 
 class AccessLog:
     """Collects one line per finished request and flushes them once per loop iteration."""
 
-    __slots__ = ("fields", "flush_handle", "json", "lines", "logger", "loop", "template")
+    __slots__ = (
+        "fields",
+        "flush_handle",
+        "json",
+        "lines",
+        "logger",
+        "loop",
+        "prefixes",
+        "template",
+    )
 
     def __init__(self, config: Config, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
@@ -133,25 +145,42 @@ class AccessLog:
         self.json = config.access_log_json
         self.template = config.access_log_format
         self.fields = _template_fields(self.template) if self.template else None
+        self.prefixes: dict[Any, str] = {}  # client address -> 'host:port - "'
         if self.template is not None:
             _check_template(self.template)
 
     def log(self, cycle: RequestCycle, now: float) -> None:
         scope = cycle.scope
         if self.template is None and not self.json:
-            # The default format, inlined: ~1.5 µs a request.
-            client = scope["client"]
+            # The default format, assembled with one join: % formatting (and %.2f above all)
+            # cost ~1.4 µs a line, this ~0.6 µs. llhttp refuses control characters and
+            # non-ASCII bytes in the target, so only `"` and `\` can need escaping.
             query = scope["query_string"]
             target = scope["raw_path"] + b"?" + query if query else scope["raw_path"]
-            line = '%s:%d - "%s %s HTTP/%s" %d %d %.2fms' % (
-                client[0] if client else "-",
-                client[1] if client else 0,
-                scope["method"],
-                escape(target.decode("latin-1")),
-                scope["http_version"],
-                cycle.status,
-                cycle.bytes_sent,
-                (now - cycle.start_time) * 1000.0,
+            text = target.decode("latin-1")
+            if 34 in target or 92 in target:
+                text = escape(text)
+            client = scope["client"]
+            prefix = self.prefixes.get(client)
+            if prefix is None:
+                prefix = self.prefix_for(client)
+            micros = int((now - cycle.start_time) * 1e6)
+            line = "".join(
+                (
+                    prefix,
+                    scope["method"],
+                    " ",
+                    text,
+                    " HTTP/",
+                    scope["http_version"],
+                    '" ',
+                    str(cycle.status),
+                    " ",
+                    str(cycle.bytes_sent),
+                    " ",
+                    str(micros // 1000),
+                    _MILLIS[micros % 1000],
+                )
             )
         else:
             values = access_fields(cycle, now)
@@ -163,6 +192,13 @@ class AccessLog:
         self.lines.append(line)
         if self.flush_handle is None:
             self.flush_handle = self.loop.call_soon(self.flush)
+
+    def prefix_for(self, client: tuple[str, int] | None) -> str:
+        prefix = f'{client[0]}:{client[1]} - "' if client else '- - "'
+        if len(self.prefixes) >= 4096:  # bounded: clients come and go
+            self.prefixes.clear()
+        self.prefixes[client] = prefix
+        return prefix
 
     def log_websocket(
         self, scope: dict[str, Any], status: int, sent: int, start: float, now: float
