@@ -117,8 +117,8 @@ def _load_log_config(path: str) -> None:
         raise ConfigError(f"cannot use --log-config {path}: {reason}") from None
 
 
-# ".000ms" ... ".999ms": the default line's duration without float formatting.
-_MILLIS = tuple(f".{i:03d}ms" for i in range(1000))
+# ".00ms" ... ".99ms" by microseconds: the default line's duration without float formatting.
+_MILLIS = tuple(f".{i // 10:02d}ms" for i in range(1000))
 
 DEFAULT_FORMAT = '%(client)s - "%(request_line)s" %(status)s %(bytes)s %(duration_ms)sms'
 
