@@ -48,6 +48,9 @@ def _status_line(code: int) -> bytes:
 
 STATUS_LINES: dict[int, bytes] = {code: _status_line(code) for code in range(100, 600)}
 
+# Bodies from this size on are written beside their framing (writelines), not copied into it.
+COPY_LIMIT = 16 * 1024
+
 # Timer phases: what the connection's single deadline means when it passes.
 IDLE, HEAD, BUSY, BODY = 0, 1, 2, 3
 
@@ -512,6 +515,16 @@ class HTTP1Protocol(asyncio.Protocol):
             parts.append(b"\r\n")
         else:
             parts += (self.state.default_head, b"\r\n")
+        if len(body) >= COPY_LIMIT:
+            # A large body is not copied into the head: writelines() hands both buffers to
+            # one writev() on uvloop (asyncio < 3.12 joins them, as we would have).
+            if cycle.chunked:
+                parts.append(b"%x\r\n" % len(body))
+                tail = b"\r\n0\r\n\r\n" if final else b"\r\n"
+                self.transport.writelines([b"".join(parts), body, tail])
+            else:
+                self.transport.writelines([b"".join(parts), body])
+            return
         if cycle.chunked:
             if body:
                 parts += (b"%x\r\n" % len(body), body, b"\r\n")
@@ -531,7 +544,10 @@ class HTTP1Protocol(asyncio.Protocol):
         if cycle.no_body:
             pass
         elif cycle.chunked:
-            if body:
+            if len(body) >= COPY_LIMIT:
+                tail = b"\r\n0\r\n\r\n" if final else b"\r\n"
+                transport.writelines([b"%x\r\n" % len(body), body, tail])
+            elif body:
                 if final:
                     transport.write(b"%x\r\n%b\r\n0\r\n\r\n" % (len(body), body))
                 else:
