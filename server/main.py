@@ -51,6 +51,11 @@ def serve_config(config: Config) -> int:
             load_env_file(config.env_file)
         configure_logging(config)
         workers = worker_count(config)
+        if config.is_ssl:
+            # Checked once here, so bad TLS files are one error line, not one per worker.
+            from .tls import create_ssl_context
+
+            create_ssl_context(config)
         if config.reload:
             from .reload import run_with_reload
 

@@ -267,3 +267,12 @@ def test_bad_tls_setup_is_one_line_and_exit_code_3(bad_setups: dict[str, list[st
         assert len(errors) == 1, (case, result.stderr)
         assert "Traceback" not in result.stderr, (case, result.stderr)
         assert "ssl" in errors[0].lower() or "tls" in errors[0].lower(), (case, errors[0])
+
+
+def test_bad_tls_setup_with_workers_is_one_line(certs: Certs, tmp_path: Path) -> None:
+    """Checked before forking: one error line, not one per worker, and exit code 3."""
+    missing = str(tmp_path / "nope.pem")
+    result = run_cli("--workers", "3", "--ssl-certfile", missing, "--ssl-keyfile", missing)
+    assert result.returncode == 3, result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("ERROR")]
+    assert len(errors) == 1, result.stderr
