@@ -27,6 +27,7 @@ from urllib.parse import unquote
 import httptools
 
 from .cycle import ClientDisconnected, RequestCycle
+from .flow import FlowControl
 
 if TYPE_CHECKING:
     from ..state import ServerState
@@ -64,7 +65,7 @@ class RejectRequest(Exception):
         self.reason = reason
 
 
-class HTTP1Protocol(asyncio.Protocol):
+class HTTP1Protocol(FlowControl):
     __slots__ = (
         "body_received",
         "body_seen",
@@ -72,7 +73,6 @@ class HTTP1Protocol(asyncio.Protocol):
         "closed",
         "cycle",
         "deadline",
-        "drain_waiter",
         "expect_100",
         "has_host",
         "head_bytes",
@@ -83,7 +83,6 @@ class HTTP1Protocol(asyncio.Protocol):
         "pending_error",
         "phase",
         "pipeline",
-        "read_paused",
         "scheme",
         "scope_base",
         "server",
@@ -94,7 +93,6 @@ class HTTP1Protocol(asyncio.Protocol):
         "transport",
         "upgrade",
         "url",
-        "write_paused",
         "ws_scope",
     )
 
@@ -578,39 +576,8 @@ class HTTP1Protocol(asyncio.Protocol):
             self.keep_alive = False
             self.transport.close()
 
-    # -- flow control ------------------------------------------------------------------------
-
-    def pause_reading(self) -> None:
-        if not self.read_paused:
-            self.read_paused = True
-            self.transport.pause_reading()
-
-    def resume_reading(self) -> None:
-        if self.read_paused and not self.closed:
-            self.read_paused = False
-            self.transport.resume_reading()
-
-    def pause_writing(self) -> None:
-        self.write_paused = True
-
-    def resume_writing(self) -> None:
-        self.write_paused = False
-        self.wake_drain()
-
-    def wake_drain(self) -> None:
-        waiter = self.drain_waiter
-        if waiter is not None:
-            self.drain_waiter = None
-            if not waiter.done():
-                waiter.set_result(None)
-
-    async def drain(self) -> None:
-        if self.closed:
-            return
-        waiter = self.drain_waiter
-        if waiter is None:
-            waiter = self.drain_waiter = self.state.loop.create_future()
-        await waiter
+    def stopped(self) -> bool:  # FlowControl
+        return self.closed
 
     # -- timeouts, errors, shutdown ---------------------------------------------------------
 

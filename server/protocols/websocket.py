@@ -46,6 +46,7 @@ from websockets.typing import Subprotocol
 from ..logs import escape
 from ..types import Message, Scope, SendMessage
 from .cycle import TOKEN_CHARS, ClientDisconnected
+from .flow import FlowControl
 
 if TYPE_CHECKING:
     from ..state import ServerState
@@ -90,7 +91,7 @@ def upgrade_to_websocket(conn: HTTP1Protocol, scope: dict[str, Any], rest: bytes
     ws.start(rest, read_paused)
 
 
-class WebSocketProtocol(asyncio.Protocol):
+class WebSocketProtocol(FlowControl):
     """One WebSocket connection: the asyncio protocol, and the ASGI receive/send of its app."""
 
     __slots__ = (
@@ -100,7 +101,6 @@ class WebSocketProtocol(asyncio.Protocol):
         "deny_sent",
         "deny_status",
         "disconnect",
-        "drain_waiter",
         "fragments",
         "handshake",
         "http_scope",
@@ -110,14 +110,12 @@ class WebSocketProtocol(asyncio.Protocol):
         "phase",
         "ping_payload",
         "ping_timer",
-        "read_paused",
         "scope",
         "start_time",
         "state",
         "task",
         "transport",
         "waiter",
-        "write_paused",
         "ws",
     )
 
@@ -322,32 +320,8 @@ class WebSocketProtocol(asyncio.Protocol):
 
     # -- flow control and closing --------------------------------------------------------------
 
-    def pause_reading(self) -> None:
-        if not self.read_paused and self.phase != CLOSED:
-            self.read_paused = True
-            self.transport.pause_reading()
-
-    def resume_reading(self) -> None:
-        if self.read_paused and self.phase != CLOSED:
-            self.read_paused = False
-            self.transport.resume_reading()
-
-    def pause_writing(self) -> None:
-        self.write_paused = True
-
-    def resume_writing(self) -> None:
-        self.write_paused = False
-        waiter = self.drain_waiter
-        if waiter is not None:
-            self.drain_waiter = None
-            if not waiter.done():
-                waiter.set_result(None)
-
-    async def drain(self) -> None:
-        if self.phase != CLOSED:
-            if self.drain_waiter is None:
-                self.drain_waiter = self.state.loop.create_future()
-            await self.drain_waiter
+    def stopped(self) -> bool:  # FlowControl
+        return self.phase == CLOSED
 
     def close_transport(self) -> None:
         """Close once the buffer is flushed; drop the connection if the peer never reads it."""
