@@ -17,7 +17,6 @@ Rules this module lives by:
 from __future__ import annotations
 
 import asyncio
-import http
 import logging
 from collections import deque
 from time import monotonic
@@ -28,6 +27,20 @@ import httptools
 
 from .cycle import ClientDisconnected, RequestCycle
 from .flow import FlowControl
+from .http1_rules import (
+    FRAMING_HEADERS,
+    METHODS,
+    STATUS_LINES,
+    TRAILERS,
+    WATCHED_REQUEST_HEADERS,
+    RejectRequest,
+    check_transfer_encoding,
+    error_response,
+    parser_reason,
+    split_absolute_target,
+    status_line,
+)
+from .linger import Lingering
 
 if TYPE_CHECKING:
     from ..state import ServerState
@@ -39,30 +52,11 @@ log = logging.getLogger("fastserve.error")
 HIGH_WATER = 64 * 1024
 
 
-def _status_line(code: int) -> bytes:
-    try:
-        phrase = http.HTTPStatus(code).phrase
-    except ValueError:
-        phrase = ""
-    return b"HTTP/1.1 %d %s\r\n" % (code, phrase.encode("ascii"))
-
-
-STATUS_LINES: dict[int, bytes] = {code: _status_line(code) for code in range(100, 600)}
-
 # Bodies from this size on are written beside their framing (writelines), not copied into it.
 COPY_LIMIT = 16 * 1024
 
 # Timer phases: what the connection's single deadline means when it passes.
 IDLE, HEAD, BUSY, BODY = 0, 1, 2, 3
-
-
-class RejectRequest(Exception):
-    """The client sent something we answer with a 4xx/5xx and a closed connection."""
-
-    def __init__(self, status: int, reason: str) -> None:
-        super().__init__(reason)
-        self.status = status
-        self.reason = reason
 
 
 class HTTP1Protocol(FlowControl):
@@ -215,7 +209,7 @@ class HTTP1Protocol(FlowControl):
             # after the response.
             self.pause_reading()
             return
-        self.reject(RejectRequest(400, _parser_reason(exc)))
+        self.reject(RejectRequest(400, parser_reason(exc)))
 
     def on_message_begin(self) -> None:
         self.url = b""
@@ -338,18 +332,9 @@ class HTTP1Protocol(FlowControl):
             self.pause_reading()
 
     def check_transfer_encoding(self, http_version: str) -> None:
-        """RFC 9112 §6.1/§6.3: only `chunked`, once and last, and only in HTTP/1.1."""
         te, self.te = self.te, None
         assert te is not None
-        if http_version == "1.0":
-            # An HTTP/1.0 message with Transfer-Encoding has faulty framing (§6.1).
-            raise RejectRequest(400, "Transfer-Encoding in an HTTP/1.0 request")
-        codings = [c.strip(b" \t").lower() for c in te.split(b",")]
-        if codings[-1] != b"chunked" or codings.count(b"chunked") > 1:
-            raise RejectRequest(400, "Invalid Transfer-Encoding")
-        if len(codings) > 1:
-            # gzip, identity...: we would hand the app undecoded bytes (§6.1: 501).
-            raise RejectRequest(501, "Transfer coding not implemented")
+        check_transfer_encoding(te, http_version)
 
     def other_target(self, url: bytes, method: str) -> tuple[bytes, bytes]:
         """Absolute-form (RFC 9112 §3.2.2) and authority-form (§3.2.3) targets."""
@@ -357,23 +342,10 @@ class HTTP1Protocol(FlowControl):
             # We are no proxy and never tunnel: the app answers, then the connection closes.
             self.keep_alive = False
             return url, b""
-        scheme, sep, rest = url.partition(b"://")
-        if not sep or scheme.lower() not in (b"http", b"https"):
-            raise RejectRequest(400, "Invalid request target")
-        end = len(rest)
-        for mark in b"/?#":
-            at = rest.find(mark)
-            if 0 <= at < end:
-                end = at
-        authority, target = rest[:end], rest[end:]
-        if not authority or b"@" in authority:
-            # RFC 9110 §4.2.4: userinfo in an http(s) URI is to be treated as an error.
-            raise RejectRequest(400, "Invalid request target")
+        authority, raw_path, query = split_absolute_target(url)
         # §3.2.2: the target's authority replaces whatever the Host header said.
         self.headers[:] = [(n, authority if n == b"host" else v) for n, v in self.headers]
-        target = target.partition(b"#")[0]
-        raw_path, _, query = target.partition(b"?")
-        return raw_path or b"/", query
+        return raw_path, query
 
     def on_body(self, body: bytes) -> None:
         cycle = self.parsing
@@ -480,7 +452,7 @@ class HTTP1Protocol(FlowControl):
         """Write the head, and with it the first piece of body (one write for small ones)."""
         cycle.head_sent = True
         status = cycle.status
-        line = STATUS_LINES.get(status) or _status_line(status)
+        line = STATUS_LINES.get(status) or status_line(status)
         parts = [line]
         for name, value in cycle.headers:
             parts += (name, b": ", value, b"\r\n")
@@ -659,29 +631,18 @@ class HTTP1Protocol(FlowControl):
 
     def send_error(self, error: RejectRequest) -> None:
         log.info("%s:%s - rejected: %d %s", *(self.client or ("-", 0)), error.status, error.reason)
-        body = error.reason.encode("latin-1")
-        self.transport.write(
-            STATUS_LINES.get(error.status, _status_line(error.status))
-            + b"content-type: text/plain; charset=utf-8\r\n"
-            + b"content-length: %d\r\nconnection: close\r\n" % len(body)
-            + self.state.default_head
-            + b"\r\n"
-            + body
-        )
+        self.transport.write(error_response(error, self.state.default_head))
         self.linger()
 
     def linger(self) -> None:
-        """Close after an error answer without losing it. Closing a socket with unread input
-        makes the kernel send a reset, which can destroy our response before the client
-        reads it (a client still uploading a body it was refused for). So, as RFC 9112 §9.6
-        describes: half-close (FIN after the response), read and drop what still comes, then
-        close. The connection leaves this protocol for a tiny one that does only that."""
+        """Half-close after an error answer and drain the input (see linger.py), so that a
+        client still sending does not get a reset that destroys the answer."""
         transport = self.transport
         if not transport.can_write_eof():  # TLS cannot half-close
             self.close()
             return
         self.connection_lost(None)  # this protocol is done: cycles, timer, counts
-        transport.set_protocol(_Lingering(transport, self.state))
+        transport.set_protocol(Lingering(transport, self.state))
         transport.write_eof()
         transport.resume_reading()
 
@@ -737,79 +698,7 @@ class HTTP1Protocol(FlowControl):
             self.close()
 
 
-METHODS = {m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS")}
-
-
-# After an error answer, input is read and dropped for at most this long / this much.
-LINGER_SECONDS = 2.0
-LINGER_BYTES = 1 << 20
-
-
-class _Lingering(asyncio.Protocol):
-    """A connection whose error answer is out and whose write side is shut: drop input until
-    the client closes, LINGER_SECONDS pass or LINGER_BYTES arrive (see HTTP1Protocol.linger)."""
-
-    def __init__(self, transport: asyncio.Transport, state: ServerState) -> None:
-        self.transport = transport
-        self.state = state
-        self.left = LINGER_BYTES
-        self.timer = state.loop.call_later(LINGER_SECONDS, transport.close)
-        state.connections.add(self)  # so that a server shutdown closes it at once
-
-    def data_received(self, data: bytes) -> None:
-        self.left -= len(data)
-        if self.left < 0:
-            self.transport.close()
-
-    def eof_received(self) -> bool | None:
-        return None  # the client is done too: close
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.timer.cancel()
-        self.state.connections.discard(self)
-
-    # -- Closable: nothing runs here --------------------------------------------------------
-
-    @property
-    def idle(self) -> bool:
-        return True
-
-    @property
-    def task(self) -> asyncio.Task[None] | None:
-        return None
-
-    def shutdown(self) -> None:
-        self.transport.close()
-
-    def cancel(self) -> None:
-        self.transport.close()
-
-
-class _Dropped(list[tuple[bytes, bytes]]):
-    """Where trailer fields go: httptools reports them like header fields, ASGI has no place
-    for them, and keeping them would let a client grow a list without bound."""
-
-    def append(self, item: tuple[bytes, bytes]) -> None:
-        pass
-
-
-TRAILERS = _Dropped()
-
-WATCHED_REQUEST_HEADERS = frozenset(
-    [b"expect", b"host", b"upgrade", b"transfer-encoding", b"content-length"]
-)
-# Fields that must not come as trailers (RFC 9110 §6.5.1): they frame or route the request.
-FRAMING_HEADERS = frozenset([b"host", b"transfer-encoding", b"content-length"])
-
-
 def _address(addr: Any) -> tuple[str, int] | None:
     if isinstance(addr, tuple) and len(addr) >= 2:
         return (str(addr[0]), int(addr[1]))
     return None
-
-
-def _parser_reason(exc: Exception) -> str:
-    text = str(exc)
-    if isinstance(exc, httptools.HttpParserInvalidMethodError):
-        return "Invalid HTTP method"
-    return "Invalid HTTP request: " + text[:80].replace("\r", " ").replace("\n", " ")

@@ -80,7 +80,7 @@ def upgrade_to_websocket(conn: HTTP1Protocol, scope: dict[str, Any], rest: bytes
     """Take over `conn`'s transport for the WebSocket whose handshake request is `scope`."""
     if conn.cycle is not None or conn.pipeline:
         # Pipelined behind a request still being answered: clients never do this.
-        from .http1 import RejectRequest
+        from .http1_rules import RejectRequest
 
         conn.reject(RejectRequest(400, "WebSocket upgrade pipelined behind another request"))
         return

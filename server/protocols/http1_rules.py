@@ -1,0 +1,104 @@
+"""What HTTP/1.1 allows in a request (RFC 9112), and how a refusal is worded.
+
+The protocol (`http1.py`) calls these off the common path: a request with a plain
+origin-form target and no Transfer-Encoding touches none of the functions here, only the
+constant tables.
+"""
+
+from __future__ import annotations
+
+import http
+
+import httptools
+
+
+class RejectRequest(Exception):
+    """The client sent something we answer with a 4xx/5xx and a closed connection."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+def status_line(code: int) -> bytes:
+    try:
+        phrase = http.HTTPStatus(code).phrase
+    except ValueError:
+        phrase = ""
+    return b"HTTP/1.1 %d %s\r\n" % (code, phrase.encode("ascii"))
+
+
+STATUS_LINES: dict[int, bytes] = {code: status_line(code) for code in range(100, 600)}
+
+
+METHODS = {m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS")}
+
+
+class _Dropped(list[tuple[bytes, bytes]]):
+    """Where trailer fields go: httptools reports them like header fields, ASGI has no place
+    for them, and keeping them would let a client grow a list without bound."""
+
+    def append(self, item: tuple[bytes, bytes]) -> None:
+        pass
+
+
+TRAILERS = _Dropped()
+
+WATCHED_REQUEST_HEADERS = frozenset(
+    [b"expect", b"host", b"upgrade", b"transfer-encoding", b"content-length"]
+)
+# Fields that must not come as trailers (RFC 9110 §6.5.1): they frame or route the request.
+FRAMING_HEADERS = frozenset([b"host", b"transfer-encoding", b"content-length"])
+
+
+def check_transfer_encoding(te: bytes, http_version: str) -> None:
+    """RFC 9112 §6.1/§6.3: only `chunked`, once and last, and only in HTTP/1.1."""
+    if http_version == "1.0":
+        # An HTTP/1.0 message with Transfer-Encoding has faulty framing (§6.1).
+        raise RejectRequest(400, "Transfer-Encoding in an HTTP/1.0 request")
+    codings = [c.strip(b" \t").lower() for c in te.split(b",")]
+    if codings[-1] != b"chunked" or codings.count(b"chunked") > 1:
+        raise RejectRequest(400, "Invalid Transfer-Encoding")
+    if len(codings) > 1:
+        # gzip, identity...: we would hand the app undecoded bytes (§6.1: 501).
+        raise RejectRequest(501, "Transfer coding not implemented")
+
+
+def split_absolute_target(url: bytes) -> tuple[bytes, bytes, bytes]:
+    """An absolute-form target (RFC 9112 §3.2.2) as (authority, raw_path, query)."""
+    scheme, sep, rest = url.partition(b"://")
+    if not sep or scheme.lower() not in (b"http", b"https"):
+        raise RejectRequest(400, "Invalid request target")
+    end = len(rest)
+    for mark in b"/?#":
+        at = rest.find(mark)
+        if 0 <= at < end:
+            end = at
+    authority, target = rest[:end], rest[end:]
+    if not authority or b"@" in authority:
+        # RFC 9110 §4.2.4: userinfo in an http(s) URI is to be treated as an error.
+        raise RejectRequest(400, "Invalid request target")
+    target = target.partition(b"#")[0]
+    raw_path, _, query = target.partition(b"?")
+    return authority, raw_path or b"/", query
+
+
+def error_response(error: RejectRequest, default_head: bytes) -> bytes:
+    """The whole answer to a rejected request: short text body, `connection: close`."""
+    body = error.reason.encode("latin-1")
+    return (
+        (STATUS_LINES.get(error.status) or status_line(error.status))
+        + b"content-type: text/plain; charset=utf-8\r\n"
+        + b"content-length: %d\r\nconnection: close\r\n" % len(body)
+        + default_head
+        + b"\r\n"
+        + body
+    )
+
+
+def parser_reason(exc: Exception) -> str:
+    text = str(exc)
+    if isinstance(exc, httptools.HttpParserInvalidMethodError):
+        return "Invalid HTTP method"
+    return "Invalid HTTP request: " + text[:80].replace("\r", " ").replace("\n", " ")

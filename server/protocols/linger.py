@@ -1,0 +1,59 @@
+"""Closing a connection after an error answer without losing the answer.
+
+Closing a socket with unread input makes the kernel send a reset, which can destroy our
+response before the client reads it (a client still uploading a body it was refused for). So,
+as RFC 9112 §9.6 describes: half-close (FIN after the response), read and drop what still
+comes, then close. The connection is handed to this small protocol for that.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ..state import ServerState
+
+# After an error answer, input is read and dropped for at most this long / this much.
+LINGER_SECONDS = 2.0
+LINGER_BYTES = 1 << 20
+
+
+class Lingering(asyncio.Protocol):
+    """A connection whose error answer is out and whose write side is shut: drop input until
+    the client closes, LINGER_SECONDS pass or LINGER_BYTES arrive (see HTTP1Protocol.linger)."""
+
+    def __init__(self, transport: asyncio.Transport, state: ServerState) -> None:
+        self.transport = transport
+        self.state = state
+        self.left = LINGER_BYTES
+        self.timer = state.loop.call_later(LINGER_SECONDS, transport.close)
+        state.connections.add(self)  # so that a server shutdown closes it at once
+
+    def data_received(self, data: bytes) -> None:
+        self.left -= len(data)
+        if self.left < 0:
+            self.transport.close()
+
+    def eof_received(self) -> bool | None:
+        return None  # the client is done too: close
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.timer.cancel()
+        self.state.connections.discard(self)
+
+    # -- Closable: nothing runs here --------------------------------------------------------
+
+    @property
+    def idle(self) -> bool:
+        return True
+
+    @property
+    def task(self) -> asyncio.Task[None] | None:
+        return None
+
+    def shutdown(self) -> None:
+        self.transport.close()
+
+    def cancel(self) -> None:
+        self.transport.close()
