@@ -38,7 +38,13 @@ def option_for(f: dataclasses.Field[Any]) -> Callable[[Any], Any]:
     name = meta.get("cli", "--" + f.name.replace("_", "-"))
     base = _base_type(_HINTS[f.name])
     default = f.default if f.default is not dataclasses.MISSING else None
-    kwargs: dict[str, Any] = {"help": meta["help"], "show_default": default not in (None, "")}
+    kwargs: dict[str, Any] = {
+        "help": meta["help"],
+        "show_default": default not in (None, ""),
+        # FASTSERVE_<NAME>, else UVICORN_<NAME>: a container that configured uvicorn through
+        # its environment keeps working when its command says fastserve instead.
+        "envvar": [f"FASTSERVE_{f.name.upper()}", f"UVICORN_{f.name.upper()}"],
+    }
     if base is bool and not meta.get("takes_value"):
         flag = f"{name}/--no-{name[2:]}"
         return click.option(flag, f.name, default=default, **kwargs)
@@ -64,9 +70,9 @@ def build_command() -> click.Command:
     for f in reversed(config_fields()):
         cmd = option_for(f)(cmd)
     cmd = click.version_option(__version__, prog_name="fastserve")(cmd)
-    cmd = click.argument("app", envvar="FASTSERVE_APP")(cmd)
+    cmd = click.argument("app", envvar=["FASTSERVE_APP", "UVICORN_APP"])(cmd)
     built: click.Command = click.command(
-        context_settings={"auto_envvar_prefix": "FASTSERVE", "show_default": True},
+        context_settings={"show_default": True},
         help="Serve the ASGI application APP ('module:attribute').",
     )(cmd)
     return built

@@ -31,7 +31,7 @@ HELLO = "examples.hello:app"
 
 
 def clean_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FASTSERVE_")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("FASTSERVE_", "UVICORN_"))}
     env.pop("WEB_CONCURRENCY", None)
     env.update(extra)
     return env
@@ -222,6 +222,20 @@ def test_factory() -> None:
 
 def test_environment_variables() -> None:
     env = clean_env(FASTSERVE_PORT="0", FASTSERVE_ACCESS_LOG="false", FASTSERVE_APP=HELLO)
+    with ServerProcess(fastserve_cmd(), env=env) as server:
+        url = server.url()
+        assert not url.endswith(":8000")
+        assert httpx.get(url).text == "Hello, world!"
+        assert server.stop() == 0
+    assert not any("GET /" in line for line in server.out)
+
+
+def test_uvicorn_environment_variables_are_honoured() -> None:
+    """A deployment configured through UVICORN_* variables keeps its settings; FASTSERVE_*
+    wins where both are set."""
+    env = clean_env(
+        UVICORN_APP=HELLO, UVICORN_PORT="8000", FASTSERVE_PORT="0", UVICORN_ACCESS_LOG="false"
+    )
     with ServerProcess(fastserve_cmd(), env=env) as server:
         url = server.url()
         assert not url.endswith(":8000")
