@@ -58,6 +58,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--results", type=Path, help="output directory (default perf/results)")
     p.add_argument("--list", action="store_true", help="list the scenarios and exit")
+    p.add_argument(
+        "--render",
+        type=Path,
+        metavar="RUN.json",
+        help="only redraw the markdown and chart of a saved run",
+    )
     return p.parse_args(argv)
 
 
@@ -177,19 +183,27 @@ class Bench:
         self.results["skipped"][what] = why
 
 
-def write_outputs(results: dict[str, Any], env: venv.BenchEnv, out_dir: Path, quick: bool) -> Path:
-    if quick:  # smoke checks go to results/quick/ (git-ignored), never over real results
-        out_dir = out_dir / "quick"
-    out_dir.mkdir(parents=True, exist_ok=True)
-    tag = f"py{'.'.join(env.python_version.split('.')[:2])}"
-    stamp = results["meta"]["stamp"]
-    run_json = out_dir / f"{stamp}-{tag}.json"
+def render_saved(run_json: Path, python_spec: str | None) -> int:
+    """Recompute goals and rewrite latest-*.md/.png from a saved run (no benchmark)."""
+    results = json.loads(run_json.read_text())
+    results["goals"] = [g.as_dict() for g in goals_of(results)]
     run_json.write_text(json.dumps(results, indent=1) + "\n")
-    prefix = "quick" if quick else "latest"
-    shutil.copyfile(run_json, out_dir / f"{prefix}-{tag}.json")
-    md = out_dir / f"{prefix}-{tag}.md"
+    version = ".".join(results["meta"]["python"].split(".")[:2])
+    env = venv.prepare(python_spec or version, reinstall_fastserve=False)
+    tag = f"py{version}"
+    prefix = "quick" if results["meta"].get("quick") else "latest"
+    _write_views(results, env, run_json, run_json.parent, f"{prefix}-{tag}")
+    return 0
+
+
+def _write_views(
+    results: dict[str, Any], env: venv.BenchEnv, run_json: Path, out_dir: Path, name: str
+) -> Path:
+    if run_json.name != f"{name}.json":
+        shutil.copyfile(run_json, out_dir / f"{name}.json")
+    md = out_dir / f"{name}.md"
     md.write_text(report.render(results, goals_of(results)))
-    png = out_dir / f"{prefix}-{tag}.png"
+    png = out_dir / f"{name}.png"
     if env.has("matplotlib"):
         chart = [str(env.python), str(venv.PERF_DIR / "chart.py"), str(run_json), str(png)]
         if subprocess.run(chart, timeout=120).returncode != 0:
@@ -200,12 +214,26 @@ def write_outputs(results: dict[str, Any], env: venv.BenchEnv, out_dir: Path, qu
     return md
 
 
+def write_outputs(results: dict[str, Any], env: venv.BenchEnv, out_dir: Path, quick: bool) -> Path:
+    if quick:  # smoke checks go to results/quick/ (git-ignored), never over real results
+        out_dir = out_dir / "quick"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tag = f"py{'.'.join(env.python_version.split('.')[:2])}"
+    stamp = results["meta"]["stamp"]
+    run_json = out_dir / f"{stamp}-{tag}.json"
+    run_json.write_text(json.dumps(results, indent=1) + "\n")
+    prefix = "quick" if quick else "latest"
+    return _write_views(results, env, run_json, out_dir, f"{prefix}-{tag}")
+
+
 def goals_of(results: dict[str, Any]) -> list[stats.Goal]:
     return stats.evaluate_goals(results)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.render:
+        return render_saved(args.render, args.python)
     if args.list:
         for s in SCENARIOS:
             print(f"{s.key:<10} {s.kind:<9} {s.title}")

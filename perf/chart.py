@@ -110,11 +110,39 @@ def memory_panel(ax: Any, results: dict[str, Any]) -> bool:
     return True
 
 
+def cpu_panel(ax: Any, results: dict[str, Any]) -> bool:
+    """Server CPU µs per request for each wrk scenario, one bar per server (log scale)."""
+    scenarios = {
+        k: s for k, s in results["scenarios"].items() if s.get("kind") == "wrk" and k != "accesslog"
+    }
+    names: list[str] = []
+    for s in scenarios.values():
+        names += [n for n in s["servers"] if n not in names]
+    if not scenarios or not any(
+        e.get("median", {}).get("cpu_us") for s in scenarios.values() for e in s["servers"].values()
+    ):
+        return False
+    width = 0.8 / len(names)
+    for k, name in enumerate(names):
+        values = [
+            s["servers"].get(name, {}).get("median", {}).get("cpu_us") or 0
+            for s in scenarios.values()
+        ]
+        xs = [g + (k - (len(names) - 1) / 2) * width for g in range(len(scenarios))]
+        ax.bar(xs, values, width=width, label=name, color=COLOURS.get(name, "#7f7f7f"))
+    ax.set_xticks(range(len(scenarios)), list(scenarios), rotation=30, ha="right", fontsize=7)
+    ax.set_yscale("log")
+    ax.set_title("server CPU µs per request (lower is better, log)", fontsize=8)
+    ax.tick_params(axis="y", labelsize=7)
+    ax.legend(fontsize=6)
+    return True
+
+
 def draw(results: dict[str, Any], out: str) -> None:
     panels = throughput_panels(results)
     lat = [s for k, s in results["scenarios"].items() if k in ("plaintext", "conns1000")]
     has_memory = any(k in results["scenarios"] for k in ("idle10k", "download", "upload"))
-    count = len(panels) + len(lat) + (1 if has_memory else 0)
+    count = len(panels) + len(lat) + (1 if has_memory else 0) + 1
     cols = 4
     rows = max(1, math.ceil(count / cols))
     fig, axes = plt.subplots(rows, cols, figsize=(cols * 4, rows * 3.2), squeeze=False)
@@ -127,6 +155,8 @@ def draw(results: dict[str, Any], out: str) -> None:
         latency_panel(flat[i], scenario)
         i += 1
     if has_memory and memory_panel(flat[i], results):
+        i += 1
+    if cpu_panel(flat[i], results):
         i += 1
     for ax in flat[i:]:
         ax.axis("off")

@@ -17,7 +17,7 @@ BASELINE = "uvicorn"
 LATENCY_KEYS = ("p50_ms", "p90_ms", "p99_ms")
 
 
-def median(values: Sequence[float]) -> float | None:
+def median(values: Sequence[float | None]) -> float | None:
     clean = [v for v in values if v is not None]
     return statistics.median(clean) if clean else None
 
@@ -154,9 +154,12 @@ def evaluate_goals(results: dict[str, Any], me: str = "fastserve") -> list[Goal]
     goals.append(_at_most("RSS at 10k idle conns vs uvicorn", rss_ratio, 1.0, "x", ".2f"))
     c1000 = median([r["rps"] for r in _rounds(results, "conns1000", me)])
     c100 = median([r["rps"] for r in _rounds(results, "plaintext", me)])
-    goals.append(
-        _at_least("1,000 conns vs 100 conns", c1000 / c100 if c1000 and c100 else None, 0.9)
-    )
+    scaling = _at_least("1,000 conns vs 100 conns", c1000 / c100 if c1000 and c100 else None, 0.9)
+    cpu1000 = median([r.get("cpu_us") for r in _rounds(results, "conns1000", me)])
+    cpu100 = median([r.get("cpu_us") for r in _rounds(results, "plaintext", me)])
+    if cpu1000 and cpu100:  # the throughput the same CPU would give at 1,000 vs at 100 conns
+        scaling = replace(scaling, by_cpu=f"{cpu100 / cpu1000:.2f}x")
+    goals.append(scaling)
     peaks = [_rss(results, s, me, "peak_above_idle_kib") for s in ("download", "upload")]
     known = [p / 1024 for p in peaks if p is not None]
     goals.append(

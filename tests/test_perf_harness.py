@@ -197,6 +197,7 @@ def test_goals_pass_miss_and_not_measured() -> None:
     assert goals["RSS at 10k idle conns vs uvicorn"].measured == "0.70x"
     assert goals["1,000 conns vs 100 conns"].measured == "0.90x"  # 28000 / 31000
     assert goals["1,000 conns vs 100 conns"].status == "PASS"
+    assert goals["1,000 conns vs 100 conns"].by_cpu == "0.90x"  # CPU/request 35.7 vs 32.3 µs
     peak = goals["peak RSS in slow 1 GiB transfer"]  # the worse of the two transfers
     assert (peak.measured, peak.status, peak.detail) == ("90.0 MiB", "MISS", "over by 26.0 MiB")
     empty = stats.evaluate_goals({"scenarios": {}})
