@@ -226,6 +226,18 @@ def write_outputs(results: dict[str, Any], env: venv.BenchEnv, out_dir: Path, qu
     return _write_views(results, env, run_json, out_dir, f"{prefix}-{tag}")
 
 
+def ensure_wrk() -> None:
+    """wrk comes from Debian; as root with apt-get at hand, install it (a fresh machine)."""
+    if wrk.wrk_path():
+        return
+    if shutil.which("apt-get") and os.geteuid() == 0:
+        print("[setup] installing wrk with apt-get")
+        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+        subprocess.run(["apt-get", "install", "-y", "-qq", "wrk"], env=env, timeout=600)
+    if not wrk.wrk_path():
+        raise SystemExit("wrk is not installed (Debian: apt-get install -y wrk)")
+
+
 def goals_of(results: dict[str, Any]) -> list[stats.Goal]:
     return stats.evaluate_goals(results)
 
@@ -238,8 +250,7 @@ def main(argv: list[str] | None = None) -> int:
         for s in SCENARIOS:
             print(f"{s.key:<10} {s.kind:<9} {s.title}")
         return 0
-    if not wrk.wrk_path():
-        raise SystemExit("wrk is not installed (Debian: apt-get install -y wrk)")
+    ensure_wrk()
     servers.raise_nofile()
     cfg = run_config(args)
     chosen = pick_scenarios(args.scenarios)
