@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import queue
-from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -13,21 +12,15 @@ import pytest
 
 from fastserve.server import StartupFailed
 from tests.apps.core_apps import (
-    ASGI2App,
     Probe,
-    Wire,
-    fastapi_app,
     lifespan_failing_app,
     lifespan_raising_app,
     no_lifespan_app,
     recording_lifespan,
-    request,
     scope_app,
-    starlette_app,
-    wsgi_app,
 )
-
-Serve = Callable[..., Any]
+from tests.apps.framework_apps import ASGI2App, fastapi_app, starlette_app, wsgi_app
+from tests.helpers import Serve, Wire, request
 
 
 def raw_scope(srv: Any, data: bytes) -> tuple[dict[str, Any], tuple[str, int]]:

@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from tests.apps.core_apps import count_body
 from tests.conftest import RunningServer, recv_all, run_server
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -133,14 +134,9 @@ def cases() -> list[str]:
 async def body_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     if scope["type"] != "http":
         return
-    size = 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            return
-        size += len(message.get("body", b""))
-        if not message.get("more_body"):
-            break
+    size = await count_body(receive)
+    if size is None:
+        return
     await send({"type": "http.response.start", "status": 200, "headers": []})
     await send({"type": "http.response.body", "body": b"%d" % size})
 

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import httpx
 
 from tests.apps.core_apps import Probe
 from tests.conftest import run_server
+from tests.helpers import Serve
 
-Serve = Callable[..., Any]
 SITE = "https://app.example"
 
 

@@ -1,4 +1,7 @@
-"""The HTTP/1.1 wire behaviour of the core server, over real sockets, on both loops.
+"""The HTTP/1.1 wire behaviour of the core server, over real sockets, on both loops: request
+bodies, response framing, keep-alive, pipelining, 100-continue and flow control. (Response
+headers: test_http1_headers.py; app errors, malformed requests, disconnects:
+test_http1_errors.py.)
 
 Requests are written as raw bytes (so the tests control framing, splitting and pipelining);
 responses are parsed by h11 (see `Wire`), an independent HTTP/1.1 implementation, so a framing
@@ -7,59 +10,21 @@ mistake by the server fails the parse instead of slipping past a substring check
 
 from __future__ import annotations
 
-import email.utils
-import logging
-import queue
 import socket
-import struct
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from typing import Any
+from collections.abc import Callable
 
-import h11
 import pytest
 
 from tests.apps.core_apps import (
-    BAD_HEADERS,
     Probe,
-    Wire,
-    answer_while_receiving,
     core_app,
     counted_download,
-    download_until_gone,
     hold_then_count,
-    receive_after_response,
     recording_echo,
-    request,
-    until_disconnect,
 )
-
-Serve = Callable[..., Any]
-
-
-class ListHandler(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__()
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
-
-
-@contextmanager
-def error_log() -> Iterator[list[logging.LogRecord]]:
-    """Records of the "fastserve.error" logger (which does not propagate to caplog's root
-    handler). Enter it after the server started: configure_logging resets the handlers."""
-    handler = ListHandler()
-    logger = logging.getLogger("fastserve.error")
-    logger.addHandler(handler)
-    try:
-        yield handler.records
-    finally:
-        logger.removeHandler(handler)
-
+from tests.helpers import Serve, Wire, request
 
 # -- request bodies ---------------------------------------------------------------------------
 
@@ -374,274 +339,6 @@ def wait_stable(read: Callable[[], int], quiet: float = 0.5, limit: float = 10.0
             return value
         value = now
     return value
-
-
-# -- response header validation ---------------------------------------------------------------
-
-
-@pytest.mark.parametrize("kind", sorted(BAD_HEADERS))
-def test_invalid_response_header_is_a_500_and_nothing_is_split(serve: Serve, kind: str) -> None:
-    with serve(core_app) as srv, srv.connect() as sock, error_log() as records:
-        wire = Wire(sock)
-        wire.send(request(f"/bad-header?kind={kind}"))
-        response = wire.response()
-        assert wire.closed()
-    assert response.status == 500
-    assert b"x-injected" not in wire.raw.lower()
-    assert b"never" not in wire.raw
-    errors = [r for r in records if r.levelno >= logging.ERROR]
-    assert len(errors) == 1 and errors[0].exc_info is not None
-
-
-# -- app errors -------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    "target", ["/raise-before", "/no-response", "/start-only", "/cl-longer", "/cl-shorter"]
-)
-def test_app_error_before_the_head_was_written_is_a_500(serve: Serve, target: str) -> None:
-    with serve(core_app) as srv, srv.connect() as sock, error_log() as records:
-        wire = Wire(sock)
-        wire.send(request(target))
-        response = wire.response()
-        assert wire.closed()
-    assert response.status == 500
-    assert response.header(b"connection") == b"close"
-    assert response.body == b"Internal Server Error"
-    assert len([r for r in records if r.levelno >= logging.ERROR]) == 1
-
-
-@pytest.mark.parametrize("status", ['"200"', "99", "1000", "200.0", "null"])
-def test_invalid_status_is_a_500(serve: Serve, status: str) -> None:
-    with serve(core_app) as srv, srv.connect() as sock:
-        wire = Wire(sock)
-        wire.send(request(f"/bad-status?status={status}") + request("/body-first"))
-        assert wire.response().status == 500
-        assert wire.closed()
-        assert b"never" not in wire.raw
-
-
-@pytest.mark.parametrize("second", ["5", "6"])
-def test_repeated_content_length_is_an_app_error(serve: Serve, second: str) -> None:
-    """Recipients may reject repeated lengths, or frame by either (RFC 9110 §8.6): a client
-    and a proxy could disagree, so the server answers 500 instead."""
-    with serve(core_app) as srv, srv.connect() as sock:
-        wire = Wire(sock)
-        wire.send(request(f"/two-lengths?second={second}"))
-        assert wire.response().status == 500
-        assert wire.closed()
-    assert wire.raw.count(b"content-length") == 1  # the 500's own
-
-
-def test_body_before_start_is_a_500(serve: Serve) -> None:
-    with serve(core_app) as srv, srv.connect() as sock:
-        wire = Wire(sock)
-        wire.send(request("/body-first"))
-        assert wire.response().status == 500
-        assert b"never" not in wire.raw
-
-
-@pytest.mark.parametrize("target", ["/raise-after", "/cl-longer-streamed", "/cl-shorter-streamed"])
-def test_app_error_after_the_head_was_written_aborts(serve: Serve, target: str) -> None:
-    with serve(core_app) as srv, srv.connect() as sock, error_log() as records:
-        wire = Wire(sock)
-        wire.send(request(target))
-        with pytest.raises((h11.RemoteProtocolError, ConnectionResetError)):
-            wire.response()  # an incomplete body, then EOF or RST
-    assert b"ABC" not in wire.raw and b"567" not in wire.raw  # the bad piece was not sent
-    errors = [r for r in records if r.levelno >= logging.ERROR]
-    assert len(errors) == 1 and errors[0].exc_info is not None
-
-
-def test_a_failing_request_does_not_affect_a_concurrent_neighbour(serve: Serve) -> None:
-    with serve(core_app) as srv, srv.connect() as slow_sock, srv.connect() as bad_sock:
-        slow, bad = Wire(slow_sock), Wire(bad_sock)
-        slow.send(request("/slow?s=0.5"))
-        bad.send(request("/raise-before"))
-        assert bad.response().status == 500
-        assert slow.response().body == b"slow s=0.5"
-        slow.send(request("/hello"))
-        assert slow.response().body == b"hello"
-
-
-# -- malformed requests -----------------------------------------------------------------------
-
-MALFORMED = {
-    "garbage": b"GARBAGE\r\n\r\n",
-    "bad-header-line": b"GET / HTTP/1.1\r\nHost: a\r\nno colon here\r\n\r\n",
-    "missing-host": b"GET / HTTP/1.1\r\n\r\n",
-    "bad-content-length": b"POST /echo HTTP/1.1\r\nHost: a\r\nContent-Length: abc\r\n\r\n",
-    # The app is already reading the body when the bad chunk arrives: its receive() must
-    # not wait forever, and the client still gets the 400.
-    "bad-chunk-size": (
-        b"POST /echo HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\nzz\r\n"
-    ),
-    "space-in-target": b"GET /a b HTTP/1.1\r\nHost: a\r\n\r\n",
-}
-
-
-@pytest.mark.parametrize("name", sorted(MALFORMED))
-def test_malformed_request_is_a_400_with_one_log_line(serve: Serve, name: str) -> None:
-    with serve(core_app, log_level="info") as srv, srv.connect() as sock, error_log() as records:
-        wire = Wire(sock)
-        wire.send(MALFORMED[name])
-        response = wire.response()
-        assert wire.closed()
-    assert response.status == 400
-    assert response.header(b"connection") == b"close"
-    assert (response.header(b"content-type") or b"").startswith(b"text/plain")
-    assert 0 < len(response.body) < 200
-    assert len(records) == 1
-    assert records[0].exc_info is None
-    assert "400" in records[0].getMessage()
-
-
-def test_malformed_request_after_good_ones_is_answered_in_order(serve: Serve) -> None:
-    """Pipelined: the good requests get their responses (which do not announce a close),
-    then the bad one its 400 with `Connection: close`, then the connection closes."""
-    with serve(core_app) as srv, srv.connect() as sock:
-        wire = Wire(sock)
-        wire.send(request("/slow?s=0.2") + request("/hello") + MALFORMED["garbage"])
-        first, second, error = wire.response(), wire.response(), wire.response()
-        assert wire.closed()
-    assert (first.body, second.body) == (b"slow s=0.2", b"hello")
-    assert first.header(b"connection") is None and second.header(b"connection") is None
-    assert (error.status, error.header(b"connection")) == (400, b"close")
-
-
-# -- disconnects ------------------------------------------------------------------------------
-
-
-def test_disconnect_mid_body_reaches_receive(serve: Serve) -> None:
-    probe = Probe()
-    with serve(until_disconnect(probe)) as srv, srv.connect() as sock:
-        sock.sendall(request("/", "POST", "Content-Length: 100\r\n", b"x" * 10))
-        first = probe.get()
-        assert (first["body"], first["more_body"]) == (b"x" * 10, True)
-        sock.close()
-        assert probe.get() == {"type": "http.disconnect"}
-
-
-def test_send_raises_oserror_once_the_client_is_gone(
-    serve: Serve, caplog: pytest.LogCaptureFixture
-) -> None:
-    """A client leaves mid-download while send() waits for the buffer to drain: the waiting
-    send() wakes, the next raises an OSError (ASGI 2.4), and nothing is logged as an error."""
-    probe = Probe()
-    with serve(download_until_gone(probe)) as srv, error_log() as records:
-        with srv.connect() as sock:
-            sock.sendall(request("/"))
-            assert sock.recv(65536).startswith(b"HTTP/1.1 200")
-            # Close with a reset (linger 0), as a client that crashed or gave up would.
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        assert probe.get().startswith("OSError")
-        wire = Wire(srv.connect())
-        with wire.sock:
-            wire.send(request("/"))  # the server still serves
-            wire.sock.settimeout(5)
-            assert wire.sock.recv(100).startswith(b"HTTP/1.1 200")
-    assert [r for r in records if r.levelno >= logging.WARNING] == []
-    # No "socket.send() raised exception." from asyncio: the app stopped writing at once.
-    assert [r for r in caplog.records if r.name == "asyncio"] == []
-
-
-def test_receive_waits_for_the_disconnect_once_the_body_is_read(serve: Serve) -> None:
-    """After the last http.request, receive() blocks until the client leaves (apps poll it to
-    detect disconnects; returning the empty body again would spin them)."""
-    probe = Probe()
-    with serve(until_disconnect(probe)) as srv, srv.connect() as sock:
-        sock.sendall(request("/"))
-        assert probe.get()["more_body"] is False
-        with pytest.raises(queue.Empty):
-            probe.get(timeout=0.3)
-        sock.close()
-        assert probe.get() == {"type": "http.disconnect"}
-
-
-def test_receive_after_the_response_is_disconnect(serve: Serve) -> None:
-    probe = Probe()
-    with serve(receive_after_response(probe)) as srv, srv.connect() as sock:
-        wire = Wire(sock)
-        wire.send(request("/"))
-        assert wire.response().body == b"done"
-        assert probe.get() == {"type": "http.disconnect"}
-
-
-def test_pending_receive_is_woken_by_the_response(serve: Serve) -> None:
-    probe = Probe()
-    with serve(answer_while_receiving(probe)) as srv, srv.connect() as sock:
-        wire = Wire(sock)
-        wire.send(request("/"))
-        assert wire.response().body == b"answered"
-        assert probe.get() == {"type": "http.disconnect"}
-
-
-# -- default headers --------------------------------------------------------------------------
-
-
-def test_date_and_server_headers_by_default(serve: Serve) -> None:
-    with serve(core_app) as srv, srv.connect() as sock:
-        wire = Wire(sock)
-        wire.send(request("/hello"))
-        response = wire.response()
-    assert response.all(b"server") == [b"fastserve"]
-    [date] = response.all(b"date")
-    parsed = email.utils.parsedate_to_datetime(date.decode())
-    assert abs(parsed.timestamp() - time.time()) < 5
-
-
-def test_date_header_is_refreshed(serve: Serve) -> None:
-    """The Date line is cached, but follows the clock (refreshed once a second)."""
-    with serve(core_app) as srv, srv.connect() as sock:
-        wire = Wire(sock)
-        wire.send(request("/hello"))
-        first = wire.response().header(b"date")
-        dates = {first}
-        deadline = time.monotonic() + 5
-        while len(dates) == 1 and time.monotonic() < deadline:
-            time.sleep(0.1)
-            wire.send(request("/hello"))
-            dates.add(wire.response().header(b"date"))
-    assert len(dates) == 2
-
-
-def test_date_and_server_headers_can_be_switched_off(serve: Serve) -> None:
-    with serve(core_app, server_header=False, date_header=False) as srv, srv.connect() as sock:
-        wire = Wire(sock)
-        wire.send(request("/hello") + request("/bad-header?kind=nul"))
-        ok, failed = wire.response(), wire.response()
-    for response in (ok, failed):
-        assert response.header(b"server") is None
-        assert response.header(b"date") is None
-
-
-def test_extra_default_headers(serve: Serve) -> None:
-    extra = ["X-Frame-Options: DENY", "X-Served-By:  edge-1 "]
-    with serve(core_app, headers=extra) as srv, srv.connect() as sock:
-        wire = Wire(sock)
-        wire.send(request("/hello") + request("/own-server-date"))
-        plain, own = wire.response(), wire.response()
-    for response in (plain, own):
-        assert response.all(b"x-frame-options") == [b"DENY"]
-        assert response.all(b"x-served-by") == [b"edge-1"]
-
-
-def test_response_headers_from_any_iterable(serve: Serve) -> None:
-    with serve(core_app) as srv, srv.connect() as sock:
-        wire = Wire(sock)
-        wire.send(request("/iterable-headers"))
-        response = wire.response()
-    assert (response.all(b"x-gen-0"), response.all(b"x-gen-1")) == ([b"0"], [b"1"])
-    assert response.body == b"gen"
-
-
-def test_app_set_server_and_date_are_not_duplicated(serve: Serve) -> None:
-    with serve(core_app) as srv, srv.connect() as sock:
-        wire = Wire(sock)
-        wire.send(request("/own-server-date"))
-        response = wire.response()
-    assert response.all(b"server") == [b"custom/1.0"]
-    assert response.all(b"date") == [b"Mon, 01 Jan 2001 00:00:00 GMT"]
 
 
 # -- several connections at once ---------------------------------------------------------------

@@ -9,24 +9,21 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.apps.core_apps import Wire, core_app, request
+from tests.apps.core_apps import core_app
 from tests.conftest import recv_all, run_server
+from tests.helpers import Serve, fetch, request
 
-Serve = Callable[..., Any]
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def exchange(srv: Any, data: bytes, method: str = "GET") -> int:
-    with srv.connect() as sock:
-        wire = Wire(sock)
-        wire.send(data)
-        return wire.response(method).status
+    return fetch(srv, data, method).status
 
 
 def access_lines(capsys: pytest.CaptureFixture[str]) -> list[str]:

@@ -7,7 +7,6 @@ import json
 import socket
 import struct
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,10 +15,8 @@ import pytest
 from fastserve.config import ConfigError
 from fastserve.middleware.proxy_headers import TrustedPeers, parse_forwarded
 from fastserve.protocols.proxy_protocol import ProxyHeaderError, parse_header
-from tests.apps.core_apps import Wire, request
 from tests.conftest import recv_all, run_server
-
-Serve = Callable[..., Any]
+from tests.helpers import Serve, Wire, fetch, request
 
 
 async def where_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -40,10 +37,7 @@ async def where_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
 
 
 def ask(srv: Any, headers: str = "") -> dict[str, Any]:
-    with srv.connect() as sock:
-        wire = Wire(sock)
-        wire.send(request("/", "GET", headers))
-        response = wire.response()
+    response = fetch(srv, request("/", "GET", headers))
     assert response.status == 200
     result: dict[str, Any] = json.loads(response.body)
     return result

@@ -12,15 +12,13 @@ import selectors
 import socket
 import threading
 import time
-from collections.abc import Callable
 from typing import Any
 
 import pytest
 
-from tests.apps.core_apps import Probe, Wire, request
+from tests.apps.core_apps import Probe, count_body
 from tests.conftest import recv_all
-
-Serve = Callable[..., Any]
+from tests.helpers import Serve, Wire, request
 
 
 def body_app(probe: Probe) -> Any:
@@ -33,15 +31,9 @@ def body_app(probe: Probe) -> Any:
             await asyncio.sleep(1.0)
         if scope["path"] == "/late-reader":
             await asyncio.sleep(1.0)  # reading pauses meanwhile: that is not the client's stall
-        size = 0
-        while scope["path"] != "/no-read":
-            message = await receive()
-            probe.put(message)
-            if message["type"] == "http.disconnect":
-                return
-            size += len(message.get("body", b""))
-            if not message.get("more_body"):
-                break
+        size = 0 if scope["path"] == "/no-read" else await count_body(receive, probe)
+        if size is None:
+            return
         await send({"type": "http.response.start", "status": 200, "headers": []})
         await send({"type": "http.response.body", "body": b"%d" % size})
 

@@ -9,7 +9,7 @@ import ssl
 import subprocess
 import sys
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +21,8 @@ from cryptography.hazmat.primitives import serialization
 
 from tests.apps.core_apps import Probe
 from tests.conftest import run_server
+from tests.helpers import Serve
 
-Serve = Callable[..., Any]
 ROOT = Path(__file__).resolve().parent.parent
 
 

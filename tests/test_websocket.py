@@ -3,7 +3,6 @@ raw frames (`RawWS`) where the wire matters or the client must misbehave."""
 
 from __future__ import annotations
 
-import logging
 import os
 import re
 import select
@@ -13,8 +12,7 @@ import ssl
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -42,8 +40,7 @@ from tests.apps.ws_apps import (
     unmasked_frame,
 )
 from tests.conftest import recv_all
-
-Serve = Callable[..., Any]
+from tests.helpers import Serve, error_log
 
 
 def ws_connect(port: int, path: str = "/", **options: Any) -> ClientConnection:
@@ -66,20 +63,6 @@ def closed_code(ws: ClientConnection) -> tuple[int, str]:
             ws.recv(timeout=5)
     assert info.value.rcvd is not None, "no close frame from the server"
     return info.value.rcvd.code, info.value.rcvd.reason
-
-
-@contextmanager
-def error_log() -> Iterator[list[logging.LogRecord]]:
-    """Records of "fastserve.error" (enter after the server started: logging is reset then)."""
-    records: list[logging.LogRecord] = []
-    handler = logging.Handler()
-    handler.emit = records.append  # type: ignore[method-assign,assignment]
-    logger = logging.getLogger("fastserve.error")
-    logger.addHandler(handler)
-    try:
-        yield records
-    finally:
-        logger.removeHandler(handler)
 
 
 # -- messages -------------------------------------------------------------------------------

@@ -1,28 +1,20 @@
-"""Apps and client helpers for the core HTTP/1.1, ASGI and CLI tests.
+"""Apps for the core HTTP/1.1, ASGI and CLI tests (other app shapes: `framework_apps`).
 
 The apps run on the server's loop (a thread of the test process, or a subprocess); a `Probe`
 is how an in-process app reports what it saw to the test thread, and how the test releases
-an app that is holding a request. `Wire` is the client side for raw-socket tests: bytes go
-out exactly as written and responses are parsed with h11, a real HTTP/1.1 parser, so framing
-errors (a missing chunk terminator, a body on a HEAD, a split header) fail loudly.
-
-No `from __future__ import annotations` here: FastAPI reads the annotations of endpoints
-defined inside `fastapi_app()` at runtime, and local classes cannot be resolved from strings.
+an app that is holding a request. The client side of the raw-socket tests is `tests.helpers`.
 """
+
+from __future__ import annotations
 
 import asyncio
 import json
 import queue
-import socket
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import parse_qs
-
-import h11
 
 Scope = dict[str, Any]
 Message = dict[str, Any]
@@ -73,6 +65,21 @@ async def read_body(receive: Receive) -> bytes:
         if not message.get("more_body", False):
             break
     return b"".join(chunks)
+
+
+async def count_body(receive: Receive, probe: Probe | None = None) -> int | None:
+    """Read the whole request body and return its size, or None if the client left first;
+    each message goes to `probe`, if given."""
+    size = 0
+    while True:
+        message = await receive()
+        if probe is not None:
+            probe.put(message)
+        if message["type"] == "http.disconnect":
+            return None
+        size += len(message.get("body", b""))
+        if not message.get("more_body"):
+            return size
 
 
 def query(scope: Scope) -> dict[str, str]:
@@ -198,6 +205,22 @@ def recording_echo(probe: Probe) -> App:
             if not message["more_body"]:
                 break
         await respond(send, 200, b"".join(chunks))
+
+    return app
+
+
+def recording_app(probe: Probe) -> App:
+    """Reads the whole body, answers 200 with what it saw (size, raw path, query); reports
+    ("scope", scope), then each message."""
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        probe.put(("scope", scope))
+        size = await count_body(receive, probe)
+        if size is None:
+            return
+        await respond(send, 200, b"%d %s %s" % (size, scope["raw_path"], scope["query_string"]))
 
     return app
 
@@ -390,228 +413,3 @@ def make_app() -> App:
             await respond(send, 200, b"from factory")
 
     return app
-
-
-class ASGI2App:
-    """ASGI 2: instantiated with the scope, then called with receive and send."""
-
-    def __init__(self, scope: Scope) -> None:
-        self.scope = scope
-
-    async def __call__(self, receive: Receive, send: Send) -> None:
-        await respond(send, 200, b"asgi2 " + self.scope["path"].encode())
-
-
-def wsgi_app(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
-    body = environ["wsgi.input"].read()
-    text = b"wsgi %s %s %d" % (
-        environ["REQUEST_METHOD"].encode(),
-        environ["PATH_INFO"].encode(),
-        len(body),
-    )
-    start_response("200 OK", [("Content-Type", "text/plain")])
-    return [text]
-
-
-# -- framework apps ---------------------------------------------------------------------------
-
-
-def starlette_app(probe: Probe) -> Any:
-    """Routing, JSON, path/query params, streaming, form upload, body stream, background task
-    and lifespan state, the way a Starlette user writes them."""
-    from starlette.applications import Starlette
-    from starlette.background import BackgroundTask
-    from starlette.middleware import Middleware
-    from starlette.middleware.base import BaseHTTPMiddleware, RequestResponseEndpoint
-    from starlette.requests import Request
-    from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
-    from starlette.routing import Route
-
-    class Stamp(BaseHTTPMiddleware):
-        """The most common middleware pattern: it wraps receive() and streams the response."""
-
-        async def dispatch(self, request: Request, call_next: RequestResponseEndpoint) -> Response:
-            response = await call_next(request)
-            response.headers["x-stamp"] = "yes"
-            return response
-
-    @asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
-        probe.put("startup")
-        yield {"greeting": "hi"}
-        probe.put("shutdown")
-
-    async def home(request: Request) -> JSONResponse:
-        return JSONResponse({"hello": "world", "greeting": request.state.greeting})
-
-    async def item(request: Request) -> JSONResponse:
-        item_id = request.path_params["item_id"]
-        return JSONResponse({"id": item_id, "q": request.query_params.get("q")})
-
-    async def form(request: Request) -> JSONResponse:
-        async with request.form() as data:
-            upload: Any = data["file"]
-            content = await upload.read()
-            return JSONResponse(
-                {"name": data["name"], "filename": upload.filename, "size": len(content)}
-            )
-
-    async def upload(request: Request) -> PlainTextResponse:
-        sizes = [len(chunk) async for chunk in request.stream()]
-        return PlainTextResponse(f"{sum(sizes)}")
-
-    async def stream(request: Request) -> StreamingResponse:
-        async def lines() -> AsyncIterator[bytes]:
-            for i in range(5):
-                yield b"line %d\n" % i
-                await asyncio.sleep(0)
-
-        return StreamingResponse(lines(), media_type="text/plain")
-
-    async def background(request: Request) -> PlainTextResponse:
-        return PlainTextResponse("queued", background=BackgroundTask(probe.put, "background ran"))
-
-    routes = [
-        Route("/", home),
-        Route("/items/{item_id:int}", item),
-        Route("/form", form, methods=["POST"]),
-        Route("/upload", upload, methods=["POST"]),
-        Route("/stream", stream),
-        Route("/background", background),
-    ]
-    return Starlette(routes=routes, lifespan=lifespan, middleware=[Middleware(Stamp)])
-
-
-def fastapi_app(probe: Probe) -> Any:
-    """Pydantic bodies, validation errors, dependencies, uploads, sync endpoints (thread
-    pool), streaming and background tasks, the way a FastAPI user writes them."""
-    from fastapi import BackgroundTasks, Depends, FastAPI, Form, UploadFile
-    from fastapi.responses import StreamingResponse
-    from pydantic import BaseModel
-
-    class Item(BaseModel):
-        name: str
-        price: float
-
-    app = FastAPI()
-
-    def token(x_token: str = "anonymous") -> str:
-        return x_token
-
-    @app.post("/items")
-    async def create(item: Item, who: str = Depends(token)) -> dict[str, Any]:
-        return {"name": item.name, "double": item.price * 2, "who": who}
-
-    @app.get("/items/{item_id}")
-    async def read(item_id: int, q: str | None = None) -> dict[str, Any]:
-        return {"item_id": item_id, "q": q}
-
-    @app.post("/upload")
-    async def upload(file: UploadFile, name: str = Form()) -> dict[str, Any]:
-        return {"name": name, "filename": file.filename, "size": len(await file.read())}
-
-    @app.get("/sync")
-    def sync() -> dict[str, Any]:
-        return {"thread": threading.current_thread() is not threading.main_thread()}
-
-    @app.get("/stream")
-    async def stream() -> StreamingResponse:
-        async def parts() -> AsyncIterator[bytes]:
-            for i in range(3):
-                yield b"part %d\n" % i
-
-        return StreamingResponse(parts())
-
-    @app.post("/notify")
-    async def notify(tasks: BackgroundTasks) -> dict[str, bool]:
-        tasks.add_task(probe.put, "notified")
-        return {"ok": True}
-
-    return app
-
-
-# -- client side: raw bytes out, h11-parsed responses in -----------------------------------------
-
-
-@dataclass
-class Response:
-    status: int
-    headers: list[tuple[bytes, bytes]]
-    body: bytes
-    http_version: bytes
-    informational: list[int] = field(default_factory=list)
-
-    def header(self, name: bytes) -> bytes | None:
-        values = self.all(name)
-        return values[0] if values else None
-
-    def all(self, name: bytes) -> list[bytes]:
-        return [v for n, v in self.headers if n == name]
-
-
-class Wire:
-    """A client connection that writes raw bytes and parses the responses with h11.
-
-    h11 has to be told which request each response answers (for HEAD and for keep-alive),
-    so `response(method)` first replays a matching request into the h11 state machine.
-    """
-
-    def __init__(self, sock: socket.socket) -> None:
-        self.sock = sock
-        self.conn = h11.Connection(h11.CLIENT)
-        self.raw = bytearray()  # every byte received, for "nothing was split" checks
-
-    def send(self, data: bytes) -> None:
-        self.sock.sendall(data)
-
-    def response(self, method: str = "GET", timeout: float = 5.0) -> Response:
-        conn = self.conn
-        if conn.our_state is h11.DONE and conn.their_state is h11.DONE:
-            conn.start_next_cycle()
-        conn.send(h11.Request(method=method, target="/", headers=[("host", "test")]))
-        conn.send(h11.EndOfMessage())
-        self.sock.settimeout(timeout)
-        head: h11.Response | None = None
-        informational: list[int] = []
-        body = bytearray()
-        while True:
-            event = conn.next_event()
-            if event is h11.NEED_DATA:
-                data = self.sock.recv(262144)
-                self.raw += data
-                conn.receive_data(data)
-            elif isinstance(event, h11.InformationalResponse):
-                informational.append(event.status_code)
-            elif isinstance(event, h11.Response):
-                head = event
-            elif isinstance(event, h11.Data):
-                body += event.data
-            elif isinstance(event, h11.EndOfMessage):
-                assert head is not None
-                return Response(
-                    head.status_code,
-                    list(head.headers),
-                    bytes(body),
-                    head.http_version,
-                    informational,
-                )
-            else:
-                raise AssertionError(f"unexpected h11 event {event!r}")
-
-    def closed(self, timeout: float = 5.0) -> bool:
-        """True once the server closed (EOF or reset) with nothing more sent."""
-        self.sock.settimeout(timeout)
-        try:
-            data = self.sock.recv(65536)
-        except ConnectionResetError:
-            return True
-        except TimeoutError:
-            return False
-        self.raw += data
-        return data == b""
-
-
-def request(target: str, method: str = "GET", headers: str = "", body: bytes = b"") -> bytes:
-    """An HTTP/1.1 request's bytes (Host included; pass extra header lines in `headers`)."""
-    head = f"{method} {target} HTTP/1.1\r\nHost: test\r\n{headers}\r\n".encode("latin-1")
-    return head + body
