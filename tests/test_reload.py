@@ -10,23 +10,13 @@ import pytest
 
 from fastserve.config import Config
 from fastserve.reload import child_payload
-from tests.apps.workers_procs import Client, Fastserve, process_state
-
-APP = """
-import os
-
-async def app(scope, receive, send):
-    if scope["type"] != "http":
-        return
-    await send({"type": "http.response.start", "status": 200, "headers": []})
-    await send({"type": "http.response.body", "body": f"{os.getpid()} VERSION".encode()})
-"""
+from tests.apps.workers_procs import Client, Fastserve, process_state, write_app
 
 
 @pytest.mark.timeout(60)
 def test_touching_a_file_serves_the_new_code(tmp_path: Path) -> None:
     module = tmp_path / "reload_app.py"
-    module.write_text(APP.replace("VERSION", "v1"))
+    write_app(module, "v1")
     args = [
         "reload_app:app",
         "--reload",
@@ -45,7 +35,7 @@ def test_touching_a_file_serves_the_new_code(tmp_path: Path) -> None:
         first_pid, version = Client(port).get("/").split()
         assert version == "v1"
         (tmp_path / "notes.txt").write_text("not Python: no restart")
-        module.write_text(APP.replace("VERSION", "v2"))
+        write_app(module, "v2")
         server.wait_for("Changes detected in reload_app.py; restarting")
         server.wait_running(2)
         pid, version = Client(port).get("/").split()

@@ -17,7 +17,14 @@ from pathlib import Path
 import pytest
 
 from fastserve.supervisor import backoff
-from tests.apps.workers_procs import Client, Fastserve, Load, listeners, process_state
+from tests.apps.workers_procs import (
+    Client,
+    Fastserve,
+    Load,
+    listeners,
+    process_state,
+    write_app,
+)
 
 APP = "tests.apps.workers_app:app"
 QUIET = ["--no-access-log", "--port", "0", "--timeout-graceful-shutdown", "5"]
@@ -109,12 +116,12 @@ def test_sighup_rolling_restart_zero_failures(tmp_path: Path) -> None:
     """New and keep-alive connections keep succeeding while every worker is replaced, and
     the new workers import the code that is on disk now."""
     module = tmp_path / "hup_app.py"
-    module.write_text(VERSIONED_APP.replace("VERSION", "v1"))
+    write_app(module, "v1")
     args = ["hup_app:app", "--app-dir", str(tmp_path), "--workers", "3", *QUIET]
     with Fastserve(args) as server:
         port = server.wait_running(3)
         old = set(wait_children(server, 3))
-        module.write_text(VERSIONED_APP.replace("VERSION", "v2"))
+        write_app(module, "v2")
         with Load(port, threads=6) as load:
             load.wait_requests(100)
             for restart in (1, 2):
@@ -129,24 +136,13 @@ def test_sighup_rolling_restart_zero_failures(tmp_path: Path) -> None:
         stop(server)
 
 
-VERSIONED_APP = """
-import os
-
-async def app(scope, receive, send):
-    if scope["type"] != "http":
-        return
-    await send({"type": "http.response.start", "status": 200, "headers": []})
-    await send({"type": "http.response.body", "body": f"{os.getpid()} VERSION".encode()})
-"""
-
-
 def test_sighup_with_preload_keeps_the_imported_code(tmp_path: Path) -> None:
     module = tmp_path / "preload_app.py"
-    module.write_text(VERSIONED_APP.replace("VERSION", "v1"))
+    write_app(module, "v1")
     args = ["preload_app:app", "--app-dir", str(tmp_path), "--workers", "2", "--preload"]
     with Fastserve([*args, *QUIET]) as server:
         port = server.wait_running(2)
-        module.write_text(VERSIONED_APP.replace("VERSION", "v2"))
+        write_app(module, "v2")
         server.signal(signal.SIGHUP)
         server.wait_for("Rolling restart done", timeout=20)
         assert Client(port).get("/").split()[1] == "v1"
@@ -155,7 +151,7 @@ def test_sighup_with_preload_keeps_the_imported_code(tmp_path: Path) -> None:
 
 def test_sighup_onto_broken_code_keeps_the_old_workers(tmp_path: Path) -> None:
     module = tmp_path / "broken_app.py"
-    module.write_text(VERSIONED_APP.replace("VERSION", "v1"))
+    write_app(module, "v1")
     args = ["broken_app:app", "--app-dir", str(tmp_path), "--workers", "2", *QUIET]
     with Fastserve(args) as server:
         port = server.wait_running(2)

@@ -12,6 +12,8 @@ import sys
 import time
 from typing import Any
 
+from tests.apps.workers_procs import process_state
+
 VERSION = "v1"
 
 
@@ -53,7 +55,7 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     elif path == "/orphan":
         body = _orphan()
     elif path.startswith("/proc/"):
-        body = _proc_state(path.removeprefix("/proc/"))
+        body = process_state(int(path.removeprefix("/proc/")))
     await send(
         {
             "type": "http.response.start",
@@ -98,11 +100,3 @@ def _orphan() -> str:
         timeout=5,
     )
     return out.stdout.decode().strip()
-
-
-def _proc_state(pid: str) -> str:
-    try:
-        with open(f"/proc/{int(pid)}/stat", encoding="ascii") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[0]
-    except (OSError, ValueError):
-        return "gone"

@@ -155,6 +155,23 @@ def process_state(pid: int) -> str:
         return "gone"
 
 
+VERSIONED_APP = """
+import os
+
+async def app(scope, receive, send):
+    if scope["type"] != "http":
+        return
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": f"{os.getpid()} VERSION".encode()})
+"""
+
+
+def write_app(module: Path, version: str) -> None:
+    """(Re)write `module` as an app that answers "PID VERSION": which process served, and
+    which code it imported (for --reload and SIGHUP)."""
+    module.write_text(VERSIONED_APP.replace("VERSION", version))
+
+
 def listeners(port: int) -> int:
     """How many TCP sockets listen on 127.0.0.1:`port` (state 0A in /proc/net/tcp)."""
     local = f"0100007F:{port:04X}"
