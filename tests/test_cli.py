@@ -1,17 +1,14 @@
 """The `fastserve` command and the Python API, as a user runs them: real subprocesses on port 0,
-signals, exit codes, and what they print."""
+exit codes, and what they print. (Stopping and signals: test_cli_shutdown.py.)"""
 
 from __future__ import annotations
 
 import asyncio
-import os
 import re
 import signal
 import socket
 import subprocess
 import sys
-import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -22,103 +19,16 @@ import pytest
 import fastserve
 from fastserve.cli import main as cli_main
 from fastserve.config import config_fields
+from tests.apps.cli_procs import (
+    BIN,
+    HELLO,
+    REPO,
+    ServerProcess,
+    clean_env,
+    fastserve_cmd,
+    run_cli,
+)
 from tests.apps.core_apps import core_app
-
-REPO = Path(__file__).resolve().parent.parent
-BIN = Path(sys.executable).parent
-STARTUP = re.compile(r"fastserve running on (\S+)")
-HELLO = "examples.hello:app"
-
-
-def clean_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("FASTSERVE_", "UVICORN_"))}
-    env.pop("WEB_CONCURRENCY", None)
-    env.update(extra)
-    return env
-
-
-class ServerProcess:
-    """A fastserve subprocess whose stdout/stderr lines are collected by reader threads."""
-
-    def __init__(self, cmd: list[str], env: dict[str, str] | None = None, **kw: Any) -> None:
-        self.proc = subprocess.Popen(
-            cmd,
-            cwd=kw.pop("cwd", REPO),
-            env=env or clean_env(),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            **kw,
-        )
-        self.out: list[str] = []
-        self.err: list[str] = []
-        self.readers = [
-            threading.Thread(target=self._read, args=(self.proc.stdout, self.out), daemon=True),
-            threading.Thread(target=self._read, args=(self.proc.stderr, self.err), daemon=True),
-        ]
-        for reader in self.readers:
-            reader.start()
-
-    @staticmethod
-    def _read(stream: Any, lines: list[str]) -> None:
-        for line in stream:
-            lines.append(line.rstrip("\n"))
-
-    def wait_for(self, pattern: str, lines: list[str] | None = None, timeout: float = 15) -> str:
-        """The first line (of stderr by default) matching `pattern`."""
-        lines = self.err if lines is None else lines
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for line in list(lines):
-                if re.search(pattern, line):
-                    return line
-            if self.proc.poll() is not None and not any(r.is_alive() for r in self.readers):
-                break
-            time.sleep(0.02)
-        raise AssertionError(f"no line matching {pattern!r}; stderr: {self.err}")
-
-    def url(self) -> str:
-        match = STARTUP.search(self.wait_for(STARTUP.pattern))
-        assert match is not None
-        return match.group(1)
-
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-        return self.wait(timeout)
-
-    def wait(self, timeout: float = 15) -> int:
-        code = self.proc.wait(timeout)
-        for reader in self.readers:
-            reader.join(5)
-        return code
-
-    def __enter__(self) -> ServerProcess:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.wait(5)
-        for stream in (self.proc.stdout, self.proc.stderr):
-            if stream is not None:
-                stream.close()
-
-
-def fastserve_cmd(*args: str) -> list[str]:
-    return [str(BIN / "fastserve"), *args]
-
-
-def run_cli(*args: str, timeout: float = 20, **env: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        fastserve_cmd(*args),
-        cwd=REPO,
-        env=clean_env(**env),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-
 
 # -- starting ---------------------------------------------------------------------------------
 
@@ -220,14 +130,19 @@ def test_factory() -> None:
         assert server.stop() == 0
 
 
-def test_environment_variables() -> None:
-    env = clean_env(FASTSERVE_PORT="0", FASTSERVE_ACCESS_LOG="false", FASTSERVE_APP=HELLO)
+def serves_hello_on_port_0_without_access_log(env: dict[str, str]) -> None:
+    """Run `fastserve` with no arguments: everything comes from `env`."""
     with ServerProcess(fastserve_cmd(), env=env) as server:
         url = server.url()
         assert not url.endswith(":8000")
         assert httpx.get(url).text == "Hello, world!"
         assert server.stop() == 0
     assert not any("GET /" in line for line in server.out)
+
+
+def test_environment_variables() -> None:
+    env = clean_env(FASTSERVE_PORT="0", FASTSERVE_ACCESS_LOG="false", FASTSERVE_APP=HELLO)
+    serves_hello_on_port_0_without_access_log(env)
 
 
 def test_uvicorn_environment_variables_are_honoured() -> None:
@@ -236,12 +151,7 @@ def test_uvicorn_environment_variables_are_honoured() -> None:
     env = clean_env(
         UVICORN_APP=HELLO, UVICORN_PORT="8000", FASTSERVE_PORT="0", UVICORN_ACCESS_LOG="false"
     )
-    with ServerProcess(fastserve_cmd(), env=env) as server:
-        url = server.url()
-        assert not url.endswith(":8000")
-        assert httpx.get(url).text == "Hello, world!"
-        assert server.stop() == 0
-    assert not any("GET /" in line for line in server.out)
+    serves_hello_on_port_0_without_access_log(env)
 
 
 # -- options: every Config field, and uvicorn's names ------------------------------------------
@@ -364,87 +274,6 @@ def test_fd() -> None:
         assert server.stop() == 0
 
 
-# -- graceful shutdown ------------------------------------------------------------------------
-
-
-def slow_server(*extra: str) -> ServerProcess:
-    return ServerProcess(fastserve_cmd("tests.apps.core_apps:slow_app", "--port", "0", *extra))
-
-
-def start_slow_request(url: str, seconds: float) -> tuple[threading.Thread, list[Any]]:
-    result: list[Any] = []
-
-    def fetch() -> None:
-        try:
-            result.append(httpx.get(f"{url}/slow?s={seconds}", timeout=30))
-        except httpx.HTTPError as exc:
-            result.append(exc)
-
-    thread = threading.Thread(target=fetch)
-    thread.start()
-    return thread, result
-
-
-def test_sigterm_lets_the_request_in_flight_finish() -> None:
-    """Stop accepting, close idle keep-alive connections at once, let the busy one finish
-    (then close it), and only then run the lifespan shutdown."""
-    with slow_server() as server:
-        url = server.url()
-        host, port = url.removeprefix("http://").split(":")
-        idle = socket.create_connection((host, int(port)), timeout=10)
-        idle.sendall(b"GET /hello HTTP/1.1\r\nHost: x\r\n\r\n")
-        assert idle.recv(4096).startswith(b"HTTP/1.1 200")
-        thread, result = start_slow_request(url, 1.5)
-        server.wait_for("slow request started", server.out)
-        server.proc.send_signal(signal.SIGTERM)
-        # The idle keep-alive connection is closed at once, long before the slow response.
-        assert idle.recv(4096) == b""
-        assert not result, "the idle connection outlived the in-flight request"
-        idle.close()
-        thread.join(15)
-        assert server.wait() == 0
-    [response] = result
-    assert isinstance(response, httpx.Response)
-    assert response.status_code == 200 and response.text == "slow s=1.5"
-    assert response.headers["connection"] == "close"
-    order = [
-        "lifespan startup ran",
-        "slow request started",
-        '"GET /slow?s=1.5 HTTP/1.1" 200',
-        "lifespan shutdown ran",
-    ]
-    positions = [next(i for i, line in enumerate(server.out) if text in line) for text in order]
-    assert positions == sorted(positions), server.out
-
-
-def test_graceful_shutdown_timeout_cancels() -> None:
-    with slow_server("--timeout-graceful-shutdown", "0.5") as server:
-        url = server.url()
-        thread, result = start_slow_request(url, 60)
-        server.wait_for("slow request started", server.out)
-        assert server.stop(signal.SIGTERM, timeout=15) == 0
-        thread.join(15)
-    [outcome] = result
-    # The cancelled app had not started its response: the client gets a 500 (or a close).
-    assert isinstance(outcome, httpx.HTTPError) or outcome.status_code == 500
-    assert any("timed out" in line for line in server.err)
-
-
-def test_second_sigint_forces_exit() -> None:
-    with slow_server() as server:
-        url = server.url()
-        thread, result = start_slow_request(url, 60)
-        server.wait_for("slow request started", server.out)
-        server.proc.send_signal(signal.SIGINT)
-        server.wait_for("Shutting down")
-        with pytest.raises(subprocess.TimeoutExpired):
-            server.proc.wait(0.5)  # the first SIGINT waits for the slow request
-        server.proc.send_signal(signal.SIGINT)
-        server.wait(15)
-        thread.join(15)
-    assert result
-
-
 # -- access log -------------------------------------------------------------------------------
 
 ACCESS_LINE = re.compile(r'127\.0\.0\.1:\d+ - "GET /hello\?x=1 HTTP/1\.1" 200 5 [\d.]+ms$')
@@ -527,15 +356,3 @@ def test_import_server_does_not_work_outside_the_repo(tmp_path: Path) -> None:
     failed = python("import server")
     assert failed.returncode != 0
     assert "ModuleNotFoundError" in failed.stderr
-
-
-def test_limit_max_requests_stops_a_single_process() -> None:
-    """Without workers, --limit-max-requests stops the server (exit 0) once it is reached."""
-    cmd = fastserve_cmd(HELLO, "--port", "0", "--limit-max-requests", "3")
-    with ServerProcess(cmd) as server:
-        url = server.url()
-        with httpx.Client() as client:
-            for _ in range(3):
-                assert client.get(url, headers={"connection": "close"}).status_code == 200
-        assert server.wait(10) == 0
-    assert any("Maximum request limit of 3" in line for line in server.err)
