@@ -1,69 +1,38 @@
-"""WebSockets over a real server on both loops: the websockets client where behaviour matters,
-raw frames (`RawWS`) where the wire matters or the client must misbehave."""
+"""WebSockets over a real server on both loops: messages, closing, protocol errors, flow
+control and the frameworks' endpoints. (The handshake and server shutdown:
+test_websocket_handshake.py.) The websockets client where behaviour matters, raw frames
+(`RawWS`) where the wire matters or the client must misbehave."""
 
 from __future__ import annotations
 
-import os
-import re
 import select
-import signal
 import socket
 import ssl
-import subprocess
-import sys
 import time
-from contextlib import ExitStack
 from pathlib import Path
-from typing import Any
 
 import pytest
-from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.exceptions import InvalidStatus
 from websockets.frames import Opcode
-from websockets.sync.client import ClientConnection, connect
+from websockets.sync.client import connect
 
 from tests.apps.core_apps import Probe
 from tests.apps.ws_apps import (
     RawWS,
     close_after_first,
-    crash_after_accept,
-    crash_before_accept,
-    deny_app,
+    closed_code,
     echo_app,
     fastapi_app,
     flooder,
     frame_bytes,
-    hold_after_disconnect,
-    reject_app,
+    headers,
     send_after_disconnect,
     slow_reader,
     starlette_app,
     unmasked_frame,
+    ws_connect,
 )
-from tests.conftest import recv_all
-from tests.helpers import Serve, error_log
-
-
-def ws_connect(port: int, path: str = "/", **options: Any) -> ClientConnection:
-    options.setdefault("open_timeout", 5)
-    options.setdefault("close_timeout", 5)
-    ws: ClientConnection = connect(f"ws://127.0.0.1:{port}{path}", **options)
-    return ws
-
-
-def headers(ws: ClientConnection) -> Any:
-    """The handshake response's headers."""
-    assert ws.response is not None
-    return ws.response.headers
-
-
-def closed_code(ws: ClientConnection) -> tuple[int, str]:
-    """Wait for the server's close frame; the (code, reason) it carried."""
-    with pytest.raises(ConnectionClosed) as info:
-        while True:
-            ws.recv(timeout=5)
-    assert info.value.rcvd is not None, "no close frame from the server"
-    return info.value.rcvd.code, info.value.rcvd.reason
-
+from tests.helpers import Serve
 
 # -- messages -------------------------------------------------------------------------------
 
@@ -306,139 +275,6 @@ def test_protocol_errors_close_with_1002(serve: Serve, data: bytes) -> None:
         assert raw.at_eof()
 
 
-# -- handshake ------------------------------------------------------------------------------
-
-
-def test_subprotocol_negotiation(serve: Serve) -> None:
-    probe = Probe()
-    with serve(echo_app(probe)) as srv:
-        with ws_connect(srv.port, "/?sub=b", subprotocols=["a", "b"]) as ws:
-            assert ws.subprotocol == "b"
-            assert probe.get()["subprotocols"] == ["a", "b"]
-        with ws_connect(srv.port, "/") as ws:
-            assert ws.subprotocol is None
-            assert "sec-websocket-protocol" not in headers(ws)
-
-
-@pytest.mark.parametrize(
-    "parts", [[b"not allowed"], [b"not ", b"", b"allowed"]], ids=["one", "streamed"]
-)
-def test_denial_response(serve: Serve, parts: list[bytes]) -> None:
-    with serve(deny_app(401, parts)) as srv:
-        with pytest.raises(InvalidStatus) as info:
-            ws_connect(srv.port)
-        assert info.value.response.status_code == 401
-        assert info.value.response.headers["x-denied"] == "1"
-        # Raw: the body is delimited by Content-Length, or by closing when streamed.
-        with RawWS(srv.port) as raw:
-            assert raw.status == 401
-            body = raw.buffer + recv_all(raw.sock)
-        assert body == b"not allowed"
-        assert b"connection: close" in raw.head.lower()
-        assert (b"content-length: 11" in raw.head.lower()) == (len(parts) == 1)
-
-
-def test_close_before_accept_is_403(serve: Serve) -> None:
-    with serve(reject_app) as srv:
-        with pytest.raises(InvalidStatus) as info:
-            ws_connect(srv.port)
-        assert info.value.response.status_code == 403
-
-
-def test_app_exception_before_accept_is_500(serve: Serve) -> None:
-    with serve(crash_before_accept) as srv, error_log() as errors:
-        with pytest.raises(InvalidStatus) as info:
-            ws_connect(srv.port)
-        assert info.value.response.status_code == 500
-        assert any(r.exc_info and "boom before accept" in str(r.exc_info[1]) for r in errors)
-
-
-def test_app_exception_after_accept_closes_with_1011(serve: Serve) -> None:
-    with serve(crash_after_accept) as srv, error_log() as errors, ws_connect(srv.port) as ws:
-        ws.send("go")
-        assert closed_code(ws)[0] == 1011
-        assert any(r.exc_info and "boom after accept" in str(r.exc_info[1]) for r in errors)
-
-
-def test_invalid_handshake_is_refused_without_running_the_app(serve: Serve) -> None:
-    probe = Probe()
-    with serve(echo_app(probe)) as srv, srv.connect() as sock:
-        sock.sendall(
-            b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-            b"Sec-WebSocket-Key: too-short\r\nSec-WebSocket-Version: 13\r\n\r\n"
-        )
-        response = recv_all(sock)
-        assert response.startswith(b"HTTP/1.1 400 ")
-        assert probe.events.empty()
-
-
-@pytest.mark.parametrize("deflate", [True, False])
-def test_per_message_deflate(serve: Serve, deflate: bool) -> None:
-    text = "compressible " * 5000
-    with serve(echo_app(), ws_per_message_deflate=deflate) as srv:
-        with ws_connect(srv.port) as ws:
-            negotiated = headers(ws).get("sec-websocket-extensions") or ""
-            assert ("permessage-deflate" in negotiated) == deflate
-            ws.send(text)
-            assert ws.recv(timeout=5) == text
-        with ws_connect(srv.port, compression=None) as ws:  # the client declines
-            assert "sec-websocket-extensions" not in headers(ws)
-            ws.send(text)
-            assert ws.recv(timeout=5) == text
-
-
-def test_non_websocket_upgrade_is_served_as_http(serve: Serve) -> None:
-    with serve(echo_app()) as srv, srv.connect() as sock:
-        request = (
-            b"GET / HTTP/1.1\r\nHost: x\r\nConnection: Upgrade, HTTP2-Settings\r\n"
-            b"Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n"
-        )
-        sock.sendall(request + b"GET /second HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        data = recv_all(sock)
-        assert data.startswith(b"HTTP/1.1 200 ")
-        assert data.count(b"plain http") == 2  # the next request on the connection too
-
-
-def test_limit_concurrency_counts_open_websockets(serve: Serve) -> None:
-    probe = Probe()
-    with serve(echo_app(probe), limit_concurrency=1) as srv:
-        with ws_connect(srv.port) as ws:
-            probe.get()
-            with pytest.raises(InvalidStatus) as info:
-                ws_connect(srv.port)
-            assert info.value.response.status_code == 503
-            ws.send("still served")
-            assert ws.recv(timeout=5) == "still served"
-        probe.get()  # its app saw the disconnect and returns: the slot frees up
-        deadline = time.monotonic() + 5
-        while True:
-            try:
-                with ws_connect(srv.port) as again:
-                    again.send("x")
-                    assert again.recv(timeout=5) == "x"
-                break
-            except InvalidStatus:
-                assert time.monotonic() < deadline, "the slot was never released"
-                time.sleep(0.01)
-
-
-def test_ws_none_serves_upgrades_as_http(serve: Serve) -> None:
-    with serve(echo_app(), ws="none") as srv, RawWS(srv.port) as raw:
-        assert raw.status == 200
-
-
-def test_access_log_line_for_handshakes(serve: Serve, capsys: pytest.CaptureFixture[str]) -> None:
-    options: dict[str, Any] = {"access_log": True, "log_level": "info"}
-    with serve(echo_app(), **options) as srv, ws_connect(srv.port, "/chat?room=1") as ws:
-        ws.send("x")
-        ws.recv(timeout=5)
-    with serve(reject_app, **options) as srv, pytest.raises(InvalidStatus):
-        ws_connect(srv.port, "/nope")
-    out = capsys.readouterr().out
-    assert re.search(r'"GET /chat\?room=1 HTTP/1.1" 101 ', out), out
-    assert re.search(r'"GET /nope HTTP/1.1" 403 ', out), out
-
-
 # -- flow control -----------------------------------------------------------------------------
 
 
@@ -493,67 +329,6 @@ def test_slow_peer_makes_send_wait(serve: Serve) -> None:
         assert probe.counter < total // 2  # send() is waiting for the peer
         raw.close()
         assert isinstance(probe.get(timeout=10), OSError)
-
-
-# -- shutdown -------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(("restarting", "code"), [(False, 1001), (True, 1012)])
-def test_shutdown_closes_open_websockets(serve: Serve, restarting: bool, code: int) -> None:
-    probe = Probe()
-    app = hold_after_disconnect(probe)
-    with serve(app, timeout_graceful_shutdown=2) as srv, ExitStack() as stack:
-        clients = [stack.enter_context(ws_connect(srv.port)) for _ in range(3)]
-        for _ in clients:
-            assert probe.get() == "accepted"
-        assert srv.server.state is not None
-        srv.server.state.restarting = restarting
-        srv.loop.call_soon_threadsafe(srv.server.handle_exit)
-        for ws in clients:
-            assert closed_code(ws)[0] == code
-            assert probe.get()["code"] == code
-        # The apps still run (held): the server waits for them within the graceful timeout,
-        # then cancels them; leaving this block joins the server thread.
-        assert srv.thread.is_alive()
-
-
-@pytest.mark.timeout(30)
-def test_sigterm_closes_websockets_with_1001_and_exits() -> None:
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "fastserve",
-            "tests.apps.ws_apps:print_disconnect",
-            "--port",
-            "0",
-            "--lifespan",
-            "off",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        cwd=os.getcwd(),
-    )
-    try:
-        assert proc.stderr is not None
-        port = 0
-        while not port:
-            line = proc.stderr.readline()
-            assert line, "server exited before listening"
-            match = re.search(r"running on http://127.0.0.1:(\d+)", line)
-            if match:
-                port = int(match.group(1))
-        with ws_connect(port) as ws:
-            proc.send_signal(signal.SIGTERM)
-            assert closed_code(ws)[0] == 1001
-        stdout, _ = proc.communicate(timeout=20)
-        assert proc.returncode == 0
-        assert "disconnect 1001" in stdout
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
 
 
 # -- frameworks ---------------------------------------------------------------------------

@@ -1,10 +1,11 @@
-"""WebSocket apps and a raw-frame client for the WebSocket tests.
+"""WebSocket apps and the clients for the WebSocket tests.
 
 The apps run on the server's loop and report what they saw through a `Probe` (see
-core_apps). `RawWS` is a client that writes frames exactly as the test builds them (masked
-by the websockets library's `Frame.serialize`, or hand-made when they must be invalid) and
-reads the server's frames with a minimal RFC 6455 §5.2 parser, so the tests can send what a
-well-behaved client never would and can see every control frame the server sends.
+core_apps). `ws_connect` opens a websockets-library client with bounded timeouts. `RawWS` is
+a client that writes frames exactly as the test builds them (masked by the websockets
+library's `Frame.serialize`, or hand-made when they must be invalid) and reads the server's
+frames with a minimal RFC 6455 §5.2 parser, so the tests can send what a well-behaved client
+never would and can see every control frame the server sends.
 """
 
 from __future__ import annotations
@@ -16,12 +17,15 @@ import struct
 import sys
 from typing import Any
 
+import pytest
 from fastapi import FastAPI, WebSocketDisconnect
 from starlette.applications import Starlette
 from starlette.responses import PlainTextResponse
 from starlette.routing import WebSocketRoute
 from starlette.websockets import WebSocket
+from websockets.exceptions import ConnectionClosed
 from websockets.frames import Frame, Opcode
+from websockets.sync.client import ClientConnection, connect
 
 from tests.apps.core_apps import App, Probe, Receive, Scope, Send
 
@@ -211,6 +215,31 @@ def fastapi_app() -> Any:
             pass
 
     return app
+
+
+# -- client side: the websockets library ------------------------------------------------------
+
+
+def ws_connect(port: int, path: str = "/", **options: Any) -> ClientConnection:
+    options.setdefault("open_timeout", 5)
+    options.setdefault("close_timeout", 5)
+    ws: ClientConnection = connect(f"ws://127.0.0.1:{port}{path}", **options)
+    return ws
+
+
+def headers(ws: ClientConnection) -> Any:
+    """The handshake response's headers."""
+    assert ws.response is not None
+    return ws.response.headers
+
+
+def closed_code(ws: ClientConnection) -> tuple[int, str]:
+    """Wait for the server's close frame; the (code, reason) it carried."""
+    with pytest.raises(ConnectionClosed) as info:
+        while True:
+            ws.recv(timeout=5)
+    assert info.value.rcvd is not None, "no close frame from the server"
+    return info.value.rcvd.code, info.value.rcvd.reason
 
 
 # -- client side: raw frames ----------------------------------------------------------------
