@@ -24,7 +24,7 @@ from tests.apps.core_apps import (
     hold_then_count,
     recording_echo,
 )
-from tests.helpers import Serve, Wire, request
+from tests.helpers import Serve, Wire, fetch, request
 
 # -- request bodies ---------------------------------------------------------------------------
 
@@ -57,10 +57,8 @@ def test_request_body_delivered_in_pieces_as_they_arrive(serve: Serve, encoding:
 
 
 def test_chunked_response_when_the_app_gives_no_length(serve: Serve) -> None:
-    with serve(core_app) as srv, srv.connect() as sock:
-        wire = Wire(sock)
-        wire.send(request("/stream?n=3"))
-        response = wire.response()
+    with serve(core_app) as srv:
+        response = fetch(srv, request("/stream?n=3"))
     assert response.header(b"transfer-encoding") == b"chunked"
     assert response.header(b"content-length") is None
     assert response.body == b"chunk0\nchunk1\nchunk2\n"
@@ -122,10 +120,8 @@ def test_bodiless_statuses_carry_no_body(serve: Serve, target: str) -> None:
 def test_informational_status_as_final_response_is_an_app_error(serve: Serve) -> None:
     """A 1xx is interim (RFC 9110 §15.2): as the final response it would leave the client
     waiting for one that never comes."""
-    with serve(core_app) as srv, srv.connect() as sock:
-        wire = Wire(sock)
-        wire.send(request("/status?code=103"))
-        response = wire.response()
+    with serve(core_app) as srv:
+        response = fetch(srv, request("/status?code=103"))
     assert response.status == 500
     assert response.informational == []
 

@@ -12,16 +12,14 @@ import time
 import pytest
 
 from tests.apps.core_apps import BAD_HEADERS, core_app
-from tests.helpers import Serve, Wire, error_log, request
+from tests.helpers import Serve, Wire, error_log, fetch, request
 
 # -- default headers --------------------------------------------------------------------------
 
 
 def test_date_and_server_headers_by_default(serve: Serve) -> None:
-    with serve(core_app) as srv, srv.connect() as sock:
-        wire = Wire(sock)
-        wire.send(request("/hello"))
-        response = wire.response()
+    with serve(core_app) as srv:
+        response = fetch(srv, request("/hello"))
     assert response.all(b"server") == [b"fastserve"]
     [date] = response.all(b"date")
     parsed = email.utils.parsedate_to_datetime(date.decode())
@@ -65,19 +63,15 @@ def test_extra_default_headers(serve: Serve) -> None:
 
 
 def test_response_headers_from_any_iterable(serve: Serve) -> None:
-    with serve(core_app) as srv, srv.connect() as sock:
-        wire = Wire(sock)
-        wire.send(request("/iterable-headers"))
-        response = wire.response()
+    with serve(core_app) as srv:
+        response = fetch(srv, request("/iterable-headers"))
     assert (response.all(b"x-gen-0"), response.all(b"x-gen-1")) == ([b"0"], [b"1"])
     assert response.body == b"gen"
 
 
 def test_app_set_server_and_date_are_not_duplicated(serve: Serve) -> None:
-    with serve(core_app) as srv, srv.connect() as sock:
-        wire = Wire(sock)
-        wire.send(request("/own-server-date"))
-        response = wire.response()
+    with serve(core_app) as srv:
+        response = fetch(srv, request("/own-server-date"))
     assert response.all(b"server") == [b"custom/1.0"]
     assert response.all(b"date") == [b"Mon, 01 Jan 2001 00:00:00 GMT"]
 
