@@ -176,6 +176,20 @@ def render(results: dict[str, Any], goals: list[Goal]) -> str:
     memory = memory_table(results)
     if memory:
         out += [*memory, ""]
+    deaths = [
+        f"- {name} exited ({entry['died'].get('exit')}) during {scenario['title']}: "
+        f"{(entry['died'].get('log_tail') or ['(no output)'])[-1][:200]}"
+        for scenario in _interleaved(results)
+        for name, entry in scenario["servers"].items()
+        if entry.get("died")
+    ]
+    if deaths:
+        out += [
+            "Servers that exited during a scenario (their rounds are flagged):",
+            "",
+            *deaths,
+            "",
+        ]
     skipped = results.get("skipped", {})
     if skipped:
         out += ["Skipped:", ""] + [f"- {k}: {v}" for k, v in skipped.items()] + [""]

@@ -163,20 +163,41 @@ def run_interleaved(
     for server in running.values():
         once(server, cfg.warmup)
     rounds: dict[str, list[dict[str, Any]]] = {name: [] for name in running}
+    died: dict[str, dict[str, Any]] = {}
     for i in range(cfg.rounds):
         for name, server in running.items():
-            result = once(server, cfg.duration)
+            if name in died:
+                result = {"flagged": True, "error": "server exited"}
+            else:
+                result = once(server, cfg.duration)
             rounds[name].append(result)
+            if name not in died and server.proc.poll() is not None:
+                died[name] = record_death(scenario, server)
             print(
                 f"  [{scenario.key}] round {i + 1}/{cfg.rounds} {progress(name, result)}",
                 flush=True,
             )
+    servers: dict[str, dict[str, Any]] = {name: {"rounds": r} for name, r in rounds.items()}
+    for name, server in running.items():
+        if name not in died and server.proc.poll() is not None:  # died during the warm-up
+            died[name] = record_death(scenario, server)
+        if name in died:
+            servers[name]["died"] = died[name]
     return {
         "title": scenario.title,
         "kind": scenario.kind,
         "params": scenario.params(),
-        "servers": {name: {"rounds": r} for name, r in rounds.items()},
+        "servers": servers,
     }
+
+
+def record_death(scenario: Scenario, server: Running) -> dict[str, Any]:
+    """A server that exited mid-scenario: its exit code and the end of its log, kept in the
+    results (the log directory is temporary) and printed at once."""
+    tail = server.log_tail(1200).strip().splitlines()[-8:]
+    print(f"  [{scenario.key}] {server.spec.name} EXITED with {server.proc.returncode}:",
+          *("    " + line for line in tail), sep="\n", flush=True)  # fmt: skip
+    return {"exit": server.proc.returncode, "log_tail": tail}
 
 
 def progress(name: str, result: dict[str, Any]) -> str:

@@ -221,6 +221,14 @@ def test_render_tables_ratios_flags_memory_and_goals() -> None:
     assert "| plaintext, 100 conns | 32.3 (0.35x) | 91.7 (1.00x) | 30.8 (0.34x) |  |" in text
 
 
+def test_a_server_that_exited_is_reported_with_its_last_log_line() -> None:
+    results = sample_results()
+    plaintext = results["scenarios"]["plaintext"]["servers"]
+    plaintext["granian"]["died"] = {"exit": -9, "log_tail": ["starting", "worker killed"]}
+    text = report.render(results, [])
+    assert "- granian exited (-9) during plaintext, 100 conns: worker killed" in text
+
+
 def test_rss_readers_see_this_process() -> None:
     assert servers.vm_rss_kib(os.getpid()) > 1000
     assert os.getpid() in servers.process_tree(os.getpid())
