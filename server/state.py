@@ -32,6 +32,25 @@ class Closable(Protocol):
         """The app task running for this connection now, if any."""
 
 
+class NoAppRunning(asyncio.Protocol):
+    """A connection on which no app runs (a PROXY header still awaited, a lingering close):
+    always idle, no task. Subclasses say how they shut down."""
+
+    @property
+    def idle(self) -> bool:
+        return True
+
+    @property
+    def task(self) -> asyncio.Task[None] | None:
+        return None
+
+    def shutdown(self) -> None:
+        raise NotImplementedError
+
+    def cancel(self) -> None:
+        self.shutdown()
+
+
 class ServerState:
     __slots__ = (
         "access_log",

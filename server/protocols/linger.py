@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING
 
+from ..state import NoAppRunning
+
 if TYPE_CHECKING:
     from ..state import ServerState
 
@@ -19,7 +21,7 @@ LINGER_SECONDS = 2.0
 LINGER_BYTES = 1 << 20
 
 
-class Lingering(asyncio.Protocol):
+class Lingering(NoAppRunning):
     """A connection whose error answer is out and whose write side is shut: drop input until
     the client closes, LINGER_SECONDS pass or LINGER_BYTES arrive (see HTTP1Protocol.linger)."""
 
@@ -42,18 +44,5 @@ class Lingering(asyncio.Protocol):
         self.timer.cancel()
         self.state.connections.discard(self)
 
-    # -- Closable: nothing runs here --------------------------------------------------------
-
-    @property
-    def idle(self) -> bool:
-        return True
-
-    @property
-    def task(self) -> asyncio.Task[None] | None:
-        return None
-
-    def shutdown(self) -> None:
-        self.transport.close()
-
-    def cancel(self) -> None:
+    def shutdown(self) -> None:  # Closable
         self.transport.close()

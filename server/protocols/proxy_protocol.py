@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 
 from ..config import ConfigError
 from ..middleware.proxy_headers import TrustedPeers
+from ..state import NoAppRunning
 from .http1 import HTTP1Protocol, _address
 
 if TYPE_CHECKING:
@@ -150,7 +151,7 @@ def header_start(data: bytes) -> bool | None:
     return False
 
 
-class ProxyProtocol(asyncio.Protocol):
+class ProxyProtocol(NoAppRunning):
     """Reads the PROXY header, then gets out of the way (transport.set_protocol)."""
 
     def __init__(self, state: ServerState, trusted: TrustedPeers) -> None:
@@ -232,20 +233,7 @@ class ProxyProtocol(asyncio.Protocol):
         if rest:
             protocol.data_received(rest)
 
-    # -- Closable (the server's shutdown): no app runs on this connection yet ---------------
-
-    @property
-    def idle(self) -> bool:
-        return True
-
-    @property
-    def task(self) -> asyncio.Task[None] | None:
-        return None
-
-    def shutdown(self) -> None:
-        self.refuse("server shutting down")
-
-    def cancel(self) -> None:
+    def shutdown(self) -> None:  # Closable: no app runs on this connection yet
         self.refuse("server shutting down")
 
 
