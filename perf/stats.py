@@ -149,9 +149,13 @@ def evaluate_goals(results: dict[str, Any], me: str = "fastserve") -> list[Goal]
     goals.append(_at_most("p99 at 100 conns vs uvicorn", p99, 1.0, "x", ".2f"))
     post = _at_least("POST echo 64 KiB vs uvicorn", _ratio(results, "post64k", me, "uvicorn"), 1.5)
     goals.append(replace(post, by_cpu=_cpu_speedup(results, "post64k", me, "uvicorn")))
+    scenarios = results.get("scenarios", {})
+    count = scenarios.get("idle10k", {}).get("params", {}).get("count", 10_000)
     mine, theirs = (_rss(results, "idle10k", s, "loaded_kib") for s in (me, "uvicorn"))
     rss_ratio = mine / theirs if mine is not None and theirs else None
-    goals.append(_at_most("RSS at 10k idle conns vs uvicorn", rss_ratio, 1.0, "x", ".2f"))
+    goals.append(
+        _at_most(f"RSS at {_count_label(count)} idle conns vs uvicorn", rss_ratio, 1.0, "x", ".2f")
+    )
     c1000 = median([r["rps"] for r in _rounds(results, "conns1000", me)])
     c100 = median([r["rps"] for r in _rounds(results, "plaintext", me)])
     scaling = _at_least("1,000 conns vs 100 conns", c1000 / c100 if c1000 and c100 else None, 0.9)
@@ -162,9 +166,26 @@ def evaluate_goals(results: dict[str, Any], me: str = "fastserve") -> list[Goal]
     goals.append(scaling)
     peaks = [_rss(results, s, me, "peak_above_idle_kib") for s in ("download", "upload")]
     known = [p / 1024 for p in peaks if p is not None]
+    size = scenarios.get("download", {}).get("params", {}).get("size", 1 << 30)
     goals.append(
         _at_most(
-            "peak RSS in slow 1 GiB transfer", max(known) if known else None, 64, " MiB", ".1f"
+            f"peak RSS in slow {_size_label(size)} transfer",
+            max(known) if known else None,
+            64,
+            " MiB",
+            ".1f",
         )
     )
     return goals
+
+
+def _count_label(count: int) -> str:
+    """10000 -> '10k', 1500 -> '1,500' (goal names say what was actually measured)."""
+    return f"{count // 1000}k" if count % 1000 == 0 else f"{count:,}"
+
+
+def _size_label(size: int) -> str:
+    """1 << 30 -> '1 GiB', 64 << 20 -> '64 MiB'."""
+    if size % (1 << 30) == 0:
+        return f"{size >> 30} GiB"
+    return f"{size / (1 << 20):g} MiB"

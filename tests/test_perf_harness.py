@@ -200,6 +200,12 @@ def test_goals_pass_miss_and_not_measured() -> None:
     assert goals["1,000 conns vs 100 conns"].by_cpu == "0.90x"  # CPU/request 35.7 vs 32.3 µs
     peak = goals["peak RSS in slow 1 GiB transfer"]  # the worse of the two transfers
     assert (peak.measured, peak.status, peak.detail) == ("90.0 MiB", "MISS", "over by 26.0 MiB")
+    quick = sample_results()
+    quick["scenarios"]["idle10k"]["params"]["count"] = 1000
+    quick["scenarios"]["download"]["params"] = {"size": 64 << 20}
+    names = [g.name for g in stats.evaluate_goals(quick)]
+    assert "RSS at 1k idle conns vs uvicorn" in names
+    assert "peak RSS in slow 64 MiB transfer" in names
     empty = stats.evaluate_goals({"scenarios": {}})
     assert {g.status for g in empty} == {"N/A"}
 
