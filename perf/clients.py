@@ -30,6 +30,18 @@ def emit(tag: str, data: dict[str, Any]) -> None:
     print(f"{tag} {json.dumps(data)}", flush=True)
 
 
+def emit_transfer(count: int, complete: bool, start: float, error: str | None = None) -> None:
+    """The RESULT line of the slow download/upload clients."""
+    result: dict[str, Any] = {
+        "bytes": count,
+        "complete": complete,
+        "seconds": round(time.monotonic() - start, 2),
+    }
+    if error is not None:
+        result["error"] = error
+    emit("RESULT", result)
+
+
 async def _open_one(port: int, sem: asyncio.Semaphore) -> asyncio.StreamWriter | None:
     """One connection that has completed one request (so the server holds per-connection state)."""
     async with sem:
@@ -102,22 +114,11 @@ def download(port: int, size: int, rate: float, deadline: float) -> None:
             if ahead > 0:
                 time.sleep(ahead)
     except OSError as exc:
-        emit(
-            "RESULT",
-            {
-                "bytes": got,
-                "complete": False,
-                "error": str(exc),
-                "seconds": round(time.monotonic() - start, 2),
-            },
-        )
+        emit_transfer(got, False, start, str(exc))
         return
     finally:
         sock.close()
-    emit(
-        "RESULT",
-        {"bytes": got, "complete": got >= size, "seconds": round(time.monotonic() - start, 2)},
-    )
+    emit_transfer(got, got >= size, start)
 
 
 def upload(port: int, size: int, rate: float, deadline: float) -> None:
@@ -142,23 +143,12 @@ def upload(port: int, size: int, rate: float, deadline: float) -> None:
         if sent >= size:
             answer = sock.recv(65536)
     except OSError as exc:
-        emit(
-            "RESULT",
-            {
-                "bytes": sent,
-                "complete": False,
-                "error": str(exc),
-                "seconds": round(time.monotonic() - start, 2),
-            },
-        )
+        emit_transfer(sent, False, start, str(exc))
         return
     finally:
         sock.close()
     complete = sent >= size and answer.startswith(b"HTTP/1.1 200")
-    emit(
-        "RESULT",
-        {"bytes": sent, "complete": complete, "seconds": round(time.monotonic() - start, 2)},
-    )
+    emit_transfer(sent, complete, start)
 
 
 async def ws_echo(port: int, connections: int, duration: float, size: int) -> dict[str, Any]:
