@@ -17,7 +17,7 @@ import pytest
 
 from tests.apps.core_apps import core_app
 from tests.conftest import recv_all, run_server
-from tests.helpers import Serve, fetch, request
+from tests.helpers import Serve, Wire, fetch, request
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -38,6 +38,53 @@ def test_default_access_log_line(serve: Serve, capsys: pytest.CaptureFixture[str
     pattern = r'INFO:     127\.0\.0\.1:\d+ - "GET /hello\?x=1 HTTP/1\.1" 200 5 \d+\.\d\dms'
     assert re.fullmatch(pattern, line), line
     assert str(port) not in line.split(" - ")[0].split(":")[0]
+
+
+def test_access_log_lines_follow_each_request_of_a_connection(
+    serve: Serve, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The default line's text is remembered per client: it must change whenever the
+    method, target, query, status or size of the next request on the connection does.
+    (The size is the body the app gave: for HEAD too, though none goes on the wire.)"""
+    sequence = [
+        (request("/hello"), "GET", '"GET /hello HTTP/1.1" 200 5 '),
+        (request("/hello"), "GET", '"GET /hello HTTP/1.1" 200 5 '),
+        (request("/hello?x=1"), "GET", '"GET /hello?x=1 HTTP/1.1" 200 5 '),
+        (
+            request("/status?code=201&body=abc"),
+            "GET",
+            '"GET /status?code=201&body=abc HTTP/1.1" 201 3 ',
+        ),
+        (
+            request("/status?code=201&body=abc", "HEAD"),
+            "HEAD",
+            '"HEAD /status?code=201&body=abc HTTP/1.1" 201 3 ',
+        ),
+        (
+            request("/echo", "POST", "Content-Length: 2\r\n", b"ab"),
+            "POST",
+            '"POST /echo HTTP/1.1" 200 2 ',
+        ),
+        (
+            request("/echo", "POST", "Content-Length: 3\r\n", b"abc"),
+            "POST",
+            '"POST /echo HTTP/1.1" 200 3 ',
+        ),
+        (request("/hello"), "GET", '"GET /hello HTTP/1.1" 200 5 '),
+    ]
+    with serve(core_app, access_log=True, log_level="info", use_colors=False) as srv:
+        with srv.connect() as sock:
+            wire = Wire(sock)
+            for data, method, _ in sequence:
+                wire.send(data)
+                assert wire.response(method).status in (200, 201)
+            port = sock.getsockname()[1]
+    lines = access_lines(capsys)
+    assert len(lines) == len(sequence), lines
+    for line, (_, _, expected) in zip(lines, sequence, strict=True):
+        assert line.startswith(f"INFO:     127.0.0.1:{port} - "), line
+        assert expected in line, (expected, line)
+        assert re.search(r" \d+\.\d\dms$", line), line
 
 
 def test_access_log_with_named_fields(capsys: pytest.CaptureFixture[str]) -> None:

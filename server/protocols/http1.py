@@ -175,7 +175,16 @@ class HTTP1Protocol(FlowControl):
     # -- bytes in --------------------------------------------------------------------------------
 
     def data_received(self, data: bytes) -> None:
-        if self.phase == HEAD:
+        phase = self.phase
+        if phase == IDLE:
+            # A request begins: its head must arrive within --timeout-request-header.
+            # (No on_message_begin callback: one Python call a request less.)
+            self.phase = HEAD
+            self.deadline = deadline = monotonic() + self.state.config.timeout_request_header
+            if self.timer is None or deadline < self.timer_at:
+                self.set_deadline(HEAD, self.state.config.timeout_request_header)
+            self.head_bytes = len(data)  # one read: bounded by the transport's read size
+        elif phase == HEAD:
             # A head split over several reads: bound it (a single read is bounded by the
             # transport's read size, and on_url/on_header check their own parts).
             self.head_bytes += len(data)
@@ -210,21 +219,6 @@ class HTTP1Protocol(FlowControl):
             self.pause_reading()
             return
         self.reject(RejectRequest(400, parser_reason(exc)))
-
-    def on_message_begin(self) -> None:
-        self.url = b""
-        self.headers = []
-        self.head_bytes = 0
-        self.body_received = 0
-        self.expect_100 = False
-        self.has_host = False
-        self.upgrade = None
-        if self.cycle is None:
-            # set_deadline() inlined for the common case (the armed timer is earlier).
-            self.phase = HEAD
-            self.deadline = deadline = monotonic() + self.state.config.timeout_request_header
-            if self.timer is None or deadline < self.timer_at:
-                self.set_deadline(HEAD, self.state.config.timeout_request_header)
 
     def on_url(self, url: bytes) -> None:
         self.url += url
@@ -308,25 +302,36 @@ class HTTP1Protocol(FlowControl):
         scope["headers"] = self.headers
         self.headers = TRAILERS  # trailer fields, if any, are dropped
         scope["state"] = state.lifespan_state.copy()
+        # The next message starts from here (on_message_complete gives it a header list).
+        self.url = b""
+        self.body_received = 0
+        self.has_host = False
+        expect_100 = self.expect_100
+        if expect_100:
+            self.expect_100 = False
 
-        if self.upgrade == b"websocket" and state.ws_enabled and parser.should_upgrade():
+        upgrade = self.upgrade
+        if upgrade is not None:
+            self.upgrade = None
+        if upgrade == b"websocket" and state.ws_enabled and parser.should_upgrade():
             # Handed over to the WebSocket protocol when httptools raises HttpParserUpgrade
             # at the end of this head (see handle_upgrade).
             self.ws_scope = scope
             return
         keep_alive = self.keep_alive and parser.should_keep_alive() and not state.shutting_down
-        cycle = RequestCycle(
-            scope, self, state, keep_alive, self.expect_100 and http_version == "1.1"
-        )
+        cycle = RequestCycle(scope, self, state, keep_alive, expect_100 and http_version == "1.1")
         self.parsing = cycle
-        limit = state.config.limit_concurrency
         if self.cycle is None:
             self.cycle = cycle
             self.phase = BUSY
+            limit = state.config.limit_concurrency
             if limit is not None and state.in_flight >= limit:
                 self.refuse(cycle)
             else:
-                self.start(cycle)
+                # start(), inlined for the common case.
+                state.in_flight += 1
+                state.total_requests += 1
+                cycle.task = state.loop.create_task(cycle.run(state.app))
         else:
             self.pipeline.append(cycle)
             self.pause_reading()
@@ -361,12 +366,16 @@ class HTTP1Protocol(FlowControl):
             self.pause_reading()
 
     def on_message_complete(self) -> None:
+        self.headers = []  # for the next message's head
         cycle = self.parsing
         if cycle is not None:
             self.parsing = None
             cycle.more_body = False  # cycle.end_body(), inlined for the common case
             if cycle.waiter is not None:
                 cycle.end_body()
+            if self.cycle is None and self.phase == BODY:
+                # Answered before its body ended: now the connection is idle.
+                self.set_deadline(IDLE, self.state.config.timeout_keep_alive)
 
     # -- running the app -----------------------------------------------------------------------
 
@@ -662,6 +671,7 @@ class HTTP1Protocol(FlowControl):
             self.pause_reading()  # what follows is tunnel data: never parsed as requests
             return
         self.parser = httptools.HttpRequestParser(self)
+        self.headers = []
         if rest:
             self.data_received(rest)
 
