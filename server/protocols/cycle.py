@@ -38,9 +38,9 @@ class Connection(Protocol):
 
     write_paused: bool
 
+    # Both write one piece of the response; `final` ends it (the exchange is logged then).
     def start_response(self, cycle: RequestCycle, body: bytes, final: bool) -> None: ...
     def send_body(self, cycle: RequestCycle, body: bytes, final: bool) -> None: ...
-    def response_done(self, cycle: RequestCycle) -> None: ...
     def send_continue(self) -> None: ...
     def body_consumed(self, cycle: RequestCycle) -> None: ...
     async def drain(self) -> None: ...
@@ -186,7 +186,6 @@ class RequestCycle:
         body = b"Internal Server Error"
         self.bytes_sent = len(body)  # for the access log
         self.conn.start_response(self, body, True)
-        self.conn.response_done(self)
 
     async def receive(self) -> Message:
         if self.response_complete or self.disconnected:
@@ -247,14 +246,12 @@ class RequestCycle:
             if waiter is not None and not waiter.done():
                 waiter.set_result(None)  # a receive() waiting in another task: disconnect
         conn = self.conn
+        self.bytes_sent += len(body)  # before the write: a final one logs the exchange
         if self.head_sent:
             conn.send_body(self, body, final)
         else:
             conn.start_response(self, body, final)
-        self.bytes_sent += len(body)
-        if final:
-            conn.response_done(self)
-        elif conn.write_paused:
+        if not final and conn.write_paused:
             await conn.drain()
 
     def set_status_and_headers(self, message: SendMessage) -> None:

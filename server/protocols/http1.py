@@ -393,8 +393,8 @@ class HTTP1Protocol(FlowControl):
         cycle.status = 503
         cycle.headers = [(b"content-type", b"text/plain; charset=utf-8")]
         cycle.response_started = cycle.response_complete = True
+        cycle.bytes_sent = len(b"Service Unavailable")
         self.start_response(cycle, b"Service Unavailable", True)
-        self.response_done(cycle)
         self.state.in_flight -= 1
         self.cycle_done(cycle)
 
@@ -503,15 +503,17 @@ class HTTP1Protocol(FlowControl):
                 self.transport.writelines([b"".join(parts), body, tail])
             else:
                 self.transport.writelines([b"".join(parts), body])
-            return
-        if cycle.chunked:
-            if body:
-                parts += (b"%x\r\n" % len(body), body, b"\r\n")
-            if final:
-                parts.append(b"0\r\n\r\n")
-        elif body:
-            parts.append(body)
-        self.transport.write(b"".join(parts))
+        else:
+            if cycle.chunked:
+                if body:
+                    parts += (b"%x\r\n" % len(body), body, b"\r\n")
+                if final:
+                    parts.append(b"0\r\n\r\n")
+            elif body:
+                parts.append(body)
+            self.transport.write(b"".join(parts))
+        if final:
+            self.response_done(cycle)
 
     def send_body(self, cycle: RequestCycle, body: bytes, final: bool) -> None:
         transport = self.transport
@@ -535,8 +537,11 @@ class HTTP1Protocol(FlowControl):
                 transport.write(b"0\r\n\r\n")
         elif body:
             transport.write(body)
+        if final:
+            self.response_done(cycle)
 
     def response_done(self, cycle: RequestCycle) -> None:
+        """The last byte of the response was handed to the transport."""
         if not cycle.keep_alive:
             self.keep_alive = False
         access = self.state.access_log
