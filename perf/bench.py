@@ -43,7 +43,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "(default: 3.11 from pyenv if present, else this interpreter)",
     )
     p.add_argument("--scenarios", default="all", help="comma-separated keys (see --list)")
-    p.add_argument("--servers", default=",".join(scenarios.PEERS), help="comma-separated")
+    p.add_argument(
+        "--servers", default=",".join((*scenarios.PEERS, "lean")), help="comma-separated"
+    )
     p.add_argument("--quick", action="store_true", help="smoke check: short runs, 2 rounds")
     p.add_argument("--rounds", type=int, help="interleaved rounds per scenario (default 7)")
     p.add_argument("--duration", type=float, help="seconds per wrk round (default 4)")

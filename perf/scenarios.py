@@ -52,6 +52,12 @@ SCENARIOS: list[Scenario] = [
         "wrk",
         servers=("fastserve", "fastserve+log", "uvicorn", "uvicorn+log"),
     ),
+    Scenario(
+        "ceiling",
+        "plaintext, beside the lean reference path (perf/lean.py)",
+        "wrk",
+        servers=("fastserve", "uvicorn", "lean"),
+    ),
     Scenario("idle10k", "RSS with 10k idle keep-alive conns", "idle"),
     Scenario("download", "slow reader: large download", "transfer", "/download"),
     Scenario("upload", "slow consumer: large upload", "transfer", "/upload", method="POST"),

@@ -122,6 +122,11 @@ def _hypercorn(env: BenchEnv, port: int) -> list[str]:
     ]
 
 
+def _lean(env: BenchEnv, port: int) -> list[str]:
+    # Not a server: the bare httptools + create_task path (perf/lean.py), the ceiling.
+    return [str(env.bin("python")), str(PERF_DIR / "lean.py"), "--port", str(port)]
+
+
 SPECS: dict[str, ServerSpec] = {
     "fastserve": ServerSpec("fastserve", "fastserve", _fastserve(False)),
     "uvicorn": ServerSpec("uvicorn", "uvicorn", _uvicorn(False)),
@@ -129,6 +134,8 @@ SPECS: dict[str, ServerSpec] = {
     "hypercorn": ServerSpec("hypercorn", "hypercorn", _hypercorn),
     "fastserve+log": ServerSpec("fastserve+log", "fastserve", _fastserve(True), True),
     "uvicorn+log": ServerSpec("uvicorn+log", "uvicorn", _uvicorn(True), True),
+    # Runs on uvicorn's dependencies (httptools, uvloop).
+    "lean": ServerSpec("lean", "uvicorn", _lean),
 }
 
 

@@ -72,13 +72,13 @@ def test_access_log_lines_follow_each_request_of_a_connection(
         ),
         (request("/hello"), "GET", '"GET /hello HTTP/1.1" 200 5 '),
     ]
-    with serve(core_app, access_log=True, log_level="info", use_colors=False) as srv:
-        with srv.connect() as sock:
-            wire = Wire(sock)
-            for data, method, _ in sequence:
-                wire.send(data)
-                assert wire.response(method).status in (200, 201)
-            port = sock.getsockname()[1]
+    options = {"access_log": True, "log_level": "info", "use_colors": False}
+    with serve(core_app, **options) as srv, srv.connect() as sock:
+        wire = Wire(sock)
+        for data, method, _ in sequence:
+            wire.send(data)
+            assert wire.response(method).status in (200, 201)
+        port = sock.getsockname()[1]
     lines = access_lines(capsys)
     assert len(lines) == len(sequence), lines
     for line, (_, _, expected) in zip(lines, sequence, strict=True):

@@ -9,11 +9,16 @@ from __future__ import annotations
 
 import json
 import os
+import socket
+import subprocess
+import sys
+import time
 from typing import Any
 
 import pytest
 
 from perf import apps, clients, report, servers, stats, wrk
+from perf.venv import PERF_DIR
 from tests.conftest import run_server
 
 SUMMARY = {
@@ -277,3 +282,35 @@ def test_slow_download_and_upload_clients(capsys: pytest.CaptureFixture[str]) ->
     assert down["complete"] and down["bytes"] == size
     assert up["complete"] and up["bytes"] == size
     assert up["seconds"] >= 0.05  # the app consumed at 64 MiB/s: ~60 ms for 4 MiB
+
+
+def test_lean_reference_path_answers_like_the_servers() -> None:
+    """perf/lean.py (the ceiling beside the servers) must answer the plaintext route right,
+    on a kept-alive connection, or its numbers mean nothing."""
+    port = servers.free_port()
+    env = {**os.environ, "PYTHONPATH": str(PERF_DIR)}
+    lean = PERF_DIR / "lean.py"
+    proc = subprocess.Popen([sys.executable, str(lean), "--port", str(port)], env=env)
+    try:
+        deadline = time.monotonic() + 10
+        while servers.probe(port) != 200:
+            assert proc.poll() is None and time.monotonic() < deadline, "lean.py did not start"
+            time.sleep(0.05)
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+            for path, status, body in (
+                (b"/plaintext", b"200", b"Hello, world!"),
+                (b"/x", b"404", b""),
+            ):
+                sock.sendall(b"GET " + path + b" HTTP/1.1\r\nHost: t\r\n\r\n")
+                head = b""
+                while b"\r\n\r\n" not in head:
+                    head += sock.recv(4096)
+                head, _, rest = head.partition(b"\r\n\r\n")
+                assert head.startswith(b"HTTP/1.1 " + status), head
+                length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+                while len(rest) < length:
+                    rest += sock.recv(4096)
+                assert rest == body or not body
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
