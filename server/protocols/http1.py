@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 from collections import deque
 from time import monotonic
 from typing import TYPE_CHECKING, Any
@@ -55,6 +56,10 @@ HIGH_WATER = 64 * 1024
 # Bodies from this size on are written beside their framing (writelines), not copied into it.
 COPY_LIMIT = 16 * 1024
 
+WRITELINES_UNPAUSED = (3, 12) <= sys.version_info < (3, 12, 9) or (
+    (3, 13) <= sys.version_info < (3, 13, 2)
+)
+
 # Timer phases: what the connection's single deadline means when it passes.
 IDLE, HEAD, BUSY, BODY = 0, 1, 2, 3
 
@@ -71,6 +76,7 @@ class HTTP1Protocol(FlowControl):
         "has_host",
         "head_bytes",
         "headers",
+        "join_pieces",
         "keep_alive",
         "parser",
         "parsing",
@@ -121,6 +127,7 @@ class HTTP1Protocol(FlowControl):
         self.client: tuple[str, int] | None = None
         self.server: tuple[str, int] | None = None
         self.scope_base: dict[str, Any] = {}
+        self.join_pieces = False
 
     # -- connection lifecycle ------------------------------------------------------------------
 
@@ -132,6 +139,12 @@ class HTTP1Protocol(FlowControl):
         self.server = _address(transport.get_extra_info("sockname"))
         if transport.get_extra_info("sslcontext") is not None:
             self.scheme = "https"
+        # CPython 3.12.0-3.12.8 and 3.13.0-3.13.1: asyncio's socket transport never pauses
+        # the protocol in writelines() (gh-127655, PSF-2024-14), so a client that does not
+        # read would make a streaming response buffer without bound. write() pauses it.
+        self.join_pieces = WRITELINES_UNPAUSED and not type(transport).__module__.startswith(
+            "uvloop"
+        )
         # The scope keys that are the same for every request of this connection, and
         # placeholders for the others: copying a dict that already has every key is a memcpy,
         # and filling it in then resizes nothing (-0.5k instructions a request).
@@ -500,9 +513,9 @@ class HTTP1Protocol(FlowControl):
             if cycle.chunked:
                 parts.append(b"%x\r\n" % len(body))
                 tail = b"\r\n0\r\n\r\n" if final else b"\r\n"
-                self.transport.writelines([b"".join(parts), body, tail])
+                self.write_pieces([b"".join(parts), body, tail])
             else:
-                self.transport.writelines([b"".join(parts), body])
+                self.write_pieces([b"".join(parts), body])
         else:
             if cycle.chunked:
                 if body:
@@ -527,7 +540,7 @@ class HTTP1Protocol(FlowControl):
         elif cycle.chunked:
             if len(body) >= COPY_LIMIT:
                 tail = b"\r\n0\r\n\r\n" if final else b"\r\n"
-                transport.writelines([b"%x\r\n" % len(body), body, tail])
+                self.write_pieces([b"%x\r\n" % len(body), body, tail])
             elif body:
                 if final:
                     transport.write(b"%x\r\n%b\r\n0\r\n\r\n" % (len(body), body))
@@ -539,6 +552,13 @@ class HTTP1Protocol(FlowControl):
             transport.write(body)
         if final:
             self.response_done(cycle)
+
+    def write_pieces(self, pieces: list[bytes]) -> None:
+        """A large body beside its framing: one writev() where writelines() is safe."""
+        if self.join_pieces:
+            self.transport.write(b"".join(pieces))
+        else:
+            self.transport.writelines(pieces)
 
     def response_done(self, cycle: RequestCycle) -> None:
         """The last byte of the response was handed to the transport."""
