@@ -4,6 +4,7 @@ headers, the counters and the set of open connections."""
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import email.utils
 import time
 from typing import TYPE_CHECKING, Any, Protocol
@@ -57,12 +58,14 @@ class ServerState:
         "app",
         "config",
         "connections",
+        "context",
         "date_timer",
         "default_head",
         "default_headers",
         "in_flight",
         "lifespan_state",
         "loop",
+        "outbox",
         "restarting",
         "shutting_down",
         "static_head",
@@ -84,6 +87,12 @@ class ServerState:
         self.loop = loop
         self.lifespan_state = lifespan_state
         self.access_log = access_log
+        # Small final responses held back until the end of this loop pass (see
+        # protocols/http1.py, EAGER_START): (transport, bytes) in the order they were made.
+        self.outbox: list[tuple[asyncio.WriteTransport, bytes]] = []
+        # The context the server runs in: each request's task gets a copy of it (protocol
+        # callbacks run in it; tasks started from another request's task must not inherit).
+        self.context = contextvars.copy_context()
         self.connections: set[Closable] = set()
         self.tasks: set[asyncio.Task[None]] = set()
         self.in_flight = 0
@@ -119,6 +128,23 @@ class ServerState:
             self.date_timer = self.loop.call_at(
                 self.loop.time() + 1.0 - (now % 1.0), self.refresh_date
             )
+
+    def hold(self, transport: asyncio.WriteTransport, data: bytes) -> None:
+        """Write `data` once the current loop pass is over (with every other held one)."""
+        outbox = self.outbox
+        if not outbox:
+            self.loop.call_soon(self.flush_outbox)
+        outbox.append((transport, data))
+
+    def flush_outbox(self) -> None:
+        """Write the held responses now. Runs at the end of the loop pass, and before any
+        other write or close of a connection, so each connection's bytes stay in order."""
+        outbox = self.outbox
+        if outbox:
+            self.outbox = []
+            for transport, data in outbox:
+                if not transport.is_closing():
+                    transport.write(data)
 
     def defaults_without(self, names: set[bytes]) -> list[tuple[bytes, bytes]]:
         """The default headers minus those the app set itself (slow path, rare)."""

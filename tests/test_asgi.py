@@ -3,6 +3,8 @@ adapters, exercised over real sockets (httpx, or raw bytes where the exact reque
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
 import json
 import queue
 from typing import Any
@@ -106,6 +108,43 @@ def test_root_path(serve: Serve) -> None:
 
 
 # -- lifespan ---------------------------------------------------------------------------------
+
+
+REQUEST_VAR: contextvars.ContextVar[str] = contextvars.ContextVar("request_var", default="unset")
+
+
+def test_each_request_has_its_own_task_and_context(serve: Serve) -> None:
+    """Frameworks (anyio cancel scopes, per-request sessions keyed on the task, contextvars)
+    need every request to run in a task of its own, with a context that starts clean: a
+    value set by one request must never leak into the next one on the same connection,
+    whether its app starts at once (eager task, Python 3.12+) or on the next loop pass."""
+    seen: list[tuple[str, object]] = []
+    tasks: list[asyncio.Task[Any] | None] = []
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        seen.append((REQUEST_VAR.get(), scope["path"]))
+        REQUEST_VAR.set(scope["path"])
+        task = asyncio.current_task()
+        tasks.append(task)
+        if scope["path"] == "/wait":
+            await asyncio.sleep(0.01)  # the rest of the app runs on a later loop pass
+            assert asyncio.current_task() is task and REQUEST_VAR.get() == "/wait"
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    with serve(app) as srv, srv.connect() as sock:
+        wire = Wire(sock)
+        paths = ["/a", "/wait", "/b", "/b"]
+        for path in paths:
+            wire.send(request(path))
+            assert wire.response().body == b"ok"
+        wire.send(b"".join(request(path) for path in ("/p1", "/p2")))  # pipelined
+        assert [wire.response().body for _ in range(2)] == [b"ok", b"ok"]
+    assert seen == [("unset", path) for path in [*paths, "/p1", "/p2"]]
+    assert all(isinstance(task, asyncio.Task) for task in tasks)
+    assert len({id(task) for task in tasks}) == len(tasks)  # all alive: ids are distinct
 
 
 def test_lifespan_messages_and_state_shallow_copied_into_scopes(serve: Serve) -> None:
