@@ -2,9 +2,11 @@
 
 Bytes arrive in `data_received`, httptools calls back `on_url` / `on_header` /
 `on_headers_complete` (the scope is built there) / `on_body` / `on_message_complete`, and a
-`RequestCycle` runs the app. Responses leave through `start_response` / `send_body`, which
-frame them (Content-Length, chunked or close-delimited) and write head and body with a single
-`transport.write` for small responses.
+`RequestCycle` runs the app (in a task created once `feed_data` returns: an eager one on
+Python 3.12+). Responses leave through `start_response` / `send_body`, which frame them
+(Content-Length, chunked or close-delimited) and write head and body with a single
+`transport.write` for small responses (on 3.12+ a small final one is held to the end of the
+loop pass: see EAGER_START).
 
 Rules this module lives by:
 - responses go out strictly in request order (pipelining): one cycle runs at a time, later
@@ -594,7 +596,8 @@ class HTTP1Protocol(FlowControl):
             self.transport.writelines(pieces)
 
     def response_done(self, cycle: RequestCycle) -> None:
-        """The last byte of the response was handed to the transport."""
+        """The last byte of the response was handed to the transport (or held, see
+        EAGER_START: it is written before anything else happens on this connection)."""
         if not cycle.keep_alive:
             self.keep_alive = False
         access = self.state.access_log
