@@ -125,6 +125,12 @@ class Config:
     gc_tune: bool = opt(
         True, "Freeze the startup heap (gc.freeze) and run gen-0 collections 10x less often."
     )
+    eager_start: bool = opt(
+        True,
+        "Python 3.12+: run each request's app at once in an eager task; small responses then "
+        "leave together at the end of the event-loop pass. Off: the app starts on the next "
+        "pass, as with uvicorn.",
+    )
     preload: bool = opt(False, "Import the app in the supervisor before forking workers.")
     pid: str | None = opt(None, "Write the supervisor's pid to this file.")
     reload: bool = opt(False, "Restart when Python files change (development).")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import email.utils
+import sys
 import time
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -62,6 +63,7 @@ class ServerState:
         "date_timer",
         "default_head",
         "default_headers",
+        "eager",
         "in_flight",
         "lifespan_state",
         "loop",
@@ -87,9 +89,11 @@ class ServerState:
         self.loop = loop
         self.lifespan_state = lifespan_state
         self.access_log = access_log
-        # Small final responses held back until the end of this loop pass (see
-        # protocols/http1.py, EAGER_START): (transport, bytes) in the order they were made.
+        # Requests start in eager tasks (--eager-start, Python 3.12+), and small final
+        # responses are held back until the end of this loop pass (see "Eager start" in
+        # protocols/http1.py): (transport, bytes) in the order they were made.
         self.outbox: list[tuple[asyncio.WriteTransport, bytes]] = []
+        self.eager = config.eager_start and sys.version_info >= (3, 12)
         # The context the server runs in: each request's task gets a copy of it (protocol
         # callbacks run in it; tasks started from another request's task must not inherit).
         self.context = contextvars.copy_context()
@@ -128,13 +132,6 @@ class ServerState:
             self.date_timer = self.loop.call_at(
                 self.loop.time() + 1.0 - (now % 1.0), self.refresh_date
             )
-
-    def hold(self, transport: asyncio.WriteTransport, data: bytes) -> None:
-        """Write `data` once the current loop pass is over (with every other held one)."""
-        outbox = self.outbox
-        if not outbox:
-            self.loop.call_soon(self.flush_outbox)
-        outbox.append((transport, data))
 
     def flush_outbox(self) -> None:
         """Write the held responses now. Runs at the end of the loop pass, and before any

@@ -113,7 +113,8 @@ def test_root_path(serve: Serve) -> None:
 REQUEST_VAR: contextvars.ContextVar[str] = contextvars.ContextVar("request_var", default="unset")
 
 
-def test_each_request_has_its_own_task_and_context(serve: Serve) -> None:
+@pytest.mark.parametrize("eager_start", [True, False])
+def test_each_request_has_its_own_task_and_context(serve: Serve, eager_start: bool) -> None:
     """Frameworks (anyio cancel scopes, per-request sessions keyed on the task, contextvars)
     need every request to run in a task of its own, with a context that starts clean: a
     value set by one request must never leak into the next one on the same connection,
@@ -134,7 +135,7 @@ def test_each_request_has_its_own_task_and_context(serve: Serve) -> None:
         await send({"type": "http.response.start", "status": 200, "headers": []})
         await send({"type": "http.response.body", "body": b"ok"})
 
-    with serve(app) as srv, srv.connect() as sock:
+    with serve(app, eager_start=eager_start) as srv, srv.connect() as sock:
         wire = Wire(sock)
         paths = ["/a", "/wait", "/b", "/b"]
         for path in paths:

@@ -6,7 +6,7 @@ Bytes arrive in `data_received`, httptools calls back `on_url` / `on_header` /
 Python 3.12+). Responses leave through `start_response` / `send_body`, which frame them
 (Content-Length, chunked or close-delimited) and write head and body with a single
 `transport.write` for small responses (on 3.12+ a small final one is held to the end of the
-loop pass: see EAGER_START).
+loop pass: see "Eager start" below).
 
 Rules this module lives by:
 - responses go out strictly in request order (pipelining): one cycle runs at a time, later
@@ -62,14 +62,14 @@ WRITELINES_UNPAUSED = (3, 12) <= sys.version_info < (3, 12, 9) or (
     (3, 13) <= sys.version_info < (3, 13, 2)
 )
 
-# Python 3.12+: a request's app starts at once, with an eager task, when feed_data() has
-# returned (not inside httptools' callbacks): no handle and no loop pass between the parser
-# and the app. A small final response is then held (ServerState.hold) until the loop pass
-# ends, so the responses to one pass's reads still leave in one burst after those reads, as
-# they do when tasks run later. Written from inside each read callback instead, they spread
-# the client's next requests out: fewer per epoll_wait, more wake-ups, and more system CPU
-# than the eager start saves (measured: perf/README.md, Log).
-EAGER_START = sys.version_info >= (3, 12)
+# Eager start (ServerState.eager: Python 3.12+ and --eager-start, the default): a request's
+# app starts at once, in an eager task, when feed_data() has returned (not inside httptools'
+# callbacks): no handle and no loop pass between the parser and the app. A small final
+# response is then held (ServerState.outbox) until the loop pass ends, so the responses to one
+# pass's reads still leave in one burst after those reads, as they do when tasks run later.
+# Written from inside each read callback instead, they spread the client's next requests
+# out: fewer per epoll_wait, more wake-ups, and more system CPU than the eager start saves
+# (measured: perf/README.md, Log).
 
 # Timer phases: what the connection's single deadline means when it passes.
 IDLE, HEAD, BUSY, BODY = 0, 1, 2, 3
@@ -236,7 +236,7 @@ class HTTP1Protocol(FlowControl):
         state = self.state
         if sys.version_info >= (3, 12):
             cycle.task = asyncio.Task(cycle.run(state.app), loop=state.loop, eager_start=True)
-        else:  # pragma: no cover  (EAGER_START is False there)
+        else:  # pragma: no cover  (state.eager is False there)
             cycle.task = state.loop.create_task(cycle.run(state.app))
 
     def callback_failed(self, exc: Exception) -> None:
@@ -368,7 +368,7 @@ class HTTP1Protocol(FlowControl):
                 # start(), inlined for the common case.
                 state.in_flight += 1
                 state.total_requests += 1
-                if EAGER_START:
+                if state.eager:
                     self.starting = cycle
                 else:
                     cycle.task = state.loop.create_task(cycle.run(state.app))
@@ -553,10 +553,16 @@ class HTTP1Protocol(FlowControl):
                     parts.append(b"0\r\n\r\n")
             elif body:
                 parts.append(body)
-            if final and EAGER_START:
-                self.state.hold(self.transport, b"".join(parts))
+            state = self.state
+            outbox = state.outbox
+            if final and state.eager:
+                # Held to the end of the loop pass (see "Eager start").
+                if not outbox:
+                    state.loop.call_soon(state.flush_outbox)
+                outbox.append((self.transport, b"".join(parts)))
             else:
-                self.flush_held()
+                if outbox:
+                    state.flush_outbox()
                 self.transport.write(b"".join(parts))
         if final:
             self.response_done(cycle)
@@ -597,7 +603,7 @@ class HTTP1Protocol(FlowControl):
 
     def response_done(self, cycle: RequestCycle) -> None:
         """The last byte of the response was handed to the transport (or held, see
-        EAGER_START: it is written before anything else happens on this connection)."""
+        "Eager start": it is written before anything else happens on this connection)."""
         if not cycle.keep_alive:
             self.keep_alive = False
         access = self.state.access_log
@@ -605,7 +611,7 @@ class HTTP1Protocol(FlowControl):
             access.log(cycle, monotonic())
 
     def flush_held(self) -> None:
-        """Held responses go first (EAGER_START): bytes leave a connection in order."""
+        """Held responses go first ("Eager start"): bytes leave a connection in order."""
         if self.state.outbox:
             self.state.flush_outbox()
 
