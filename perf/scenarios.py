@@ -3,13 +3,18 @@
 Throughput scenarios (wrk, WebSocket echo) keep every server of the scenario running at once,
 each on its own port, all pinned to the server CPU, idle while another is measured. Each server
 is warmed up, then the rounds go A B C D, A B C D, ... so that drift of the shared machine lands
-on every server alike. Memory scenarios (`memory.py`) run one server at a time.
+on every server alike. After each run the harness waits until that server has stopped using
+CPU (a slow server still works through queued requests and closing connections after wrk
+stops, on the CPU the next server needs). Memory scenarios (`memory.py`) run one server at a
+time.
 """
 
 from __future__ import annotations
 
 import json
 import subprocess
+import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -156,6 +161,31 @@ def run_client(argv: list[str], timeout: float) -> dict[str, Any]:
     return {"error": f"client exited {proc.returncode}: {proc.stderr.strip()[-300:]}"}
 
 
+# Waiting for a server to go idle after a run: CPU time is read every SETTLE_STEP seconds,
+# and the server is idle once a step adds less than a tenth of it (at most SETTLE_LIMIT s).
+SETTLE_STEP = 0.05
+SETTLE_LIMIT = 15.0
+
+
+def wait_until_idle(
+    cpu_seconds: Callable[[], float],
+    step: float = SETTLE_STEP,
+    limit: float = SETTLE_LIMIT,
+    sleep: Callable[[float], None] = time.sleep,
+) -> float:
+    """Wait until `cpu_seconds()` stops growing; return how long that took (bounded)."""
+    waited = 0.0
+    last = cpu_seconds()
+    while waited < limit:
+        sleep(step)
+        waited += step
+        now = cpu_seconds()
+        if now - last < step / 10:
+            break
+        last = now
+    return waited
+
+
 def run_interleaved(
     scenario: Scenario, running: dict[str, Running], env: BenchEnv, cfg: RunConfig
 ) -> dict[str, Any]:
@@ -163,8 +193,14 @@ def run_interleaved(
 
     def once(server: Running, duration: float) -> dict[str, Any]:
         if scenario.kind == "ws":
-            return measure_ws(scenario, server, env, duration)
-        return measure_wrk(scenario, server, duration)
+            result = measure_ws(scenario, server, env, duration)
+        else:
+            result = measure_wrk(scenario, server, duration)
+        # Without this, a server that falls behind (hypercorn at 1,000 connections) kept
+        # CPU 0 busy for seconds into the next server's round: fastserve's p99 at 1,000
+        # connections went from ~40 ms to 1.2-2.8 s whenever it ran right after hypercorn.
+        result["settle_s"] = round(wait_until_idle(server.cpu_seconds), 2)
+        return result
 
     for server in running.values():
         once(server, cfg.warmup)

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from perf import apps, clients, report, servers, stats, wrk
+from perf import apps, clients, report, scenarios, servers, stats, wrk
 from perf.venv import PERF_DIR
 from tests.conftest import run_server
 
@@ -314,3 +314,17 @@ def test_lean_reference_path_answers_like_the_servers() -> None:
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+def test_wait_until_idle_waits_for_the_cpu_to_stop_and_is_bounded() -> None:
+    """Between rounds the harness waits for the server it just measured to stop using CPU."""
+    readings = iter([1.0, 2.0, 3.0, 3.5, 3.501, 9.0])
+    slept: list[float] = []
+    waited = scenarios.wait_until_idle(
+        lambda: next(readings), step=0.05, limit=10, sleep=slept.append
+    )
+    assert slept == [0.05] * 4 and waited == pytest.approx(0.2)  # idle at the 3.501 reading
+    busy = iter(float(i) for i in range(1000))
+    slept.clear()
+    waited = scenarios.wait_until_idle(lambda: next(busy), step=0.5, limit=2, sleep=slept.append)
+    assert slept == [0.5] * 4 and waited == pytest.approx(2.0)  # never idle: gives up
