@@ -5,6 +5,8 @@ so `uvicorn` can be replaced by `fastserve` in a command line."""
 from __future__ import annotations
 
 import dataclasses
+import importlib.machinery
+import platform
 import sys
 import types
 import typing
@@ -59,6 +61,20 @@ def option_for(f: dataclasses.Field[Any]) -> Callable[[Any], Any]:
     return click.option(name, f.name, default=default, **kwargs)
 
 
+def hot_path_compiled() -> bool:
+    """Whether the protocol modules run compiled (a wheel built with mypyc, see setup.py)."""
+    from .protocols import http1
+
+    return http1.__file__ is not None and http1.__file__.endswith(
+        tuple(importlib.machinery.EXTENSION_SUFFIXES)
+    )
+
+
+def build_info() -> str:
+    build = "compiled" if hot_path_compiled() else "pure Python"
+    return f"{platform.python_implementation()} {platform.python_version()}, {build}"
+
+
 def build_command() -> click.Command:
     def command(app: str, **options: Any) -> None:
         for key, value in options.items():
@@ -69,7 +85,9 @@ def build_command() -> click.Command:
     cmd: Any = command
     for f in reversed(config_fields()):
         cmd = option_for(f)(cmd)
-    cmd = click.version_option(__version__, prog_name="fastserve")(cmd)
+    cmd = click.version_option(
+        __version__, prog_name="fastserve", message=f"%(prog)s %(version)s ({build_info()})"
+    )(cmd)
     cmd = click.argument("app", envvar=["FASTSERVE_APP", "UVICORN_APP"])(cmd)
     built: click.Command = click.command(
         context_settings={"show_default": True},

@@ -16,3 +16,10 @@ SendMessage = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[SendMessage], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+class ClientDisconnected(OSError):
+    """`send()` was called after the client went away (ASGI spec 2.4 asks for an OSError).
+
+    Defined here, in a module that is never compiled: mypyc cannot compile a subclass of
+    OSError (see setup.py)."""

@@ -4,6 +4,7 @@ exit codes, and what they print. (Stopping and signals: test_cli_shutdown.py.)""
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import signal
 import socket
@@ -17,6 +18,7 @@ import httpx
 import pytest
 
 import fastserve
+from fastserve.cli import hot_path_compiled
 from fastserve.cli import main as cli_main
 from fastserve.config import config_fields
 from tests.apps.cli_procs import (
@@ -50,6 +52,17 @@ def test_version() -> None:
     result = run_cli("--version")
     assert result.returncode == 0
     assert fastserve.__version__ in result.stdout
+    assert ("compiled" if hot_path_compiled() else "pure Python") in result.stdout
+
+
+@pytest.mark.skipif(
+    "FASTSERVE_EXPECT_COMPILED" not in os.environ, reason="CI's wheel install sets it"
+)
+def test_wheel_install_runs_the_compiled_hot_path() -> None:
+    """.ci/run installs a wheel for its second run: the suite must then test the compiled
+    modules (a failed compile falls back to pure Python silently, see setup.py)."""
+    expected = os.environ["FASTSERVE_EXPECT_COMPILED"] == "1"
+    assert hot_path_compiled() is expected
 
 
 def test_help_lists_every_config_field() -> None:

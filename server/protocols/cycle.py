@@ -13,10 +13,12 @@ import logging
 from time import monotonic
 from typing import TYPE_CHECKING, Protocol
 
-from ..types import ASGIApp, Message, Scope, SendMessage
+from ..types import ASGIApp, ClientDisconnected, Message, Scope, SendMessage
 
 if TYPE_CHECKING:
     from ..state import ServerState
+
+__all__ = ["ClientDisconnected", "Connection", "RequestCycle"]
 
 log = logging.getLogger("fastserve.error")
 
@@ -27,10 +29,6 @@ TOKEN_CHARS = b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLM
 NO_BODY_STATUSES = frozenset([*range(100, 200), 204, 304])
 
 DISCONNECT: Message = {"type": "http.disconnect"}
-
-
-class ClientDisconnected(OSError):
-    """`send()` was called after the client went away (ASGI spec 2.4 asks for an OSError)."""
 
 
 class Connection(Protocol):

@@ -34,7 +34,6 @@ from .http1_rules import (
     FRAMING_HEADERS,
     METHODS,
     STATUS_LINES,
-    TRAILERS,
     WATCHED_REQUEST_HEADERS,
     RejectRequest,
     check_transfer_encoding,
@@ -273,8 +272,12 @@ class HTTP1Protocol(FlowControl):
                 self.has_host = True  # every request has one: no call for it
             else:
                 self.watch_header(name, value)
-        # llhttp strips leading whitespace, not trailing (RFC 9110 §5.5: OWS around values).
-        self.headers.append((name, value.rstrip(b" \t")))
+        if self.parsing is None:
+            # llhttp strips leading whitespace, not trailing (RFC 9110 §5.5: OWS around
+            # values). Trailer fields (parsing is set) are dropped: httptools reports them
+            # like header fields, ASGI has no place for them, and keeping them would let a
+            # client grow a list without bound.
+            self.headers.append((name, value.rstrip(b" \t")))
 
     def watch_header(self, name: bytes, value: bytes) -> None:
         if self.parsing is not None and name in FRAMING_HEADERS:
@@ -337,7 +340,6 @@ class HTTP1Protocol(FlowControl):
         scope["raw_path"] = raw_path
         scope["query_string"] = query
         scope["headers"] = self.headers
-        self.headers = TRAILERS  # trailer fields, if any, are dropped
         scope["state"] = state.lifespan_state.copy()
         # The next message starts from here (on_message_complete gives it a header list).
         self.url = b""

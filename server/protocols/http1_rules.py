@@ -35,16 +35,6 @@ STATUS_LINES: dict[int, bytes] = {code: status_line(code) for code in range(100,
 METHODS = {m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS")}
 
 
-class _Dropped(list[tuple[bytes, bytes]]):
-    """Where trailer fields go: httptools reports them like header fields, ASGI has no place
-    for them, and keeping them would let a client grow a list without bound."""
-
-    def append(self, item: tuple[bytes, bytes]) -> None:
-        pass
-
-
-TRAILERS = _Dropped()
-
 WATCHED_REQUEST_HEADERS = frozenset(
     [b"expect", b"host", b"upgrade", b"transfer-encoding", b"content-length"]
 )
