@@ -105,6 +105,14 @@ def git_describe() -> str:
     return commit + ("-dirty" if git("status", "--porcelain", "--", "server").strip() else "")
 
 
+def fastserve_build(env: venv.BenchEnv) -> str:
+    """`fastserve --version`'s build note: its hot path compiled (mypyc) or pure Python."""
+    out = subprocess.run(
+        [str(env.python), "-m", "fastserve", "--version"], capture_output=True, text=True
+    ).stdout
+    return out[out.find("(") + 1 : out.rfind(")")] if "(" in out else "?"
+
+
 def meta(env: venv.BenchEnv, cfg: RunConfig, quick: bool, stamp: str) -> dict[str, Any]:
     wanted = ("fastserve", "uvicorn", "granian", "hypercorn", "uvloop", "httptools", "websockets")
     wrk_version = subprocess.run(["wrk", "-v"], capture_output=True, text=True).stdout
@@ -121,6 +129,7 @@ def meta(env: venv.BenchEnv, cfg: RunConfig, quick: bool, stamp: str) -> dict[st
         "machine": f"{platform.system()} {platform.release()} {platform.machine()}",
         "wrk": wrk_version.splitlines()[0] if wrk_version else "?",
         "versions": {k: env.installed[k] for k in wanted if k in env.installed},
+        "fastserve_build": fastserve_build(env),
         "argv": sys.argv[1:],
     }
 

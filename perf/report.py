@@ -154,7 +154,8 @@ def render(results: dict[str, Any], goals: list[Goal]) -> str:
         "",
         f"Python {meta.get('python', '?')}, {meta.get('cpus', '?')} CPUs, "
         f"rounds {meta.get('rounds', '?')} x {meta.get('duration_s', '?')} s, "
-        f"fastserve {meta.get('commit', '?')}{' (quick)' if meta.get('quick') else ''}.",
+        f"fastserve {meta.get('commit', '?')}{' (quick)' if meta.get('quick') else ''}"
+        f" ({meta.get('fastserve_build', 'build not recorded')}).",
         f"Versions: {', '.join(f'{k} {v}' for k, v in meta.get('versions', {}).items())}.",
         "",
         "Median req/s (WebSocket: messages/s) over interleaved rounds; (Nx) is the median of the"
