@@ -33,7 +33,10 @@ COMPILED = [
     "protocols/flow.py",
     "protocols/http1.py",
     "protocols/http1_rules.py",
+    "protocols/linger.py",
+    "protocols/proxy_protocol.py",
     "protocols/websocket.py",
+    "state.py",
 ]
 
 

@@ -66,12 +66,22 @@ class ServerState:
         "eager",
         "in_flight",
         "lifespan_state",
+        "limit_concurrency",
+        "limit_request_body",
+        "limit_request_field_size",
+        "limit_request_fields",
+        "limit_request_line",
         "loop",
+        "max_head_size",
         "outbox",
         "restarting",
+        "root_path",
         "shutting_down",
         "static_head",
         "tasks",
+        "timeout_keep_alive",
+        "timeout_request_body",
+        "timeout_request_header",
         "total_requests",
         "ws_enabled",
     )
@@ -85,6 +95,18 @@ class ServerState:
         access_log: AccessLog | None,
     ) -> None:
         self.config = config
+        # The settings the protocols read on every request, copied out of `config`: an
+        # attribute of this (compiled) class is a field read, a dataclass attribute a lookup.
+        self.timeout_keep_alive = config.timeout_keep_alive
+        self.timeout_request_header = config.timeout_request_header
+        self.timeout_request_body = config.timeout_request_body
+        self.limit_request_line = config.limit_request_line
+        self.limit_request_field_size = config.limit_request_field_size
+        self.limit_request_fields = config.limit_request_fields
+        self.limit_request_body = config.limit_request_body
+        self.limit_concurrency = config.limit_concurrency
+        self.max_head_size = config.max_head_size
+        self.root_path = config.root_path
         self.app = app
         self.loop = loop
         self.lifespan_state = lifespan_state

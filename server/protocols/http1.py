@@ -70,6 +70,8 @@ WRITELINES_UNPAUSED = (3, 12) <= sys.version_info < (3, 12, 9) or (
 # out: fewer per epoll_wait, more wake-ups, and more system CPU than the eager start saves
 # (measured: perf/README.md, Log).
 
+EAGER_TASK: Any = asyncio.Task  # (Any: typeshed's Task has no eager_start before 3.12)
+
 # Timer phases: what the connection's single deadline means when it passes.
 IDLE, HEAD, BUSY, BODY = 0, 1, 2, 3
 
@@ -169,7 +171,7 @@ class HTTP1Protocol(FlowControl):
             "path": "",
             "raw_path": b"",
             "query_string": b"",
-            "root_path": state.config.root_path,
+            "root_path": state.root_path,
             "headers": [],
             "client": self.client,
             "server": self.server,
@@ -179,7 +181,7 @@ class HTTP1Protocol(FlowControl):
             from ..tls import tls_extension
 
             self.scope_base["extensions"] = {"tls": tls_extension(transport)}
-        self.set_deadline(IDLE, state.config.timeout_keep_alive)
+        self.set_deadline(IDLE, state.timeout_keep_alive)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -205,15 +207,15 @@ class HTTP1Protocol(FlowControl):
             # A request begins: its head must arrive within --timeout-request-header.
             # (No on_message_begin callback: one Python call a request less.)
             self.phase = HEAD
-            self.deadline = deadline = monotonic() + self.state.config.timeout_request_header
+            self.deadline = deadline = monotonic() + self.state.timeout_request_header
             if self.timer is None or deadline < self.timer_at:
-                self.set_deadline(HEAD, self.state.config.timeout_request_header)
+                self.set_deadline(HEAD, self.state.timeout_request_header)
             self.head_bytes = len(data)  # one read: bounded by the transport's read size
         elif phase == HEAD:
             # A head split over several reads: bound it (a single read is bounded by the
             # transport's read size, and on_url/on_header check their own parts).
             self.head_bytes += len(data)
-            if self.head_bytes > self.state.config.max_head_size:
+            if self.head_bytes > self.state.max_head_size:
                 self.reject(RejectRequest(431, "Request header fields too large"))
                 return
         try:
@@ -232,11 +234,8 @@ class HTTP1Protocol(FlowControl):
             self.start_eagerly(cycle)
 
     def start_eagerly(self, cycle: RequestCycle) -> None:
-        state = self.state
-        if sys.version_info >= (3, 12):
-            cycle.task = asyncio.Task(cycle.run(state.app), loop=state.loop, eager_start=True)
-        else:  # pragma: no cover  (state.eager is False there)
-            cycle.task = state.loop.create_task(cycle.run(state.app))
+        state = self.state  # state.eager: Python 3.12+, where Task takes eager_start
+        cycle.task = EAGER_TASK(cycle.run(state.app), loop=state.loop, eager_start=True)
 
     def callback_failed(self, exc: Exception) -> None:
         """httptools wraps what our callbacks raise: the RejectRequest is its __context__."""
@@ -258,13 +257,13 @@ class HTTP1Protocol(FlowControl):
 
     def on_url(self, url: bytes) -> None:
         self.url += url
-        if len(self.url) > self.state.config.limit_request_line:
+        if len(self.url) > self.state.limit_request_line:
             raise RejectRequest(414, "Request-URI too long")
 
     def on_header(self, name: bytes, value: bytes) -> None:
         # Hot: three to ten calls a request. The field count is checked once the head is
         # complete (until then the list is bounded by one read, or by head_bytes).
-        if len(name) + len(value) > self.state.config.limit_request_field_size:
+        if len(name) + len(value) > self.state.limit_request_field_size:
             raise RejectRequest(431, "Request header field too large")
         name = name.lower()
         if name in WATCHED_REQUEST_HEADERS:
@@ -297,7 +296,7 @@ class HTTP1Protocol(FlowControl):
             self.te = value if self.te is None else self.te + b"," + value
         elif name == b"content-length":
             # llhttp has validated the digits (and rejects a second Content-Length).
-            limit = self.state.config.limit_request_body
+            limit = self.state.limit_request_body
             if limit is not None and int(value) > limit:
                 raise RejectRequest(413, "Request body too large")
 
@@ -308,7 +307,7 @@ class HTTP1Protocol(FlowControl):
         method_bytes = parser.get_method()
         method = METHODS.get(method_bytes) or method_bytes.decode("ascii")
         url = self.url
-        if len(self.headers) > state.config.limit_request_fields:
+        if len(self.headers) > state.limit_request_fields:
             raise RejectRequest(431, "Too many request header fields")
         if http_version != "1.1":
             if http_version != "1.0":  # llhttp lets "0.9" and "2.0" through
@@ -327,7 +326,7 @@ class HTTP1Protocol(FlowControl):
             path = unquote(raw_path.decode("latin-1"))
         else:
             path = raw_path.decode("latin-1")
-        root_path = state.config.root_path
+        root_path = state.root_path
         if root_path:
             # As uvicorn, and as the ASGI spec's WSGI mapping implies (PATH_INFO = path minus
             # root_path): path and raw_path are the full path, the mount prefix included.
@@ -363,7 +362,7 @@ class HTTP1Protocol(FlowControl):
         if self.cycle is None:
             self.cycle = cycle
             self.phase = BUSY
-            limit = state.config.limit_concurrency
+            limit = state.limit_concurrency
             if limit is not None and state.in_flight >= limit:
                 self.refuse(cycle)
             else:
@@ -400,7 +399,7 @@ class HTTP1Protocol(FlowControl):
             return
         self.body_received += len(body)
         self.body_seen = monotonic()
-        limit = self.state.config.limit_request_body
+        limit = self.state.limit_request_body
         if limit is not None and self.body_received > limit:
             raise RejectRequest(413, "Request body too large")  # a chunked body grew too big
         cycle.feed_body(body)
@@ -417,7 +416,7 @@ class HTTP1Protocol(FlowControl):
                 cycle.end_body()
             if self.cycle is None and self.phase == BODY:
                 # Answered before its body ended: now the connection is idle.
-                self.set_deadline(IDLE, self.state.config.timeout_keep_alive)
+                self.set_deadline(IDLE, self.state.timeout_keep_alive)
 
     # -- running the app -----------------------------------------------------------------------
 
@@ -458,9 +457,9 @@ class HTTP1Protocol(FlowControl):
         ):
             # The common case, inlined: the request is done, wait for the next one.
             self.phase = IDLE
-            self.deadline = deadline = monotonic() + self.state.config.timeout_keep_alive
+            self.deadline = deadline = monotonic() + self.state.timeout_keep_alive
             if self.timer is None or deadline < self.timer_at:
-                self.set_deadline(IDLE, self.state.config.timeout_keep_alive)
+                self.set_deadline(IDLE, self.state.timeout_keep_alive)
             if self.state.shutting_down:
                 self.close()
             return
@@ -489,9 +488,9 @@ class HTTP1Protocol(FlowControl):
         if self.read_paused:
             self.resume_reading()
         if self.parsing is not None:
-            self.set_deadline(BODY, self.state.config.timeout_request_body)
+            self.set_deadline(BODY, self.state.timeout_request_body)
         else:
-            self.set_deadline(IDLE, self.state.config.timeout_keep_alive)
+            self.set_deadline(IDLE, self.state.timeout_keep_alive)
         if self.state.shutting_down:
             self.close()
 
@@ -676,7 +675,7 @@ class HTTP1Protocol(FlowControl):
         cycle = self.cycle
         if cycle is None or cycle is not self.parsing:
             return  # no body on its way; the next phase arms the timer again
-        timeout = self.state.config.timeout_request_body
+        timeout = self.state.timeout_request_body
         now = monotonic()
         remaining = max(cycle.start_time, self.body_seen) + timeout - now
         if remaining <= 0 and not self.read_paused:
