@@ -7,6 +7,8 @@ import asyncio
 import contextvars
 import json
 import queue
+import re
+import time
 from typing import Any
 
 import httpx
@@ -67,6 +69,57 @@ def test_scope_http10_and_empty_query(serve: Serve) -> None:
     assert scope["http_version"] == "1.0"
     assert scope["path"] == "/plain"
     assert scope["query_string"] == ""
+
+
+# The server reads a request's HTTP version off the first line of the read that starts it
+# (http1.py, data_received) when it can tell that line is the request line, and asks httptools
+# otherwise. Each case: the pieces sent, one read each (a pause between them), and the
+# http_version each request's scope must carry.
+VERSION_CASES = {
+    "pipelined 1.1 then 1.0": (
+        [b"GET /a HTTP/1.1\r\nHost: t\r\n\r\nGET /b HTTP/1.0\r\n\r\n"],
+        ["1.1", "1.0"],
+    ),
+    "pipelined 1.0 then 1.1": (
+        [
+            b"GET /a HTTP/1.0\r\nConnection: keep-alive\r\n\r\n"
+            b"GET /b HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+        ],
+        ["1.0", "1.1"],
+    ),
+    "a header line ends like a 1.1 request line": (
+        [b"GET /a HTTP/1.0\r\nX-A: b", b" HTTP/1.1\r\n\r\n"],
+        ["1.0"],
+    ),
+    "the next request's header ends like one": (
+        [b"GET /a HTTP/1.1\r\nHost: t\r\n\r\nGET /b HTTP/1.0\r\nX: y", b" HTTP/1.1\r\n\r\n"],
+        ["1.1", "1.0"],
+    ),
+    "method split": ([b"GE", b"T /a HTTP/1.0\r\n\r\n"], ["1.0"]),
+    "version split": ([b"GET /a HTTP/1.", b"0\r\n\r\n"], ["1.0"]),
+    "leading empty line": ([b"\r\nGET /a HTTP/1.0\r\n\r\n"], ["1.0"]),
+    "1.1 after a kept-alive 1.0": (
+        [
+            b"GET /a HTTP/1.0\r\nConnection: keep-alive\r\n\r\n",
+            b"GET /b HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+        ],
+        ["1.0", "1.1"],
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(VERSION_CASES))
+def test_http_version_of_each_request_however_its_bytes_arrive(serve: Serve, case: str) -> None:
+    pieces, versions = VERSION_CASES[case]
+    with serve(scope_app) as srv, srv.connect() as sock:
+        for piece in pieces:
+            sock.sendall(piece)
+            time.sleep(0.05)  # (if reads merge anyway, the expected answers are the same)
+        received = b""
+        while chunk := sock.recv(65536):  # every case ends with a request that closes
+            received += chunk
+    seen = [m.decode() for m in re.findall(rb'"http_version": "([0-9.]+)"', received)]
+    assert seen == versions
 
 
 def test_scope_headers_lowercased_in_order_duplicates_kept_whitespace_stripped(

@@ -11,9 +11,10 @@ from __future__ import annotations
 import asyncio
 import logging
 from time import monotonic
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
 from ..types import ASGIApp, ClientDisconnected, Message, Scope, SendMessage
+from .flow import FlowControl
 
 if TYPE_CHECKING:
     from ..state import ServerState
@@ -31,19 +32,32 @@ NO_BODY_STATUSES = frozenset([*range(100, 200), 204, 304])
 DISCONNECT: Message = {"type": "http.disconnect"}
 
 
-class Connection(Protocol):
-    """What a cycle needs from the protocol that carries it."""
+class Connection(FlowControl):
+    """What a cycle needs from the protocol that carries it (HTTP1Protocol implements it).
 
-    write_paused: bool
+    A base class rather than a typing.Protocol: where these modules are compiled (setup.py),
+    a cycle's calls into its connection are then direct calls, not attribute lookups."""
+
+    __slots__ = ()
 
     # Both write one piece of the response; `final` ends it (the exchange is logged then).
-    def start_response(self, cycle: RequestCycle, body: bytes, final: bool) -> None: ...
-    def send_body(self, cycle: RequestCycle, body: bytes, final: bool) -> None: ...
-    def send_continue(self) -> None: ...
-    def body_consumed(self, cycle: RequestCycle) -> None: ...
-    async def drain(self) -> None: ...
-    def cycle_done(self, cycle: RequestCycle) -> None: ...
-    def abort(self) -> None: ...
+    def start_response(self, cycle: RequestCycle, body: bytes, final: bool) -> None:
+        raise NotImplementedError
+
+    def send_body(self, cycle: RequestCycle, body: bytes, final: bool) -> None:
+        raise NotImplementedError
+
+    def send_continue(self) -> None:
+        raise NotImplementedError
+
+    def body_consumed(self, cycle: RequestCycle) -> None:
+        raise NotImplementedError
+
+    def cycle_done(self, cycle: RequestCycle) -> None:
+        raise NotImplementedError
+
+    def abort(self) -> None:
+        raise NotImplementedError
 
 
 class RequestCycle:
