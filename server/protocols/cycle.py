@@ -31,6 +31,11 @@ NO_BODY_STATUSES = frozenset([*range(100, 200), 204, 304])
 
 DISCONNECT: Message = {"type": "http.disconnect"}
 
+# Shared and never mutated: a cycle makes its own lists only once it has body or headers
+# (two allocations less for every request without a body).
+NO_BODY: list[bytes] = []
+NO_HEADERS: list[tuple[bytes, bytes]] = []
+
 
 class Connection(FlowControl):
     """What a cycle needs from the protocol that carries it (HTTP1Protocol implements it).
@@ -103,7 +108,7 @@ class RequestCycle:
         self.keep_alive = keep_alive
         self.expect_100 = expect_100
         self.is_head = scope["method"] == "HEAD"
-        self.body: list[bytes] = []
+        self.body = NO_BODY
         self.body_size = 0
         self.more_body = True
         self.body_done = False  # the last http.request message was delivered
@@ -112,7 +117,7 @@ class RequestCycle:
         self.response_started = False
         self.response_complete = False
         self.status = 0
-        self.headers: list[tuple[bytes, bytes]] = []
+        self.headers = NO_HEADERS
         self.expected_length: int | None = None
         self.own_defaults = False
         self.no_body = self.is_head
@@ -127,7 +132,10 @@ class RequestCycle:
     def feed_body(self, data: bytes) -> None:
         if self.response_complete:
             return  # the app answered without reading: the rest of the body is discarded
-        self.body.append(data)
+        if self.body is NO_BODY:
+            self.body = [data]
+        else:
+            self.body.append(data)
         self.body_size += len(data)
         waiter = self.waiter
         if waiter is not None and not waiter.done():
@@ -222,7 +230,7 @@ class RequestCycle:
             data = body[0]
         else:
             data = b"".join(body)
-        self.body = []
+        self.body = NO_BODY
         self.body_size = 0
         self.conn.body_consumed(self)
         more_body = self.more_body
