@@ -201,6 +201,44 @@ def test_each_request_has_its_own_task_and_context(serve: Serve, eager_start: bo
     assert len({id(task) for task in tasks}) == len(tasks)  # all alive: ids are distinct
 
 
+@pytest.mark.parametrize("eager_start", [True, False])
+def test_a_task_factory_set_by_the_app_makes_the_request_tasks(
+    serve: Serve, eager_start: bool
+) -> None:
+    """Instrumentation sets a loop task factory (at lifespan startup): every request task,
+    kept-alive or pipelined, must come from it (the server calls Task() itself only when
+    the loop has none)."""
+    made: list[asyncio.Task[Any]] = []
+    served: list[bool] = []
+
+    def factory(loop: asyncio.AbstractEventLoop, coro: Any, **kwargs: Any) -> asyncio.Task[Any]:
+        task = asyncio.Task(coro, loop=loop, **kwargs)
+        made.append(task)
+        return task
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            await receive()
+            asyncio.get_running_loop().set_task_factory(factory)
+            await send({"type": "lifespan.startup.complete"})
+            await receive()
+            asyncio.get_running_loop().set_task_factory(None)
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+        served.append(asyncio.current_task() in made)
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    with serve(app, eager_start=eager_start, lifespan="on") as srv, srv.connect() as sock:
+        wire = Wire(sock)
+        for _ in range(2):
+            wire.send(request("/"))
+            assert wire.response().body == b"ok"
+        wire.send(request("/p1") + request("/p2"))  # pipelined
+        assert [wire.response().body for _ in range(2)] == [b"ok", b"ok"]
+    assert served == [True] * 4
+
+
 def test_lifespan_messages_and_state_shallow_copied_into_scopes(serve: Serve) -> None:
     probe = Probe()
     with serve(recording_lifespan(probe), lifespan="on") as srv:

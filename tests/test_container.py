@@ -133,6 +133,10 @@ def dockerignore_allows(path: str) -> bool:
 def test_dockerignore_is_an_allow_list() -> None:
     for needed in ("pyproject.toml", "README.md", "server/main.py", "examples/hello.py"):
         assert dockerignore_allows(needed), needed
+    # Everything the Dockerfile copies from the context is in it (setup.py, the mypy path).
+    copies = [rest for kw, rest in instructions() if kw == "COPY" and "--from" not in rest]
+    for source in (src for rest in copies for src in rest.split()[:-1]):
+        assert dockerignore_allows(source.rstrip("/")), f"COPY {source}: not in the context"
     for excluded in (".git/HEAD", ".venv/bin/python", "tests/test_workers.py", "perf/apps.py"):
         assert not dockerignore_allows(excluded), excluded
     assert not dockerignore_allows("server/__pycache__/main.cpython-311.pyc")
