@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from time import monotonic
-from typing import TYPE_CHECKING
+import time
+from typing import TYPE_CHECKING, Final
 
 from ..types import ASGIApp, ClientDisconnected, Message, Scope, SendMessage
 from .flow import FlowControl
@@ -22,19 +22,22 @@ if TYPE_CHECKING:
 __all__ = ["ClientDisconnected", "Connection", "RequestCycle"]
 
 log = logging.getLogger("fastserve.error")
+monotonic: Final = time.monotonic  # (Final: see http1.py)
 
 # RFC 9110 §5.6.2: tchar = "!" / "#" / "$" / "%" / "&" / "'" / "*" / "+" / "-" / "." /
 #                          "^" / "_" / "`" / "|" / "~" / DIGIT / ALPHA
-TOKEN_CHARS = b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+TOKEN_CHARS: Final = (
+    b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+)
 # Statuses that never carry content (RFC 9110 §6.4.1).
-NO_BODY_STATUSES = frozenset([*range(100, 200), 204, 304])
+NO_BODY_STATUSES: Final = frozenset([*range(100, 200), 204, 304])
 
-DISCONNECT: Message = {"type": "http.disconnect"}
+DISCONNECT: Final[Message] = {"type": "http.disconnect"}
 
 # Shared and never mutated: a cycle makes its own lists only once it has body or headers
 # (two allocations less for every request without a body).
-NO_BODY: list[bytes] = []
-NO_HEADERS: list[tuple[bytes, bytes]] = []
+NO_BODY: Final[list[bytes]] = []
+NO_HEADERS: Final[list[tuple[bytes, bytes]]] = []
 
 
 class Connection(FlowControl):
@@ -319,8 +322,8 @@ class RequestCycle:
             self.no_body = True
 
 
-_VALID_NAMES: dict[bytes, bytes] = {}  # response header name -> its lower-case form
-_SERVER_DECIDES = (b"connection", b"transfer-encoding")
+_VALID_NAMES: Final[dict[bytes, bytes]] = {}  # response header name -> its lower-case form
+_SERVER_DECIDES: Final = (b"connection", b"transfer-encoding")
 
 
 def _check_name(name: bytes) -> bytes:
@@ -333,6 +336,6 @@ def _check_name(name: bytes) -> bytes:
     return lname
 
 
-SPECIAL_RESPONSE_HEADERS = frozenset(
+SPECIAL_RESPONSE_HEADERS: Final = frozenset(
     [b"content-length", b"connection", b"transfer-encoding", b"server", b"date"]
 )

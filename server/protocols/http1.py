@@ -21,9 +21,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
+import time
 from collections import deque
-from time import monotonic
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import unquote
 
 import httptools
@@ -48,15 +48,19 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("fastserve.error")
 
+# Module constants are Final: compiled (setup.py), a Final name is a C static or an inlined
+# value, any other global a dict lookup at each use.
+monotonic: Final = time.monotonic
+
 # Reading pauses when this much request body waits unread by the app (the same order as
 # asyncio's StreamReader default limit of 64 KiB).
-HIGH_WATER = 64 * 1024
+HIGH_WATER: Final = 64 * 1024
 
 
 # Bodies from this size on are written beside their framing (writelines), not copied into it.
-COPY_LIMIT = 16 * 1024
+COPY_LIMIT: Final = 16 * 1024
 
-WRITELINES_UNPAUSED = (3, 12) <= sys.version_info < (3, 12, 9) or (
+WRITELINES_UNPAUSED: Final = (3, 12) <= sys.version_info < (3, 12, 9) or (
     (3, 13) <= sys.version_info < (3, 13, 2)
 )
 
@@ -72,10 +76,13 @@ WRITELINES_UNPAUSED = (3, 12) <= sys.version_info < (3, 12, 9) or (
 # Request tasks are made by calling Task directly when the loop has no task factory (~1k
 # instructions less than loop.create_task()). Any: typeshed's Task has no eager_start
 # before 3.12.
-TASK: Any = asyncio.Task
+TASK: Final[Any] = asyncio.Task
 
 # Timer phases: what the connection's single deadline means when it passes.
-IDLE, HEAD, BUSY, BODY = 0, 1, 2, 3
+IDLE: Final = 0
+HEAD: Final = 1
+BUSY: Final = 2
+BODY: Final = 3
 
 
 class HTTP1Protocol(Connection):

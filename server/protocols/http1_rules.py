@@ -8,6 +8,7 @@ constant tables.
 from __future__ import annotations
 
 import http
+from typing import Final
 
 import httptools
 
@@ -29,17 +30,19 @@ def status_line(code: int) -> bytes:
     return b"HTTP/1.1 %d %s\r\n" % (code, phrase.encode("ascii"))
 
 
-STATUS_LINES: dict[int, bytes] = {code: status_line(code) for code in range(100, 600)}
+STATUS_LINES: Final[dict[int, bytes]] = {code: status_line(code) for code in range(100, 600)}
 
 
-METHODS = {m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS")}
+METHODS: Final = {
+    m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS")
+}
 
 
-WATCHED_REQUEST_HEADERS = frozenset(
+WATCHED_REQUEST_HEADERS: Final = frozenset(
     [b"expect", b"host", b"upgrade", b"transfer-encoding", b"content-length"]
 )
 # Fields that must not come as trailers (RFC 9110 §6.5.1): they frame or route the request.
-FRAMING_HEADERS = frozenset([b"host", b"transfer-encoding", b"content-length"])
+FRAMING_HEADERS: Final = frozenset([b"host", b"transfer-encoding", b"content-length"])
 
 
 def check_transfer_encoding(te: bytes, http_version: str) -> None:
