@@ -29,6 +29,7 @@ from setuptools.command.build_ext import build_ext
 # Compiled together (they call each other's methods natively). Not compilable as they are:
 # subclasses of builtin exceptions and containers (ClientDisconnected lives in types.py).
 COMPILED = [
+    "accesslog.py",
     "protocols/cycle.py",
     "protocols/flow.py",
     "protocols/http1.py",

@@ -16,10 +16,10 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+from .accesslog import AccessLog
 from .config import Config
 from .importer import load_app
 from .lifespan import Lifespan, LifespanFailed
-from .logs import AccessLog
 from .loops import get_loop_factory
 from .protocols.http1 import HTTP1Protocol
 from .sockets import bind_sockets, describe

@@ -14,7 +14,7 @@ from .config import Config
 from .types import ASGIApp
 
 if TYPE_CHECKING:
-    from .logs import AccessLog
+    from .accesslog import AccessLog
 
 
 class Closable(Protocol):
