@@ -4,6 +4,7 @@ adapters, exercised over real sockets (httpx, or raw bytes where the exact reque
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextvars
 import json
 import queue
@@ -237,6 +238,28 @@ def test_a_task_factory_set_by_the_app_makes_the_request_tasks(
         wire.send(request("/p1") + request("/p2"))  # pipelined
         assert [wire.response().body for _ in range(2)] == [b"ok", b"ok"]
     assert served == [True] * 4
+
+
+def test_messages_may_be_any_mapping(serve: Serve) -> None:
+    """ASGI messages are dicts in practice, but `send()` takes any mapping (the server reads
+    dicts directly and other mappings through a copy)."""
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        start = collections.UserDict(
+            {"type": "http.response.start", "status": 201, "headers": [(b"x-a", b"1")]}
+        )
+        await send(start)
+        first = {"type": "http.response.body", "body": b"one ", "more_body": True}
+        await send(collections.UserDict(first))
+        await send(collections.OrderedDict(type="http.response.body", body=b"two"))
+
+    with serve(app) as srv:
+        response = httpx.get(srv.url + "/")
+    assert response.status_code == 201
+    assert response.headers["x-a"] == "1"
+    assert response.text == "one two"
 
 
 def test_lifespan_messages_and_state_shallow_copied_into_scopes(serve: Serve) -> None:

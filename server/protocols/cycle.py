@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from ..types import ASGIApp, ClientDisconnected, Message, Scope, SendMessage
 from .flow import FlowControl
@@ -242,21 +242,24 @@ class RequestCycle:
         return {"type": "http.request", "body": data, "more_body": more_body}
 
     async def send(self, message: SendMessage) -> None:
-        mtype = message["type"]
+        # Apps send dicts; any other mapping is read through a copy (compiled, reads from a
+        # value typed dict are direct dict operations, not method lookups).
+        msg = message if type(message) is dict else dict(message)
+        mtype = msg["type"]
         if self.disconnected:
             raise ClientDisconnected("client disconnected")
         if not self.response_started:
             if mtype != "http.response.start":
                 raise RuntimeError(f"expected 'http.response.start', got {mtype!r}")
             self.response_started = True
-            self.set_status_and_headers(message)
+            self.set_status_and_headers(msg)
             return
         if self.response_complete:
             raise RuntimeError(f"{mtype!r} sent after the response was complete")
         if mtype != "http.response.body":
             raise RuntimeError(f"expected 'http.response.body', got {mtype!r}")
-        body: bytes = message.get("body", b"")
-        final = not message.get("more_body", False)
+        body: bytes = msg.get("body", b"")
+        final = not msg.get("more_body", False)
         if self.expected_length is not None and not self.no_body:
             sent = self.bytes_sent + len(body)
             if sent > self.expected_length:
@@ -277,7 +280,7 @@ class RequestCycle:
         if not final and conn.write_paused:
             await conn.drain()
 
-    def set_status_and_headers(self, message: SendMessage) -> None:
+    def set_status_and_headers(self, message: dict[str, Any]) -> None:
         status = message["status"]
         # 1xx are interim (RFC 9110 §15.2): as the final response they would leave the
         # client waiting for one that never comes.
