@@ -24,9 +24,6 @@ if TYPE_CHECKING:
     from .protocols.cycle import RequestCycle
 
 
-DEFAULT_FORMAT = '%(client)s - "%(request_line)s" %(status)s %(bytes)s %(duration_ms)sms'
-
-
 # Access lines wait at most this long (seconds) before they are written, in one batch.
 FLUSH_DELAY: Final = 0.01
 

@@ -587,15 +587,14 @@ class HTTP1Protocol(Connection):
             elif body:
                 parts.append(body)
             state = self.state
-            outbox = state.outbox
             if final and state.eager:
                 # Held to the end of the loop pass (see "Eager start").
+                outbox = state.outbox
                 if not outbox:
                     state.loop.call_soon(state.flush_outbox)
                 outbox.append((self.transport, b"".join(parts)))
             else:
-                if outbox:
-                    state.flush_outbox()
+                self.flush_held()
                 self.transport.write(b"".join(parts))
         if final:
             self.response_done(cycle)
