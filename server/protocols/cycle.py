@@ -318,11 +318,28 @@ class RequestCycle:
                     dropped = True
                 else:
                     self.own_defaults = True
+        if status in NO_BODY_STATUSES:
+            self.no_body = True
+            if status != 304:
+                if self.expected_length is not None:
+                    headers = self.drop_content_length(headers, status)
+                # 1xx and 204 have no content (RFC 9110 §6.4.1), so their length is 0: the
+                # body is not checked (no_body) and the protocol must not frame the app's
+                # discarded bytes either (for a HEAD it adds a length when this is None).
+                self.expected_length = 0
         if dropped:
             headers = [(n, v) for n, v in headers if n.lower() not in _SERVER_DECIDES]
         self.headers = headers
-        if status in NO_BODY_STATUSES:
-            self.no_body = True
+
+    def drop_content_length(
+        self, headers: list[tuple[bytes, bytes]], status: int
+    ) -> list[tuple[bytes, bytes]]:
+        # RFC 9110 §8.6: "A server MUST NOT send a Content-Length header field in any
+        # response with a status code of 1xx (Informational) or 204 (No Content)." A 304 is
+        # exempt: its Content-Length is the would-be length of the 200 (§15.4.5), kept as sent.
+        # Reached only for such a status with a length: a 200 pays nothing for this rule.
+        log.debug("content-length dropped from a %d response (RFC 9110 §8.6)", status)
+        return [(n, v) for n, v in headers if n.lower() != b"content-length"]
 
 
 _VALID_NAMES: Final[dict[bytes, bytes]] = {}  # response header name -> its lower-case form
