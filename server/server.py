@@ -80,7 +80,7 @@ class Server:
             runner.run(self.serve())
 
     async def serve(self, sockets: list[socket.socket] | None = None) -> None:
-        self.loop = loop = asyncio.get_running_loop()
+        self.loop = asyncio.get_running_loop()
         self.exit_event = asyncio.Event()
         app = self.app or load_app(self.config)
         app = self.wrap_middleware(app)
@@ -91,12 +91,32 @@ class Server:
                 await lifespan.startup()
             except LifespanFailed as exc:
                 raise StartupFailed(f"application startup failed: {exc}") from None
+        try:
+            await self.serve_app(app, lifespan.state if lifespan else {}, sockets)
+        except Exception:
+            # The app's startup ran, so its shutdown runs too, even when serving never began
+            # (port in use, bad --host, --uds in a missing directory): it may hold connections
+            # or files. uvicorn does the same. The caller reports the error (one line, exit 3);
+            # left to asyncio.Runner, the lifespan task would be cancelled instead, logging a
+            # CancelledError traceback and skipping the app's shutdown handler.
+            for srv in self.servers:
+                srv.close()
+            if lifespan is not None:
+                await lifespan.shutdown()
+            raise
+        if lifespan is not None and not self.force_exit:
+            await lifespan.shutdown()
+
+    async def serve_app(
+        self, app: ASGIApp, lifespan_state: dict[str, Any], sockets: list[socket.socket] | None
+    ) -> None:
+        """Listen, serve until told to exit, then drain (the part between lifespan phases)."""
+        loop = asyncio.get_running_loop()
+        assert self.exit_event is not None
         if self.config.gc_tune:
             tune_gc()
         access = AccessLog(self.config, loop) if self.config.access_log else None
-        self.state = state = ServerState(
-            self.config, app, loop, lifespan.state if lifespan else {}, access
-        )
+        self.state = state = ServerState(self.config, app, loop, lifespan_state, access)
         try:
             if self.config.install_signal_handlers:
                 self.install_signal_handlers(loop)
@@ -110,8 +130,6 @@ class Server:
             state.close()
             if access is not None:
                 access.flush()
-        if lifespan is not None and not self.force_exit:
-            await lifespan.shutdown()
 
     def wrap_middleware(self, app: ASGIApp) -> ASGIApp:
         """Server-side middleware (proxy headers, CORS), outermost last."""
