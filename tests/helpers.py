@@ -131,6 +131,40 @@ def exchange(srv: RunningServer, data: bytes | list[bytes], timeout: float = 5.0
         return recv_all(sock, timeout)
 
 
+def until_closed(sock: socket.socket, timeout: float = 5.0) -> bytes:
+    """Every byte until the server closes (EOF or reset); a timeout is a test failure, never
+    taken for a close."""
+    sock.settimeout(timeout)
+    chunks: list[bytes] = []
+    while True:
+        try:
+            data = sock.recv(65536)
+        except ConnectionResetError:
+            break
+        except TimeoutError:
+            raise AssertionError(
+                f"the server did not close within {timeout} s; received {b''.join(chunks)!r}"
+            ) from None
+        if not data:
+            break
+        chunks.append(data)
+    return b"".join(chunks)
+
+
+def statuses_of(raw: bytes) -> list[int]:
+    """The status of each response in `raw` (heads found by their status lines; bodies in
+    these tests are short text that never holds one)."""
+    return [int(raw[at + 9 : at + 12]) for at in _status_line_starts(raw)]
+
+
+def _status_line_starts(raw: bytes) -> list[int]:
+    starts, at = [], raw.find(b"HTTP/1.1 ")
+    while at >= 0:
+        starts.append(at)
+        at = raw.find(b"HTTP/1.1 ", at + 1)
+    return starts
+
+
 def status_of(raw: bytes) -> int:
     assert raw.startswith(b"HTTP/1.1 "), raw[:100]
     return int(raw[9:12])

@@ -86,7 +86,10 @@ INVALID: dict[str, tuple[bytes, int]] = {
         400,
     ),
     "HTTP/2.0 request line": (b"GET / HTTP/2.0\r\nHost: x\r\n\r\n", 505),
-    "HTTP/0.9 version": (b"GET / HTTP/0.9\r\nHost: x\r\n\r\n", 505),
+    # llhttp reads both as 0.9; HTTP/0.9 had no version in its request line, so a literal
+    # "HTTP/0.9" is as invalid a request-line as a missing version (RFC 9112 §3).
+    "HTTP/0.9 version": (b"GET / HTTP/0.9\r\nHost: x\r\n\r\n", 400),
+    "no HTTP version": (b"GET /\r\nHost: x\r\n\r\n", 400),
     "malformed version": (b"GET / HTTP/1.x\r\nHost: x\r\n\r\n", 400),
     "asterisk form with GET": (b"GET * HTTP/1.1\r\nHost: x\r\n\r\n", 400),
     "authority form with GET": (b"GET x:80 HTTP/1.1\r\nHost: x\r\n\r\n", 400),

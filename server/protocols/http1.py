@@ -38,6 +38,7 @@ from .http1_rules import (
     check_transfer_encoding,
     error_response,
     parser_reason,
+    skipped_body_head,
     split_absolute_target,
     status_line,
 )
@@ -107,6 +108,7 @@ class HTTP1Protocol(Connection):
         "scheme",
         "scope_base",
         "server",
+        "skipped",
         "starting",
         "state",
         "te",
@@ -129,6 +131,9 @@ class HTTP1Protocol(Connection):
         self.expect_100 = False
         self.upgrade: bytes | None = None
         self.ws_scope: dict[str, Any] | None = None
+        # A request whose Upgrade is not performed and whose body llhttp skipped, with the
+        # stand-in head that frames that body for the next parser (see handle_upgrade).
+        self.skipped: tuple[RequestCycle, bytes] | None = None
         self.cycle: RequestCycle | None = None  # the cycle whose app runs
         self.parsing: RequestCycle | None = None  # the cycle whose body is being read
         self.pipeline: deque[RequestCycle] = deque()
@@ -241,16 +246,21 @@ class HTTP1Protocol(Connection):
             if self.head_bytes > self.state.max_head_size:
                 self.reject(RejectRequest(431, "Request header fields too large"))
                 return
+        upgrade_at = -1
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
-            self.handle_upgrade(data, exc)
+            upgrade_at = exc.args[0] if exc.args else len(data)
         except RejectRequest as exc:
             self.reject(exc)
         except httptools.HttpParserCallbackError as exc:
             self.callback_failed(exc)
         except httptools.HttpParserError as exc:
             self.parser_failed(exc)
+        if upgrade_at >= 0:
+            # Outside the except block: what parsing the rest raises must not carry the
+            # upgrade exception as its __context__ (callback_failed looks there).
+            self.handle_upgrade(data[upgrade_at:])
         cycle = self.starting
         if cycle is not None:
             self.starting = None
@@ -337,7 +347,11 @@ class HTTP1Protocol(Connection):
         if len(self.headers) > state.limit_request_fields:
             raise RejectRequest(431, "Too many request header fields")
         if http_version != "1.1":
-            if http_version != "1.0":  # llhttp lets "0.9" and "2.0" through
+            if http_version == "0.9":
+                # llhttp's reading of a request-line without an HTTP-version, which RFC 9112
+                # §3 requires: an invalid request-line, not a version we lack.
+                raise RejectRequest(400, "Invalid request line: no HTTP version")
+            if http_version != "1.0":  # llhttp lets "2.0" and "3.0" through
                 raise RejectRequest(505, "HTTP version not supported")
         elif not self.has_host:
             raise RejectRequest(400, "Missing Host header")  # RFC 9112 §3.2
@@ -376,13 +390,17 @@ class HTTP1Protocol(Connection):
             self.expect_100 = False
 
         upgrade = self.upgrade
+        body_head: bytes | None = None
         if upgrade is not None:
             self.upgrade = None
-        if upgrade == b"websocket" and state.ws_enabled and parser.should_upgrade():
-            # Handed over to the WebSocket protocol when httptools raises HttpParserUpgrade
-            # at the end of this head (see handle_upgrade).
-            self.ws_scope = scope
-            return
+            if parser.should_upgrade():
+                # llhttp stops at the end of this head and leaves any body unread.
+                body_head = skipped_body_head(scope["headers"], parser.should_keep_alive())
+                if upgrade == b"websocket" and state.ws_enabled and body_head is None:
+                    # Handed over to the WebSocket protocol when httptools raises
+                    # HttpParserUpgrade at the end of this head (see handle_upgrade).
+                    self.ws_scope = scope
+                    return
         keep_alive = self.keep_alive and parser.should_keep_alive() and not state.shutting_down
         cycle = RequestCycle(scope, self, state, keep_alive, expect_100 and http_version == "1.1")
         self.parsing = cycle
@@ -408,6 +426,11 @@ class HTTP1Protocol(Connection):
         else:
             self.pipeline.append(cycle)
             self.pause_reading()
+        if body_head is not None:
+            # Not parsing yet: llhttp's on_message_complete for this head comes at once and
+            # must not end a body that has not been read (handle_upgrade resumes it).
+            self.parsing = None
+            self.skipped = (cycle, body_head)
 
     def check_transfer_encoding(self, http_version: str) -> None:
         te, self.te = self.te, None
@@ -763,11 +786,16 @@ class HTTP1Protocol(Connection):
         transport.write_eof()
         transport.resume_reading()
 
-    def handle_upgrade(self, data: bytes, exc: httptools.HttpParserUpgrade) -> None:
-        """WebSocket upgrades go to the WebSocket protocol; others (h2c...) are served as
-        plain HTTP/1.1 and parsing continues after the head."""
-        offset = exc.args[0] if exc.args else len(data)
-        rest = data[offset:]
+    def handle_upgrade(self, rest: bytes) -> None:
+        """llhttp stopped after a head asking to switch protocols (`rest` is what followed).
+
+        WebSocket handshakes go to the WebSocket protocol. Any other Upgrade (h2c, foo, or
+        websocket with --ws none or with a body) is not performed: RFC 9110 §7.8 makes the
+        request an ordinary HTTP/1.1 one, framed by its Content-Length or chunked coding
+        (RFC 9112 §6). llhttp skipped that body, so a fresh parser reads it: it is fed a
+        stand-in head carrying the same framing, whose callbacks go nowhere (`AfterSkip`),
+        then the rest of the bytes. Treating the body as the next request would let a
+        client smuggle a request past whatever inspected this one."""
         scope = self.ws_scope
         if scope is not None:
             self.ws_scope = None
@@ -778,9 +806,19 @@ class HTTP1Protocol(Connection):
         if self.parser.get_method() == b"CONNECT":
             self.pause_reading()  # what follows is tunnel data: never parsed as requests
             return
-        self.parser = httptools.HttpRequestParser(self)
         self.headers = []
-        if rest:
+        skipped = self.skipped
+        if skipped is None:
+            self.parser = httptools.HttpRequestParser(self)
+        else:
+            self.skipped = None
+            cycle, body_head = skipped
+            self.parsing = cycle
+            callbacks = AfterSkip(self)
+            self.parser = httptools.HttpRequestParser(callbacks)
+            self.parser.feed_data(body_head)  # a complete head: no body callbacks yet
+            callbacks.in_head = False
+        if rest and not self.closed:
             self.data_received(rest)
 
     def detach(self) -> asyncio.Transport:
@@ -815,6 +853,36 @@ class HTTP1Protocol(Connection):
             cycle.task.cancel()
         else:
             self.close()
+
+
+class AfterSkip:
+    """httptools callbacks of the parser that reads a body llhttp skipped (handle_upgrade):
+    the stand-in head's callbacks go nowhere, every later one goes to the protocol (one call
+    more per callback, on such connections only)."""
+
+    __slots__ = ("conn", "in_head")
+
+    def __init__(self, conn: HTTP1Protocol) -> None:
+        self.conn = conn
+        self.in_head = True
+
+    def on_url(self, url: bytes) -> None:
+        if not self.in_head:
+            self.conn.on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if not self.in_head:
+            self.conn.on_header(name, value)
+
+    def on_headers_complete(self) -> None:
+        if not self.in_head:
+            self.conn.on_headers_complete()
+
+    def on_body(self, body: bytes) -> None:
+        self.conn.on_body(body)
+
+    def on_message_complete(self) -> None:
+        self.conn.on_message_complete()
 
 
 def _address(addr: Any) -> tuple[str, int] | None:

@@ -58,6 +58,20 @@ def check_transfer_encoding(te: bytes, http_version: str) -> None:
         raise RejectRequest(501, "Transfer coding not implemented")
 
 
+def skipped_body_head(headers: list[tuple[bytes, bytes]], keep_alive: bool) -> bytes | None:
+    """For a request whose Upgrade is not performed: a stand-in head that frames its body
+    as it was framed (Content-Length or chunked), or None when it has no body. llhttp has
+    validated the framing fields by now (one Content-Length, not beside Transfer-Encoding;
+    a Transfer-Encoding ending in chunked: check_transfer_encoding)."""
+    close = b"" if keep_alive else b"connection: close\r\n"
+    for name, value in headers:
+        if name == b"transfer-encoding":
+            return b"POST / HTTP/1.1\r\ntransfer-encoding: chunked\r\n" + close + b"\r\n"
+        if name == b"content-length" and int(value) > 0:
+            return b"POST / HTTP/1.1\r\ncontent-length: %d\r\n%b\r\n" % (int(value), close)
+    return None
+
+
 def split_absolute_target(url: bytes) -> tuple[bytes, bytes, bytes]:
     """An absolute-form target (RFC 9112 §3.2.2) as (authority, raw_path, query)."""
     scheme, sep, rest = url.partition(b"://")
