@@ -532,6 +532,10 @@ class HTTP1Protocol(Connection):
             nxt = self.pipeline.popleft()
             self.cycle = nxt
             self.start(nxt)
+            if nxt is self.parsing:
+                # Its body is still on its way: --timeout-request-body runs from now (the
+                # armed timer may be a later one: the first request's head or keep-alive).
+                self.set_deadline(BUSY, self.state.timeout_request_body)
             if (
                 not self.pipeline
                 and self.read_paused
@@ -759,11 +763,20 @@ class HTTP1Protocol(Connection):
             # the error response does; the connection closes after it.)
             self.pending_error = error
             self.pause_reading()
-            if self.parsing is self.cycle:
+            broken = self.parsing
+            if broken is self.cycle:
                 # The running app's own request body is broken: its receive() gets
-                # http.disconnect instead of waiting forever, and the 4xx goes out once it
-                # returns (unless it had started answering: then the connection just closes).
+                # http.disconnect instead of waiting forever (reading is paused now, so
+                # neither more body nor the client's FIN would reach it), and the 4xx goes
+                # out once it returns (unless it had answered: then the connection closes).
                 self.cycle.lost()
+            elif broken is not None:
+                # Pipelined behind the running one (always the last in line): its app must
+                # never run, since it would wait for a body that will not come. The 4xx is
+                # its answer, after the answers to the requests before it.
+                self.parsing = None
+                self.pipeline.remove(broken)
+                broken.lost()
             return
         self.pending_error = None
         self.send_error(error)
