@@ -35,6 +35,7 @@ from .http1_rules import (
     STATUS_LINES,
     WATCHED_REQUEST_HEADERS,
     RejectRequest,
+    check_host,
     check_transfer_encoding,
     error_response,
     parser_reason,
@@ -301,7 +302,8 @@ class HTTP1Protocol(Connection):
         name = name.lower()
         if name in WATCHED_REQUEST_HEADERS:
             if name == b"host" and not self.has_host and self.parsing is None:
-                self.has_host = True  # every request has one: no call for it
+                self.has_host = True  # every request has one: no watch_header() call
+                check_host(value)
             else:
                 self.watch_header(name, value)
         if self.parsing is None:
@@ -357,6 +359,8 @@ class HTTP1Protocol(Connection):
             raise RejectRequest(400, "Missing Host header")  # RFC 9112 §3.2
         if self.te is not None:
             self.check_transfer_encoding(http_version)
+        if 35 in url:  # b"#": a fragment is no part of a request-target (RFC 9112 §3.2)
+            raise RejectRequest(400, "Fragment in request target")
         if url[:1] == b"/":
             raw_path, _, query = url.partition(b"?")
         elif url == b"*" and method == "OPTIONS":

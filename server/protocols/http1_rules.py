@@ -50,12 +50,51 @@ def check_transfer_encoding(te: bytes, http_version: str) -> None:
     if http_version == "1.0":
         # An HTTP/1.0 message with Transfer-Encoding has faulty framing (§6.1).
         raise RejectRequest(400, "Transfer-Encoding in an HTTP/1.0 request")
-    codings = [c.strip(b" \t").lower() for c in te.split(b",")]
-    if codings[-1] != b"chunked" or codings.count(b"chunked") > 1:
+    # Empty list elements are ignored (RFC 9110 §5.6.1.2): ", chunked" is "chunked". (A
+    # trailing one, "chunked, ", never gets here: llhttp refuses it, and framing it as
+    # chunked would need a leniency that also lets a non-final chunked through.)
+    codings = [c for c in (c.strip(b" \t").lower() for c in te.split(b",")) if c]
+    if not codings or codings[-1] != b"chunked" or codings.count(b"chunked") > 1:
         raise RejectRequest(400, "Invalid Transfer-Encoding")
     if len(codings) > 1:
         # gzip, identity...: we would hand the app undecoded bytes (§6.1: 501).
         raise RejectRequest(501, "Transfer coding not implemented")
+
+
+# RFC 3986 §3.2.2 reg-name characters: unreserved / pct-encoded ("%") / sub-delims, minus
+# "," (Host is a single value, RFC 9112 §3.2: a comma is several Host values joined by a
+# proxy, RFC 9110 §5.3). IPv4 addresses and IDNA names (xn--...) are made of these too.
+REG_NAME: Final = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._~%!$&'()*+;="
+# Inside an IP-literal's brackets: an IPv6 address, maybe with a dotted IPv4 tail.
+IPV6_CHARS: Final = b"0123456789abcdefABCDEF:."
+
+
+def check_host(value: bytes) -> None:
+    """Host = uri-host [ ":" port ] (RFC 9112 §3.2; RFC 3986 §3.2.2, §3.2.3); a server MUST
+    answer 400 to an invalid one. Runs on every request: the usual `name` and `name:port`
+    cost one translate() and, with a port, one isdigit()."""
+    rest = value.translate(None, REG_NAME)
+    if not rest:
+        return
+    if rest == b":":
+        port = value[value.find(b":") + 1 :]
+        if not port or port.isdigit():  # port = *DIGIT: "a:" is allowed
+            return
+    stripped = value.rstrip(b" \t")  # trailing OWS (llhttp strips only the leading)
+    if stripped != value:
+        check_host(stripped)
+        return
+    if value[:1] == b"[":
+        end = value.find(b"]")
+        inner, port = value[1:end], value[end + 1 :]
+        if (
+            end > 0
+            and b":" in inner
+            and not inner.translate(None, IPV6_CHARS)
+            and (not port or (port[:1] == b":" and (len(port) == 1 or port[1:].isdigit())))
+        ):
+            return
+    raise RejectRequest(400, "Invalid Host header")
 
 
 def skipped_body_head(headers: list[tuple[bytes, bytes]], keep_alive: bool) -> bytes | None:
@@ -86,6 +125,7 @@ def split_absolute_target(url: bytes) -> tuple[bytes, bytes, bytes]:
     if not authority or b"@" in authority:
         # RFC 9110 §4.2.4: userinfo in an http(s) URI is to be treated as an error.
         raise RejectRequest(400, "Invalid request target")
+    check_host(authority)  # it replaces the Host header (RFC 9112 §3.2.2)
     target = target.partition(b"#")[0]
     raw_path, _, query = target.partition(b"?")
     return authority, raw_path or b"/", query
