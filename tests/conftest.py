@@ -43,7 +43,8 @@ class RunningServer:
         return sock
 
     def stop(self) -> None:
-        self.loop.call_soon_threadsafe(self.server.handle_exit)
+        if self.thread.is_alive():  # (a test may have stopped it and waited already)
+            self.loop.call_soon_threadsafe(self.server.handle_exit)
         self.thread.join(timeout=15)
         assert not self.thread.is_alive(), "server did not stop"
 

@@ -87,6 +87,7 @@ class RequestCycle:
         "more_body",
         "no_body",
         "own_defaults",
+        "peer_eof",
         "response_complete",
         "response_started",
         "scope",
@@ -117,6 +118,7 @@ class RequestCycle:
         self.body_done = False  # the last http.request message was delivered
         self.waiter: asyncio.Future[None] | None = None
         self.disconnected = False
+        self.peer_eof = False
         self.response_started = False
         self.response_complete = False
         self.status = 0
@@ -148,6 +150,16 @@ class RequestCycle:
         self.more_body = False
         waiter = self.waiter
         if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def peer_closed(self) -> None:
+        """The client half-closed (FIN): the response is still delivered, but receive() now
+        reports http.disconnect once the body is read. A FIN looks the same whether the
+        client only stopped sending or left, and apps that watch receive() for a disconnect
+        (long polls) must not wait for a client that may be gone."""
+        self.peer_eof = True
+        waiter = self.waiter
+        if self.body_done and waiter is not None and not waiter.done():
             waiter.set_result(None)
 
     def lost(self) -> None:
@@ -217,6 +229,8 @@ class RequestCycle:
             # Wait for more body or, once the last http.request was delivered, for the client
             # to leave or the response to complete: apps poll receive() to detect a
             # disconnect, so it must block rather than repeat an empty body.
+            if self.body_done and self.peer_eof:
+                return DISCONNECT
             if self.expect_100:
                 self.expect_100 = False
                 if not self.head_sent:  # (http.response.start alone writes nothing)

@@ -43,7 +43,7 @@ from .http1_rules import (
     split_absolute_target,
     status_line,
 )
-from .linger import Lingering
+from .linger import IDLE_LINGER_SECONDS, LINGER_SECONDS, Lingering
 
 if TYPE_CHECKING:
     from ..state import ServerState
@@ -95,6 +95,7 @@ class HTTP1Protocol(Connection):
         "closed",
         "cycle",
         "deadline",
+        "eof",
         "expect_100",
         "has_host",
         "head_bytes",
@@ -143,6 +144,7 @@ class HTTP1Protocol(Connection):
         self.drain_waiter: asyncio.Future[None] | None = None
         self.keep_alive = True
         self.closed = False
+        self.eof = False  # the client half-closed: no more requests, answer those we have
         self.pending_error: RejectRequest | None = None
         self.timer: asyncio.TimerHandle | None = None
         self.timer_at = 0.0
@@ -214,7 +216,30 @@ class HTTP1Protocol(Connection):
         self.wake_drain()
 
     def eof_received(self) -> bool | None:
-        return None  # close our side too once the write buffer is flushed
+        """The client's FIN means "no more requests", not "abort" (RFC 9112 §9.6): requests
+        already received are answered, then the connection closes. (A reset is an abort:
+        connection_lost.) Reading is over, so it counts as paused from here on."""
+        if self.eof or self.closed:
+            return None
+        broken = self.parsing
+        if broken is not None:
+            if broken is not self.cycle and broken in self.pipeline:
+                # A pipelined request whose body will never end: it never runs.
+                self.parsing = None
+                self.pipeline.remove(broken)
+                broken.lost()
+            else:
+                return None  # the running request's body is cut short: an abort
+        if self.cycle is None or not self.transport.can_write_eof():
+            # Nothing being answered (a partial head is dropped), or TLS, whose transports
+            # close on the peer's close_notify whatever we return.
+            return None
+        self.eof = True
+        self.read_paused = True  # never resumed: cycle_done() closes once all are answered
+        self.cycle.peer_closed()
+        for cycle in self.pipeline:
+            cycle.peer_closed()
+        return True
 
     # -- bytes in --------------------------------------------------------------------------------
 
@@ -520,7 +545,7 @@ class HTTP1Protocol(Connection):
             if self.timer is None or deadline < self.timer_at:
                 self.set_deadline(IDLE, self.state.timeout_keep_alive)
             if self.state.shutting_down:
-                self.close()
+                self.close_idle()
             return
         if (
             self.pending_error is not None
@@ -545,8 +570,12 @@ class HTTP1Protocol(Connection):
                 and self.read_paused
                 and nxt.body_size <= HIGH_WATER
                 and self.pending_error is None
+                and not self.eof
             ):
                 self.resume_reading()
+            return
+        if self.eof:
+            self.close()  # every request the client sent before its FIN is answered
             return
         if self.read_paused:
             self.resume_reading()
@@ -555,7 +584,7 @@ class HTTP1Protocol(Connection):
         else:
             self.set_deadline(IDLE, self.state.timeout_keep_alive)
         if self.state.shutting_down:
-            self.close()
+            self.close_idle()
 
     def body_consumed(self, cycle: RequestCycle) -> None:
         if self.read_paused and not self.pipeline and cycle is self.parsing:
@@ -728,7 +757,9 @@ class HTTP1Protocol(Connection):
             return
         if self.phase == HEAD:
             self.reject(RejectRequest(408, "Request header timeout"))
-        elif (self.phase == BODY and self.cycle is None) or self.phase == IDLE:
+        elif self.phase == IDLE:
+            self.close_idle()
+        elif self.phase == BODY and self.cycle is None:
             self.close()
 
     def check_body_progress(self) -> None:
@@ -791,17 +822,26 @@ class HTTP1Protocol(Connection):
         self.transport.write(error_response(error, self.state.default_head))
         self.linger()
 
-    def linger(self) -> None:
+    def linger(self, seconds: float = LINGER_SECONDS) -> None:
         """Half-close after an error answer and drain the input (see linger.py), so that a
         client still sending does not get a reset that destroys the answer."""
         transport = self.transport
         if not transport.can_write_eof():  # TLS cannot half-close
             self.close()
             return
+        self.flush_held()
         self.connection_lost(None)  # this protocol is done: cycles, timer, counts
-        transport.set_protocol(Lingering(transport, self.state))
+        transport.set_protocol(Lingering(transport, self.state, seconds))
         transport.write_eof()
         transport.resume_reading()
+
+    def close_idle(self) -> None:
+        """Close between requests (keep-alive timeout, server shutdown): FIN first, then drop
+        what still comes for a moment. A request the client sent before it saw our FIN then
+        meets a clean close, which clients retry on a reused connection, not a reset."""
+        if not self.closed:
+            self.keep_alive = False
+            self.linger(IDLE_LINGER_SECONDS)
 
     def handle_upgrade(self, rest: bytes) -> None:
         """llhttp stopped after a head asking to switch protocols (`rest` is what followed).
@@ -861,7 +901,7 @@ class HTTP1Protocol(Connection):
         """Graceful stop: idle connections close now, busy ones after their response."""
         self.keep_alive = False
         if self.cycle is None:
-            self.close()
+            self.close_idle()
 
     def cancel(self) -> None:
         """The graceful timeout passed: cancel the running app, drop the connection."""

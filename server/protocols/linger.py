@@ -19,17 +19,22 @@ if TYPE_CHECKING:
 # After an error answer, input is read and dropped for at most this long / this much.
 LINGER_SECONDS = 2.0
 LINGER_BYTES = 1 << 20
+# After closing an idle keep-alive connection: long enough for a request already on its way
+# (one round trip) to arrive and be dropped, short enough not to hold a retiring worker up.
+IDLE_LINGER_SECONDS = 1.0
 
 
 class Lingering(NoAppRunning):
     """A connection whose error answer is out and whose write side is shut: drop input until
     the client closes, LINGER_SECONDS pass or LINGER_BYTES arrive (see HTTP1Protocol.linger)."""
 
-    def __init__(self, transport: asyncio.Transport, state: ServerState) -> None:
+    def __init__(
+        self, transport: asyncio.Transport, state: ServerState, seconds: float = LINGER_SECONDS
+    ) -> None:
         self.transport = transport
         self.state = state
         self.left = LINGER_BYTES
-        self.timer = state.loop.call_later(LINGER_SECONDS, transport.close)
+        self.timer = state.loop.call_later(seconds, transport.close)
         state.connections.add(self)  # so that a server shutdown closes it at once
 
     def data_received(self, data: bytes) -> None:
