@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -129,6 +130,15 @@ def exchange(srv: RunningServer, data: bytes | list[bytes], timeout: float = 5.0
         for part in [data] if isinstance(data, bytes) else data:
             sock.sendall(part)
         return recv_all(sock, timeout)
+
+
+def wait_until(condition: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
+    """Poll `condition` until it holds; fail naming `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.005)
 
 
 def until_closed(sock: socket.socket, timeout: float = 5.0) -> bytes:

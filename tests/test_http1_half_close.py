@@ -13,13 +13,12 @@ import asyncio
 import socket
 import threading
 import time
-from collections.abc import Callable
 
 import pytest
 
 from tests.apps.core_apps import App, Probe, Receive, Scope, Send, read_body, respond
 from tests.conftest import RunningServer
-from tests.helpers import Serve, Wire, request, statuses_of, until_closed
+from tests.helpers import Serve, Wire, request, statuses_of, until_closed, wait_until
 
 
 def held_app(probe: Probe, gate: threading.Semaphore) -> App:
@@ -36,14 +35,6 @@ def held_app(probe: Probe, gate: threading.Semaphore) -> App:
         await respond(send, 200, b"%s %d" % (scope["path"].encode(), len(body)))
 
     return app
-
-
-def wait_for(condition: Callable[[], bool], what: str, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.005)
 
 
 def server_saw_fin(srv: RunningServer) -> bool:
@@ -79,7 +70,7 @@ def test_a_half_closed_client_gets_its_answers_then_the_close(
             gate.release()
             assert probe.get() == ("start", path)
         # The last app answers only once the server has seen the FIN.
-        wait_for(lambda: server_saw_fin(srv), "the server to see the FIN")
+        wait_until(lambda: server_saw_fin(srv), "the server to see the FIN")
         gate.release()
         raw = until_closed(sock)
     assert statuses_of(raw) == [200] * len(paths), raw

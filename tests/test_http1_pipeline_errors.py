@@ -9,14 +9,12 @@ from __future__ import annotations
 
 import os
 import socket
-import time
-from collections.abc import Callable
 
 import pytest
 
 from tests.apps.core_apps import Receive, Scope, Send, read_body, respond
 from tests.conftest import RunningServer
-from tests.helpers import Serve, assert_serving, request, statuses_of, until_closed
+from tests.helpers import Serve, assert_serving, request, statuses_of, until_closed, wait_until
 
 BAD_CHUNKS = {
     "zz": b"zz\r\n",
@@ -32,14 +30,6 @@ async def body_app(scope: Scope, receive: Receive, send: Send) -> None:
     if scope["type"] == "http":
         body = await read_body(receive)
         await respond(send, 200, b"%d" % len(body))
-
-
-def wait_for(condition: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.01)
 
 
 @pytest.mark.parametrize("chunk", list(BAD_CHUNKS))
@@ -93,16 +83,16 @@ def test_clients_that_leave_leave_no_connection_behind(serve: Serve) -> None:
     data = request("/") + CHUNKED_POST + b"zz\r\n"
     with serve(body_app) as srv:
         assert_serving(srv)
-        wait_for(lambda: connections(srv) == 0, "the first connection to close")
+        wait_until(lambda: connections(srv) == 0, "the first connection to close")
         baseline = open_fds()
         socks = [srv.connect() for _ in range(100)]
         for sock in socks:
             sock.sendall(data)
-        wait_for(lambda: connections(srv) == 100, "the server to hold 100 connections")
+        wait_until(lambda: connections(srv) == 100, "the server to hold 100 connections")
         for sock in socks:
             sock.close()
-        wait_for(lambda: connections(srv) == 0, "the server to let go of every connection")
-        wait_for(lambda: open_fds() <= baseline, f"the fds to return to {baseline}")
+        wait_until(lambda: connections(srv) == 0, "the server to let go of every connection")
+        wait_until(lambda: open_fds() <= baseline, f"the fds to return to {baseline}")
         assert_serving(srv)
 
 
