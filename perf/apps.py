@@ -45,8 +45,13 @@ async def plaintext(scope: Scope, receive: Receive, send: Send) -> None:
     await send({"type": "http.response.body", "body": PLAIN})
 
 
+def json_body() -> bytes:
+    """The /json body, serialised anew on each call as TechEmpower asks."""
+    return json.dumps({"message": "Hello, world!"}).encode()
+
+
 async def json_response(scope: Scope, receive: Receive, send: Send) -> None:
-    body = json.dumps({"message": "Hello, world!"}).encode()
+    body = json_body()
     headers = [JSON_TYPE, (b"content-length", str(len(body)).encode())]
     await send({"type": "http.response.start", "status": 200, "headers": headers})
     await send({"type": "http.response.body", "body": body})

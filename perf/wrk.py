@@ -3,6 +3,8 @@
 wrk's human summary is meant for eyes (units like "1.34ms", "9.65MB"); parsing it is fragile.
 The Lua `done()` hook gets the raw counters instead, so the wrapper reads exact integers:
 requests, duration, socket errors and non-2xx/3xx statuses, and latency percentiles in µs.
+When told what every response must be (status, body length), the script checks each one and
+adds how many did not match (`check`).
 """
 
 from __future__ import annotations
@@ -13,9 +15,11 @@ import shutil
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 SCRIPT = Path(__file__).resolve().parent / "wrk_json.lua"
 MARKER = "WRK_JSON "
+SOCKET_ERRORS = ("connect", "read", "write", "timeout")
 
 
 class WrkError(RuntimeError):
@@ -31,6 +35,10 @@ class WrkResult:
     bytes: int
     errors: dict[str, int] = field(default_factory=dict)
     latency_us: dict[str, float] = field(default_factory=dict)
+    # Responses the Lua script checked, or None when it checked none (no expectation given).
+    checked: int | None = None
+    mismatches: int = 0
+    first_mismatch: dict[str, int] | None = None  # {"status": ..., "length": ...}
 
     @property
     def rps(self) -> float:
@@ -38,7 +46,7 @@ class WrkResult:
 
     @property
     def socket_errors(self) -> int:
-        return sum(v for k, v in self.errors.items() if k != "status")
+        return sum(self.errors.get(k, 0) for k in SOCKET_ERRORS)
 
     @property
     def bad_status(self) -> int:
@@ -46,23 +54,43 @@ class WrkResult:
         return self.errors.get("status", 0)
 
     @property
+    def unchecked(self) -> int:
+        """Responses the script should have checked but did not see (0 when not checking)."""
+        return 0 if self.checked is None else max(0, self.requests - self.checked)
+
+    @property
     def failed(self) -> bool:
-        """A fast wrong answer is not fast: any socket error or bad status flags the run."""
-        return self.socket_errors > 0 or self.bad_status > 0 or self.requests == 0
+        """A fast wrong answer is not fast: any socket error, bad status, response that is not
+        what the scenario expects, or one that escaped the check flags the run."""
+        return (
+            self.socket_errors > 0
+            or self.bad_status > 0
+            or self.mismatches > 0
+            or self.unchecked > 0
+            or self.requests == 0
+        )
 
     def as_dict(self) -> dict[str, object]:
         lat = self.latency_us
-        return {
+        errors = dict(self.errors)
+        if self.mismatches:  # counted with the errors (stats.summarize adds them up)
+            errors["mismatch"] = self.mismatches
+        out: dict[str, object] = {
             "requests": self.requests,
             "duration_s": round(self.duration_s, 4),
             "rps": round(self.rps, 1),
             "bytes": self.bytes,
-            "errors": dict(self.errors),
+            "errors": errors,
             "p50_ms": round(lat.get("p50", 0.0) / 1000, 3),
             "p90_ms": round(lat.get("p90", 0.0) / 1000, 3),
             "p99_ms": round(lat.get("p99", 0.0) / 1000, 3),
             "max_ms": round(lat.get("max", 0.0) / 1000, 3),
+            "checked": self.checked,
+            "mismatches": self.mismatches,
         }
+        if self.first_mismatch is not None:
+            out["first_mismatch"] = self.first_mismatch
+        return out
 
 
 def parse_output(text: str) -> WrkResult:
@@ -84,16 +112,34 @@ def parse_summary(data: dict[str, object]) -> WrkResult:
     for pct, value in (lat_raw.get("percentiles") or {}).items():
         latency["p" + str(pct)] = float(value)
     duration_us = _int(data, "duration_us")
+    checked, mismatches, first = parse_check(data.get("check"))
     return WrkResult(
         requests=_int(data, "requests"),
         duration_s=duration_us / 1e6,
         bytes=_int(data, "bytes"),
         errors=errors,
         latency_us=latency,
+        checked=checked,
+        mismatches=mismatches,
+        first_mismatch=first,
     )
 
 
-def _int(data: dict[str, object], key: str) -> int:
+def parse_check(check: object) -> tuple[int | None, int, dict[str, int] | None]:
+    """The script's `check` object -> (responses checked, mismatches, the first mismatch's
+    status and body length). No `check`: nothing was checked (None, 0, None)."""
+    if check is None:
+        return None, 0, None
+    if not isinstance(check, dict):
+        raise WrkError(f"malformed wrk check: {check!r}")
+    checked, mismatches = _int(check, "responses"), _int(check, "mismatches")
+    first = None
+    if mismatches and _int(check, "first_status") >= 0:
+        first = {"status": _int(check, "first_status"), "length": _int(check, "first_length")}
+    return checked, mismatches, first
+
+
+def _int(data: dict[Any, Any], key: str) -> int:
     value = data.get(key)
     if not isinstance(value, int | float):
         raise WrkError(f"wrk summary lacks {key!r}: {data!r}")
@@ -137,13 +183,19 @@ def run(
     body_size: int = 0,
     close: bool = False,
     cpu: int | None = 1,
+    expect_status: int | None = None,
+    expect_length: int | None = None,
 ) -> WrkResult:
-    """Run wrk once against `url` (bounded: duration + a grace period) and parse its summary."""
+    """Run wrk once against `url` (bounded: duration + a grace period) and parse its summary.
+
+    With `expect_status` (and `expect_length`), every response is checked by the script."""
     env = dict(
         os.environ,
         WRK_METHOD=method,
         WRK_BODY_SIZE=str(body_size),
         WRK_CLOSE="1" if close else "0",
+        WRK_EXPECT_STATUS="" if expect_status is None else str(expect_status),
+        WRK_EXPECT_LENGTH="" if expect_length is None else str(expect_length),
     )
     argv = pin_prefix(cpu) + command(url, connections=connections, duration=duration)
     try:
