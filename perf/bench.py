@@ -1,8 +1,11 @@
 """fastserve side by side with uvicorn, granian and hypercorn: one command, see perf/README.md.
 
     python perf/bench.py [--python 3.11|3.13|PATH] [--scenarios a,b] [--servers a,b] [--quick]
+                         [--baseline REV]
 
 Creates or reuses perf/.venv-<X.Y>/ (fastserve installed from this working tree, plus the peers),
+and with --baseline REV perf/.venv-<X.Y>-<shortrev>/ (fastserve built at REV, run beside the
+tree's as `fastserve@<shortrev>`, in the same rounds),
 runs every scenario with the server on CPU 0 and the load generator on CPU 1, and writes
 perf/results/<stamp>-py<X.Y>.json, latest-py<X.Y>.md and latest-py<X.Y>.png. Loopback only;
 every step is bounded in time and every server is stopped at the end, whatever happens.
@@ -44,7 +47,23 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--scenarios", default="all", help="comma-separated keys (see --list)")
     p.add_argument(
-        "--servers", default=",".join((*scenarios.PEERS, "lean")), help="comma-separated"
+        "--servers",
+        default=",".join((*scenarios.PEERS, "lean")),
+        help="comma-separated; a name selects its variants too (fastserve: fastserve-nogc, "
+        "fastserve+log; uvicorn: uvicorn-zttp, uvicorn+log)",
+    )
+    p.add_argument(
+        "--baseline",
+        metavar="REV",
+        help="also run fastserve built at git revision REV (compiled, own venv) as "
+        "fastserve@<shortrev>, interleaved with the tree's; the report gives fastserve / "
+        "fastserve@REV per scenario",
+    )
+    p.add_argument(
+        "--fastserve-rev",
+        metavar="REV",
+        help="measure fastserve as committed at REV instead of the working tree (which may "
+        "hold other people's unfinished edits)",
     )
     p.add_argument("--quick", action="store_true", help="smoke check: short runs, 2 rounds")
     p.add_argument("--rounds", type=int, help="interleaved rounds per scenario (default 7)")
@@ -105,14 +124,6 @@ def git_describe() -> str:
     return commit + ("-dirty" if git("status", "--porcelain", "--", "server").strip() else "")
 
 
-def fastserve_build(env: venv.BenchEnv) -> str:
-    """`fastserve --version`'s build note: its hot path compiled (mypyc) or pure Python."""
-    out = subprocess.run(
-        [str(env.python), "-m", "fastserve", "--version"], capture_output=True, text=True
-    ).stdout
-    return out[out.find("(") + 1 : out.rfind(")")] if "(" in out else "?"
-
-
 def meta(env: venv.BenchEnv, cfg: RunConfig, quick: bool, stamp: str) -> dict[str, Any]:
     wanted = ("fastserve", "uvicorn", "granian", "hypercorn", "uvloop", "httptools", "websockets")
     wrk_version = subprocess.run(["wrk", "-v"], capture_output=True, text=True).stdout
@@ -129,21 +140,57 @@ def meta(env: venv.BenchEnv, cfg: RunConfig, quick: bool, stamp: str) -> dict[st
         "machine": f"{platform.system()} {platform.release()} {platform.machine()}",
         "wrk": wrk_version.splitlines()[0] if wrk_version else "?",
         "versions": {k: env.installed[k] for k in wanted if k in env.installed},
-        "fastserve_build": fastserve_build(env),
+        "fastserve_build": venv.fastserve_build(env),
         "argv": sys.argv[1:],
     }
+
+
+def selected(wanted: tuple[str, ...], names: list[str]) -> list[str]:
+    """The servers of `wanted` that `--servers` asked for, by name or by family."""
+    return [n for n in wanted if n in names or servers.family(n) in names]
+
+
+def with_baseline(names: list[str], baseline: str | None) -> list[str]:
+    """`baseline` (fastserve@REV) right after fastserve, wherever fastserve runs."""
+    if baseline is None or "fastserve" not in names:
+        return names
+    at = names.index("fastserve") + 1
+    return [*names[:at], baseline, *names[at:]]
 
 
 class Bench:
     """One run: the servers it keeps running, and the results it gathers."""
 
-    def __init__(self, env: venv.BenchEnv, cfg: RunConfig, names: list[str], log_dir: Path):
+    def __init__(
+        self,
+        env: venv.BenchEnv,
+        cfg: RunConfig,
+        names: list[str],
+        log_dir: Path,
+        baseline: servers.ServerSpec | None = None,
+    ):
         self.env, self.cfg, self.names, self.log_dir = env, cfg, names, log_dir
+        self.specs = dict(servers.SPECS)
+        self.baseline = baseline.name if baseline else None
+        if baseline is not None:
+            self.specs[baseline.name] = baseline
         self.pool: dict[str, servers.Running] = {}
         self.results: dict[str, Any] = {"scenarios": {}, "skipped": {}}
 
     def available(self, wanted: tuple[str, ...]) -> list[str]:
-        return [n for n in wanted if n.split("+")[0] in self.names]
+        names = [n for n in selected(wanted, self.names) if self.installed(n)]
+        return with_baseline(names, self.baseline)
+
+    def installed(self, name: str) -> bool:
+        """Whether the bench venv has what `name` needs; a missing one is skipped once."""
+        spec = self.specs.get(name)
+        if spec is None:
+            return False
+        missing = [d for d in (spec.dist, *spec.needs) if not self.env.has(d)]
+        if missing:
+            why = self.env.skipped.get(name, f"{', '.join(missing)} not installed")
+            self.skip(f"server {name}", why)
+        return not missing
 
     def ensure_pool(self, wanted: list[str]) -> None:
         """Keep exactly `wanted` running (start the missing ones, stop the others)."""
@@ -151,11 +198,11 @@ class Bench:
             self.pool.pop(name).stop()
         for name in wanted:
             if name not in self.pool:
-                self.pool[name] = servers.start(servers.SPECS[name], self.env, self.log_dir)
+                self.pool[name] = servers.start(self.specs[name], self.env, self.log_dir)
         for name in wanted:
             if not scenarios.server_alive(self.pool[name]):  # restart a server that died
                 self.pool.pop(name).stop()
-                self.pool[name] = servers.start(servers.SPECS[name], self.env, self.log_dir)
+                self.pool[name] = servers.start(self.specs[name], self.env, self.log_dir)
 
     def stop_all(self) -> None:
         while self.pool:
@@ -166,27 +213,21 @@ class Bench:
         names = self.available(scenario.servers)
         print(f"== {scenario.key}: {scenario.title} ({', '.join(names)})", flush=True)
         if scenario.kind in ("wrk", "ws"):
-            if scenario.kind == "ws" and not self.websocket_ready():
+            if scenario.kind == "ws" and not self.env.has("websockets"):
+                # clients.py falls back to the websockets client without ws_bench.py, and
+                # the servers need it to speak WebSocket at all.
+                self.skip("websocket", "the websockets library is not installed")
                 return
             self.ensure_pool(names)
             ordered = {n: self.pool[n] for n in names}
             result = scenarios.run_interleaved(scenario, ordered, self.env, self.cfg)
-            stats.add_summaries(result)
+            stats.add_summaries(result, before=self.baseline)
         else:
             self.stop_all()  # memory scenarios run alone on the machine
-            result = memory.run_memory(scenario, names, self.env, self.cfg, self.log_dir)
+            result = memory.run_memory(
+                scenario, names, self.env, self.cfg, self.log_dir, self.specs
+            )
         self.results["scenarios"][scenario.key] = result
-
-    def websocket_ready(self) -> bool:
-        """WebSocket scenarios run once fastserve completes a handshake; until then, skipped."""
-        if not self.env.has("websockets"):
-            self.skip("websocket", "the websockets client library is not installed")
-            return False
-        self.ensure_pool([n for n in self.pool if n != "fastserve"] + ["fastserve"])
-        if scenarios.websocket_supported(self.pool["fastserve"].port):
-            return True
-        self.skip("websocket", "fastserve does not complete a WebSocket handshake yet")
-        return False
 
     def skip(self, what: str, why: str) -> None:
         if what not in self.results["skipped"]:
@@ -265,20 +306,32 @@ def main(argv: list[str] | None = None) -> int:
     servers.raise_nofile()
     cfg = run_config(args)
     chosen = pick_scenarios(args.scenarios)
-    env = venv.prepare(args.python or default_python(), reinstall_fastserve=not args.no_install)
+    python = args.python or default_python()
+    env = venv.prepare(
+        python, reinstall_fastserve=not args.no_install, fastserve_rev=args.fastserve_rev
+    )
     names = [n.strip() for n in args.servers.split(",") if n.strip()]
-    bench_servers = []
-    for name in names:
-        dist = servers.SPECS[name].dist if name in servers.SPECS else name
-        if name not in servers.SPECS or not env.has(dist):
-            print(f"SKIP server {name}: {env.skipped.get(name, 'not installed in the bench venv')}")
-        else:
-            bench_servers.append(name)
+    unknown = [n for n in names if n not in servers.SPECS]
+    if unknown:
+        raise SystemExit(f"unknown server(s) {', '.join(unknown)}: {', '.join(servers.SPECS)}")
+    baseline, baseline_meta = None, None
+    if args.baseline:
+        # Both sides compiled, or the comparison measures the build, not the change.
+        build = venv.require_compiled(env, "fastserve (this tree)")
+        base_env = venv.prepare_baseline(python, args.baseline)
+        full, short = venv.resolve_rev(args.baseline)
+        baseline = servers.baseline_spec(short, base_env)
+        baseline_meta = {
+            "name": baseline.name,
+            "rev": args.baseline,
+            "commit": full,
+            "fastserve_build": venv.require_compiled(base_env, baseline.name),
+            "venv": str(base_env.root.relative_to(venv.REPO)),
+        }
+        print(f"[bench] fastserve ({build}) beside {baseline.name} ({full[:12]})")
     stamp = time.strftime("%Y%m%d-%H%M%S")
     log_dir = Path(tempfile.mkdtemp(prefix="fastserve-bench-"))
-    bench = Bench(env, cfg, bench_servers, log_dir)
-    for name in set(names) - set(bench_servers):
-        bench.results["skipped"][f"server {name}"] = env.skipped.get(name, "not installed")
+    bench = Bench(env, cfg, names, log_dir, baseline)
     started = time.monotonic()
     try:
         for scenario in chosen:
@@ -287,6 +340,10 @@ def main(argv: list[str] | None = None) -> int:
         bench.stop_all()
     bench.results["meta"] = meta(env, cfg, args.quick, stamp)
     bench.results["meta"]["wall_s"] = round(time.monotonic() - started)
+    if args.fastserve_rev:
+        bench.results["meta"]["commit"] = venv.resolve_rev(args.fastserve_rev)[1]
+    if baseline_meta is not None:
+        bench.results["meta"]["baseline"] = baseline_meta
     goals = goals_of(bench.results)
     bench.results["goals"] = [g.as_dict() for g in goals]
     md = write_outputs(bench.results, env, args.results or RESULTS, args.quick)

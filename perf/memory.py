@@ -166,9 +166,16 @@ def _result_line(text: str) -> dict[str, Any]:
 
 
 def run_memory(
-    scenario: Scenario, names: list[str], env: BenchEnv, cfg: RunConfig, log_dir: Path
+    scenario: Scenario,
+    names: list[str],
+    env: BenchEnv,
+    cfg: RunConfig,
+    log_dir: Path,
+    specs: dict[str, servers.ServerSpec] | None = None,
 ) -> dict[str, Any]:
-    """Each server in turn: start it fresh, measure, stop it (always)."""
+    """Each server in turn: start it fresh, measure, stop it (always). `specs`: the bench's
+    servers (a --baseline build besides servers.SPECS)."""
+    specs = specs or servers.SPECS
     result: dict[str, Any] = {
         "title": scenario.title,
         "kind": scenario.kind,
@@ -180,7 +187,7 @@ def run_memory(
     else:
         result["params"].update(size=cfg.transfer_size, rate=cfg.transfer_rate)
     for name in names:
-        server = servers.start(servers.SPECS[name], env, log_dir)
+        server = servers.start(specs[name], env, log_dir)
         try:
             if scenario.kind == "idle":
                 entry = measure_idle(server, env, cfg.idle_conns)

@@ -134,6 +134,34 @@ def access_log_costs(results: dict[str, Any]) -> str:
     return ", ".join(parts)
 
 
+def fmt_x(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}x"
+
+
+def before_after_table(results: dict[str, Any]) -> list[str]:
+    """With --baseline: fastserve / fastserve@REV per scenario, paired per round (lower CPU
+    per request and p99 are better), and the per-round req/s quotients behind the median."""
+    before = results.get("meta", {}).get("baseline", {}).get("name")
+    if not before:
+        return []
+    header = [f"fastserve / {before}", "req/s", "CPU µs/req", "p99", "req/s per round"]
+    lines = [_row(header), _row(["---", "---:", "---:", "---:", "---"])]
+    for scenario in _interleaved(results):
+        servers = scenario.get("servers", {})
+        vs = servers.get("fastserve", {}).get("vs_before")
+        if not vs:
+            continue
+        now, old = servers["fastserve"].get("rounds", []), servers[before].get("rounds", [])
+        per_round = [
+            f"{x['rps'] / y['rps']:.3f}"
+            for x, y in zip(now, old, strict=False)
+            if x.get("rps") and y.get("rps")
+        ]
+        cells = [fmt_x(vs.get(k)) for k in ("rps", "cpu_us", "p99_ms")]
+        lines.append(_row([scenario["title"], *cells, " ".join(per_round)]))
+    return lines if len(lines) > 2 else []
+
+
 def goals_table(goals: list[Goal]) -> list[str]:
     header = ["goal", "target", "measured", "result", "by server CPU per request"]
     lines = [_row(header), _row(["---"] * len(header))]
@@ -141,6 +169,16 @@ def goals_table(goals: list[Goal]) -> list[str]:
         result = goal.status + (f" ({goal.detail})" if goal.detail else "")
         lines.append(_row([goal.name, goal.target, goal.measured, result, goal.by_cpu]))
     return lines
+
+
+def _baseline_line(meta: dict[str, Any]) -> list[str]:
+    base = meta.get("baseline")
+    if not base:
+        return []
+    return [
+        f"Baseline: {base.get('name')} = {base.get('rev')} ({str(base.get('commit', ''))[:12]},"
+        f" {base.get('fastserve_build', 'build not recorded')}), in the same rounds."
+    ]
 
 
 def _interleaved(results: dict[str, Any]) -> list[dict[str, Any]]:
@@ -157,6 +195,7 @@ def render(results: dict[str, Any], goals: list[Goal]) -> str:
         f"fastserve {meta.get('commit', '?')}{' (quick)' if meta.get('quick') else ''}"
         f" ({meta.get('fastserve_build', 'build not recorded')}).",
         f"Versions: {', '.join(f'{k} {v}' for k, v in meta.get('versions', {}).items())}.",
+        *_baseline_line(meta),
         "",
         "Median req/s (WebSocket: messages/s) over interleaved rounds; (Nx) is the median of the"
         " per-round ratios to uvicorn; `!` marks a run with socket errors or non-2xx answers."
@@ -171,6 +210,9 @@ def render(results: dict[str, Any], goals: list[Goal]) -> str:
     cpu = cpu_table(results)
     if cpu:
         out += [*cpu, ""]
+    before_after = before_after_table(results)
+    if before_after:
+        out += [*before_after, ""]
     costs = access_log_costs(results)
     if costs:
         out += [f"Access log cost (paired rounds, log on vs off): {costs}.", ""]

@@ -5,8 +5,9 @@ each on its own port, all pinned to the server CPU, idle while another is measur
 is warmed up, then the rounds go A B C D, A B C D, ... so that drift of the shared machine lands
 on every server alike. After each run the harness waits until that server has stopped using
 CPU (a slow server still works through queued requests and closing connections after wrk
-stops, on the CPU the next server needs). Memory scenarios (`memory.py`) run one server at a
-time.
+stops, on the CPU the next server needs). The order rotates from round to round (A B C,
+B C A, C A B, ...), so no server always runs first, or always right after the same neighbour.
+Memory scenarios (`memory.py`) run one server at a time.
 """
 
 from __future__ import annotations
@@ -18,11 +19,23 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from . import wrk
+from . import apps, wrk
 from .servers import Running, probe
 from .venv import PERF_DIR, BenchEnv
 
 PEERS = ("fastserve", "uvicorn", "granian", "hypercorn")
+# plaintext also runs fastserve without its GC tuning (the peers run with Python's defaults)
+# and uvicorn on its zttp parser.
+PLAINTEXT_SERVERS = (
+    "fastserve",
+    "fastserve-nogc",
+    "uvicorn",
+    "uvicorn-zttp",
+    "granian",
+    "hypercorn",
+)
+# granian runs with --no-ws (servers.py): no WebSocket scenario for it.
+WS_SERVERS = ("fastserve", "uvicorn", "hypercorn")
 CLIENT_CPU = 1
 
 
@@ -37,18 +50,45 @@ class Scenario:
     body_size: int = 0  # request body (wrk) or message size (ws)
     close: bool = False
     servers: tuple[str, ...] = PEERS
+    # What every response must be (wrk_json.lua checks each one): a fast wrong answer is
+    # not fast. None: the body's length is not checked.
+    expect_status: int = 200
+    expect_length: int | None = len(apps.PLAIN)
 
     def params(self) -> dict[str, Any]:
         return {k: v for k, v in asdict(self).items() if k not in ("key", "title", "servers")}
 
 
 KIB = 1024
+MIB = 1024 * KIB
 SCENARIOS: list[Scenario] = [
-    Scenario("plaintext", "plaintext, 100 conns", "wrk"),
-    Scenario("json", "JSON, 100 conns", "wrk", "/json"),
-    Scenario("post1k", "POST echo 1 KiB", "wrk", "/echo", method="POST", body_size=KIB),
-    Scenario("post64k", "POST echo 64 KiB", "wrk", "/echo", method="POST", body_size=64 * KIB),
-    Scenario("stream1m", "1 MiB streamed (16 x 64 KiB)", "wrk", "/stream?size=1048576&chunk=65536"),
+    Scenario("plaintext", "plaintext, 100 conns", "wrk", servers=PLAINTEXT_SERVERS),
+    Scenario("json", "JSON, 100 conns", "wrk", "/json", expect_length=len(apps.json_body())),
+    Scenario(
+        "post1k",
+        "POST echo 1 KiB",
+        "wrk",
+        "/echo",
+        method="POST",
+        body_size=KIB,
+        expect_length=KIB,
+    ),
+    Scenario(
+        "post64k",
+        "POST echo 64 KiB",
+        "wrk",
+        "/echo",
+        method="POST",
+        body_size=64 * KIB,
+        expect_length=64 * KIB,
+    ),
+    Scenario(
+        "stream1m",
+        "1 MiB streamed (16 x 64 KiB)",
+        "wrk",
+        "/stream?size=1048576&chunk=65536",
+        expect_length=MIB,  # wrk's parser hands over the body without the chunk framing
+    ),
     Scenario("conns1000", "plaintext, 1,000 conns", "wrk", connections=1000),
     Scenario("close", "Connection: close", "wrk", close=True),
     Scenario(
@@ -66,8 +106,24 @@ SCENARIOS: list[Scenario] = [
     Scenario("idle10k", "RSS with 10k idle keep-alive conns", "idle"),
     Scenario("download", "slow reader: large download", "transfer", "/download"),
     Scenario("upload", "slow consumer: large upload", "transfer", "/upload", method="POST"),
-    Scenario("ws_small", "WebSocket echo 32 B, 50 conns", "ws", "/ws", 50, body_size=32),
-    Scenario("ws_64k", "WebSocket echo 64 KiB, 50 conns", "ws", "/ws", 50, body_size=64 * KIB),
+    Scenario(
+        "ws_small",
+        "WebSocket echo 32 B, 50 conns",
+        "ws",
+        "/ws",
+        50,
+        body_size=32,
+        servers=WS_SERVERS,
+    ),
+    Scenario(
+        "ws_64k",
+        "WebSocket echo 64 KiB, 50 conns",
+        "ws",
+        "/ws",
+        50,
+        body_size=64 * KIB,
+        servers=WS_SERVERS,
+    ),
 ]
 BY_KEY = {s.key: s for s in SCENARIOS}
 
@@ -95,6 +151,8 @@ def measure_wrk(scenario: Scenario, server: Running, duration: float) -> dict[st
             body_size=scenario.body_size,
             close=scenario.close,
             cpu=CLIENT_CPU,
+            expect_status=scenario.expect_status,
+            expect_length=scenario.expect_length,
         )
     except wrk.WrkError as exc:
         return {"flagged": True, "error": str(exc)}
@@ -186,10 +244,21 @@ def wait_until_idle(
     return waited
 
 
+def round_order(names: list[str], i: int) -> list[str]:
+    """The order of round `i` (from 0): the list rotated by i, so each server takes each
+    place in turn. Round i of every server still runs inside the same round, which is what
+    the paired ratios pair (stats.paired_ratio)."""
+    if not names:
+        return []
+    k = i % len(names)
+    return names[k:] + names[:k]
+
+
 def run_interleaved(
     scenario: Scenario, running: dict[str, Running], env: BenchEnv, cfg: RunConfig
 ) -> dict[str, Any]:
-    """Warm every server up, then `cfg.rounds` rounds in A B C D order; raw rounds per server."""
+    """Warm every server up, then `cfg.rounds` rounds, the order rotated each round (A B C,
+    B C A, ...); raw rounds per server, in round order."""
 
     def once(server: Running, duration: float) -> dict[str, Any]:
         if scenario.kind == "ws":
@@ -206,12 +275,17 @@ def run_interleaved(
         once(server, cfg.warmup)
     rounds: dict[str, list[dict[str, Any]]] = {name: [] for name in running}
     died: dict[str, dict[str, Any]] = {}
+    orders: list[list[str]] = []
     for i in range(cfg.rounds):
-        for name, server in running.items():
+        order = round_order(list(running), i)
+        orders.append(order)
+        for slot, name in enumerate(order):
+            server = running[name]
             if name in died:
                 result = {"flagged": True, "error": "server exited"}
             else:
                 result = once(server, cfg.duration)
+            result["slot"] = slot
             rounds[name].append(result)
             if name not in died and server.proc.poll() is not None:
                 died[name] = record_death(scenario, server)
@@ -229,6 +303,7 @@ def run_interleaved(
         "title": scenario.title,
         "kind": scenario.kind,
         "params": scenario.params(),
+        "orders": orders,
         "servers": servers,
     }
 
@@ -250,23 +325,9 @@ def progress(name: str, result: dict[str, Any]) -> str:
         text += f"  p50 {result['p50_ms']:.2f} ms  p99 {result['p99_ms']:.2f} ms"
     if result.get("flagged"):
         text += f"  FLAGGED errors={result.get('errors')}"
+        if result.get("mismatches"):
+            text += f" first wrong answer: {result.get('first_mismatch')}"
     return text
-
-
-def websocket_supported(port: int) -> bool:
-    """Does the server at `port` complete a WebSocket handshake (101, RFC 6455 section 4)?"""
-    import socket
-
-    request = (
-        "GET /ws HTTP/1.1\r\nHost: bench\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
-    )
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=3) as sock:
-            sock.sendall(request.encode())
-            return sock.recv(64).startswith(b"HTTP/1.1 101")
-    except OSError:
-        return False
 
 
 def server_alive(server: Running) -> bool:

@@ -28,15 +28,28 @@ KEEP_ALIVE_S = 120
 
 @dataclass(frozen=True)
 class ServerSpec:
-    """How to launch one server variant: `argv(env, port)` and the distribution it needs."""
+    """How to launch one server variant: `argv(env, port)` and the distributions it needs."""
 
-    name: str  # "fastserve", "uvicorn+log", ...
+    name: str  # "fastserve", "uvicorn+log", "fastserve-nogc", "fastserve@d7054e5", ...
     dist: str
     argv: Callable[[BenchEnv, int], list[str]]
     access_log: bool = False
+    needs: tuple[str, ...] = ()  # more distributions than `dist`
+    # The venv this server runs from, when it is not the bench's own (a --baseline build).
+    env: BenchEnv | None = None
 
 
-def _fastserve(log: bool) -> Callable[[BenchEnv, int], list[str]]:
+def family(name: str) -> str:
+    """The server a variant belongs to: "fastserve-nogc", "fastserve+log" and
+    "fastserve@d7054e5" are fastserve's, "uvicorn-zttp" is uvicorn's. `--servers fastserve`
+    selects the whole family."""
+    for i, ch in enumerate(name):
+        if ch in "+-@":
+            return name[:i]
+    return name
+
+
+def _fastserve(log: bool, *extra: str) -> Callable[[BenchEnv, int], list[str]]:
     def argv(env: BenchEnv, port: int) -> list[str]:
         return [
             str(env.bin("fastserve")),
@@ -52,12 +65,13 @@ def _fastserve(log: bool) -> Callable[[BenchEnv, int], list[str]]:
             "--timeout-keep-alive",
             str(KEEP_ALIVE_S),
             "--access-log" if log else "--no-access-log",
+            *extra,
         ]
 
     return argv
 
 
-def _uvicorn(log: bool) -> Callable[[BenchEnv, int], list[str]]:
+def _uvicorn(log: bool, http: str = "httptools") -> Callable[[BenchEnv, int], list[str]]:
     def argv(env: BenchEnv, port: int) -> list[str]:
         return [
             str(env.bin("uvicorn")),
@@ -69,7 +83,7 @@ def _uvicorn(log: bool) -> Callable[[BenchEnv, int], list[str]]:
             "--loop",
             "uvloop",
             "--http",
-            "httptools",
+            http,
             "--lifespan",
             "on",
             "--timeout-keep-alive",
@@ -83,6 +97,9 @@ def _uvicorn(log: bool) -> Callable[[BenchEnv, int], list[str]]:
 def _granian(env: BenchEnv, port: int) -> list[str]:
     # --backpressure: granian serves at most this many connections at once (default
     # backlog/workers = 2048), so 10,000 idle ones would never all be accepted without it.
+    # Its fast options, so that it is measured at its best: HTTP/1 only (no HTTP/2 detection
+    # per connection), the single-threaded runtime (one worker thread: no cross-thread
+    # hand-off), and no WebSocket support (the WebSocket scenarios are skipped for granian).
     return [
         str(env.bin("granian")),
         "--interface",
@@ -101,6 +118,11 @@ def _granian(env: BenchEnv, port: int) -> list[str]:
         "2048",
         "--backpressure",
         "16384",
+        "--http",
+        "1",
+        "--runtime-mode",
+        "st",
+        "--no-ws",
         "apps:app",
     ]
 
@@ -129,7 +151,11 @@ def _lean(env: BenchEnv, port: int) -> list[str]:
 
 SPECS: dict[str, ServerSpec] = {
     "fastserve": ServerSpec("fastserve", "fastserve", _fastserve(False)),
+    # fastserve runs with its GC tuning (gc.freeze() and a gen-0 threshold of 7000, server.py
+    # tune_gc), the peers with Python's defaults: this variant shows what the tuning is worth.
+    "fastserve-nogc": ServerSpec("fastserve-nogc", "fastserve", _fastserve(False, "--no-gc-tune")),
     "uvicorn": ServerSpec("uvicorn", "uvicorn", _uvicorn(False)),
+    "uvicorn-zttp": ServerSpec("uvicorn-zttp", "uvicorn", _uvicorn(False, "zttp"), needs=("zttp",)),
     "granian": ServerSpec("granian", "granian", _granian),
     "hypercorn": ServerSpec("hypercorn", "hypercorn", _hypercorn),
     "fastserve+log": ServerSpec("fastserve+log", "fastserve", _fastserve(True), True),
@@ -137,6 +163,12 @@ SPECS: dict[str, ServerSpec] = {
     # Runs on uvicorn's dependencies (httptools, uvloop).
     "lean": ServerSpec("lean", "uvicorn", _lean),
 }
+
+
+def baseline_spec(short: str, env: BenchEnv) -> ServerSpec:
+    """fastserve as built at an earlier revision (`bench.py --baseline REV`), from its venv."""
+    name = f"fastserve@{short}"
+    return ServerSpec(name, "fastserve", _fastserve(False), env=env)
 
 
 def free_port() -> int:
@@ -213,7 +245,7 @@ def start(spec: ServerSpec, env: BenchEnv, log_dir: Path, *, timeout: float = 30
     """Launch the server and wait until it answers GET /plaintext with 200."""
     port = free_port()
     log_path = log_dir / f"{spec.name}.log"
-    argv = pin_prefix(SERVER_CPU) + spec.argv(env, port)
+    argv = pin_prefix(SERVER_CPU) + spec.argv(spec.env or env, port)
     child_env = dict(os.environ, PYTHONPATH=str(PERF_DIR), PYTHONUNBUFFERED="0")
     with open(log_path, "ab") as log_file:
         proc = subprocess.Popen(

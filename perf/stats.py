@@ -1,9 +1,10 @@
 """Pure arithmetic on benchmark rounds: medians, paired ratios, and the issue's goals.
 
-Ratios are paired: round i of server A is divided by round i of the baseline, which ran right
-next to it (A B C A B C), and the median of those quotients is reported. Drift of the shared
-machine (other jobs, thermal) hits both sides of a pair alike and cancels; a plain quotient of
-medians would keep it.
+Ratios are paired: round i of server A is divided by round i of the baseline, which ran in
+the same round (A B C, B C A, ...), and the median of those quotients is reported. Drift of the
+shared machine (other jobs, thermal) hits both sides of a pair alike and cancels; a plain
+quotient of medians would keep it. The same pairing gives the before/after ratio of a
+`--baseline` run: fastserve / fastserve@REV.
 """
 
 from __future__ import annotations
@@ -15,6 +16,9 @@ from typing import Any
 
 BASELINE = "uvicorn"
 LATENCY_KEYS = ("p50_ms", "p90_ms", "p99_ms")
+RATIO_KEYS = ("rps", "cpu_us", "p99_ms")
+# "unchanged within 2 %" (the issues' rule for a change that must not cost speed).
+UNCHANGED = 0.02
 
 
 def median(values: Sequence[float | None]) -> float | None:
@@ -45,18 +49,24 @@ def paired_ratio(
     return median(quotients)
 
 
-def add_summaries(scenario: dict[str, Any], baseline: str = BASELINE) -> None:
-    """Fill `median` and `ratio` (vs the baseline's rounds of the same run) for each server."""
+def add_summaries(
+    scenario: dict[str, Any], baseline: str = BASELINE, before: str | None = None
+) -> None:
+    """Fill `median` and `ratio` (vs the baseline's rounds of the same run) for each server;
+    with `before` (fastserve@REV), fastserve's entry also gets `vs_before`: fastserve / it."""
     servers: dict[str, dict[str, Any]] = scenario["servers"]
     base = servers.get(baseline, {}).get("rounds")
     for entry in servers.values():
         rounds = entry.get("rounds", [])
         entry["median"] = summarize(rounds)
         entry["ratio"] = (
-            {key: paired_ratio(rounds, base, key) for key in ("rps", "cpu_us", "p99_ms")}
-            if base
-            else {}
+            {key: paired_ratio(rounds, base, key) for key in RATIO_KEYS} if base else {}
         )
+    old = servers.get(before or "", {}).get("rounds")
+    after = before.split("@")[0] if before else ""
+    if old and after in servers:
+        rounds = servers[after].get("rounds", [])
+        servers[after]["vs_before"] = {key: paired_ratio(rounds, old, key) for key in RATIO_KEYS}
 
 
 @dataclass(frozen=True)
@@ -125,6 +135,19 @@ def _cpu_speedup(results: dict[str, Any], scenario: str, a: str, b: str) -> str:
     return f"{1 / ratio:.2f}x" if ratio else ""
 
 
+def before_after_goal(results: dict[str, Any], me: str = "fastserve") -> Goal | None:
+    """With --baseline: plaintext req/s of this tree vs REV's build, "unchanged within 2 %"
+    (a change may be faster; slower by more than 2 % is a MISS). None without a baseline."""
+    before = results.get("meta", {}).get("baseline", {}).get("name")
+    if not before:
+        return None
+    name = f"plaintext vs {before} (same run)"
+    ratio = _ratio(results, "plaintext", me, before)
+    goal = _at_least(name, ratio, 1 - UNCHANGED)
+    cpu = _ratio(results, "plaintext", me, before, "cpu_us")
+    return replace(goal, by_cpu=f"{cpu:.3f}x CPU/req" if cpu else "")
+
+
 def evaluate_goals(results: dict[str, Any], me: str = "fastserve") -> list[Goal]:
     """The issue's goals, each PASS/MISS with the margin, or N/A when the run lacks the data."""
     goals = [
@@ -176,6 +199,9 @@ def evaluate_goals(results: dict[str, Any], me: str = "fastserve") -> list[Goal]
             ".1f",
         )
     )
+    before = before_after_goal(results, me)
+    if before is not None:
+        goals.insert(0, before)
     return goals
 
 

@@ -7,18 +7,20 @@ serve perf/apps.py with fastserve on 127.0.0.1:0 and drive it with the harness's
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from perf import apps, clients, report, scenarios, servers, stats, wrk
-from perf.venv import PERF_DIR
+from perf import apps, bench, clients, instructions, report, scenarios, servers, stats, wrk
+from perf.venv import PERF_DIR, BenchEnv
 from tests.conftest import run_server
 
 SUMMARY = {
@@ -78,6 +80,58 @@ def test_missing_or_malformed_summary_is_an_error() -> None:
         wrk.parse_summary({**SUMMARY, "errors": [1, 2]})
 
 
+CHECK = {
+    "status": 200,
+    "length": 13,
+    "responses": 35000,
+    "mismatches": 0,
+    "first_status": -1,
+    "first_length": -1,
+}
+
+
+def test_body_check_of_every_response_is_read_from_the_lua_summary() -> None:
+    result = wrk.parse_output(wrk_stdout({**SUMMARY, "check": CHECK}))
+    assert (result.checked, result.mismatches, result.first_mismatch) == (35000, 0, None)
+    assert not result.failed
+    assert result.as_dict()["checked"] == 35000
+
+
+def test_a_wrong_body_flags_the_round_like_an_error() -> None:
+    check = {**CHECK, "mismatches": 7, "first_status": 200, "first_length": 0}
+    result = wrk.parse_output(wrk_stdout({**SUMMARY, "check": check}))
+    assert result.failed and result.mismatches == 7
+    assert result.first_mismatch == {"status": 200, "length": 0}
+    assert (result.socket_errors, result.bad_status) == (0, 0)  # not a socket error
+    row = result.as_dict()
+    assert row["errors"]["mismatch"] == 7  # type: ignore[index]
+    assert stats.summarize([row])["errors"] == 7
+
+
+def test_responses_that_escaped_the_check_flag_the_round() -> None:
+    result = wrk.parse_output(wrk_stdout({**SUMMARY, "check": {**CHECK, "responses": 34990}}))
+    assert result.unchecked == 10 and result.failed
+
+
+def test_without_an_expectation_nothing_is_checked() -> None:
+    result = wrk.parse_output(wrk_stdout(SUMMARY))
+    assert result.checked is None and result.unchecked == 0 and not result.failed
+    with pytest.raises(wrk.WrkError, match="malformed wrk check"):
+        wrk.parse_summary({**SUMMARY, "check": [1]})
+    with pytest.raises(wrk.WrkError, match="mismatches"):
+        wrk.parse_summary({**SUMMARY, "check": {"responses": 1}})
+
+
+def test_every_wrk_scenario_expects_what_apps_answers() -> None:
+    by_key = scenarios.BY_KEY
+    assert by_key["plaintext"].expect_length == len(apps.PLAIN) == 13
+    assert by_key["json"].expect_length == len(apps.json_body())
+    assert by_key["post64k"].expect_length == by_key["post64k"].body_size  # an echo
+    for scenario in scenarios.SCENARIOS:
+        if scenario.kind == "wrk":
+            assert scenario.expect_status == 200, scenario.key
+
+
 def test_wrk_command_clamps_threads_and_rounds_durations() -> None:
     argv = wrk.command("http://127.0.0.1:9/x", connections=1, duration=0.4, threads=4)
     assert argv[1:5] == ["-t1", "-c1", "-d1s", "--timeout=5s"]
@@ -95,6 +149,135 @@ def test_median_and_paired_ratio() -> None:
     assert stats.paired_ratio(a, []) is None
 
 
+def test_round_order_rotates_so_each_server_takes_each_place() -> None:
+    names = ["fastserve", "uvicorn", "granian"]
+    orders = [scenarios.round_order(names, i) for i in range(6)]
+    assert orders[0] == names  # round 1 as listed
+    assert orders[1] == ["uvicorn", "granian", "fastserve"]
+    for name in names:  # every place, equally often
+        assert sorted(o.index(name) for o in orders) == [0, 0, 1, 1, 2, 2]
+    assert scenarios.round_order([], 3) == []
+
+
+class FakeProc:
+    def poll(self) -> int | None:
+        return None
+
+
+class FakeServer:
+    """What run_interleaved uses of a Running server (measuring is monkeypatched)."""
+
+    def __init__(self, name: str) -> None:
+        self.spec = servers.SPECS[name]
+        self.proc = FakeProc()
+
+    def cpu_seconds(self) -> float:
+        return 0.0
+
+
+def test_rotated_rounds_are_still_paired_by_round(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The machine's speed changes from round to round (and slot to slot); whatever order a
+    round ran in, round i of fastserve is divided by round i of uvicorn."""
+    speed_of_round = [1.0, 0.5, 2.0, 0.8, 1.2]
+    served: list[tuple[int, str]] = []
+
+    def fake_measure(scenario: Any, server: FakeServer, duration: float) -> dict[str, Any]:
+        if duration == 0.5:  # the warm-up
+            return {"rps": 1.0}
+        i = len(served) // 3
+        served.append((i, server.spec.name))
+        own = {"fastserve": 3.0, "uvicorn": 1.0, "granian": 2.0}[server.spec.name]
+        slot_drift = 1 + 0.01 * (len(served) % 3)  # small, inside a round
+        return {"rps": 1000 * own * speed_of_round[i] * slot_drift}
+
+    monkeypatch.setattr(scenarios, "measure_wrk", fake_measure)
+    monkeypatch.setattr(scenarios, "wait_until_idle", lambda cpu: 0.0)
+    running: Any = {n: FakeServer(n) for n in ("fastserve", "uvicorn", "granian")}
+    cfg = scenarios.RunConfig(rounds=5, duration=1.0, warmup=0.5)
+    env = BenchEnv(Path("/nonexistent"), Path("/nonexistent/python"), "3.11.7")
+    result = scenarios.run_interleaved(scenarios.BY_KEY["plaintext"], running, env, cfg)
+    assert result["orders"][1] == ["uvicorn", "granian", "fastserve"]
+    assert [r["slot"] for r in result["servers"]["fastserve"]["rounds"]] == [0, 2, 1, 0, 2]
+    stats.add_summaries(result)
+    fast = result["servers"]["fastserve"]
+    # Without pairing, the rounds' speeds (0.5x to 2x) would swamp the 3x; paired, only the
+    # small drift inside a round is left.
+    assert fast["ratio"]["rps"] == pytest.approx(3.0, rel=0.025)
+    assert result["servers"]["granian"]["ratio"]["rps"] == pytest.approx(2.0, rel=0.025)
+
+
+def test_before_after_ratio_goal_and_table() -> None:
+    r = wrk_round
+    results: dict[str, Any] = {
+        "meta": {"baseline": {"name": "fastserve@abc1234", "rev": "abc1234", "commit": "abc"}},
+        "scenarios": {
+            "plaintext": scenario(
+                "plaintext",
+                {
+                    "fastserve": [r(30000, 5.0), r(20000, 5.0), r(33000, 5.0)],
+                    "fastserve@abc1234": [r(30600, 5.0), r(20000, 5.0), r(31000, 5.0)],
+                    "uvicorn": [r(15000, 9.0), r(10000, 9.0), r(15000, 9.0)],
+                },
+                before="fastserve@abc1234",
+            )
+        },
+    }
+    vs = results["scenarios"]["plaintext"]["servers"]["fastserve"]["vs_before"]
+    assert vs["rps"] == pytest.approx(1.0)  # per round 0.980, 1.000, 1.065
+    goal = stats.before_after_goal(results)
+    assert goal is not None and goal.status == "PASS" and goal.target == ">= 0.98x"
+    assert goal.name in {g.name for g in stats.evaluate_goals(results)}
+    slower = results["scenarios"]["plaintext"]["servers"]["fastserve@abc1234"]["rounds"]
+    for old in slower:
+        old["rps"] *= 1.03  # this tree 3 % slower in every round: outside the 2 %
+    assert stats.before_after_goal(results).status == "MISS"  # type: ignore[union-attr]
+    assert stats.before_after_goal({"scenarios": {}}) is None
+    table = table_cells(report.before_after_table(results))
+    assert table[0]["fastserve / fastserve@abc1234"] == "plaintext"
+    assert table[0]["req/s per round"].split() == ["0.952", "0.971", "1.034"]
+
+
+def test_servers_are_selected_by_family_and_the_baseline_runs_beside_fastserve() -> None:
+    assert [servers.family(n) for n in ("fastserve-nogc", "uvicorn+log", "fastserve@abc")] == [
+        "fastserve",
+        "uvicorn",
+        "fastserve",
+    ]
+    env = BenchEnv(Path("/nonexistent"), Path("/nonexistent/python"), "3.11.7")
+    env.installed = {"fastserve": "0.1", "uvicorn": "0.54"}  # no zttp, no granian
+    base = servers.baseline_spec("abc1234", env)
+    run = bench.Bench(env, scenarios.RunConfig(), ["fastserve", "uvicorn"], Path("/tmp"), base)
+    names = run.available(scenarios.PLAINTEXT_SERVERS)
+    assert names == ["fastserve", "fastserve@abc1234", "fastserve-nogc", "uvicorn"]
+    assert "server uvicorn-zttp" in run.results["skipped"]  # zttp is not installed
+    assert "--no-gc-tune" in servers.SPECS["fastserve-nogc"].argv(env, 1)
+    assert base.argv(env, 1)[0] == "/nonexistent/bin/fastserve"
+    only_uvicorn = bench.Bench(env, scenarios.RunConfig(), ["uvicorn"], Path("/tmp"), base)
+    assert only_uvicorn.available(scenarios.PLAINTEXT_SERVERS) == ["uvicorn"]
+
+
+def test_instruction_count_arithmetic_and_callgrind_totals(tmp_path: Path) -> None:
+    out = tmp_path / "callgrind.out"
+    out.write_text("version: 1\ncmd: python\nevents: Ir\nsummary: 123456789\n")
+    assert instructions.callgrind_total(out) == 123456789
+    assert instructions.per_request(500_000_000, 900_000_000, 10_000) == 40_000.0
+
+
+def test_instruction_driver_serves_right_answers_in_process() -> None:
+    """The in-process driver (no valgrind) runs this tree's fastserve and checks its answers."""
+    asyncio.run(instructions.drive(requests=200, connections=10, gc_tune=False))
+
+
+def table_cells(lines: list[str]) -> list[dict[str, str]]:
+    """A markdown table -> one {header: cell} per row (the separator line dropped)."""
+
+    def cells(line: str) -> list[str]:
+        return [c.strip() for c in line.strip().strip("|").split("|")]
+
+    header = cells(lines[0])
+    return [dict(zip(header, cells(line), strict=True)) for line in lines[2:]]
+
+
 def wrk_round(rps: float, p99: float, flagged: bool = False) -> dict[str, Any]:
     """A round of a server that kept CPU 0 busy: CPU per request is 1/rps."""
     return {
@@ -108,13 +291,15 @@ def wrk_round(rps: float, p99: float, flagged: bool = False) -> dict[str, Any]:
     }
 
 
-def scenario(title: str, rounds: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+def scenario(
+    title: str, rounds: dict[str, list[dict[str, Any]]], before: str | None = None
+) -> dict[str, Any]:
     result = {
         "title": title,
         "kind": "wrk",
         "servers": {name: {"rounds": r} for name, r in rounds.items()},
     }
-    stats.add_summaries(result)
+    stats.add_summaries(result, before=before)
     return result
 
 
@@ -142,7 +327,7 @@ def sample_results() -> dict[str, Any]:
     r = wrk_round
     return {
         "meta": {"stamp": "20250101-000000", "python": "3.11.7", "rounds": 2},
-        "skipped": {"websocket": "fastserve does not complete a WebSocket handshake yet"},
+        "skipped": {"server uvicorn-zttp": "zttp not installed"},
         "scenarios": {
             "plaintext": scenario(
                 "plaintext, 100 conns",
@@ -216,20 +401,29 @@ def test_goals_pass_miss_and_not_measured() -> None:
 
 
 def test_render_tables_ratios_flags_memory_and_goals() -> None:
+    """Cells, not whole rows: what each table says about each server."""
     results = sample_results()
+    throughput = {row["scenario"]: row for row in table_cells(report.throughput_table(results))}
+    plain = throughput["plaintext, 100 conns"]
+    assert (plain["fastserve"], plain["uvicorn"]) == ("31,000 (2.83x)", "11,000 (1.00x)")
+    assert plain["granian"] == "32,500 (2.98x)" and plain["fastserve+log"] == ""
+    assert throughput["POST echo 64 KiB"]["fastserve"].endswith("!")  # a flagged round
+    latency = table_cells(report.latency_table(results))[0]
+    assert latency["fastserve"] == "1.25 / 2.50 / 5.00"
+    cpu = table_cells(report.cpu_table(results))[0]
+    assert (cpu["fastserve"], cpu["uvicorn"]) == ("32.3 (0.35x)", "91.7 (1.00x)")
+    memory = {row["memory (MiB)"]: row for row in table_cells(report.memory_table(results))}
+    assert memory["RSS with 10,000 idle conns"]["uvicorn"] == "97.7"
+    assert memory["slow upload: peak above idle"]["fastserve"] == "90.0"
+    goals = {
+        row["goal"]: row for row in table_cells(report.goals_table(stats.evaluate_goals(results)))
+    }
+    assert goals["access log cost"]["result"].startswith("PASS")
+    assert goals["access log cost"]["by server CPU per request"] == "+5.3 % CPU/req"
     text = report.render(results, stats.evaluate_goals(results))
-    assert "| scenario | fastserve | uvicorn | granian | fastserve+log |" in text
-    assert "| plaintext, 100 conns | 31,000 (2.83x) | 11,000 (1.00x) | 32,500 (2.98x) |  |" in text
-    assert "| POST echo 64 KiB | 4,000 (1.33x) ! | 3,000 (1.00x) |" in text
-    assert "| plaintext, 100 conns | 1.25 / 2.50 / 5.00 | 2.38 / 4.75 / 9.50 |" in text
-    assert "| RSS with 10,000 idle conns | 68.4 | 97.7 |" in text
-    assert "| slow upload: peak above idle | 90.0 |" in text
-    assert "- websocket: fastserve does not complete" in text
-    assert "Access log cost (paired rounds, log on vs off): fastserve 5.0 %." in text
-    assert (
-        "| access log cost | <= 10.0 % | 5.0 % | PASS (5.0 % to spare) | +5.3 % CPU/req |" in text
-    )
-    assert "| plaintext, 100 conns | 32.3 (0.35x) | 91.7 (1.00x) | 30.8 (0.34x) |  |" in text
+    assert "- server uvicorn-zttp: zttp not installed" in text
+    assert "fastserve 5.0 %" in report.access_log_costs(results)
+    assert report.before_after_table(results) == []  # no --baseline in this run
 
 
 def test_a_server_that_exited_is_reported_with_its_last_log_line() -> None:
@@ -248,21 +442,35 @@ def test_rss_readers_see_this_process() -> None:
 
 @pytest.mark.skipif(wrk.wrk_path() is None, reason="Debian's wrk is not installed")
 @pytest.mark.parametrize(
-    ("path", "method", "body_size", "min_bytes"),
+    ("path", "method", "body_size", "length"),
     [("/plaintext", "GET", 0, 13), ("/echo", "POST", 1024, 1024)],
 )
-def test_wrk_smoke_against_fastserve(
-    path: str, method: str, body_size: int, min_bytes: int
-) -> None:
-    """One real 1 s wrk run through the Lua script: counts parsed, no errors, bodies delivered."""
+def test_wrk_smoke_against_fastserve(path: str, method: str, body_size: int, length: int) -> None:
+    """One real 1 s wrk run through the Lua script: counts parsed, no errors, every response
+    checked; then the same with a wrong expected length: every response is a mismatch."""
     with run_server(apps.app, loop="uvloop") as srv:
-        result = wrk.run(
-            srv.url + path, connections=4, duration=1, method=method, body_size=body_size, cpu=None
-        )
+
+        def run(expect_length: int) -> wrk.WrkResult:
+            return wrk.run(
+                srv.url + path,
+                connections=4,
+                duration=1,
+                method=method,
+                body_size=body_size,
+                cpu=None,
+                expect_status=200,
+                expect_length=expect_length,
+            )
+
+        result = run(length)
+        wrong = run(length + 1)
     assert result.requests > 0 and result.duration_s > 0.5
-    assert not result.failed, result.errors
-    assert result.bytes >= result.requests * min_bytes
+    assert not result.failed, (result.errors, result.first_mismatch)
+    assert result.checked == result.requests and result.mismatches == 0
+    assert result.bytes >= result.requests * length
     assert 0 < result.latency_us["p50"] <= result.latency_us["p99"]
+    assert wrong.failed and wrong.mismatches == wrong.checked == wrong.requests > 0
+    assert wrong.first_mismatch == {"status": 200, "length": length}
 
 
 def result_line(out: str) -> dict[str, Any]:
