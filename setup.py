@@ -36,9 +36,11 @@ COMPILED = [
     "protocols/cycle.py",
     "protocols/flow.py",
     "protocols/http1.py",
+    "protocols/http1_head.py",
     "protocols/http1_rules.py",
     "protocols/linger.py",
     "protocols/proxy_protocol.py",
+    "protocols/request.py",
     "protocols/websocket.py",
     "state.py",
 ]

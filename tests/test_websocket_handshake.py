@@ -29,8 +29,7 @@ from tests.apps.ws_apps import (
     reject_app,
     ws_connect,
 )
-from tests.conftest import recv_all
-from tests.helpers import Serve, error_log
+from tests.helpers import Serve, error_log, until_closed
 
 # -- handshake ------------------------------------------------------------------------------
 
@@ -55,13 +54,46 @@ def test_denial_response(serve: Serve, parts: list[bytes]) -> None:
             ws_connect(srv.port)
         assert info.value.response.status_code == 401
         assert info.value.response.headers["x-denied"] == "1"
-        # Raw: the body is delimited by Content-Length, or by closing when streamed.
+        # Raw: framed as any HTTP/1.1 response (http1_head.py): Content-Length when whole,
+        # chunked when streamed; the connection closes after it.
         with RawWS(srv.port) as raw:
             assert raw.status == 401
-            body = raw.buffer + recv_all(raw.sock)
-        assert body == b"not allowed"
+            body = raw.buffer + until_closed(raw.sock)
         assert b"connection: close" in raw.head.lower()
-        assert (b"content-length: 11" in raw.head.lower()) == (len(parts) == 1)
+        if len(parts) == 1:
+            assert b"content-length: 11" in raw.head.lower()
+            assert body == b"not allowed"
+        else:
+            assert b"transfer-encoding: chunked" in raw.head.lower()
+            assert body == b"4\r\nnot \r\n7\r\nallowed\r\n0\r\n\r\n"
+
+
+@pytest.mark.parametrize("status", [100, 101, 103, 199])
+def test_a_denial_with_an_interim_status_is_a_500(serve: Serve, status: int) -> None:
+    """A 1xx is no final response (RFC 9110 §15.2): as on the HTTP path, the app broke the
+    protocol and the client gets a 500 (it once got "HTTP/1.1 100 Continue" and a body)."""
+    with (
+        serve(deny_app(status, [b"body"])) as srv,
+        error_log() as records,
+        RawWS(srv.port) as raw,
+    ):
+        assert raw.status == 500
+        body = raw.buffer + until_closed(raw.sock)
+    assert body == b"Internal Server Error"
+    assert any("invalid status" in str(r.exc_info[1]) for r in records if r.exc_info)
+
+
+@pytest.mark.parametrize("status", [204, 304])
+def test_a_denial_with_a_bodiless_status_has_no_body(serve: Serve, status: int) -> None:
+    """RFC 9110 §15.3.5 / §15.4.5: 204 and 304 end at their head."""
+    with serve(deny_app(status, [b"not ", b"allowed"])) as srv:
+        with RawWS(srv.port) as raw:
+            assert raw.status == status
+            body = raw.buffer + until_closed(raw.sock)
+        head = raw.head.lower()
+    assert body == b""
+    assert b"transfer-encoding" not in head
+    assert b"content-length" not in head
 
 
 def test_close_before_accept_is_403(serve: Serve) -> None:
@@ -93,7 +125,7 @@ def test_invalid_handshake_is_refused_without_running_the_app(serve: Serve) -> N
             b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
             b"Sec-WebSocket-Key: too-short\r\nSec-WebSocket-Version: 13\r\n\r\n"
         )
-        response = recv_all(sock)
+        response = until_closed(sock)
         assert response.startswith(b"HTTP/1.1 400 ")
         assert probe.events.empty()
 
@@ -120,7 +152,7 @@ def test_non_websocket_upgrade_is_served_as_http(serve: Serve) -> None:
             b"Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n"
         )
         sock.sendall(request + b"GET /second HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        data = recv_all(sock)
+        data = until_closed(sock)
         assert data.startswith(b"HTTP/1.1 200 ")
         assert data.count(b"plain http") == 2  # the next request on the connection too
 

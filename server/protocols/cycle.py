@@ -1,9 +1,10 @@
 """One request/response exchange, as ASGI sees it: `receive()` and `send()`.
 
 This module owns the ASGI rules (message order, header validation, Content-Length accounting,
-HEAD and bodiless statuses, the 500/abort policy); the protocol that created the cycle owns the
-wire format and implements the small `Connection` interface below. HTTP/1.1 is the first such
-protocol; HTTP/2 streams would implement the same interface and reuse this file unchanged.
+HEAD and bodiless statuses, the 500/abort policy). What carries the exchange is a `Channel`:
+an HTTP/1.1 connection (http1.py) is one, an HTTP/2 stream would be another. The channel owns
+the wire format; the cycle only calls the few methods below, and waits on the channel when it
+says so. How a request starts (scope, limits, counters, task, access log) is request.py.
 """
 
 from __future__ import annotations
@@ -13,13 +14,14 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any, Final
 
-from ..types import ASGIApp, ClientDisconnected, Message, Scope, SendMessage
-from .flow import FlowControl
+from mypy_extensions import trait
+
+from ..types import ClientDisconnected, Message, Scope, SendMessage
 
 if TYPE_CHECKING:
     from ..state import ServerState
 
-__all__ = ["ClientDisconnected", "Connection", "RequestCycle"]
+__all__ = ["Channel", "ClientDisconnected", "RequestCycle"]
 
 log = logging.getLogger("fastserve.error")
 monotonic: Final = time.monotonic  # (Final: see http1.py)
@@ -40,31 +42,43 @@ NO_BODY: Final[list[bytes]] = []
 NO_HEADERS: Final[list[tuple[bytes, bytes]]] = []
 
 
-class Connection(FlowControl):
-    """What a cycle needs from the protocol that carries it (HTTP1Protocol implements it).
+@trait
+class Channel:
+    """What carries one exchange: an HTTP/1.1 connection, or one HTTP/2 stream. Not an
+    asyncio.Protocol: a stream has no transport of its own.
 
-    A base class rather than a typing.Protocol: where these modules are compiled (setup.py),
-    a cycle's calls into its connection are then direct calls, not attribute lookups."""
+    A trait (mypy_extensions), so that HTTP1Protocol can be an asyncio protocol and a Channel
+    at once; compiled (setup.py), a cycle's calls into its channel are then direct calls."""
 
-    __slots__ = ()
-
-    # Both write one piece of the response; `final` ends it (the exchange is logged then).
+    # Both write one piece of the response; `final` ends it. Neither waits: when the channel
+    # holds more than it should (a full transport buffer, a closed HTTP/2 window), must_wait()
+    # says so and the cycle awaits wait_writable() before the app may send more.
     def start_response(self, cycle: RequestCycle, body: bytes, final: bool) -> None:
         raise NotImplementedError
 
     def send_body(self, cycle: RequestCycle, body: bytes, final: bool) -> None:
         raise NotImplementedError
 
+    def must_wait(self) -> bool:
+        raise NotImplementedError
+
+    async def wait_writable(self) -> None:
+        raise NotImplementedError
+
     def send_continue(self) -> None:
+        """100 Continue: the app wants the body the client holds back (RFC 9110 §10.1.1)."""
         raise NotImplementedError
 
     def body_consumed(self, cycle: RequestCycle) -> None:
+        """The app took the buffered body: reading (or window credit) may resume."""
         raise NotImplementedError
 
     def cycle_done(self, cycle: RequestCycle) -> None:
+        """The app has returned."""
         raise NotImplementedError
 
     def abort(self) -> None:
+        """The response cannot be completed (it started): end it abruptly."""
         raise NotImplementedError
 
 
@@ -75,7 +89,6 @@ class RequestCycle:
         "body_done",
         "body_size",
         "bytes_sent",
-        "chunked",
         "conn",
         "disconnected",
         "expect_100",
@@ -101,7 +114,7 @@ class RequestCycle:
     def __init__(
         self,
         scope: Scope,
-        conn: Connection,
+        conn: Channel,
         state: ServerState,
         keep_alive: bool,
         expect_100: bool,
@@ -127,7 +140,6 @@ class RequestCycle:
         self.own_defaults = False
         self.no_body = self.is_head
         self.head_sent = False
-        self.chunked = False
         self.bytes_sent = 0
         self.start_time = monotonic()
         self.task: asyncio.Task[None] | None = None
@@ -171,26 +183,16 @@ class RequestCycle:
 
     # -- ASGI --------------------------------------------------------------------------------
 
-    async def run(self, app: ASGIApp) -> None:
-        """Run the app for this request and apply the error policy."""
-        state = self.state
-        try:
-            await app(self.scope, self.receive, self.send)
-        except BaseException as exc:
-            self.app_failed(exc)
-            if isinstance(exc, asyncio.CancelledError | KeyboardInterrupt | SystemExit):
-                raise
-        else:
-            if not self.response_complete and not self.disconnected:
-                if self.head_sent:
-                    log.error("ASGI app returned without completing the response")
-                    self.conn.abort()
-                else:
-                    log.error("ASGI app returned without sending a response")
-                    self.send_500()
-        finally:
-            state.in_flight -= 1
-            self.conn.cycle_done(self)
+    def app_returned(self) -> None:
+        """The app returned: a response it left unfinished is a 500, or an abort once its
+        head is out."""
+        if not self.response_complete and not self.disconnected:
+            if self.head_sent:
+                log.error("ASGI app returned without completing the response")
+                self.conn.abort()
+            else:
+                log.error("ASGI app returned without sending a response")
+                self.send_500()
 
     def app_failed(self, exc: BaseException) -> None:
         if isinstance(exc, ClientDisconnected) or self.disconnected:
@@ -210,17 +212,37 @@ class RequestCycle:
             self.send_500()
 
     def send_500(self) -> None:
-        self.status = 500
+        self.answer(500, b"Internal Server Error", close=True)
+
+    def answer(
+        self,
+        status: int,
+        body: bytes,
+        headers: list[tuple[bytes, bytes]] | None = None,
+        close: bool = False,
+    ) -> None:
+        """A whole response from the server itself (500, a 503 refusal, a WebSocket handshake
+        refused): through the same channel call, and logged, as an app's."""
+        self.status = status
         self.headers = [(b"content-type", b"text/plain; charset=utf-8")]
+        if headers:
+            self.headers += headers
         self.expected_length = None
         self.own_defaults = False
         self.no_body = self.is_head
-        self.keep_alive = False
+        if close:
+            self.keep_alive = False
         self.response_started = True
         self.response_complete = True
-        body = b"Internal Server Error"
         self.bytes_sent = len(body)  # for the access log
         self.conn.start_response(self, body, True)
+        self.logged()
+
+    def logged(self) -> None:
+        """The last byte was handed to the channel: the exchange goes to the access log."""
+        access = self.state.access_log
+        if access is not None:
+            access.log(self, monotonic())
 
     async def receive(self) -> Message:
         if self.response_complete or self.disconnected:
@@ -286,13 +308,19 @@ class RequestCycle:
             if waiter is not None and not waiter.done():
                 waiter.set_result(None)  # a receive() waiting in another task: disconnect
         conn = self.conn
-        self.bytes_sent += len(body)  # before the write: a final one logs the exchange
+        self.bytes_sent += len(body)
         if self.head_sent:
             conn.send_body(self, body, final)
         else:
             conn.start_response(self, body, final)
-        if not final and conn.write_paused:
-            await conn.drain()
+        if final:
+            access = self.state.access_log  # self.logged(), inlined for the common case
+            if access is not None:
+                access.log(self, monotonic())
+        if conn.must_wait():
+            # The final piece too: a channel never holds more than its limit for us (an
+            # HTTP/2 window smaller than the last body, a full transport buffer).
+            await conn.wait_writable()
 
     def set_status_and_headers(self, message: dict[str, Any]) -> None:
         status = message["status"]
@@ -307,15 +335,7 @@ class RequestCycle:
             headers = list(headers)
         dropped = False
         for name, value in headers:
-            # Validate before anything is written: a bad header is an app error, never a
-            # split response. Valid names are remembered (apps send the same few names over
-            # and over): a dict hit costs a fraction of a translate() per header.
-            lname = _VALID_NAMES.get(name)
-            if lname is None:
-                lname = _check_name(name)
-            # `10 in value` is ~10x faster than `b"\n" in value` (memchr, no buffer protocol).
-            if 10 in value or 13 in value or 0 in value:
-                raise RuntimeError(f"invalid response header value for {name!r}")
+            lname = check_field(name, value)
             if lname in SPECIAL_RESPONSE_HEADERS:
                 if lname == b"content-length":
                     if not value.isdigit():
@@ -358,6 +378,20 @@ class RequestCycle:
 
 _VALID_NAMES: Final[dict[bytes, bytes]] = {}  # response header name -> its lower-case form
 _SERVER_DECIDES: Final = (b"connection", b"transfer-encoding")
+
+
+def check_field(name: bytes, value: bytes) -> bytes:
+    """A response header field from an app (every response path: app responses, WebSocket
+    accept and denial), validated before anything is written: a bad one is an app error,
+    never a split response. Returns the lower-case name. Valid names are remembered (apps
+    send the same few names over and over): a dict hit costs a fraction of a translate()."""
+    lname = _VALID_NAMES.get(name)
+    if lname is None:
+        lname = _check_name(name)
+    # `10 in value` is ~10x faster than `b"\n" in value` (memchr, no buffer protocol).
+    if type(value) is not bytes or 10 in value or 13 in value or 0 in value:
+        raise RuntimeError(f"invalid response header value for {name!r}")
+    return lname
 
 
 def _check_name(name: bytes) -> bytes:

@@ -24,26 +24,25 @@ import sys
 import time
 from collections import deque
 from typing import TYPE_CHECKING, Any, Final
-from urllib.parse import unquote
 
 import httptools
 
-from .cycle import ClientDisconnected, Connection, RequestCycle
+from .cycle import Channel, ClientDisconnected, RequestCycle
+from .flow import FlowControl
+from .http1_head import CONTINUE, error_response, frame_body, frame_response
 from .http1_rules import (
     FRAMING_HEADERS,
     METHODS,
-    STATUS_LINES,
     WATCHED_REQUEST_HEADERS,
     RejectRequest,
     check_host,
     check_transfer_encoding,
-    error_response,
     parser_reason,
     skipped_body_head,
     split_absolute_target,
-    status_line,
 )
 from .linger import IDLE_LINGER_SECONDS, LINGER_SECONDS, Lingering
+from .request import admit, make_scope, start, start_eagerly
 
 if TYPE_CHECKING:
     from ..state import ServerState
@@ -59,9 +58,6 @@ monotonic: Final = time.monotonic
 HIGH_WATER: Final = 64 * 1024
 
 
-# Bodies from this size on are written beside their framing (writelines), not copied into it.
-COPY_LIMIT: Final = 16 * 1024
-
 WRITELINES_UNPAUSED: Final = (3, 12) <= sys.version_info < (3, 12, 9) or (
     (3, 13) <= sys.version_info < (3, 13, 2)
 )
@@ -75,11 +71,6 @@ WRITELINES_UNPAUSED: Final = (3, 12) <= sys.version_info < (3, 12, 9) or (
 # out: fewer per epoll_wait, more wake-ups, and more system CPU than the eager start saves
 # (measured: perf/README.md, Log).
 
-# Request tasks are made by calling Task directly when the loop has no task factory (~1k
-# instructions less than loop.create_task()). Any: typeshed's Task has no eager_start
-# before 3.12.
-TASK: Final[Any] = asyncio.Task
-
 # Timer phases: what the connection's single deadline means when it passes.
 IDLE: Final = 0
 HEAD: Final = 1
@@ -87,10 +78,11 @@ BUSY: Final = 2
 BODY: Final = 3
 
 
-class HTTP1Protocol(Connection):
+class HTTP1Protocol(FlowControl, Channel):
     __slots__ = (
         "body_received",
         "body_seen",
+        "chunked",
         "client",
         "closed",
         "cycle",
@@ -143,6 +135,7 @@ class HTTP1Protocol(Connection):
         self.write_paused = False
         self.drain_waiter: asyncio.Future[None] | None = None
         self.keep_alive = True
+        self.chunked = False  # the response being written is (HTTP/1.1 has one at a time)
         self.closed = False
         self.eof = False  # the client half-closed: no more requests, answer those we have
         self.pending_error: RejectRequest | None = None
@@ -290,11 +283,7 @@ class HTTP1Protocol(Connection):
         cycle = self.starting
         if cycle is not None:
             self.starting = None
-            self.start_eagerly(cycle)
-
-    def start_eagerly(self, cycle: RequestCycle) -> None:
-        state = self.state  # state.eager: Python 3.12+, where Task takes eager_start
-        cycle.task = TASK(cycle.run(state.app), loop=state.loop, eager_start=True)
+            start_eagerly(cycle, self.state)
 
     def callback_failed(self, exc: Exception) -> None:
         """httptools wraps what our callbacks raise: the RejectRequest is its __context__."""
@@ -392,24 +381,9 @@ class HTTP1Protocol(Connection):
             raw_path, query = url, b""
         else:
             raw_path, query = self.other_target(url, method)
-        if 37 in raw_path:  # b"%": an int needle is ~10x faster than bytes
-            path = unquote(raw_path.decode("latin-1"))
-        else:
-            path = raw_path.decode("latin-1")
-        root_path = state.root_path
-        if root_path:
-            # As uvicorn, and as the ASGI spec's WSGI mapping implies (PATH_INFO = path minus
-            # root_path): path and raw_path are the full path, the mount prefix included.
-            path = root_path + path
-            raw_path = root_path.encode() + raw_path
-        scope = self.scope_base.copy()
-        scope["http_version"] = http_version
-        scope["method"] = method
-        scope["path"] = path
-        scope["raw_path"] = raw_path
-        scope["query_string"] = query
-        scope["headers"] = self.headers
-        scope["state"] = state.lifespan_state.copy()
+        scope = make_scope(
+            self.scope_base, state, http_version, method, raw_path, query, self.headers
+        )
         # The next message starts from here (on_message_complete gives it a header list).
         self.url = b""
         self.body_received = 0
@@ -436,22 +410,9 @@ class HTTP1Protocol(Connection):
         if self.cycle is None:
             self.cycle = cycle
             self.phase = BUSY
-            limit = state.limit_concurrency
-            if limit is not None and state.in_flight >= limit:
-                self.refuse(cycle)
-            else:
-                # start(), inlined for the common case.
-                state.in_flight += 1
-                state.total_requests += 1
-                loop = state.loop
-                if loop.get_task_factory() is not None:
-                    # The app's own (instrumentation, eager_task_factory...): honoured.
-                    cycle.task = loop.create_task(cycle.run(state.app))
-                elif state.eager:
-                    self.starting = cycle
-                else:
-                    # Task() itself: what create_task() does without a factory, minus a call.
-                    cycle.task = TASK(cycle.run(state.app), loop=loop)
+            # An eager start waits until feed_data() has returned (data_received).
+            if admit(cycle, state) and not start(cycle, state, True, False):
+                self.starting = cycle
         else:
             self.pipeline.append(cycle)
             self.pause_reading()
@@ -502,28 +463,7 @@ class HTTP1Protocol(Connection):
                 # Answered before its body ended: now the connection is idle.
                 self.set_deadline(IDLE, self.state.timeout_keep_alive)
 
-    # -- running the app -----------------------------------------------------------------------
-
-    def start(self, cycle: RequestCycle) -> None:
-        state = self.state
-        state.in_flight += 1
-        state.total_requests += 1
-        # The task is reachable from the connection (self.cycle.task) for shutdown; no
-        # server-wide set and no done-callback per request. This runs from the previous
-        # request's task (a pipelined request): a copy of the server's own context keeps
-        # that request's context variables out of this one.
-        cycle.task = state.loop.create_task(cycle.run(state.app), context=state.context.copy())
-
-    def refuse(self, cycle: RequestCycle) -> None:
-        """--limit-concurrency: answer 503 at once, without running the app."""
-        self.state.in_flight += 1
-        cycle.status = 503
-        cycle.headers = [(b"content-type", b"text/plain; charset=utf-8")]
-        cycle.response_started = cycle.response_complete = True
-        cycle.bytes_sent = len(b"Service Unavailable")
-        self.start_response(cycle, b"Service Unavailable", True)
-        self.state.in_flight -= 1
-        self.cycle_done(cycle)
+    # -- the request layer's calls (Channel) -----------------------------------------------
 
     def cycle_done(self, cycle: RequestCycle) -> None:
         """The app of `cycle` has returned: run the next pipelined request or go idle."""
@@ -560,7 +500,9 @@ class HTTP1Protocol(Connection):
         if self.pipeline:
             nxt = self.pipeline.popleft()
             self.cycle = nxt
-            self.start(nxt)
+            if not admit(nxt, self.state):
+                return  # refused (503): cycle_done() ran for it already
+            start(nxt, self.state, False, True)
             if nxt is self.parsing:
                 # Its body is still on its way: --timeout-request-body runs from now (the
                 # armed timer may be a later one: the first request's head or keep-alive).
@@ -594,96 +536,43 @@ class HTTP1Protocol(Connection):
 
     def start_response(self, cycle: RequestCycle, body: bytes, final: bool) -> None:
         """Write the head, and with it the first piece of body (one write for small ones)."""
-        cycle.head_sent = True
-        status = cycle.status
-        line = STATUS_LINES.get(status) or status_line(status)
-        parts = [line]
-        for name, value in cycle.headers:
-            parts += (name, b": ", value, b"\r\n")
-        http10 = cycle.scope["http_version"] == "1.0"
-        if cycle.no_body:
-            if final and cycle.is_head and cycle.expected_length is None and body:
-                parts.append(b"content-length: %d\r\n" % len(body))
-            body = b""
-        elif cycle.expected_length is None:
-            if final:
-                parts.append(b"content-length: %d\r\n" % len(body))
-            elif http10:
-                cycle.keep_alive = False  # close-delimited body
-            else:
-                cycle.chunked = True
-                parts.append(b"transfer-encoding: chunked\r\n")
-        if cycle.expect_100 and cycle.more_body:
-            # 100-continue was never sent and the body is not all here: the client may or may
-            # not send it now, so the connection cannot be reused (RFC 9110 §10.1.1).
-            cycle.keep_alive = False
-        if not cycle.keep_alive or not self.keep_alive:
-            cycle.keep_alive = False
-            parts.append(b"connection: close\r\n")
-        elif http10:
-            parts.append(b"connection: keep-alive\r\n")
-        if cycle.own_defaults:
-            names = {n.lower() for n, _ in cycle.headers}
-            for name, value in self.state.defaults_without(names):
-                parts += (name, b": ", value, b"\r\n")
-            parts.append(b"\r\n")
+        state = self.state
+        pieces, self.chunked = frame_response(cycle, body, final, self.keep_alive, state)
+        if len(pieces) > 1:
+            self.write_pieces(pieces)
+        elif final and state.eager:
+            # Held to the end of the loop pass (see "Eager start").
+            outbox = state.outbox
+            if not outbox:
+                state.loop.call_soon(state.flush_outbox)
+            outbox.append((self.transport, pieces[0]))
         else:
-            parts += (self.state.default_head, b"\r\n")
-        if len(body) >= COPY_LIMIT:
-            # A large body is not copied into the head: writelines() hands both buffers to
-            # one writev() on uvloop (asyncio < 3.12 joins them, as we would have).
-            if cycle.chunked:
-                parts.append(b"%x\r\n" % len(body))
-                tail = b"\r\n0\r\n\r\n" if final else b"\r\n"
-                self.write_pieces([b"".join(parts), body, tail])
-            else:
-                self.write_pieces([b"".join(parts), body])
-        else:
-            if cycle.chunked:
-                if body:
-                    parts += (b"%x\r\n" % len(body), body, b"\r\n")
-                if final:
-                    parts.append(b"0\r\n\r\n")
-            elif body:
-                parts.append(body)
-            state = self.state
-            if final and state.eager:
-                # Held to the end of the loop pass (see "Eager start").
-                outbox = state.outbox
-                if not outbox:
-                    state.loop.call_soon(state.flush_outbox)
-                outbox.append((self.transport, b"".join(parts)))
-            else:
-                self.flush_held()
-                self.transport.write(b"".join(parts))
-        if final:
-            self.response_done(cycle)
+            self.flush_held()
+            self.transport.write(pieces[0])
+        if final and not cycle.keep_alive:
+            self.keep_alive = False
 
     def send_body(self, cycle: RequestCycle, body: bytes, final: bool) -> None:
         self.flush_held()
-        transport = self.transport
-        if transport.is_closing():
+        if self.transport.is_closing():
             # The peer is gone but connection_lost() is only scheduled: a streaming app whose
             # sends never wait would produce its whole body (and asyncio would log a warning
             # per failed write). ASGI 2.4: send() raises an OSError.
             raise ClientDisconnected("client disconnected")
-        if cycle.no_body:
-            pass
-        elif cycle.chunked:
-            if len(body) >= COPY_LIMIT:
-                tail = b"\r\n0\r\n\r\n" if final else b"\r\n"
-                self.write_pieces([b"%x\r\n" % len(body), body, tail])
-            elif body:
-                if final:
-                    transport.write(b"%x\r\n%b\r\n0\r\n\r\n" % (len(body), body))
-                else:
-                    transport.write(b"%x\r\n%b\r\n" % (len(body), body))
-            elif final:
-                transport.write(b"0\r\n\r\n")
-        elif body:
-            transport.write(body)
-        if final:
-            self.response_done(cycle)
+        if not cycle.no_body:
+            pieces = frame_body(body, final, self.chunked)
+            if len(pieces) == 1:
+                self.transport.write(pieces[0])
+            elif pieces:
+                self.write_pieces(pieces)
+        if final and not cycle.keep_alive:
+            self.keep_alive = False
+
+    def must_wait(self) -> bool:
+        return self.write_paused
+
+    async def wait_writable(self) -> None:
+        await self.drain()
 
     def write_pieces(self, pieces: list[bytes]) -> None:
         """A large body beside its framing: one writev() where writelines() is safe."""
@@ -693,15 +582,6 @@ class HTTP1Protocol(Connection):
         else:
             self.transport.writelines(pieces)
 
-    def response_done(self, cycle: RequestCycle) -> None:
-        """The last byte of the response was handed to the transport (or held, see
-        "Eager start": it is written before anything else happens on this connection)."""
-        if not cycle.keep_alive:
-            self.keep_alive = False
-        access = self.state.access_log
-        if access is not None:
-            access.log(cycle, monotonic())
-
     def flush_held(self) -> None:
         """Held responses go first ("Eager start"): bytes leave a connection in order."""
         if self.state.outbox:
@@ -709,7 +589,7 @@ class HTTP1Protocol(Connection):
 
     def send_continue(self) -> None:
         self.flush_held()
-        self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        self.transport.write(CONTINUE)
 
     def abort(self) -> None:
         """The response cannot be completed: drop the connection."""
@@ -819,7 +699,7 @@ class HTTP1Protocol(Connection):
     def send_error(self, error: RejectRequest) -> None:
         log.info("%s:%s - rejected: %d %s", *(self.client or ("-", 0)), error.status, error.reason)
         self.flush_held()
-        self.transport.write(error_response(error, self.state.default_head))
+        self.transport.write(error_response(error, self.state))
         self.linger()
 
     def linger(self, seconds: float = LINGER_SECONDS) -> None:

@@ -7,7 +7,6 @@ constant tables.
 
 from __future__ import annotations
 
-import http
 from typing import Final
 
 import httptools
@@ -20,17 +19,6 @@ class RejectRequest(Exception):
         super().__init__(reason)
         self.status = status
         self.reason = reason
-
-
-def status_line(code: int) -> bytes:
-    try:
-        phrase = http.HTTPStatus(code).phrase
-    except ValueError:
-        phrase = ""
-    return b"HTTP/1.1 %d %s\r\n" % (code, phrase.encode("ascii"))
-
-
-STATUS_LINES: Final[dict[int, bytes]] = {code: status_line(code) for code in range(100, 600)}
 
 
 METHODS: Final = {
@@ -129,19 +117,6 @@ def split_absolute_target(url: bytes) -> tuple[bytes, bytes, bytes]:
     target = target.partition(b"#")[0]
     raw_path, _, query = target.partition(b"?")
     return authority, raw_path or b"/", query
-
-
-def error_response(error: RejectRequest, default_head: bytes) -> bytes:
-    """The whole answer to a rejected request: short text body, `connection: close`."""
-    body = error.reason.encode("latin-1")
-    return (
-        (STATUS_LINES.get(error.status) or status_line(error.status))
-        + b"content-type: text/plain; charset=utf-8\r\n"
-        + b"content-length: %d\r\nconnection: close\r\n" % len(body)
-        + default_head
-        + b"\r\n"
-        + body
-    )
 
 
 def parser_reason(exc: Exception) -> str:

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import codecs
-import http
 import logging
 import os
 from collections import deque
@@ -45,8 +44,9 @@ from websockets.typing import Subprotocol
 
 from ..logs import escape
 from ..types import Message, Scope, SendMessage
-from .cycle import TOKEN_CHARS, ClientDisconnected
+from .cycle import Channel, ClientDisconnected, RequestCycle, check_field
 from .flow import FlowControl
+from .http1_head import frame_body, frame_response, switching_head
 
 if TYPE_CHECKING:
     from ..state import ServerState
@@ -65,6 +65,8 @@ CLOSED = 5  # the transport is gone
 # Seconds the peer gets to answer our close frame, or to read our last bytes, before the TCP
 # connection is dropped (the websockets library's own default).
 CLOSE_TIMEOUT = 10.0
+# The library's refusal headers that the head writer decides itself (framing, the body's type).
+LIBRARY_FRAMING = frozenset(["content-length", "connection", "content-type", "transfer-encoding"])
 # Bytes a client may send before the app accepted (it should send none) before reading pauses.
 PRE_ACCEPT_LIMIT = 64 * 1024
 # What holding one fragment costs beyond its payload, charged against --ws-max-size so that an
@@ -99,19 +101,18 @@ def upgrade_to_websocket(conn: HTTP1Protocol, scope: dict[str, Any], rest: bytes
     ws.start(rest, read_paused)
 
 
-class WebSocketProtocol(FlowControl):
+class WebSocketProtocol(FlowControl, Channel):
     """One WebSocket connection: the asyncio protocol, and the ASGI receive/send of its app."""
 
     __slots__ = (
+        "chunked",
         "close_timer",
         "decoder",
-        "deny_headers",
-        "deny_sent",
-        "deny_status",
         "disconnect",
         "fragments",
         "fragments_size",
         "handshake",
+        "http",
         "http_scope",
         "max_queue",
         "messages",
@@ -163,9 +164,10 @@ class WebSocketProtocol(FlowControl):
         self.ping_timer: asyncio.TimerHandle | None = None
         self.ping_payload: bytes | None = None
         self.close_timer: asyncio.TimerHandle | None = None
-        self.deny_status = 0
-        self.deny_headers: list[tuple[bytes, bytes]] | None = None  # until the head is sent
-        self.deny_sent = 0
+        # The handshake's own HTTP exchange, for a response in its place (a refused handshake,
+        # a denial, a 403 or 500): written by the same cycle and head writer as any response.
+        self.http = RequestCycle(http_scope, self, state, False, False)
+        self.chunked = False
 
     def start(self, rest: bytes, read_paused: bool) -> None:
         """Validate the handshake, then run the app (or send the library's 4xx at once)."""
@@ -192,10 +194,12 @@ class WebSocketProtocol(FlowControl):
             client = scope["client"] or ("-", 0)
             reason = escape(str(self.ws.handshake_exc))
             log.info("%s:%s - bad WebSocket handshake: %s", *client, reason)
-            for name, value in state.default_headers:
-                response.headers[name.decode("latin-1")] = value.decode("latin-1")
-            self.transport.write(response.serialize())
-            self.responded(response.status_code, len(response.body))
+            extra = [
+                (n.lower().encode("latin-1"), v.encode("latin-1"))
+                for n, v in response.headers.raw_items()
+                if n.lower() not in LIBRARY_FRAMING
+            ]
+            self.http.answer(response.status_code, bytes(response.body), extra, close=True)
             return
         limit = state.config.limit_concurrency
         if limit is not None and state.in_flight >= limit:
@@ -478,11 +482,10 @@ class WebSocketProtocol(FlowControl):
 
     def app_done(self, code: int) -> None:
         """Whatever the app left open is closed with `code` (or answered with a 500)."""
-        if self.phase == HANDSHAKE:
+        if self.phase == HANDSHAKE or (self.phase == DENYING and not self.http.head_sent):
             self.respond(500, b"Internal Server Error")
         elif self.phase == DENYING:
-            self.phase = RESPONDED
-            self.transport.abort()  # a truncated response must not look complete
+            self.abort()  # a truncated response must not look complete
         elif self.phase == OPEN:
             self.close(code, "")
 
@@ -530,9 +533,11 @@ class WebSocketProtocol(FlowControl):
         elif phase == HANDSHAKE and mtype == "websocket.close":
             self.respond(403, b"Forbidden")  # ASGI: a close before accept is an HTTP 403
         elif phase == HANDSHAKE and mtype == "websocket.http.response.start":
-            self.start_denial(message)
+            # The WebSocket Denial Response extension: an HTTP response, by the HTTP rules.
+            self.phase = DENYING
+            await self.http.send({**message, "type": "http.response.start"})
         elif phase == DENYING and mtype == "websocket.http.response.body":
-            await self.send_denial_body(message)
+            await self.http.send({**message, "type": "http.response.body"})
         elif mtype == "websocket.close" and phase >= CLOSING:
             pass  # closing twice is harmless
         elif phase in (CLOSING, CLOSED):
@@ -543,18 +548,18 @@ class WebSocketProtocol(FlowControl):
     def accept(self, message: SendMessage) -> None:
         response = self.handshake
         assert response is not None
-        headers = response.headers
+        headers = [
+            (n.encode("latin-1"), v.encode("latin-1")) for n, v in response.headers.raw_items()
+        ]
         subprotocol = message.get("subprotocol")
         if subprotocol is not None:
-            headers["Sec-WebSocket-Protocol"] = subprotocol
+            headers.append((b"Sec-WebSocket-Protocol", subprotocol.encode("latin-1")))
             self.ws.subprotocol = Subprotocol(subprotocol)
-        for name, value in checked_headers(message.get("headers") or ()):
-            headers[name.decode("latin-1")] = value.decode("latin-1")
-        for name, value in self.state.default_headers:
-            if name.decode("latin-1") not in headers:
-                headers[name.decode("latin-1")] = value.decode("latin-1")
+        for name, value in message.get("headers") or ():
+            check_field(name, value)  # the same check as any response's
+            headers.append((name, value))
         self.handshake = None
-        self.transport.write(response.serialize())
+        self.transport.write(switching_head(headers, self.state))
         self.phase = OPEN
         self.log_access(101, 0)
         self.schedule_ping()
@@ -570,66 +575,44 @@ class WebSocketProtocol(FlowControl):
 
     def respond(self, status: int, body: bytes) -> None:
         """A short text/plain response in place of the handshake (403 on close, 500 on error)."""
-        headers = [(b"content-type", b"text/plain; charset=utf-8")]
-        self.transport.write(self.response_head(status, headers, len(body)) + body)
-        self.responded(status, len(body))
+        self.http.answer(status, body, close=True)
 
-    def start_denial(self, message: SendMessage) -> None:
-        """websocket.http.response.start (the ASGI WebSocket Denial Response extension)."""
-        status = message["status"]
-        if type(status) is not int or not 100 <= status <= 999 or status == 101:
-            raise RuntimeError(f"invalid denial response status {status!r}")
-        self.deny_status = status
-        self.deny_headers = checked_headers(message.get("headers") or ())
-        self.phase = DENYING
+    # The handshake's HTTP exchange writes through these (Channel); see http1_head.py.
 
-    async def send_denial_body(self, message: SendMessage) -> None:
-        body: bytes = message.get("body", b"")
-        final = not message.get("more_body", False)
-        headers = self.deny_headers
-        if headers is not None:
-            # The head goes with the first part: a single part gets a Content-Length, a
-            # streamed body is delimited by closing the connection (RFC 9112 §6.3).
-            self.deny_headers = None
-            own_length = any(n.lower() == b"content-length" for n, _ in headers)
-            length = len(body) if final and not own_length else None
-            self.transport.write(self.response_head(self.deny_status, headers, length) + body)
-        elif body:
-            self.transport.write(body)
-        self.deny_sent += len(body)
+    def start_response(self, cycle: RequestCycle, body: bytes, final: bool) -> None:
+        pieces, self.chunked = frame_response(cycle, body, final, False, self.state)
+        self.transport.writelines(pieces)
         if final:
-            self.responded(self.deny_status, self.deny_sent)
-        elif self.write_paused:
-            await self.drain()
+            self.responded()
 
-    def responded(self, status: int, sent: int) -> None:
+    def send_body(self, cycle: RequestCycle, body: bytes, final: bool) -> None:
+        if not cycle.no_body:
+            self.transport.writelines(frame_body(body, final, self.chunked))
+        if final:
+            self.responded()
+
+    def must_wait(self) -> bool:
+        return self.write_paused
+
+    async def wait_writable(self) -> None:
+        await self.drain()
+
+    def send_continue(self) -> None:
+        pass  # a handshake has no body to ask for
+
+    def body_consumed(self, cycle: RequestCycle) -> None:
+        pass
+
+    def cycle_done(self, cycle: RequestCycle) -> None:
+        pass  # the exchange ends with the WebSocket's own task (run)
+
+    def abort(self) -> None:
         self.phase = RESPONDED
-        self.log_access(status, sent)
-        self.close_transport()
+        self.transport.abort()
 
-    def response_head(
-        self, status: int, headers: list[tuple[bytes, bytes]], length: int | None
-    ) -> bytes:
-        try:
-            phrase = http.HTTPStatus(status).phrase.encode()
-        except ValueError:
-            phrase = b""
-        parts = [b"HTTP/1.1 %d %s\r\n" % (status, phrase)]
-        names = set()
-        for name, value in headers:
-            lname = name.lower()
-            if lname not in (b"connection", b"transfer-encoding"):  # the server frames it
-                names.add(lname)
-                parts += (name, b": ", value, b"\r\n")
-        if length is not None:
-            parts.append(b"content-length: %d\r\n" % length)
-        parts.append(b"connection: close\r\n")
-        if b"server" in names or b"date" in names:
-            parts += [n + b": " + v + b"\r\n" for n, v in self.state.defaults_without(names)]
-        else:
-            parts.append(self.state.default_head)
-        parts.append(b"\r\n")
-        return b"".join(parts)
+    def responded(self) -> None:
+        self.phase = RESPONDED
+        self.close_transport()
 
     def log_access(self, status: int, sent: int) -> None:
         access = self.state.access_log
@@ -654,15 +637,3 @@ def websocket_scope(http_scope: dict[str, Any]) -> Scope:
     # Keep the connection's extensions (tls) and add the Denial Response one.
     scope["extensions"] = {**(http_scope.get("extensions") or {}), "websocket.http.response": {}}
     return scope
-
-
-def checked_headers(headers: Any) -> list[tuple[bytes, bytes]]:
-    """App-supplied headers, validated before they reach the wire: no response splitting."""
-    out: list[tuple[bytes, bytes]] = []
-    for name, value in headers:
-        if not name or bytes(name).translate(None, TOKEN_CHARS):
-            raise RuntimeError(f"invalid response header name {name!r}")
-        if b"\n" in value or b"\r" in value or b"\0" in value:
-            raise RuntimeError(f"invalid response header value for {name!r}")
-        out.append((bytes(name), bytes(value)))
-    return out

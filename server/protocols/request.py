@@ -1,0 +1,121 @@
+"""Starting a request: the part every protocol shares.
+
+A protocol parses its wire format into a method, a target, headers and a version, and calls
+`make_scope`; it creates a `RequestCycle` bound to the `Channel` that carries the exchange (an
+HTTP/1.1 connection, an HTTP/2 stream), then `admit` it and `start` its task. From there the
+cycle (cycle.py) runs the ASGI side and the channel moves bytes. Everything counted or
+decided per request lives here, once: the scope, the --limit-concurrency refusal, the
+in-flight and total counters (up in `admit`, down in `run`), and the task policy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, Any, Final
+from urllib.parse import unquote
+
+from .cycle import RequestCycle
+
+if TYPE_CHECKING:
+    from ..state import ServerState
+
+# Request tasks are made by calling Task directly when the loop has no task factory (~1k
+# instructions less than loop.create_task()). Any: typeshed's Task has no eager_start
+# before 3.12.
+TASK: Final[Any] = asyncio.Task
+
+REFUSED: Final = b"Service Unavailable"
+
+
+def make_scope(
+    base: dict[str, Any],
+    state: ServerState,
+    http_version: str,
+    method: str,
+    raw_path: bytes,
+    query: bytes,
+    headers: list[tuple[bytes, bytes]],
+) -> dict[str, Any]:
+    """The ASGI http scope of one request. `base` holds the keys that are the same for every
+    request of the connection (type, asgi, scheme, client, server, root_path, extensions) and
+    a placeholder for each other key: copying a dict that already has every key is a memcpy,
+    and filling it in then resizes nothing (-0.5k instructions a request)."""
+    if 37 in raw_path:  # b"%": an int needle is ~10x faster than bytes
+        path = unquote(raw_path.decode("latin-1"))
+    else:
+        path = raw_path.decode("latin-1")
+    root_path = state.root_path
+    if root_path:
+        # As uvicorn, and as the ASGI spec's WSGI mapping implies (PATH_INFO = path minus
+        # root_path): path and raw_path are the full path, the mount prefix included.
+        path = root_path + path
+        raw_path = root_path.encode() + raw_path
+    scope = base.copy()
+    scope["http_version"] = http_version
+    scope["method"] = method
+    scope["path"] = path
+    scope["raw_path"] = raw_path
+    scope["query_string"] = query
+    scope["headers"] = headers
+    scope["state"] = state.lifespan_state.copy()
+    return scope
+
+
+def admit(cycle: RequestCycle, state: ServerState) -> bool:
+    """Count the request in, or refuse it: over --limit-concurrency it gets a 503 at once,
+    written through its channel like any response, and its app never runs (False)."""
+    limit = state.limit_concurrency
+    if limit is not None and state.in_flight >= limit:
+        cycle.answer(503, REFUSED)
+        cycle.conn.cycle_done(cycle)
+        return False
+    state.in_flight += 1
+    state.total_requests += 1
+    return True
+
+
+def start(
+    cycle: RequestCycle, state: ServerState, deferred_eager: bool, fresh_context: bool
+) -> bool:
+    """Create the task that runs the app of an admitted request.
+
+    - A task factory set by the app (instrumentation, eager_task_factory) is always honoured.
+    - Python 3.12+ with --eager-start: an eager task, which runs the app at once. A protocol
+      inside its parser's callbacks passes `deferred_eager`: then nothing is created and this
+      returns False; the protocol calls `start_eagerly` once its parser has returned.
+    - Otherwise Task() itself: what create_task() does without a factory, minus a call.
+    `fresh_context`: started from another request's task (pipelining), the task gets a copy
+    of the server's own context, so that request's context variables stay out of this one.
+    """
+    loop = state.loop
+    context = state.context.copy() if fresh_context else None
+    if loop.get_task_factory() is not None:
+        cycle.task = loop.create_task(run(cycle, state), context=context)
+    elif state.eager and not fresh_context:
+        if deferred_eager:
+            return False
+        start_eagerly(cycle, state)
+    else:
+        # (A pipelined request starts from the previous one's task: not eagerly inside it.)
+        cycle.task = TASK(run(cycle, state), loop=loop, context=context)
+    return True
+
+
+def start_eagerly(cycle: RequestCycle, state: ServerState) -> None:
+    # state.eager: Python 3.12+, where Task takes eager_start.
+    cycle.task = TASK(run(cycle, state), loop=state.loop, eager_start=True)
+
+
+async def run(cycle: RequestCycle, state: ServerState) -> None:
+    """The request's task: the app, the cycle's error policy, and the count back down."""
+    try:
+        await state.app(cycle.scope, cycle.receive, cycle.send)
+    except BaseException as exc:
+        cycle.app_failed(exc)
+        if isinstance(exc, asyncio.CancelledError | KeyboardInterrupt | SystemExit):
+            raise
+    else:
+        cycle.app_returned()
+    finally:
+        state.in_flight -= 1
+        cycle.conn.cycle_done(cycle)
