@@ -307,9 +307,9 @@ def main(argv: list[str] | None = None) -> int:
     cfg = run_config(args)
     chosen = pick_scenarios(args.scenarios)
     python = args.python or default_python()
-    env = venv.prepare(
-        python, reinstall_fastserve=not args.no_install, fastserve_rev=args.fastserve_rev
-    )
+    # Resolved once: others commit while a run goes on, and "HEAD" must mean one commit.
+    fastserve_rev = venv.resolve_rev(args.fastserve_rev)[0] if args.fastserve_rev else None
+    env = venv.prepare(python, reinstall_fastserve=not args.no_install, fastserve_rev=fastserve_rev)
     names = [n.strip() for n in args.servers.split(",") if n.strip()]
     unknown = [n for n in names if n not in servers.SPECS]
     if unknown:
@@ -340,8 +340,8 @@ def main(argv: list[str] | None = None) -> int:
         bench.stop_all()
     bench.results["meta"] = meta(env, cfg, args.quick, stamp)
     bench.results["meta"]["wall_s"] = round(time.monotonic() - started)
-    if args.fastserve_rev:
-        bench.results["meta"]["commit"] = venv.resolve_rev(args.fastserve_rev)[1]
+    if fastserve_rev:
+        bench.results["meta"]["commit"] = fastserve_rev[:7]
     if baseline_meta is not None:
         bench.results["meta"]["baseline"] = baseline_meta
     goals = goals_of(bench.results)

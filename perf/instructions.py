@@ -258,28 +258,31 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("valgrind is not installed (Debian: apt-get install -y valgrind)")
     if args.requests % args.connections or args.warmup % args.connections:
         raise SystemExit("--requests and --warmup must be multiples of --connections")
+    # Resolved once: others commit while this runs, and "HEAD" must mean one commit.
+    rev = venv.resolve_rev(args.fastserve_rev)[0] if args.fastserve_rev else None
     env = venv.prepare(
-        args.python,
-        reinstall_fastserve=not args.no_install,
-        peers=False,
-        fastserve_rev=args.fastserve_rev,
+        args.python, reinstall_fastserve=not args.no_install, peers=False, fastserve_rev=rev
     )
-    label = f"fastserve@{venv.resolve_rev(args.fastserve_rev)[1]}" if args.fastserve_rev else ""
-    builds = {label or "fastserve": env}
+    builds = {f"fastserve@{rev[:7]}" if rev else "fastserve": env}
     if args.baseline:
-        builds[f"fastserve@{venv.resolve_rev(args.baseline)[1]}"] = venv.prepare_baseline(
-            args.python, args.baseline
-        )
+        full, short = venv.resolve_rev(args.baseline)
+        builds[f"fastserve@{short}"] = venv.prepare_baseline(args.python, full)
     print(f"[callgrind] {args.warmup} + {args.requests} requests, {args.connections} conns")
     counts = measure(builds, args)
-    first = next(iter(counts.values()))["instructions_per_request"]
-    print("\n| build | fastserve | instructions/request | vs first |")
+    last = list(counts.values())[-1]["instructions_per_request"]
+    print(f"\n| build | fastserve | instructions/request | vs {list(counts)[-1]} |")
     print("|---|---|---:|---:|")
     for name, entry in counts.items():
         ipr = entry["instructions_per_request"]
-        print(f"| {name} | {entry['build']} | {ipr:,} | {ipr / first:.3f}x |")
+        print(f"| {name} | {entry['build']} | {ipr:,} | {ipr / last:.3f}x |")
     if args.json:
-        meta = {"requests": args.requests, "warmup": args.warmup, "gc_tune": args.gc_tune}
+        meta = {
+            "requests": args.requests,
+            "warmup": args.warmup,
+            "connections": args.connections,
+            "gc_tune": args.gc_tune,
+            "commits": {"fastserve": rev or "working tree", "baseline": args.baseline},
+        }
         args.json.write_text(json.dumps({"meta": meta, "builds": counts}, indent=1) + "\n")
     return 0
 

@@ -198,7 +198,8 @@ def render(results: dict[str, Any], goals: list[Goal]) -> str:
         *_baseline_line(meta),
         "",
         "Median req/s (WebSocket: messages/s) over interleaved rounds; (Nx) is the median of the"
-        " per-round ratios to uvicorn; `!` marks a run with socket errors or non-2xx answers."
+        " per-round ratios to uvicorn; `!` marks a run with socket errors, non-2xx answers or"
+        " answers that are not what the scenario expects (status, body length)."
         " The CPU table divides the server's CPU time (utime + stime, whole process tree) by the"
         " requests served: on a shared machine it is steadier than req/s (lower is better).",
         "",
