@@ -1,4 +1,9 @@
-"""Entry points shared by the CLI and the Python API: pick single process, workers or reload."""
+"""Entry points shared by the CLI and the Python API: pick single process, workers or reload.
+
+Imports run one way: this module uses `supervisor` and `reload`, which never import it (what
+they share with it, the pid file, is in `pidfile`; a --reload server process starts through
+`reload.CHILD_CODE`, which calls `serve_config` here). tests/test_imports.py checks it.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +15,7 @@ from typing import Any
 
 from .config import STARTUP_FAILURE, Config, ConfigError, load_env_file
 from .logs import configure_logging
+from .pidfile import write_pid
 from .server import Server, StartupFailed
 from .types import ASGIApp
 
@@ -81,14 +87,6 @@ def serve_config(config: Config) -> int:
     except KeyboardInterrupt:
         pass
     return 0
-
-
-def write_pid(path: str) -> None:
-    try:
-        with open(path, "w", encoding="ascii") as fh:
-            fh.write(f"{os.getpid()}\n")
-    except OSError as exc:
-        raise ConfigError(f"cannot write --pid {path}: {exc.strerror}") from None
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -27,7 +27,12 @@ from .sockets import bind_sockets
 
 log = logging.getLogger("fastserve.error")
 
-CHILD_CODE = "from fastserve.reload import child_main; child_main()"
+# The server process composes main.serve_config with this module's child_config itself: main
+# imports this module, so this module must not import main (the dependency runs one way).
+CHILD_CODE = (
+    "import sys; from fastserve.main import serve_config; from fastserve.reload import "
+    "child_config; sys.exit(serve_config(child_config(sys.argv[1])))"
+)
 # The child gets this long beyond --timeout-graceful-shutdown before it is killed.
 STOP_MARGIN = 2.0
 
@@ -105,10 +110,8 @@ def child_payload(config: Config, fds: list[int]) -> str:
     return json.dumps(values)
 
 
-def child_main() -> None:
-    """Entry point of the server process (`python -c CHILD_CODE PAYLOAD`)."""
-    from .main import serve_config
-
-    values = json.loads(sys.argv[1])
+def child_config(payload: str) -> Config:
+    """The server process's Config, from `child_payload`'s JSON (`python -c CHILD_CODE JSON`)."""
+    values = json.loads(payload)
     sockets = [socket.socket(fileno=fd) for fd in values.pop("_fds")]
-    sys.exit(serve_config(Config(**values, sockets=sockets)))
+    return Config(**values, sockets=sockets)

@@ -36,6 +36,7 @@ from typing import Any
 
 from .config import STARTUP_FAILURE, Config, ConfigError
 from .importer import load_app
+from .pidfile import remove_pid, write_pid
 from .sockets import bind_sockets
 from .types import ASGIApp
 from .worker import RETIRE, Worker, run_worker
@@ -120,8 +121,6 @@ class Supervisor:
                 log.warning("--reuse-port applies to TCP listeners only; sharing the socket")
             self.sockets = bind_sockets(config)
         if config.pid:
-            from .main import write_pid
-
             write_pid(config.pid)
 
     def loop(self) -> None:
@@ -162,7 +161,7 @@ class Supervisor:
             signal.signal(sig, handler)
         self.selector.close()
         if self.config.pid:
-            _remove_pid_file(self.config.pid)
+            remove_pid(self.config.pid)
 
     def close_sockets(self) -> None:
         """Once stopping, the kernel should refuse new connections, not queue them for nobody."""
@@ -425,15 +424,6 @@ def _reserve_port(host: str, port: int) -> socket.socket:
         reason = "address already in use" if exc.errno == errno.EADDRINUSE else exc.strerror
         raise ConfigError(f"cannot bind {host}:{port}: {reason}") from None
     return sock
-
-
-def _remove_pid_file(path: str) -> None:
-    try:
-        with open(path, encoding="ascii") as fh:
-            if fh.read().strip() == str(os.getpid()):
-                os.unlink(path)
-    except (OSError, ValueError):
-        pass
 
 
 def _ignore(signum: int, frame: Any) -> None:
