@@ -17,7 +17,8 @@ import click
 
 from . import __version__
 from .config import Config, config_fields
-from .main import serve_config
+from .main import serve_options
+from .protocols import REGISTRIES
 
 _HINTS = typing.get_type_hints(Config)
 
@@ -52,7 +53,12 @@ def option_for(f: dataclasses.Field[Any]) -> Callable[[Any], Any]:
         return click.option(flag, f.name, default=default, **kwargs)
     if meta.get("multiple"):
         return click.option(name, f.name, multiple=True, default=(), **kwargs)
-    if "choices" in meta:
+    registry = REGISTRIES.get(f.name)
+    if registry is not None:
+        # Not a click.Choice: the registry checks the name at startup (a ConfigError, exit 3,
+        # as for Python's run()), and warns once for the uvicorn names it substitutes.
+        kwargs["metavar"] = "[" + "|".join(registry.names()) + "]"
+    elif "choices" in meta:
         kwargs["type"] = click.Choice(meta["choices"])
     elif base in (int, float):
         kwargs["type"] = base
@@ -80,7 +86,7 @@ def build_command() -> click.Command:
         for key, value in options.items():
             if isinstance(value, tuple):
                 options[key] = list(value)
-        sys.exit(serve_config(Config(app=app, **options)))
+        sys.exit(serve_options(app, options))
 
     cmd: Any = command
     for f in reversed(config_fields()):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import socket
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -40,7 +41,6 @@ def internal(default: Any = None) -> Any:
 LoopName = Literal["auto", "uvloop", "asyncio", "proactor"]
 LifespanMode = Literal["auto", "on", "off"]
 InterfaceName = Literal["auto", "asgi3", "asgi2", "wsgi"]
-WSName = Literal["auto", "websockets", "websockets-sansio", "wsproto", "none"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,15 +69,10 @@ class Config:
     loop: LoopName = opt(
         "auto", "Event loop implementation.", choices=["auto", "uvloop", "asyncio", "proactor"]
     )
-    http: str = opt(
-        "auto",
-        "HTTP/1.1 implementation (httptools; 'h11' is accepted and means httptools).",
-        choices=["auto", "httptools", "h11"],
-    )
-    ws: WSName = opt(
-        "auto",
-        "WebSocket implementation.",
-        choices=["auto", "websockets", "websockets-sansio", "wsproto", "none"],
+    # The names are the registry's (protocols/__init__.py), which checks them at startup.
+    http: str = opt("auto", "HTTP implementation ('h11' runs httptools, with a warning).")
+    ws: str = opt(
+        "auto", "WebSocket implementation ('none': upgrades reach the app as plain HTTP)."
     )
     ws_max_size: int = opt(16 * 1024 * 1024, "Largest WebSocket message accepted, in bytes.")
     ws_max_queue: int = opt(32, "Incoming WebSocket messages buffered before reading pauses.")
@@ -177,8 +172,18 @@ class Config:
     sockets: Sequence[socket.socket] | None = internal(None)
     install_signal_handlers: bool = internal(True)
 
+    def __post_init__(self) -> None:
+        # Checked here so a bad value is a ConfigError at startup, not when serving begins.
+        for item in self.headers:
+            parse_header(item)
+
     def replace(self, **changes: Any) -> Config:
         return dataclasses.replace(self, **changes)
+
+    @property
+    def encoded_headers(self) -> list[tuple[bytes, bytes]]:
+        """The --header values as (lower-case name, value) bytes, ready for the wire."""
+        return [parse_header(item) for item in self.headers]
 
     @property
     def is_ssl(self) -> bool:
@@ -192,6 +197,25 @@ class Config:
         return self.limit_request_line + self.limit_request_fields * (
             self.limit_request_field_size + 2
         )
+
+
+# RFC 9110 §5.1: a field name is a token. §5.5: a value is visible ASCII, obs-text, SP and HTAB;
+# CR, LF and NUL (a header injected into every response) are refused.
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_FIELD_VALUE = re.compile(r"[\t\x20-\x7e\x80-\xff]*")
+
+
+def parse_header(item: str) -> tuple[bytes, bytes]:
+    """One --header value, 'Name: value' (surrounding spaces ignored), as wire bytes."""
+    if not isinstance(item, str):  # from Python: uvicorn's Config takes (name, value) pairs
+        raise ConfigError(f"--header {item!r} is not a 'Name: value' string")
+    name, sep, value = item.partition(":")
+    name, value = name.strip(), value.strip()
+    if not sep or not _TOKEN.fullmatch(name):
+        raise ConfigError(f"--header {item!r} is not 'Name: value'")
+    if not _FIELD_VALUE.fullmatch(value):
+        raise ConfigError(f"--header {item!r}: the value has a control or non-Latin-1 character")
+    return name.lower().encode("ascii"), value.encode("latin-1")
 
 
 def config_fields() -> list[dataclasses.Field[Any]]:

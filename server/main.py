@@ -16,6 +16,7 @@ from typing import Any
 from .config import STARTUP_FAILURE, Config, ConfigError, load_env_file
 from .logs import configure_logging
 from .pidfile import write_pid
+from .protocols import implemented
 from .server import Server, StartupFailed
 from .types import ASGIApp
 
@@ -27,9 +28,22 @@ def run(app: ASGIApp | str, **options: Any) -> None:
 
     Blocks until the server stops. Raises SystemExit(3) if it cannot start.
     """
-    code = serve_config(Config(app=app, **options))
+    code = serve_options(app, options)
     if code:
         raise SystemExit(code)
+
+
+def serve_options(app: ASGIApp | str, options: dict[str, Any]) -> int:
+    """Build the Config and serve it; returns the exit code. A bad value (a malformed
+    --header...) is one error line and exit code 3, like every other config error."""
+    try:
+        config = Config(app=app, **options)
+    except ConfigError as exc:
+        # Logging is configured from a Config and there is none: the defaults it is then.
+        configure_logging(Config())
+        log.error("%s", exc)
+        return STARTUP_FAILURE
+    return serve_config(config)
 
 
 def worker_count(config: Config) -> int:
@@ -56,6 +70,10 @@ def serve_config(config: Config) -> int:
         if config.env_file:
             load_env_file(config.env_file)
         configure_logging(config)
+        # Once, here: an unknown --http/--ws is an error before anything starts, and the
+        # warning for a substituted name is one line, as workers and reload children get the
+        # rewritten config.
+        config = implemented(config)
         workers = worker_count(config)
         if config.is_ssl:
             # Checked once here, so bad TLS files are one error line, not one per worker.

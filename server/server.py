@@ -21,7 +21,7 @@ from .config import Config
 from .importer import load_app
 from .lifespan import Lifespan, LifespanFailed
 from .loops import get_loop_factory
-from .protocols.http1 import HTTP1Protocol
+from .protocols import connection_factory, implemented
 from .sockets import bind_sockets, describe
 from .state import ServerState
 from .types import ASGIApp
@@ -80,6 +80,9 @@ class Server:
             runner.run(self.serve())
 
     async def serve(self, sockets: list[socket.socket] | None = None) -> None:
+        # First: an unknown --http/--ws name is a config error before the app is even loaded.
+        # After serve_config() (CLI, run(), workers, reload) this is a no-op.
+        self.config = implemented(self.config)
         self.loop = asyncio.get_running_loop()
         self.exit_event = asyncio.Event()
         app = self.app or load_app(self.config)
@@ -154,7 +157,7 @@ class Server:
             from .tls import create_ssl_context
 
             ssl_context = create_ssl_context(self.config)
-        factory = self.protocol_factory(state)
+        factory = connection_factory(state)
         self.sockets = sockets if sockets is not None else bind_sockets(self.config)
         for sock in self.sockets:
             if sock.family == socket.AF_UNIX:
@@ -174,17 +177,6 @@ class Server:
         self.started = True
         if self.on_started is not None:
             self.on_started(self)
-
-    def protocol_factory(self, state: ServerState) -> Callable[[], asyncio.Protocol]:
-        if self.config.proxy_protocol:
-            from .protocols.proxy_protocol import proxy_protocol_factory
-
-            return proxy_protocol_factory(state)
-
-        def factory() -> asyncio.Protocol:
-            return HTTP1Protocol(state)
-
-        return factory
 
     def check_max_requests(self) -> None:
         """--limit-max-requests in a single process: a 0.1 s tick, nothing per request."""

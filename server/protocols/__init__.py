@@ -1,0 +1,173 @@
+"""Wire protocols, chosen by name (`--http NAME`, `--ws NAME`), as event loops are in `loops/`.
+
+Each table maps a name to "module:attr". Only the chosen entry is imported, once, at startup:
+a missing library is then a `ConfigError` (exit code 3), not a failure on the first request.
+
+- `HTTP` entries are connection factories, `attr(state) -> asyncio.Protocol`, called once per
+  accepted connection (`connection_factory` below builds what `loop.create_server` calls).
+- `WS` entries are upgrade hand-overs, `attr(conn, scope, rest)`: the HTTP/1.1 protocol calls
+  one when a WebSocket handshake request is complete. `None` turns WebSockets off (an upgrade
+  request then reaches the app as plain HTTP).
+
+A name uvicorn accepts but fastserve has no implementation of (`--http h11`, `--ws wsproto`)
+is served by the entry named in the registry's `instead`, with one warning line saying so;
+`implemented()` rewrites the Config to that name, so forked workers and `--reload` children,
+which get the rewritten Config, do not warn again. Any other name is a `ConfigError`.
+
+How a new protocol plugs in (HTTP/2 is the one expected): every protocol change on a
+connection is a hand-over. The protocol in place reads the first bytes (or the outcome of the
+TLS handshake), decides, and calls `transport.set_protocol(new)`,
+`new.connection_made(transport)` and `new.data_received(rest)`. That is how the PROXY header
+reader passes a connection on to HTTP/1.1 (`proxy_protocol.ProxyProtocol.hand_over`) and how
+HTTP/1.1 passes one on to a WebSocket (`websocket.upgrade_to_websocket`). So:
+
+1. Write the protocol (say `h2.py`, an `H2Protocol(state)` whose streams feed the shared
+   request layer, `request.py` and `cycle.py`) and add `"h2": "fastserve.protocols.h2:H2Protocol"`
+   to `HTTP`.
+2. Prior knowledge (h2c without TLS, or `--http2`): a sniffer in front, a `NoAppRunning` like
+   `ProxyProtocol`, buffers until it can compare the first 24 bytes with the HTTP/2 preface
+   (`PRI * HTTP/2.0\\r\\n\\r\\nSM\\r\\n\\r\\n`, RFC 9113 §3.4) and hands over to the h2 entry
+   or the HTTP/1.1 one. `connection_factory` is where it goes, after the PROXY reader.
+3. ALPN (TLS): `tls.create_ssl_context` offers `["h2", "http/1.1"]`; the choice is known once
+   the handshake is done, so the same front protocol reads
+   `transport.get_extra_info("ssl_object").selected_alpn_protocol()` in `connection_made` and
+   hands over at once, no bytes to sniff.
+4. WebSockets over HTTP/2 (RFC 8441, extended CONNECT) run on a stream, not a connection:
+   they need a `WS` entry of their own kind, chosen by the same `--ws` name.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from ..config import Config, ConfigError
+
+if TYPE_CHECKING:
+    from ..state import ServerState
+
+log = logging.getLogger("fastserve.error")
+
+ConnectionFactory = Callable[["ServerState"], asyncio.Protocol]
+
+
+@dataclass(frozen=True)
+class Registry:
+    """The implementations one Config field (`--http`, `--ws`) chooses from."""
+
+    field: str
+    what: str  # for messages: "--ws foo: unknown WebSocket implementation"
+    table: dict[str, str | None]
+    # Names uvicorn accepts that fastserve serves with another entry (one warning line).
+    instead: dict[str, str]
+    # Where `auto` goes when its entry cannot be imported (None: that is an error).
+    auto_fallback: str | None = None
+
+    @property
+    def option(self) -> str:
+        return "--" + self.field
+
+    def names(self) -> list[str]:
+        return [*self.table, *self.instead]
+
+    def load(self, name: str) -> Any:
+        """The object registered as `name` (None for a disabled entry); ImportError if its
+        library is missing."""
+        target = self.table[name]
+        if target is None:
+            return None
+        module, _, attr = target.partition(":")
+        return getattr(importlib.import_module(module), attr)
+
+
+HTTP = Registry(
+    field="http",
+    what="HTTP",
+    table={
+        "auto": "fastserve.protocols.http1:HTTP1Protocol",
+        "httptools": "fastserve.protocols.http1:HTTP1Protocol",
+    },
+    # uvicorn's pure-Python parser: the same HTTP/1.1, parsed by llhttp instead.
+    instead={"h11": "httptools"},
+)
+
+WS = Registry(
+    field="ws",
+    what="WebSocket",
+    table={
+        # One implementation, on the websockets library's sans-I/O ServerProtocol. uvicorn's
+        # `websockets` (the library's legacy asyncio API) and `websockets-sansio` name the same
+        # library; for a user the behaviour is RFC 6455's either way, so no warning.
+        # (http1.py imports this hand-over itself today, and ServerState.ws_enabled follows
+        # `none`: with one implementation the table decides only on or off.)
+        "auto": "fastserve.protocols.websocket:upgrade_to_websocket",
+        "websockets": "fastserve.protocols.websocket:upgrade_to_websocket",
+        "websockets-sansio": "fastserve.protocols.websocket:upgrade_to_websocket",
+        "none": None,
+    },
+    instead={"wsproto": "websockets-sansio"},
+    # websockets is in the `standard` extra: without it, `auto` serves upgrades as plain HTTP
+    # (as uvicorn does), while naming an implementation is an error.
+    auto_fallback="none",
+)
+
+REGISTRIES = {registry.field: registry for registry in (HTTP, WS)}
+
+
+def implemented(config: Config) -> Config:
+    """`config` with `http` and `ws` naming what will run. A name served by another entry
+    is replaced by it (one warning line); an unknown name or a missing library is a
+    ConfigError. Returns `config` itself when nothing changes, so a second call is silent."""
+    changes = {}
+    for registry in REGISTRIES.values():
+        name = getattr(config, registry.field)
+        chosen = _implemented(registry, name)
+        if chosen != name:
+            changes[registry.field] = chosen
+    return config.replace(**changes) if changes else config
+
+
+def _implemented(registry: Registry, name: str) -> str:
+    option = registry.option
+    if name in registry.instead:
+        chosen = registry.instead[name]
+        log.warning(
+            "%s %s is not implemented in fastserve; running %s instead", option, name, chosen
+        )
+        name = chosen
+    elif name not in registry.table:
+        names = ", ".join(registry.names())
+        raise ConfigError(
+            f"{option} {name}: unknown {registry.what} implementation (choose from {names})"
+        )
+    try:
+        registry.load(name)
+    except ImportError as exc:
+        if name == "auto" and registry.auto_fallback is not None:
+            return registry.auto_fallback
+        missing = exc.name or str(exc)
+        raise ConfigError(
+            f"{option} {name} needs the {missing!r} package (pip install 'fastserve[standard]')"
+        ) from None
+    return name
+
+
+def connection_factory(state: ServerState) -> Callable[[], asyncio.Protocol]:
+    """What `loop.create_server` calls for each accepted connection: the `--http` entry,
+    behind the PROXY header reader with --proxy-protocol (the place for an HTTP/2 sniffer)."""
+    config = state.config
+    if config.proxy_protocol:
+        # It hands over to HTTP1Protocol itself (the only HTTP entry so far).
+        from .proxy_protocol import proxy_protocol_factory
+
+        return proxy_protocol_factory(state)
+    protocol: ConnectionFactory = HTTP.load(config.http)
+
+    def factory() -> asyncio.Protocol:
+        return protocol(state)
+
+    return factory
