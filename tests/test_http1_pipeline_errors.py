@@ -104,3 +104,77 @@ def test_an_unfinished_body_behind_a_good_request_times_out(serve: Serve) -> Non
         sock.sendall(data)
         raw = until_closed(sock)
     assert statuses_of(raw) == [200, 408], raw
+
+
+async def streaming_app(scope: Scope, receive: Receive, send: Send) -> None:
+    """Reads its body, answers in two pieces with no length (chunked, or close-delimited
+    for HTTP/1.0)."""
+    if scope["type"] == "http":
+        await read_body(receive)
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"part1", "more_body": True})
+        await send({"type": "http.response.body", "body": b"part2"})
+
+
+def test_no_error_answer_inside_a_close_delimited_body(serve: Serve) -> None:
+    """Found by the fuzzer: the 400 for a bad request pipelined behind an HTTP/1.0 request
+    whose answer is delimited by the close was written into that answer's body."""
+    data = (
+        b"POST / HTTP/1.0\r\nConnection: keep-alive\r\nContent-Length: 1\r\n\r\na"
+        b"X\r\n\r\n"  # not a request
+    )
+    with serve(streaming_app) as srv, srv.connect() as sock:
+        sock.sendall(data)
+        raw = until_closed(sock)
+    head, _, body = raw.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 ") and b"connection: close" in head, raw
+    assert body == b"part1part2", raw
+
+
+def test_closing_after_connection_close_leaves_no_reset(serve: Serve) -> None:
+    """Bytes after a `Connection: close` request are dropped unread (RFC 9112 §9.6); closing
+    with them still unread in the socket made the kernel send a reset, which can destroy the
+    answer. The server half-closes and drains instead. (256 KiB: more than one read, so some
+    stay in the kernel when reading stops.)"""
+    junk = b"x" * (256 * 1024)
+    with serve(body_app) as srv:
+        for _ in range(3):
+            with srv.connect() as sock:
+                sock.sendall(request("/", headers="Connection: close\r\n"))
+                sock.setblocking(False)
+                try:
+                    sock.send(junk)  # what fits: the server stops reading at the first bytes
+                except BlockingIOError:
+                    pass
+                sock.setblocking(True)
+                sock.settimeout(5)
+                raw = b""
+                try:
+                    while chunk := sock.recv(65536):
+                        raw += chunk
+                except ConnectionResetError:
+                    pytest.fail(f"reset after {raw!r}")
+            assert statuses_of(raw) == [200], raw
+
+
+@pytest.mark.parametrize(
+    ("data", "statuses"),
+    [
+        # CONNECT asking to upgrade, with a body (a CONNECT request has no content, RFC 9110
+        # §9.3.6): answered, then closed; it once hung, waiting for a body never read.
+        (
+            b"CONNECT t:80 HTTP/1.1\r\nHost: t\r\nUpgrade: h2c\r\nConnection: upgrade\r\n"
+            b"Content-Length: 3\r\n\r\nabc",
+            [200],
+        ),
+        # CONNECT takes the authority form only (RFC 9112 §3.2.3).
+        (b"CONNECT /x HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\n\r\nabc", [400]),
+        (b"CONNECT t HTTP/1.1\r\nHost: t\r\n\r\n", [400]),
+    ],
+    ids=["upgrade-with-body", "origin-form", "no-port"],
+)
+def test_connect_is_answered_and_closed(serve: Serve, data: bytes, statuses: list[int]) -> None:
+    with serve(body_app) as srv, srv.connect() as sock:
+        sock.sendall(data)
+        raw = until_closed(sock)
+    assert statuses_of(raw) == statuses, raw

@@ -37,6 +37,7 @@ from .http1_rules import (
     RejectRequest,
     check_host,
     check_transfer_encoding,
+    other_method,
     parser_reason,
     skipped_body_head,
     split_absolute_target,
@@ -358,8 +359,10 @@ class HTTP1Protocol(FlowControl, Channel):
         else:
             self.version_hint = None  # for this message only (not a pipelined next one)
         method_bytes = parser.get_method()
-        method = METHODS.get(method_bytes) or method_bytes.decode("ascii")
         url = self.url
+        method = METHODS.get(method_bytes)
+        if method is None:
+            method = other_method(method_bytes, url)
         if len(self.headers) > state.limit_request_fields:
             raise RejectRequest(431, "Too many request header fields")
         if http_version != "1.1":
@@ -398,7 +401,10 @@ class HTTP1Protocol(FlowControl, Channel):
             self.upgrade = None
             if parser.should_upgrade():
                 # llhttp stops at the end of this head and leaves any body unread.
-                body_head = skipped_body_head(scope["headers"], parser.should_keep_alive())
+                # (Not for CONNECT: its request has no content, RFC 9110 §9.3.6, and what
+                # follows its head is never read: handle_upgrade.)
+                if method != "CONNECT":
+                    body_head = skipped_body_head(scope["headers"], parser.should_keep_alive())
                 if upgrade == b"websocket" and state.ws_enabled and body_head is None:
                     # Handed over to the WebSocket protocol when httptools raises
                     # HttpParserUpgrade at the end of this head (see handle_upgrade).
@@ -487,15 +493,23 @@ class HTTP1Protocol(FlowControl, Channel):
             if self.state.shutting_down:
                 self.close_idle()
             return
+        reusable = cycle.response_complete and cycle.keep_alive and self.keep_alive
         if (
             self.pending_error is not None
             and not self.pipeline  # valid requests before the bad one are answered first
-            and (cycle.response_complete or not cycle.head_sent)
+            and (reusable or not cycle.head_sent)
         ):
+            # (Not after a response that said the connection closes, or whose body the close
+            # delimits: the error answer would land inside it.)
             self.reject(self.pending_error)
             return
-        if not cycle.response_complete or not cycle.keep_alive or not self.keep_alive:
-            self.close()
+        if not reusable:
+            if cycle.response_complete:
+                # FIN first, and unread input drained: closing with input unread makes the
+                # kernel send a reset, which can destroy the response (RFC 9112 §9.6).
+                self.close_idle()
+            else:
+                self.close()
             return
         if self.pipeline:
             nxt = self.pipeline.popleft()
@@ -712,7 +726,11 @@ class HTTP1Protocol(FlowControl, Channel):
         self.flush_held()
         self.connection_lost(None)  # this protocol is done: cycles, timer, counts
         transport.set_protocol(Lingering(transport, self.state, seconds))
-        transport.write_eof()
+        try:
+            transport.write_eof()
+        except OSError:  # the peer is gone already (ENOTCONN): nothing to linger for
+            transport.close()
+            return
         transport.resume_reading()
 
     def close_idle(self) -> None:

@@ -26,6 +26,14 @@ METHODS: Final = {
 }
 
 
+def other_method(method: bytes, url: bytes) -> str:
+    """A method not in METHODS (llhttp has checked it is a registered one)."""
+    if method == b"CONNECT" and (url[:1] in (b"/", b"*") or b":" not in url):
+        # RFC 9112 §3.2.3: CONNECT takes the authority form, uri-host ":" port, only.
+        raise RejectRequest(400, "CONNECT needs a host:port target")
+    return method.decode("ascii")
+
+
 WATCHED_REQUEST_HEADERS: Final = frozenset(
     [b"expect", b"host", b"upgrade", b"transfer-encoding", b"content-length"]
 )
