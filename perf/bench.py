@@ -125,7 +125,16 @@ def git_describe() -> str:
 
 
 def meta(env: venv.BenchEnv, cfg: RunConfig, quick: bool, stamp: str) -> dict[str, Any]:
-    wanted = ("fastserve", "uvicorn", "granian", "hypercorn", "uvloop", "httptools", "websockets")
+    wanted = (
+        "fastserve",
+        "uvicorn",
+        "zttp",
+        "granian",
+        "hypercorn",
+        "uvloop",
+        "httptools",
+        "websockets",
+    )
     wrk_version = subprocess.run(["wrk", "-v"], capture_output=True, text=True).stdout
     return {
         "stamp": stamp,
@@ -136,6 +145,8 @@ def meta(env: venv.BenchEnv, cfg: RunConfig, quick: bool, stamp: str) -> dict[st
         "duration_s": cfg.duration,
         "warmup_s": cfg.warmup,
         "cpus": os.cpu_count(),
+        # The machine is shared: how busy it was when the run ended (1, 5, 15 min).
+        "loadavg": [round(x, 2) for x in os.getloadavg()],
         "pinned": bool(wrk.pin_prefix(0)),
         "machine": f"{platform.system()} {platform.release()} {platform.machine()}",
         "wrk": wrk_version.splitlines()[0] if wrk_version else "?",
