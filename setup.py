@@ -53,12 +53,14 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 # subclasses a compiled class must be compiled too (linger, proxy_protocol: NoAppRunning).
 COMPILED = [
     "accesslog.py",
+    "protocols/connection.py",
     "protocols/cycle.py",
     "protocols/flow.py",
     "protocols/http1.py",
     "protocols/http1_head.py",
     "protocols/http1_rules.py",
     "protocols/linger.py",
+    "protocols/outbox.py",
     "protocols/proxy_protocol.py",
     "protocols/request.py",
     "protocols/websocket.py",

@@ -8,49 +8,17 @@ import contextvars
 import email.utils
 import sys
 import time
-from typing import TYPE_CHECKING, Any, Protocol
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from .config import Config
+from .protocols import WS
+from .protocols.outbox import Outbox
 from .types import ASGIApp
 
 if TYPE_CHECKING:
     from .accesslog import AccessLog
-
-
-class Closable(Protocol):
-    """A connection as the server sees it at shutdown."""
-
-    def shutdown(self) -> None:
-        """Stop taking requests: close now if idle, else after the current response."""
-
-    def cancel(self) -> None:
-        """The graceful timeout passed: stop whatever still runs."""
-
-    @property
-    def idle(self) -> bool: ...
-
-    @property
-    def task(self) -> asyncio.Task[None] | None:
-        """The app task running for this connection now, if any."""
-
-
-class NoAppRunning(asyncio.Protocol):
-    """A connection on which no app runs (a PROXY header still awaited, a lingering close):
-    always idle, no task. Subclasses say how they shut down."""
-
-    @property
-    def idle(self) -> bool:
-        return True
-
-    @property
-    def task(self) -> asyncio.Task[None] | None:
-        return None
-
-    def shutdown(self) -> None:
-        raise NotImplementedError
-
-    def cancel(self) -> None:
-        self.shutdown()
+    from .protocols.connection import Closable
 
 
 class ServerState:
@@ -83,7 +51,7 @@ class ServerState:
         "timeout_request_body",
         "timeout_request_header",
         "total_requests",
-        "ws_enabled",
+        "ws_upgrade",
     )
 
     def __init__(
@@ -112,9 +80,8 @@ class ServerState:
         self.lifespan_state = lifespan_state
         self.access_log = access_log
         # Requests start in eager tasks (--eager-start, Python 3.12+), and small final
-        # responses are held back until the end of this loop pass (see "Eager start" in
-        # protocols/http1.py): (transport, bytes) in the order they were made.
-        self.outbox: list[tuple[asyncio.WriteTransport, bytes]] = []
+        # responses are held back until the end of this loop pass (protocols/outbox.py).
+        self.outbox = Outbox(loop)
         self.eager = config.eager_start and sys.version_info >= (3, 12)
         # The context the server runs in: each request's task gets a copy of it (protocol
         # callbacks run in it; tasks started from another request's task must not inherit).
@@ -127,18 +94,13 @@ class ServerState:
         # Set by whoever stops this server to have it replaced (reload, worker recycling):
         # open WebSockets then close with 1012 "service restart" instead of 1001 "going away".
         self.restarting = False
-        self.ws_enabled = config.ws != "none" and _websockets_available()
+        # The --ws entry's hand-over (protocols/__init__.py), None when WebSockets are off.
+        self.ws_upgrade: Callable[..., None] | None = WS.load(config.ws)
         # Headers added to every response, encoded once: the server line and --header values.
         static: list[tuple[bytes, bytes]] = []
         if config.server_header:
             static.append((b"server", b"fastserve"))
-        for item in config.headers:
-            name, sep, value = item.partition(":")
-            if not sep:
-                from .config import ConfigError
-
-                raise ConfigError(f"--header {item!r} is not 'Name: value'")
-            static.append((name.strip().lower().encode("latin-1"), value.strip().encode("latin-1")))
+        static.extend(config.encoded_headers)  # validated when the Config was made
         self.default_headers = static
         self.static_head = b"".join(n + b": " + v + b"\r\n" for n, v in static)
         self.default_head = self.static_head
@@ -155,16 +117,6 @@ class ServerState:
                 self.loop.time() + 1.0 - (now % 1.0), self.refresh_date
             )
 
-    def flush_outbox(self) -> None:
-        """Write the held responses now. Runs at the end of the loop pass, and before any
-        other write or close of a connection, so each connection's bytes stay in order."""
-        outbox = self.outbox
-        if outbox:
-            self.outbox = []
-            for transport, data in outbox:
-                if not transport.is_closing():
-                    transport.write(data)
-
     def defaults_without(self, names: set[bytes]) -> list[tuple[bytes, bytes]]:
         """The default headers minus those the app set itself (slow path, rare)."""
         out = [(n, v) for n, v in self.default_headers if n not in names]
@@ -176,11 +128,3 @@ class ServerState:
         if self.date_timer is not None:
             self.date_timer.cancel()
             self.date_timer = None
-
-
-def _websockets_available() -> bool:
-    try:
-        import websockets  # noqa: F401
-    except ImportError:
-        return False
-    return True

@@ -17,65 +17,14 @@ The scope's `client`, `scheme` and `server` are rewritten, and `X-Forwarded-Host
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Iterable
 
-from ..config import ConfigError
+from ..trust import TrustedPeers
 from ..types import ASGIApp, Receive, Scope, Send
-
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 # Characters a host (reg-name, IPv4, [IPv6]) and optional port may contain (RFC 3986 §3.2.2).
 _HOST_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-_:[]%~")
 _SCHEMES = {"http": "http", "https": "https", "ws": "http", "wss": "https"}
-
-
-class TrustedPeers:
-    """--forwarded-allow-ips: addresses, CIDR networks, `*` (anyone) and `unix` (peers on a
-    UNIX socket, which have no address)."""
-
-    def __init__(self, spec: str | Iterable[str]) -> None:
-        items = spec.split(",") if isinstance(spec, str) else list(spec)
-        self.anyone = False
-        self.unix = False
-        self.networks: list[IPNetwork] = []
-        self.cache: dict[str, bool] = {}
-        for item in (i.strip() for i in items):
-            if item == "*":
-                self.anyone = True
-            elif item == "unix":
-                self.unix = True
-            elif item:
-                try:
-                    self.networks.append(ipaddress.ip_network(item, strict=False))
-                except ValueError:
-                    raise ConfigError(
-                        f"--forwarded-allow-ips: {item!r} is not an IP address or network"
-                    ) from None
-
-    def __contains__(self, host: object) -> bool:
-        if self.anyone:
-            return True
-        if host is None:
-            return self.unix
-        if not isinstance(host, str):
-            return False
-        known = self.cache.get(host)
-        if known is None:
-            known = self._check(host)
-            if len(self.cache) >= 1024:  # bounded: header values are attacker-chosen
-                self.cache.clear()
-            self.cache[host] = known
-        return known
-
-    def _check(self, host: str) -> bool:
-        try:
-            ip = ipaddress.ip_address(host)
-        except ValueError:
-            return False
-        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-            ip = ip.ipv4_mapped  # a dual-stack socket's view of an IPv4 peer
-        return any(ip in net for net in self.networks)
 
 
 class ProxyHeadersMiddleware:

@@ -5,9 +5,10 @@ a missing library is then a `ConfigError` (exit code 3), not a failure on the fi
 
 - `HTTP` entries are connection factories, `attr(state) -> asyncio.Protocol`, called once per
   accepted connection (`connection_factory` below builds what `loop.create_server` calls).
-- `WS` entries are upgrade hand-overs, `attr(conn, scope, rest)`: the HTTP/1.1 protocol calls
-  one when a WebSocket handshake request is complete. `None` turns WebSockets off (an upgrade
-  request then reaches the app as plain HTTP).
+- `WS` entries are upgrade hand-overs, `attr(state, scope, transport, rest, read_paused,
+  write_paused)`: the HTTP/1.1 protocol calls the one in `ServerState.ws_upgrade` when a
+  WebSocket handshake request is complete, with the transport it gives up. `None` turns
+  WebSockets off (an upgrade request then reaches the app as plain HTTP).
 
 A name uvicorn accepts but fastserve has no implementation of (`--http h11`, `--ws wsproto`)
 is served by the entry named in the registry's `instead`, with one warning line saying so;
@@ -52,7 +53,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("fastserve.error")
 
-ConnectionFactory = Callable[["ServerState"], asyncio.Protocol]
+# HTTP entries: `attr(state)`, or `attr(state, (client, server))` behind a PROXY header.
+ConnectionFactory = Callable[..., asyncio.Protocol]
 
 
 @dataclass(frozen=True)
@@ -102,8 +104,7 @@ WS = Registry(
         # One implementation, on the websockets library's sans-I/O ServerProtocol. uvicorn's
         # `websockets` (the library's legacy asyncio API) and `websockets-sansio` name the same
         # library; for a user the behaviour is RFC 6455's either way, so no warning.
-        # (http1.py imports this hand-over itself today, and ServerState.ws_enabled follows
-        # `none`: with one implementation the table decides only on or off.)
+        # (ServerState.ws_upgrade holds the chosen one; http1.py calls it.)
         "auto": "fastserve.protocols.websocket:upgrade_to_websocket",
         "websockets": "fastserve.protocols.websocket:upgrade_to_websocket",
         "websockets-sansio": "fastserve.protocols.websocket:upgrade_to_websocket",
@@ -160,12 +161,11 @@ def connection_factory(state: ServerState) -> Callable[[], asyncio.Protocol]:
     """What `loop.create_server` calls for each accepted connection: the `--http` entry,
     behind the PROXY header reader with --proxy-protocol (the place for an HTTP/2 sniffer)."""
     config = state.config
+    protocol: ConnectionFactory = HTTP.load(config.http)
     if config.proxy_protocol:
-        # It hands over to HTTP1Protocol itself (the only HTTP entry so far).
         from .proxy_protocol import proxy_protocol_factory
 
-        return proxy_protocol_factory(state)
-    protocol: ConnectionFactory = HTTP.load(config.http)
+        return proxy_protocol_factory(state, protocol)
 
     def factory() -> asyncio.Protocol:
         return protocol(state)

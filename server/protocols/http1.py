@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 import httptools
 
+from .connection import Address, address
 from .cycle import Channel, ClientDisconnected, RequestCycle
 from .flow import FlowControl
 from .http1_head import CONTINUE, error_response, frame_body, frame_response
@@ -43,7 +44,7 @@ from .http1_rules import (
     split_absolute_target,
 )
 from .linger import IDLE_LINGER_SECONDS, LINGER_SECONDS, Lingering
-from .request import admit, make_scope, start, start_eagerly
+from .request import admit, connection_scope, make_scope, start, start_eagerly
 
 if TYPE_CHECKING:
     from ..state import ServerState
@@ -66,7 +67,7 @@ WRITELINES_UNPAUSED: Final = (3, 12) <= sys.version_info < (3, 12, 9) or (
 # Eager start (ServerState.eager: Python 3.12+ and --eager-start, the default): a request's
 # app starts at once, in an eager task, when feed_data() has returned (not inside httptools'
 # callbacks): no handle and no loop pass between the parser and the app. A small final
-# response is then held (ServerState.outbox) until the loop pass ends, so the responses to one
+# response is then held (outbox.py) until the loop pass ends, so the responses to one
 # pass's reads still leave in one burst after those reads, as they do when tasks run later.
 # Written from inside each read callback instead, they spread the client's next requests
 # out: fewer per epoll_wait, more wake-ups, and more system CPU than the eager start saves
@@ -100,7 +101,6 @@ class HTTP1Protocol(FlowControl, Channel):
         "pending_error",
         "phase",
         "pipeline",
-        "scheme",
         "scope_base",
         "server",
         "skipped",
@@ -116,7 +116,8 @@ class HTTP1Protocol(FlowControl, Channel):
         "ws_scope",
     )
 
-    def __init__(self, state: ServerState) -> None:
+    def __init__(self, state: ServerState, proxied: tuple[Address, Address] | None = None) -> None:
+        """`proxied`: the client and server addresses a PROXY header gave (proxy_protocol.py)."""
         self.state = state
         self.transport: asyncio.Transport = None  # type: ignore[assignment]  # set at once
         self.parser = httptools.HttpRequestParser(self)
@@ -148,9 +149,10 @@ class HTTP1Protocol(FlowControl, Channel):
         self.body_seen = 0.0  # when body bytes last arrived (timeout_request_body)
         self.deadline = 0.0
         self.phase = IDLE
-        self.scheme = "http"
-        self.client: tuple[str, int] | None = None
-        self.server: tuple[str, int] | None = None
+        self.client: Address | None = None
+        self.server: Address | None = None
+        if proxied is not None:
+            self.client, self.server = proxied
         self.scope_base: dict[str, Any] = {}
         self.starting: RequestCycle | None = None  # to start once feed_data() returns
         self.join_pieces = False
@@ -162,38 +164,16 @@ class HTTP1Protocol(FlowControl, Channel):
         self.transport = transport  # type: ignore[assignment]  # uvloop's is no subclass
         state = self.state
         state.connections.add(self)
-        self.client = _address(transport.get_extra_info("peername"))
-        self.server = _address(transport.get_extra_info("sockname"))
-        if transport.get_extra_info("sslcontext") is not None:
-            self.scheme = "https"
+        if self.client is None:  # (unless a PROXY header said who it is)
+            self.client = address(transport.get_extra_info("peername"))
+            self.server = address(transport.get_extra_info("sockname"))
         # CPython 3.12.0-3.12.8 and 3.13.0-3.13.1: asyncio's socket transport never pauses
         # the protocol in writelines() (gh-127655, PSF-2024-14), so a client that does not
         # read would make a streaming response buffer without bound. write() pauses it.
         self.join_pieces = WRITELINES_UNPAUSED and not type(transport).__module__.startswith(
             "uvloop"
         )
-        # The scope keys that are the same for every request of this connection, and
-        # placeholders for the others: copying a dict that already has every key is a memcpy,
-        # and filling it in then resizes nothing (-0.5k instructions a request).
-        self.scope_base = {
-            "type": "http",
-            "asgi": {"version": "3.0", "spec_version": "2.4"},
-            "http_version": "1.1",
-            "scheme": self.scheme,
-            "method": "GET",
-            "path": "",
-            "raw_path": b"",
-            "query_string": b"",
-            "root_path": state.root_path,
-            "headers": [],
-            "client": self.client,
-            "server": self.server,
-            "state": {},
-        }
-        if self.scheme == "https":
-            from ..tls import tls_extension
-
-            self.scope_base["extensions"] = {"tls": tls_extension(transport)}
+        self.scope_base = connection_scope(state, "1.1", transport, self.client, self.server)
         self.set_deadline(IDLE, state.timeout_keep_alive)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -405,7 +385,7 @@ class HTTP1Protocol(FlowControl, Channel):
                 # follows its head is never read: handle_upgrade.)
                 if method != "CONNECT":
                     body_head = skipped_body_head(scope["headers"], parser.should_keep_alive())
-                if upgrade == b"websocket" and state.ws_enabled and body_head is None:
+                if upgrade == b"websocket" and state.ws_upgrade and body_head is None:
                     # Handed over to the WebSocket protocol when httptools raises
                     # HttpParserUpgrade at the end of this head (see handle_upgrade).
                     self.ws_scope = scope
@@ -556,10 +536,7 @@ class HTTP1Protocol(FlowControl, Channel):
             self.write_pieces(pieces)
         elif final and state.eager:
             # Held to the end of the loop pass (see "Eager start").
-            outbox = state.outbox
-            if not outbox:
-                state.loop.call_soon(state.flush_outbox)
-            outbox.append((self.transport, pieces[0]))
+            state.outbox.hold(self.transport, pieces[0])
         else:
             self.flush_held()
             self.transport.write(pieces[0])
@@ -598,8 +575,9 @@ class HTTP1Protocol(FlowControl, Channel):
 
     def flush_held(self) -> None:
         """Held responses go first ("Eager start"): bytes leave a connection in order."""
-        if self.state.outbox:
-            self.state.flush_outbox()
+        outbox = self.state.outbox
+        if outbox.items:
+            outbox.flush()
 
     def send_continue(self) -> None:
         self.flush_held()
@@ -754,9 +732,16 @@ class HTTP1Protocol(FlowControl, Channel):
         scope = self.ws_scope
         if scope is not None:
             self.ws_scope = None
-            from .websocket import upgrade_to_websocket
-
-            upgrade_to_websocket(self, scope, rest)
+            if self.cycle is not None or self.pipeline:
+                # Pipelined behind a request still being answered: clients never do this.
+                error = RejectRequest(400, "WebSocket upgrade pipelined behind another request")
+                self.reject(error)
+                return
+            upgrade = self.state.ws_upgrade  # the --ws entry (protocols/__init__.py)
+            assert upgrade is not None
+            read_paused, write_paused = self.read_paused, self.write_paused
+            transport = self.detach()
+            upgrade(self.state, scope, transport, rest, read_paused, write_paused)
             return
         if self.parser.get_method() == b"CONNECT":
             self.pause_reading()  # what follows is tunnel data: never parsed as requests
@@ -838,9 +823,3 @@ class AfterSkip:
 
     def on_message_complete(self) -> None:
         self.conn.on_message_complete()
-
-
-def _address(addr: Any) -> tuple[str, int] | None:
-    if isinstance(addr, tuple) and len(addr) >= 2:
-        return (str(addr[0]), int(addr[1]))
-    return None

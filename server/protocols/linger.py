@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING
 
-from ..state import NoAppRunning
+from .connection import NoAppRunning
 
 if TYPE_CHECKING:
     from ..state import ServerState

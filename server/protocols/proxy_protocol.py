@@ -3,7 +3,7 @@
 An L4 load balancer (AWS NLB, HAProxy in TCP mode...) opens the TCP connection itself, so
 the server only sees the balancer's address; the PROXY header it sends first carries the
 real client's. `ProxyProtocol` reads that header, then hands the transport to an
-`HTTP1Protocol` whose client (and server) address come from it, and feeds it what followed.
+`--http` protocol whose client (and server) address come from it, and feeds it what followed.
 
 Trust, after the spec (haproxy.org/download/2.9/doc/proxy-protocol.txt, §2):
 - a peer in --forwarded-allow-ips must send a valid header: a malformed or missing one
@@ -23,9 +23,8 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from ..config import ConfigError
-from ..middleware.proxy_headers import TrustedPeers
-from ..state import NoAppRunning
-from .http1 import HTTP1Protocol, _address
+from ..trust import TrustedPeers
+from .connection import NoAppRunning, address
 
 if TYPE_CHECKING:
     from ..state import ServerState
@@ -44,7 +43,11 @@ class ProxyHeaderError(Exception):
     pass
 
 
-def proxy_protocol_factory(state: ServerState) -> Callable[[], asyncio.Protocol]:
+def proxy_protocol_factory(
+    state: ServerState, inner: Callable[..., asyncio.Protocol]
+) -> Callable[[], asyncio.Protocol]:
+    """Connections that start with a PROXY header, then are handed to `inner` (the --http
+    entry), called as `inner(state, (client, server) or None)`."""
     if state.config.is_ssl:
         # The header precedes the TLS handshake, and asyncio cannot start TLS on bytes it
         # has already read: terminate TLS at the balancer (or use TLS without PROXY).
@@ -52,7 +55,7 @@ def proxy_protocol_factory(state: ServerState) -> Callable[[], asyncio.Protocol]
     trusted = TrustedPeers(state.config.forwarded_allow_ips)
 
     def factory() -> asyncio.Protocol:
-        return ProxyProtocol(state, trusted)
+        return ProxyProtocol(state, trusted, inner)
 
     return factory
 
@@ -154,9 +157,12 @@ def header_start(data: bytes) -> bool | None:
 class ProxyProtocol(NoAppRunning):
     """Reads the PROXY header, then gets out of the way (transport.set_protocol)."""
 
-    def __init__(self, state: ServerState, trusted: TrustedPeers) -> None:
+    def __init__(
+        self, state: ServerState, trusted: TrustedPeers, inner: Callable[..., asyncio.Protocol]
+    ) -> None:
         self.state = state
         self.trusted = trusted
+        self.inner = inner
         self.transport: asyncio.Transport | None = None
         self.buffer = b""
         self.peer: Address | None = None
@@ -165,7 +171,7 @@ class ProxyProtocol(NoAppRunning):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # uvloop's is no subclass
-        self.peer = _address(transport.get_extra_info("peername"))
+        self.peer = address(transport.get_extra_info("peername"))
         self.state.connections.add(self)
         timeout = self.state.config.timeout_request_header
         self.timer = self.state.loop.call_later(timeout, self.on_timeout)
@@ -221,15 +227,10 @@ class ProxyProtocol(NoAppRunning):
         self.finish()
         transport = self.transport
         assert transport is not None
-        protocol = HTTP1Protocol(self.state)
+        addresses = (src, dst) if src is not None and dst is not None else None
+        protocol = self.inner(self.state, addresses)
         transport.set_protocol(protocol)
         protocol.connection_made(transport)
-        if src is not None:
-            protocol.client = src
-            protocol.scope_base["client"] = src
-        if dst is not None:
-            protocol.server = dst
-            protocol.scope_base["server"] = dst
         if rest:
             protocol.data_received(rest)
 

@@ -14,6 +14,7 @@ import asyncio
 from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import unquote
 
+from .connection import Address
 from .cycle import RequestCycle
 
 if TYPE_CHECKING:
@@ -25,6 +26,38 @@ if TYPE_CHECKING:
 TASK: Final[Any] = asyncio.Task
 
 REFUSED: Final = b"Service Unavailable"
+
+
+def connection_scope(
+    state: ServerState,
+    http_version: str,
+    transport: asyncio.BaseTransport,
+    client: Address | None,
+    server: Address | None,
+) -> dict[str, Any]:
+    """The scope keys that are the same for every request of a connection, and placeholders
+    for the others (see make_scope). TLS connections get the ASGI TLS extension."""
+    tls = transport.get_extra_info("sslcontext") is not None
+    base: dict[str, Any] = {
+        "type": "http",
+        "asgi": {"version": "3.0", "spec_version": "2.4"},
+        "http_version": http_version,
+        "scheme": "https" if tls else "http",
+        "method": "GET",
+        "path": "",
+        "raw_path": b"",
+        "query_string": b"",
+        "root_path": state.root_path,
+        "headers": [],
+        "client": client,
+        "server": server,
+        "state": {},
+    }
+    if tls:
+        from ..tls import tls_extension
+
+        base["extensions"] = {"tls": tls_extension(transport)}
+    return base
 
 
 def make_scope(

@@ -50,7 +50,6 @@ from .http1_head import frame_body, frame_response, switching_head
 
 if TYPE_CHECKING:
     from ..state import ServerState
-    from .http1 import HTTP1Protocol
 
 log = logging.getLogger("fastserve.error")
 
@@ -86,17 +85,17 @@ _utf8_decoder = codecs.getincrementaldecoder("utf-8")
 _DEFLATE = enable_server_permessage_deflate(None)
 
 
-def upgrade_to_websocket(conn: HTTP1Protocol, scope: dict[str, Any], rest: bytes) -> None:
-    """Take over `conn`'s transport for the WebSocket whose handshake request is `scope`."""
-    if conn.cycle is not None or conn.pipeline:
-        # Pipelined behind a request still being answered: clients never do this.
-        from .http1_rules import RejectRequest
-
-        conn.reject(RejectRequest(400, "WebSocket upgrade pipelined behind another request"))
-        return
-    read_paused, write_paused = conn.read_paused, conn.write_paused
-    transport = conn.detach()
-    ws = WebSocketProtocol(conn.state, scope, transport, write_paused)
+def upgrade_to_websocket(
+    state: ServerState,
+    scope: dict[str, Any],
+    transport: asyncio.Transport,
+    rest: bytes,
+    read_paused: bool,
+    write_paused: bool,
+) -> None:
+    """Take over `transport` (handed over by http1.py) for the WebSocket whose handshake
+    request is `scope`; `rest` is what the client sent after it."""
+    ws = WebSocketProtocol(state, scope, transport, write_paused)
     transport.set_protocol(ws)
     ws.start(rest, read_paused)
 
