@@ -101,18 +101,3 @@ def serve(loop_name: str) -> Callable[..., Any]:
         return run_server(app, **options)
 
     return _serve
-
-
-def recv_all(sock: socket.socket, timeout: float = 5.0) -> bytes:
-    """Read until the server closes the connection."""
-    sock.settimeout(timeout)
-    chunks = []
-    while True:
-        try:
-            data = sock.recv(65536)
-        except (ConnectionResetError, TimeoutError):
-            break
-        if not data:
-            break
-        chunks.append(data)
-    return b"".join(chunks)

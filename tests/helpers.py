@@ -5,24 +5,34 @@ independent HTTP/1.1 implementation, so framing errors (a missing chunk terminat
 a HEAD, a split header) fail the parse instead of slipping past a substring check. `exchange`
 is for answers h11 must not judge (refusals of malformed input): raw bytes until the server
 closes. `error_log` collects what "fastserve.error" logs, which does not reach caplog.
+
+Waiting is on conditions, never on a fixed sleep (a loaded machine stretches any sleep past
+what it was meant to cover, or shrinks what the server did meanwhile to nothing):
+- `until_closed`: a timeout is a failure, never taken for the server's close;
+- `sent_and_read`: a read barrier, so that bytes written next arrive in a read of their own;
+- `settle` / `stalled`: "nothing (more) happens" measured in the server loop's own passes.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import socket
+import struct
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import h11
 
-from tests.conftest import RunningServer, recv_all
+from tests.conftest import RunningServer
 
 Serve = Callable[..., Any]
 """The `serve` fixture's type: `with serve(app, **options) as srv:`."""
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -125,11 +135,15 @@ def assert_serving(srv: RunningServer) -> None:
 
 
 def exchange(srv: RunningServer, data: bytes | list[bytes], timeout: float = 5.0) -> bytes:
-    """Send raw bytes (a list: in separate writes) and read until the server closes."""
+    """Send raw bytes (a list: each part in a read of its own, see `sent_and_read`) and read
+    until the server closes; a server that stays silent and open for `timeout` s fails."""
     with srv.connect() as sock:
-        for part in [data] if isinstance(data, bytes) else data:
-            sock.sendall(part)
-        return recv_all(sock, timeout)
+        if isinstance(data, bytes):
+            sock.sendall(data)
+        else:
+            for part in data:
+                sent_and_read(sock, part)
+        return until_closed(sock, timeout)
 
 
 def wait_until(condition: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
@@ -159,6 +173,101 @@ def until_closed(sock: socket.socket, timeout: float = 5.0) -> bytes:
             break
         chunks.append(data)
     return b"".join(chunks)
+
+
+# -- barriers ---------------------------------------------------------------------------------
+
+
+def sent_and_read(sock: socket.socket, data: bytes, timeout: float = 10.0) -> None:
+    """Send `data`, then wait until the server's process has read every byte of it (our
+    side has no unacknowledged byte and the server's socket no unread one, as the kernel
+    reports them in /proc/net/tcp). What is sent next is then in a read of its own, however
+    loaded the machine: a sleep between writes only makes separate reads likely."""
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock.sendall(data)
+    wait_until(
+        lambda: unacknowledged(sock) == 0 and unread_by_server(sock) == 0,
+        f"the server to read {len(data)} bytes we sent",
+        timeout,
+    )
+
+
+def unacknowledged(sock: socket.socket) -> int:
+    """Bytes we sent that the server's kernel has not acknowledged yet."""
+    return _queues(sock.getsockname()[:2], sock.getpeername()[:2])[0]
+
+
+def unread_by_server(sock: socket.socket) -> int:
+    """Bytes we sent that sit in the server's socket, not read by its process (yet)."""
+    return _queues(sock.getpeername()[:2], sock.getsockname()[:2])[1]
+
+
+TIME_WAIT = "06"  # (include/net/tcp_states.h) a closed connection's leftover: no queues
+
+
+def _queues(local: tuple[str, int], remote: tuple[str, int]) -> tuple[int, int]:
+    """(tx_queue, rx_queue) of the IPv4 TCP socket `local` connected to `remote`: bytes sent
+    and not yet acknowledged, and bytes received that its process has not read yet."""
+    with open("/proc/net/tcp", encoding="ascii") as table:
+        for line in table.readlines()[1:]:
+            fields = line.split()
+            pair = (_address(fields[1]), _address(fields[2]))
+            if pair == (local, remote) and fields[3] != TIME_WAIT:
+                tx, rx = fields[4].split(":")
+                return int(tx, 16), int(rx, 16)
+    raise AssertionError(f"no TCP socket {local} -> {remote} in /proc/net/tcp")
+
+
+def _address(field: str) -> tuple[str, int]:
+    """/proc/net/tcp's "0100007F:1F90" is ("127.0.0.1", 8080): the address is in host byte
+    order, the port is not."""
+    host, port = field.split(":")
+    return socket.inet_ntoa(struct.pack("=I", int(host, 16))), int(port, 16)
+
+
+def on_server_loop(srv: RunningServer, run: Callable[[], Awaitable[T]], timeout: float = 10) -> T:
+    """Run the coroutine `run()` on the server's loop; its result."""
+
+    async def wrapped() -> T:
+        return await run()
+
+    return asyncio.run_coroutine_threadsafe(wrapped(), srv.loop).result(timeout)
+
+
+def settle(srv: RunningServer, passes: int = 200) -> None:
+    """Let the server's loop go round `passes` times. Whatever was due to happen there (a
+    woken task, a queued callback, bytes already in its sockets) has then had many turns: a
+    check that something did NOT happen is only meaningful after this. A wall-clock window
+    (`get(timeout=0.05)`) can pass with the server not having run at all."""
+
+    async def spin() -> None:
+        for _ in range(passes):
+            await asyncio.sleep(0)
+
+    on_server_loop(srv, spin)
+
+
+def stalled(srv: RunningServer, read: Callable[[], int], what: str, timeout: float = 20) -> int:
+    """Wait until `read()` (a counter the app moves on the server's loop) stays the same over
+    `settle`'s loop passes; its value then. "Unchanged for 0.5 s of wall clock" would also
+    pass a server that was merely starved of CPU for those 0.5 s."""
+
+    async def unchanged() -> int | None:
+        before = read()
+        for _ in range(200):
+            await asyncio.sleep(0)
+        return before if read() == before else None
+
+    result: list[int] = []
+
+    def check() -> bool:
+        value = on_server_loop(srv, unchanged)
+        if value is not None:
+            result.append(value)
+        return value is not None
+
+    wait_until(check, what, timeout)
+    return result[0]
 
 
 def statuses_of(raw: bytes) -> list[int]:

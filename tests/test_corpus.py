@@ -20,7 +20,8 @@ from typing import Any
 import pytest
 
 from tests.apps.core_apps import count_body
-from tests.conftest import RunningServer, recv_all, run_server
+from tests.conftest import RunningServer, run_server
+from tests.helpers import until_closed
 
 ROOT = Path(__file__).resolve().parent.parent
 CORPUS = ROOT.parent / "shared" / "corpus" / "http1-requests"
@@ -152,7 +153,7 @@ def verdict(srv: RunningServer, data: bytes) -> str:
             sock.sendall(data)
         except (BrokenPipeError, ConnectionResetError):
             pass
-        raw = recv_all(sock, timeout=10)
+        raw = until_closed(sock, timeout=10)
     return ",".join(statuses(raw)) or "close"
 
 

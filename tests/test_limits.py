@@ -15,8 +15,17 @@ from typing import Any
 import pytest
 
 from tests.apps.core_apps import Probe, recording_app
-from tests.conftest import recv_all, run_server
-from tests.helpers import Serve, Wire, assert_serving, error_log, exchange, request, status_of
+from tests.conftest import run_server
+from tests.helpers import (
+    Serve,
+    Wire,
+    assert_serving,
+    error_log,
+    exchange,
+    request,
+    status_of,
+    until_closed,
+)
 
 # -- size limits ----------------------------------------------------------------------------
 
@@ -79,7 +88,7 @@ def test_head_dribbled_in_many_reads_is_refused(serve: Serve) -> None:
                     sock.sendall(piece)
             except (BrokenPipeError, ConnectionResetError):
                 pass
-            raw = recv_all(sock)
+            raw = until_closed(sock)
         assert status_of(raw) == 431
         assert raw.endswith(b"Request header fields too large")
         assert_serving(srv)
@@ -118,7 +127,7 @@ def test_a_refused_upload_still_reads_its_413(serve: Serve) -> None:
                 sock.sendall(b"u" * 8000)  # 800 KB after the answer is out
         except (BrokenPipeError, ConnectionResetError):
             pass
-        raw = recv_all(sock)
+        raw = until_closed(sock)
     assert status_of(raw) == 413
 
 
@@ -133,7 +142,7 @@ def test_chunked_body_crossing_the_limit_is_413_and_the_app_sees_a_disconnect(
         assert probe.get()["body"] == b"a" * 600
         sock.sendall(b"258\r\n" + b"b" * 600 + b"\r\n")  # 1200 > 1000
         assert probe.get()["type"] == "http.disconnect"
-        raw = recv_all(sock)
+        raw = until_closed(sock)
     assert status_of(raw) == 413
     assert raw.endswith(b"Request body too large")
 
@@ -171,7 +180,7 @@ def test_body_limit_crossed_after_the_response_started_closes_the_connection(
             sock.sendall(b"50\r\n" + b"b" * 80 + b"\r\n")
             assert probe.get()["type"] == "http.disconnect"
             assert probe.get() == "send failed"
-            raw = recv_all(sock)
+            raw = until_closed(sock)
         assert raw.startswith(b"HTTP/1.1 200 ")
         assert b"started" in raw and b"413" not in raw
         assert not raw.endswith(b"0\r\n\r\n")  # the chunked body is visibly cut short

@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 
 from tests.apps.core_apps import core_app
-from tests.conftest import recv_all, run_server
-from tests.helpers import Serve, Wire, fetch, request
+from tests.conftest import run_server
+from tests.helpers import Serve, Wire, fetch, request, until_closed
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -154,7 +154,7 @@ def test_rejections_are_one_info_line_without_traceback(
     with run_server(core_app, log_level="info", use_colors=False) as srv:
         with srv.connect() as sock:
             sock.sendall(b"GET / HTTP/1.1\r\n\r\n")
-            assert recv_all(sock).startswith(b"HTTP/1.1 400 ")
+            assert until_closed(sock).startswith(b"HTTP/1.1 400 ")
         err = capsys.readouterr().err
     rejected = [line for line in err.splitlines() if "rejected" in line]
     assert rejected == [rejected[0]] and "Traceback" not in err

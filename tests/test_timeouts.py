@@ -17,8 +17,7 @@ from typing import Any
 import pytest
 
 from tests.apps.core_apps import Probe, count_body
-from tests.conftest import recv_all
-from tests.helpers import Serve, Wire, request
+from tests.helpers import Serve, Wire, request, until_closed
 
 
 def body_app(probe: Probe) -> Any:
@@ -43,7 +42,7 @@ def body_app(probe: Probe) -> Any:
 def test_request_head_must_arrive_in_time(serve: Serve) -> None:
     with serve(body_app(Probe()), timeout_request_header=0.5) as srv, srv.connect() as sock:
         sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n")  # ...and never the blank line
-        raw = recv_all(sock, timeout=10)
+        raw = until_closed(sock, timeout=10)
     assert raw.startswith(b"HTTP/1.1 408 ")
     assert raw.endswith(b"Request header timeout")
 
@@ -65,7 +64,7 @@ def test_the_head_deadline_does_not_move_with_each_byte(serve: Serve) -> None:
                 break
             if raw or time.monotonic() - start > 15:
                 break
-        raw += recv_all(sock, timeout=5)
+        raw += until_closed(sock, timeout=5)
     assert raw.startswith(b"HTTP/1.1 408 ")
 
 
@@ -148,7 +147,7 @@ def test_idle_keep_alive_connection_is_closed(serve: Serve) -> None:
 
 def test_silent_new_connection_is_closed_without_a_response(serve: Serve) -> None:
     with serve(body_app(Probe()), timeout_keep_alive=0.5) as srv, srv.connect() as sock:
-        assert recv_all(sock, timeout=10) == b""
+        assert until_closed(sock, timeout=10) == b""
 
 
 def test_stalled_request_body_gets_408_and_the_app_a_disconnect(serve: Serve) -> None:
@@ -159,7 +158,7 @@ def test_stalled_request_body_gets_408_and_the_app_a_disconnect(serve: Serve) ->
         sock.sendall(request("/", "POST", "Content-Length: 100\r\n", b"x" * 10))
         assert probe.get()["body"] == b"x" * 10
         assert probe.get(timeout=10)["type"] == "http.disconnect"
-        raw = recv_all(sock, timeout=10)
+        raw = until_closed(sock, timeout=10)
     assert raw.startswith(b"HTTP/1.1 408 ")
     assert raw.endswith(b"Request body timeout")
 

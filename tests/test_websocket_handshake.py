@@ -204,19 +204,25 @@ def test_access_log_line_for_handshakes(serve: Serve, capsys: pytest.CaptureFixt
 def test_shutdown_closes_open_websockets(serve: Serve, restarting: bool, code: int) -> None:
     probe = Probe()
     app = hold_after_disconnect(probe)
-    with serve(app, timeout_graceful_shutdown=2) as srv, ExitStack() as stack:
+    graceful = 2.0
+    with serve(app, timeout_graceful_shutdown=graceful) as srv, ExitStack() as stack:
         clients = [stack.enter_context(ws_connect(srv.port)) for _ in range(3)]
         for _ in clients:
             assert probe.get() == "accepted"
         assert srv.server.state is not None
         srv.server.state.restarting = restarting
+        asked = time.monotonic()
         srv.loop.call_soon_threadsafe(srv.server.handle_exit)
         for ws in clients:
             assert closed_code(ws)[0] == code
             assert probe.get()["code"] == code
-        # The apps still run (held): the server waits for them within the graceful timeout,
-        # then cancels them; leaving this block joins the server thread.
-        assert srv.thread.is_alive()
+        # The apps still run (held for 20 s): the server waits for them for the graceful
+        # timeout, not less, then cancels them and stops, not much later.
+        srv.thread.join(15)
+        stopped = time.monotonic() - asked
+        assert not srv.thread.is_alive(), "the server did not stop"
+        assert [probe.get() for _ in clients] == ["cancelled"] * 3
+    assert graceful - 0.05 <= stopped < graceful + 5  # (0.05: uvloop's clock is in ms)
 
 
 @pytest.mark.timeout(30)

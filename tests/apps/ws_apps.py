@@ -10,6 +10,7 @@ never would and can see every control frame the server sends.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import os
 import socket
@@ -148,14 +149,19 @@ def flooder(probe: Probe, size: int, total: int) -> App:
 
 
 def hold_after_disconnect(probe: Probe) -> App:
-    """Accept, report the disconnect event, then keep running (a slow app at shutdown)."""
+    """Accept, report the disconnect event, then keep running (a slow app at shutdown) until
+    released or cancelled ("cancelled" is reported)."""
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
         await receive()
         await send({"type": "websocket.accept"})
         probe.put("accepted")
         probe.put(await receive())
-        await probe.wait_release()
+        try:
+            await probe.wait_release()
+        except asyncio.CancelledError:
+            probe.put("cancelled")
+            raise
 
     return app
 
