@@ -5,10 +5,11 @@ test_websocket_handshake.py.) The websockets client where behaviour matters, raw
 
 from __future__ import annotations
 
+import asyncio
 import select
 import socket
 import ssl
-import time
+import struct
 from pathlib import Path
 
 import pytest
@@ -32,7 +33,14 @@ from tests.apps.ws_apps import (
     unmasked_frame,
     ws_connect,
 )
-from tests.helpers import Serve
+from tests.helpers import (
+    Serve,
+    on_server_loop,
+    sent_and_read,
+    stalled,
+    unread_by_server,
+    wait_until,
+)
 
 # -- messages -------------------------------------------------------------------------------
 
@@ -111,12 +119,31 @@ def test_ping_pong_from_the_client(serve: Serve) -> None:
         assert ws.ping(b"hi").wait(5)
 
 
+def answer_pings(raw: RawWS, count: int) -> None:
+    """Answer the server's next `count` frames, which must all be keepalive pings."""
+    for _ in range(count):
+        opcode, _, payload = raw.recv_frame()  # (a timeout, if no ping comes, fails)
+        assert opcode == Opcode.PING, (opcode, payload)
+        raw.send(Opcode.PONG, payload)
+
+
+def next_data_frame(raw: RawWS) -> tuple[int, bool, bytes]:
+    """The next frame that is not a ping (pings are answered on the way)."""
+    while True:
+        frame = raw.recv_frame()
+        if frame[0] != Opcode.PING:
+            return frame
+        raw.send(Opcode.PONG, frame[2])
+
+
 def test_keepalive_pings_answered_keep_the_connection(serve: Serve) -> None:
-    options = {"ws_ping_interval": 0.05, "ws_ping_timeout": 0.5}
-    with serve(echo_app(), **options) as srv, ws_connect(srv.port, ping_interval=None) as ws:
-        time.sleep(0.5)  # ~10 keepalive pings, each answered by the client
-        ws.send("still here")
-        assert ws.recv(timeout=5) == "still here"
+    options = {"ws_ping_interval": 0.05, "ws_ping_timeout": 0.2, "ws_per_message_deflate": False}
+    with serve(echo_app(), **options) as srv, RawWS(srv.port) as raw:
+        # A ping is only sent an interval after the last pong: 10 answered pings span more
+        # than two ping timeouts (a dropped pong would have closed the connection by then).
+        answer_pings(raw, 10)
+        raw.send(Opcode.TEXT, b"still here")
+        assert next_data_frame(raw) == (Opcode.TEXT, True, b"still here")
 
 
 def test_keepalive_timeout_closes_with_1011(serve: Serve) -> None:
@@ -132,21 +159,33 @@ def test_keepalive_timeout_closes_with_1011(serve: Serve) -> None:
 
 def test_keepalive_spares_a_peer_whose_pong_we_did_not_read(serve: Serve) -> None:
     # The app reads nothing for a while, so reading pauses (queue of 1) and the client's
-    # pongs stay unread in the socket: that is our doing, not a dead peer.
+    # pong stays unread in the socket: that is our doing, not a dead peer.
     probe = Probe()
-    options = {"ws_ping_interval": 0.05, "ws_ping_timeout": 0.1, "ws_max_queue": 1}
-    with serve(slow_reader(probe), **options) as srv:
-        with ws_connect(srv.port, ping_interval=None) as ws:
-            for i in range(10):
-                ws.send(f"m{i}")
-            time.sleep(0.6)  # several ping intervals and timeouts
-            probe.release.set()
-            time.sleep(0.2)
-            ws.close(1000)
-            assert ws.close_code == 1000
+    options = {
+        "ws_ping_interval": 0.05,
+        "ws_ping_timeout": 0.1,
+        "ws_max_queue": 1,
+        "ws_per_message_deflate": False,
+    }
+    with serve(slow_reader(probe), **options) as srv, RawWS(srv.port) as raw:
+        # Ten messages in one read: the queue is over its limit and reading pauses.
+        sent_and_read(raw.sock, b"".join(frame_bytes(Opcode.TEXT, b"m%d" % i) for i in range(10)))
+        answer_pings(raw, 1)
+        wait_until(lambda: unread_by_server(raw.sock) > 0, "our pong to reach the server")
+        # The server's ping deadline passes five times over while the pong waits unread: a
+        # timer on its own loop, due after the ping timeout's, is the barrier (a sleep here
+        # would also pass a server too starved to have reached its deadline).
+        on_server_loop(srv, lambda: asyncio.sleep(0.5))
+        assert unread_by_server(raw.sock) > 0, "the server read the pong: nothing was tested"
+        probe.release.set()  # the app reads, reading resumes, the pong is read: pings go on
+        answer_pings(raw, 2)
+        raw.send(Opcode.CLOSE, struct.pack("!H", 1000))
+        opcode, _, payload = next_data_frame(raw)
+        assert (opcode, payload[:2]) == (Opcode.CLOSE, struct.pack("!H", 1000))
         assert probe.get() == 10
 
 
+# -- closing --------------------------------------------------------------------------------
 # -- closing --------------------------------------------------------------------------------
 
 
@@ -321,12 +360,8 @@ def test_slow_peer_makes_send_wait(serve: Serve) -> None:
         serve(flooder(probe, 65536, total), ws_per_message_deflate=False) as srv,
         RawWS(srv.port) as raw,
     ):  # reads nothing from now on
-        previous = -1
-        deadline = time.monotonic() + 30
-        while probe.counter != previous and time.monotonic() < deadline:
-            previous = probe.counter
-            time.sleep(0.5)
-        assert probe.counter < total // 2  # send() is waiting for the peer
+        sent = stalled(srv, lambda: probe.counter, "the app's send() calls to stop returning")
+        assert sent < total // 2  # send() is waiting for the peer
         raw.close()
         assert isinstance(probe.get(timeout=10), OSError)
 
