@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import socket
 import threading
-import time
-from collections.abc import Callable
 
 import pytest
 
@@ -24,7 +22,7 @@ from tests.apps.core_apps import (
     hold_then_count,
     recording_echo,
 )
-from tests.helpers import Serve, Wire, fetch, request
+from tests.helpers import Serve, Wire, fetch, request, stalled
 
 # -- request bodies ---------------------------------------------------------------------------
 
@@ -314,27 +312,14 @@ def test_slow_reader_makes_send_wait(serve: Serve) -> None:
             sock.sendall(request("/"))
             first = sock.recv(1024)
             assert first.startswith(b"HTTP/1.1 200")
-            stalled = wait_stable(lambda: probe.counter)
+            sent = stalled(srv, lambda: probe.counter, "the app's send() calls to stop returning")
             # A few MiB sit in kernel buffers; the rest must wait for the client to read.
-            assert stalled < pieces // 2, f"send() returned {stalled} times for a non-reader"
+            assert sent < pieces // 2, f"send() returned {sent} times for a non-reader"
             wire = Wire(sock)
             wire.conn.receive_data(first)
             response = wire.response(timeout=10)
     assert probe.counter == pieces
     assert len(response.body) == pieces * size
-
-
-def wait_stable(read: Callable[[], int], quiet: float = 0.5, limit: float = 10.0) -> int:
-    """Poll until `read()` stops changing for `quiet` seconds."""
-    deadline = time.monotonic() + limit
-    value = read()
-    while time.monotonic() < deadline:
-        time.sleep(quiet)
-        now = read()
-        if now == value:
-            return value
-        value = now
-    return value
 
 
 # -- several connections at once ---------------------------------------------------------------
