@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import os
+import platform
 import re
 import signal
 import socket
 import subprocess
 import sys
+from importlib.machinery import EXTENSION_SUFFIXES
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +20,7 @@ import httpx
 import pytest
 
 import fastserve
+import fastserve.protocols
 from fastserve.cli import hot_path_compiled
 from fastserve.cli import main as cli_main
 from fastserve.config import config_fields
@@ -48,11 +51,20 @@ def test_starts_prints_one_line_and_serves(how: str, loop: str) -> None:
     assert not any("Traceback" in line for line in server.err)
 
 
+def installed_build() -> str:
+    """Which build of the hot path is installed, read off the files (not asked of the code
+    that prints it): Python imports a module's compiled extension in preference to its .py."""
+    protocols = Path(fastserve.protocols.__file__ or "").parent
+    compiled = [p for s in EXTENSION_SUFFIXES for p in protocols.glob("http1" + s)]
+    return "compiled" if compiled else "pure Python"
+
+
 def test_version() -> None:
     result = run_cli("--version")
     assert result.returncode == 0
-    assert fastserve.__version__ in result.stdout
-    assert ("compiled" if hot_path_compiled() else "pure Python") in result.stdout
+    python = f"{platform.python_implementation()} {platform.python_version()}"
+    assert result.stdout == f"fastserve {fastserve.__version__} ({python}, {installed_build()})\n"
+    assert hot_path_compiled() is (installed_build() == "compiled")
 
 
 @pytest.mark.skipif(
@@ -63,6 +75,16 @@ def test_wheel_install_runs_the_compiled_hot_path() -> None:
     modules (a failed compile falls back to pure Python silently, see setup.py)."""
     expected = os.environ["FASTSERVE_EXPECT_COMPILED"] == "1"
     assert hot_path_compiled() is expected
+
+
+def test_http_h11_starts_a_server_that_serves() -> None:
+    """uvicorn's `--http h11` picks its h11 implementation; fastserve has one HTTP/1.1
+    implementation and runs the same command line with it (parsing the option is not
+    enough: the server must start and answer)."""
+    with ServerProcess(fastserve_cmd(HELLO, "--port", "0", "--http", "h11")) as server:
+        assert httpx.get(server.url()).text == "Hello, world!"
+        assert server.stop() == 0
+    assert not any("Traceback" in line for line in server.err)
 
 
 def test_help_lists_every_config_field() -> None:

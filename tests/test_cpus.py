@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from fastserve import cpus
 from fastserve.config import Config
 from fastserve.cpus import (
     auto_workers,
@@ -111,8 +112,15 @@ def test_real_machine_is_consistent() -> None:
     assert 3 <= auto_workers() <= workers_for(affinity)
 
 
-def test_worker_count_auto_and_web_concurrency(monkeypatch: pytest.MonkeyPatch) -> None:
-    assert worker_count(Config(app="x:y", workers="auto")) == auto_workers()
+def test_worker_count_auto_and_web_concurrency(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # The machine's inputs, faked where the process reads them (not the function under test):
+    # 6 CPUs in the affinity mask and no cgroup at all -> 2 x 6 + 1 workers.
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(6)))
+    (tmp_path / "cgroup").write_text("")
+    monkeypatch.setattr(cpus, "PROC_SELF_CGROUP", str(tmp_path / "cgroup"))
+    assert worker_count(Config(app="x:y", workers="auto")) == 13
     monkeypatch.setenv("WEB_CONCURRENCY", "4")
     assert worker_count(Config(app="x:y")) == 4
     assert worker_count(Config(app="x:y", workers="2")) == 2
