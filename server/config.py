@@ -74,6 +74,14 @@ class Config:
     ws: str = opt(
         "auto", "WebSocket implementation ('none': upgrades reach the app as plain HTTP)."
     )
+    # None: HTTP/2 when zttp is installed (the `standard` extra); --http2 insists on it.
+    http2: bool | None = opt(
+        None, "HTTP/2: ALPN h2 over TLS and prior-knowledge h2c (default: on if zttp is installed)."
+    )
+    # RFC 9113 §6.5.2 recommends no fewer than 100; nginx, h2o and uvicorn use 100 (128: zttp).
+    http2_max_concurrent_streams: int = opt(
+        100, "HTTP/2 streams open at once per connection (more are refused: REFUSED_STREAM)."
+    )
     ws_max_size: int = opt(16 * 1024 * 1024, "Largest WebSocket message accepted, in bytes.")
     ws_max_queue: int = opt(32, "Incoming WebSocket messages buffered before reading pauses.")
     ws_ping_interval: float | None = opt(20.0, "Seconds between WebSocket keepalive pings.")

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from .config import Config
-from .protocols import WS
+from .protocols import WS, http2_upgrade
 from .protocols.outbox import Outbox
 from .types import ASGIApp
 
@@ -32,6 +32,7 @@ class ServerState:
         "default_head",
         "default_headers",
         "eager",
+        "h2_upgrade",
         "in_flight",
         "lifespan_state",
         "limit_concurrency",
@@ -96,6 +97,8 @@ class ServerState:
         self.restarting = False
         # The --ws entry's hand-over (protocols/__init__.py), None when WebSockets are off.
         self.ws_upgrade: Callable[..., None] | None = WS.load(config.ws)
+        # HTTP/2's hand-over (protocols/h2.py), None when HTTP/2 is off or zttp is missing.
+        self.h2_upgrade: Callable[..., None] | None = http2_upgrade(config)
         # Headers added to every response, encoded once: the server line and --header values.
         static: list[tuple[bytes, bytes]] = []
         if config.server_header:

@@ -55,7 +55,10 @@ def create_ssl_context(config: Config) -> ServerSSLContext:
             ctx.set_ciphers(config.ssl_ciphers)
         except ssl.SSLError:
             raise ConfigError(f"--ssl-ciphers {config.ssl_ciphers!r} selects no cipher") from None
-    ctx.set_alpn_protocols(["http/1.1"])
+    # h2 first when HTTP/2 is served (RFC 9113 §3.2); http/1.1 for everyone else.
+    from .protocols import http2_upgrade
+
+    ctx.set_alpn_protocols(["h2", "http/1.1"] if http2_upgrade(config) else ["http/1.1"])
     ctx.server_cert = _first_pem(_read(config.ssl_certfile, "--ssl-certfile"))
     # OpenSSL's cipher ids are 0x0300XXXX, XXXX being the IANA number the extension wants.
     ctx.cipher_ids = {c["name"]: c["id"] & 0xFFFF for c in ctx.get_ciphers()}

@@ -106,8 +106,20 @@ def tls_socket(port: int, ctx: ssl.SSLContext) -> ssl.SSLSocket:
     return ctx.wrap_socket(sock, server_hostname="localhost")
 
 
-def test_alpn_offers_http11_only(certs: Certs) -> None:
+def test_alpn_offers_h2_then_http11(certs: Certs) -> None:
     with run_server(scope_app(Probe()), **certs.options()) as srv:
+        ctx = certs.client_context()
+        ctx.set_alpn_protocols(["h2", "http/1.1"])
+        with tls_socket(srv.port, ctx) as sock:
+            assert sock.selected_alpn_protocol() == "h2"
+        ctx = certs.client_context()
+        ctx.set_alpn_protocols(["http/1.1"])
+        with tls_socket(srv.port, ctx) as sock:
+            assert sock.selected_alpn_protocol() == "http/1.1"
+
+
+def test_alpn_offers_http11_only_without_http2(certs: Certs) -> None:
+    with run_server(scope_app(Probe()), http2=False, **certs.options()) as srv:
         ctx = certs.client_context()
         ctx.set_alpn_protocols(["h2", "http/1.1"])
         with tls_socket(srv.port, ctx) as sock:

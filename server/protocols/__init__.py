@@ -171,3 +171,19 @@ def connection_factory(state: ServerState) -> Callable[[], asyncio.Protocol]:
         return protocol(state)
 
     return factory
+
+
+def http2_upgrade(config: Config) -> Callable[..., None] | None:
+    """HTTP/2's hand-over (h2.py), or None: --no-http2, or zttp missing (then --http2 is a
+    ConfigError that says what to install)."""
+    if config.http2 is False:
+        return None
+    try:
+        from .h2 import upgrade_to_h2
+    except ImportError:
+        if config.http2:
+            raise ConfigError(
+                "--http2 needs zttp: pip install 'fastserve[standard]' (or zttp)"
+            ) from None
+        return None
+    return upgrade_to_h2

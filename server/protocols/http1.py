@@ -73,6 +73,9 @@ WRITELINES_UNPAUSED: Final = (3, 12) <= sys.version_info < (3, 12, 9) or (
 # out: fewer per epoll_wait, more wake-ups, and more system CPU than the eager start saves
 # (measured: perf/README.md, Log).
 
+# RFC 9113 §3.4: how an HTTP/2 client with prior knowledge opens a connection.
+PREFACE: Final = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+
 # Timer phases: what the connection's single deadline means when it passes.
 IDLE: Final = 0
 HEAD: Final = 1
@@ -175,6 +178,11 @@ class HTTP1Protocol(FlowControl, Channel):
         )
         self.scope_base = connection_scope(state, "1.1", transport, self.client, self.server)
         self.set_deadline(IDLE, state.timeout_keep_alive)
+        if state.h2_upgrade is not None and "extensions" in self.scope_base:
+            # TLS: when ALPN chose h2 (RFC 9113 §3.2), HTTP/2 from the first byte on.
+            ssl_object = transport.get_extra_info("ssl_object")
+            if ssl_object is not None and ssl_object.selected_alpn_protocol() == "h2":
+                self.to_h2(b"")
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -256,7 +264,7 @@ class HTTP1Protocol(FlowControl, Channel):
         except httptools.HttpParserCallbackError as exc:
             self.callback_failed(exc)
         except httptools.HttpParserError as exc:
-            self.parser_failed(exc)
+            self.parser_failed(exc, data)
         if upgrade_at >= 0:
             # Outside the except block: what parsing the rest raises must not carry the
             # upgrade exception as its __context__ (callback_failed looks there).
@@ -275,7 +283,17 @@ class HTTP1Protocol(FlowControl, Channel):
             log.error("Exception while parsing a request", exc_info=cause)
             self.reject(RejectRequest(500, "Internal Server Error"))
 
-    def parser_failed(self, exc: Exception) -> None:
+    def parser_failed(self, exc: Exception, data: bytes) -> None:
+        if "PRI/Upgrade" in str(exc) and self.state.h2_upgrade is not None:
+            # llhttp stops at the HTTP/2 preface's "PRI * HTTP/2.0" head: a client with prior
+            # knowledge (h2c, RFC 9113 §3.3). The check costs an HTTP/1.1 request nothing.
+            # The head may have come in several reads: what came before `data` this message
+            # can only be the preface's start (llhttp accepted it).
+            before = self.head_bytes - len(data)
+            sent = PREFACE[:before] + data
+            if sent[: len(PREFACE)] == PREFACE[: len(sent)] and self.cycle is None:
+                self.to_h2(sent)
+                return
         if "after `Connection: close`" in str(exc):
             # Bytes after a request that closes the connection: RFC 9112 §9.6 says they must
             # not be processed, so they are dropped (no answer) and the connection closes
@@ -760,6 +778,13 @@ class HTTP1Protocol(FlowControl, Channel):
             callbacks.in_head = False
         if rest and not self.closed:
             self.data_received(rest)
+
+    def to_h2(self, data: bytes) -> None:
+        """Hand the connection over to HTTP/2 (h2.py) with what the client sent so far."""
+        upgrade = self.state.h2_upgrade
+        assert upgrade is not None
+        client, server = self.client, self.server
+        upgrade(self.state, self.detach(), client, server, data)
 
     def detach(self) -> asyncio.Transport:
         """Give the transport up to another protocol (the WebSocket one): this protocol stops

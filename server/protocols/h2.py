@@ -1,0 +1,551 @@
+"""HTTP/2 (RFC 9113) on zttp's sans-I/O engine: one connection, many streams, each stream one
+request through the shared request layer (request.py, cycle.py).
+
+Every call into zttp is in this module. zttp parses frames, decodes HPACK, validates request
+header blocks (pseudo-headers, connection-specific fields, `te`, upper-case names: the stream
+is reset with PROTOCOL_ERROR), answers PING and SETTINGS, credits the receive windows, and
+parks response bytes that exceed the peer's send window until a WINDOW_UPDATE. This module
+turns its events into ASGI requests, and owns time, memory and limits:
+
+- how a connection arrives: http1.py hands it over on the HTTP/2 preface (prior knowledge,
+  h2c) or when ALPN chose h2 (TLS); an `Upgrade: h2c` request is served as HTTP/1.1;
+- SETTINGS_MAX_CONCURRENT_STREAMS is --http2-max-concurrent-streams (zttp's own SETTINGS
+  frame is rewritten before it leaves: it says 128, and offers RFC 8441 extended CONNECT,
+  which fastserve does not serve over HTTP/2); streams beyond it get REFUSED_STREAM;
+- flow control: send() waits while a stream's bytes are parked for window credit or the
+  transport's buffer is full, so a peer that stops reading holds at most a window per stream.
+  zttp credits received DATA at once, so what bounds request bodies is reading: the socket is
+  not read while the bodies buffered for apps pass HIGH_WATER (all streams of the connection
+  wait then: the cost of an engine that does not let us credit on consumption);
+- rapid reset (CVE-2023-44487): streams the client resets count against a budget that refills
+  with time; past it, GOAWAY ENHANCE_YOUR_CALM;
+- shutdown: GOAWAY NO_ERROR with the last stream taken, in-flight streams finish; an idle
+  connection closes after --timeout-keep-alive with GOAWAY NO_ERROR.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import TYPE_CHECKING, Any, Final
+
+import zttp
+
+from .connection import Address
+from .cycle import Channel, ClientDisconnected, RequestCycle
+from .flow import FlowControl
+from .linger import IDLE_LINGER_SECONDS, Lingering
+from .request import admit, connection_scope, make_scope, start
+
+if TYPE_CHECKING:
+    from ..state import ServerState
+
+log = logging.getLogger("fastserve.error")
+monotonic: Final = time.monotonic
+
+PREFACE: Final = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"  # RFC 9113 §3.4
+
+NO_ERROR: Final = 0x0
+PROTOCOL_ERROR: Final = 0x1
+INTERNAL_ERROR: Final = 0x2
+REFUSED_STREAM: Final = 0x7
+ENHANCE_YOUR_CALM: Final = 0xB
+
+SETTINGS_MAX_CONCURRENT_STREAMS: Final = 0x3
+SETTINGS_ENABLE_CONNECT_PROTOCOL: Final = 0x8
+
+# Request body bytes buffered for the apps of one connection before reading stops (as
+# HTTP/1.1's HIGH_WATER).
+HIGH_WATER: Final = 64 * 1024
+
+# Client resets a connection may make: a budget of RESET_BURST that refills by RESET_RATE a
+# second. Browsers cancel a few streams when a page is left; an attack resets thousands a
+# second (CVE-2023-44487).
+RESET_BURST: Final = 200.0
+RESET_RATE: Final = 50.0
+
+# Response header fields that are connection-specific in HTTP/1.1 and forbidden in HTTP/2
+# (RFC 9113 §8.2.2): an app written for HTTP/1.1 may send them; they are dropped.
+CONNECTION_SPECIFIC: Final = frozenset(
+    [b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade"]
+)
+
+
+class H2Stream(Channel):
+    """One request/response exchange on an HTTP/2 connection: the cycle's Channel."""
+
+    __slots__ = ("conn", "cycle", "stream_id", "waiter")
+
+    def __init__(self, conn: H2Protocol, stream_id: int) -> None:
+        self.conn = conn
+        self.stream_id = stream_id
+        self.cycle: RequestCycle | None = None
+        self.waiter: asyncio.Future[None] | None = None
+
+    def start_response(self, cycle: RequestCycle, body: bytes, final: bool) -> None:
+        cycle.head_sent = True
+        conn = self.conn
+        headers = response_headers(cycle, body, final, conn.state)
+        handle = conn.h2.stream(self.stream_id)
+        if cycle.no_body or (final and not body):
+            handle.send_response(cycle.status, headers, True)
+        else:
+            handle.send_response(cycle.status, headers)
+            if body:
+                handle.send_data(body)
+            if final:
+                handle.end_message()
+        conn.want_flush()
+
+    def send_body(self, cycle: RequestCycle, body: bytes, final: bool) -> None:
+        conn = self.conn
+        if conn.closed or cycle.disconnected:
+            raise ClientDisconnected("client disconnected")
+        if cycle.no_body:
+            return
+        handle = conn.h2.stream(self.stream_id)
+        if body:
+            handle.send_data(body)
+        if final:
+            handle.end_message()
+        conn.want_flush()
+
+    def must_wait(self) -> bool:
+        conn = self.conn
+        if conn.closed or (self.cycle is not None and self.cycle.disconnected):
+            return False
+        if conn.write_paused:
+            return True
+        try:
+            pending = conn.h2.stream(self.stream_id).pending_bytes
+        except zttp.ProtocolError:
+            return False  # the stream is closed: nothing parked
+        return bool(pending)
+
+    async def wait_writable(self) -> None:
+        """Until a WINDOW_UPDATE, the transport draining, or the stream's end wakes us."""
+        while self.must_wait():
+            self.waiter = self.conn.state.loop.create_future()
+            try:
+                await self.waiter
+            finally:
+                self.waiter = None
+
+    def wake(self) -> None:
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def send_continue(self) -> None:
+        self.conn.h2.stream(self.stream_id).send_informational(100)
+        self.conn.want_flush()
+
+    def body_consumed(self, cycle: RequestCycle) -> None:
+        self.conn.body_consumed()
+
+    def cycle_done(self, cycle: RequestCycle) -> None:
+        self.conn.stream_done(self)
+
+    def abort(self) -> None:
+        """The response cannot be completed: RST_STREAM INTERNAL_ERROR (the connection
+        lives on)."""
+        self.conn.reset(self.stream_id, INTERNAL_ERROR)
+
+
+def response_headers(
+    cycle: RequestCycle, body: bytes, final: bool, state: ServerState
+) -> list[tuple[bytes, bytes]]:
+    """The app's header fields as HTTP/2 wants them (lower-case names, no connection-specific
+    fields: RFC 9113 §8.2), a content-length for a whole body, and the default headers."""
+    headers = []
+    names = set()
+    for name, value in cycle.headers:
+        lname = name.lower()
+        if lname not in CONNECTION_SPECIFIC:
+            headers.append((lname, value))
+            names.add(lname)
+    if final and cycle.expected_length is None and not cycle.no_body:
+        headers.append((b"content-length", b"%d" % len(body)))
+    headers += state.defaults_without(names)
+    return headers
+
+
+class H2Protocol(FlowControl):
+    """An HTTP/2 connection (asyncio protocol): frames in, ASGI requests out."""
+
+    __slots__ = (
+        "body_buffered",
+        "client",
+        "closed",
+        "flush_handle",
+        "going_away",
+        "h2",
+        "highest",
+        "idle_timer",
+        "resets",
+        "resets_at",
+        "scope_base",
+        "server",
+        "state",
+        "streams",
+        "transport",
+    )
+
+    def __init__(self, state: ServerState, client: Address | None, server: Address | None) -> None:
+        self.state = state
+        self.client = client
+        self.server = server
+        self.h2 = zttp.Connection(zttp.SERVER, zttp.HTTP2)
+        self.streams: dict[int, H2Stream] = {}
+        self.transport: asyncio.Transport = None  # type: ignore[assignment]  # set at once
+        self.scope_base: dict[str, Any] = {}
+        self.read_paused = False
+        self.write_paused = False
+        self.drain_waiter: asyncio.Future[None] | None = None
+        self.closed = False
+        self.going_away = False
+        self.highest = 0  # the highest stream id taken
+        self.body_buffered = 0
+        self.flush_handle: asyncio.Handle | None = None
+        self.idle_timer: asyncio.TimerHandle | None = None
+        self.resets = RESET_BURST
+        self.resets_at = monotonic()
+
+    # -- connection lifecycle ----------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]  # uvloop's is no subclass
+        state = self.state
+        state.connections.add(self)
+        self.scope_base = connection_scope(state, "2", transport, self.client, self.server)
+        h2 = self.h2
+        h2.initiate_connection()
+        self.transport.write(own_settings(h2.data_to_send(), state))
+        self.arm_idle()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.state.connections.discard(self)
+        for stream in list(self.streams.values()):
+            if stream.cycle is not None:
+                stream.cycle.lost()
+            stream.wake()
+        for handle in (self.flush_handle, self.idle_timer):
+            if handle is not None:
+                handle.cancel()
+        self.wake_drain()
+
+    def eof_received(self) -> bool | None:
+        return None
+
+    def stopped(self) -> bool:  # FlowControl
+        return self.closed
+
+    # -- frames in ---------------------------------------------------------------------------
+
+    def data_received(self, data: bytes) -> None:
+        h2 = self.h2
+        try:
+            h2.receive_data(data)
+            while True:
+                event = h2.next_event()
+                kind = type(event)
+                if kind is zttp.NeedData:
+                    break
+                if kind is zttp.Request:
+                    self.on_request(event)  # type: ignore[arg-type]
+                elif kind is zttp.Data:
+                    self.on_data(event)  # type: ignore[arg-type]
+                elif kind is zttp.EndOfMessage:
+                    stream = self.streams.get(event.stream_id)  # type: ignore[union-attr]
+                    if stream is not None and stream.cycle is not None:
+                        stream.cycle.end_body()
+                elif kind is zttp.RstStream:
+                    self.on_reset(event)  # type: ignore[arg-type]
+                elif kind is zttp.WindowUpdate:
+                    self.on_window_update(event)  # type: ignore[arg-type]
+                elif kind is zttp.GoAway:
+                    self.going_away = True
+                    if not self.streams:
+                        self.close()
+                elif kind is zttp.ConnectionClosed:
+                    self.close()
+                    break
+        except zttp.ProtocolError as exc:
+            # A connection error (RFC 9113 §5.4.1): zttp has queued its GOAWAY.
+            peer = self.client or ("-", 0)
+            log.info("%s:%s - HTTP/2 connection error: %s", *peer, exc)
+            self.flush()
+            self.close()
+            return
+        self.flush()
+
+    def on_request(self, event: zttp.Request) -> None:
+        state = self.state
+        stream_id = event.stream_id
+        self.highest = max(self.highest, stream_id)
+        if self.going_away or state.shutting_down:
+            self.reset(stream_id, REFUSED_STREAM)  # after our GOAWAY: never processed
+            return
+        if len(self.streams) >= state.config.http2_max_concurrent_streams:
+            self.reset(stream_id, REFUSED_STREAM)  # RFC 9113 §5.1.2
+            return
+        if event.protocol is not None:
+            # Extended CONNECT (RFC 8441) is not offered: a :protocol is malformed (§8.5).
+            self.reset(stream_id, PROTOCOL_ERROR)
+            return
+        headers = event.headers
+        if type(headers) is not list:
+            headers = headers.to_list()  # type: ignore[union-attr]
+        headers = join_cookies(headers)
+        stream = H2Stream(self, stream_id)
+        self.streams[stream_id] = stream
+        if self.idle_timer is not None:
+            self.idle_timer.cancel()
+            self.idle_timer = None
+        scope = make_scope(
+            self.scope_base,
+            state,
+            "2",
+            event.method.decode("ascii"),
+            event.path,
+            event.query,
+            headers,
+        )
+        cycle = RequestCycle(scope, stream, state, True, event.expect_continue)
+        stream.cycle = cycle
+        if event.end_stream:
+            cycle.more_body = False  # a GET: one http.request with an empty body
+        error = request_limits(headers, state)
+        if error is not None:
+            status, reason = error
+            cycle.answer(status, reason.encode())
+            self.stream_done(stream)
+            return
+        if admit(cycle, state):
+            start(cycle, state, False, False)
+
+    def on_data(self, event: zttp.Data) -> None:
+        stream = self.streams.get(event.stream_id)
+        if stream is None or stream.cycle is None:
+            return
+        cycle = stream.cycle
+        data = event.data
+        limit = self.state.limit_request_body
+        if limit is not None and cycle.body_size + len(data) > limit:
+            if not cycle.response_started:
+                cycle.lost()
+                self.reset(event.stream_id, REFUSED_STREAM)
+            return
+        before = cycle.body_size
+        cycle.feed_body(data)
+        self.body_buffered += cycle.body_size - before
+        if self.body_buffered > HIGH_WATER:
+            self.pause_reading()
+
+    def body_consumed(self) -> None:
+        self.body_buffered = sum(
+            s.cycle.body_size for s in self.streams.values() if s.cycle is not None
+        )
+        if self.read_paused and self.body_buffered <= HIGH_WATER:
+            self.resume_reading()
+
+    def on_reset(self, event: zttp.RstStream) -> None:
+        stream = self.streams.pop(event.stream_id, None)
+        if stream is not None:
+            if stream.cycle is not None:
+                stream.cycle.lost()  # the app's receive() gets http.disconnect
+            stream.wake()
+        now = monotonic()
+        self.resets = min(RESET_BURST, self.resets + (now - self.resets_at) * RESET_RATE) - 1
+        self.resets_at = now
+        if self.resets < 0:
+            peer = self.client or ("-", 0)
+            log.warning("%s:%s - HTTP/2 rapid reset: GOAWAY ENHANCE_YOUR_CALM", *peer)
+            self.h2.close(ENHANCE_YOUR_CALM, self.highest)
+            self.flush()
+            self.close()
+        elif not self.streams:
+            self.arm_idle()
+
+    def on_window_update(self, event: zttp.WindowUpdate) -> None:
+        if event.stream_id == 0:
+            for stream in self.streams.values():
+                stream.wake()
+        else:
+            one = self.streams.get(event.stream_id)
+            if one is not None:
+                one.wake()
+
+    # -- frames out --------------------------------------------------------------------------
+
+    def want_flush(self) -> None:
+        """Frames are written once per loop pass, however many streams produced some."""
+        if self.flush_handle is None and not self.closed:
+            self.flush_handle = self.state.loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        self.flush_handle = None
+        if self.closed:
+            return
+        data = self.h2.data_to_send()
+        if data:
+            self.transport.write(data)
+
+    def reset(self, stream_id: int, code: int) -> None:
+        stream = self.streams.pop(stream_id, None)
+        if stream is not None:
+            stream.wake()
+        try:
+            self.h2.stream(stream_id).reset(code)
+        except zttp.ProtocolError:
+            pass  # closed already
+        self.want_flush()
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        for stream in self.streams.values():
+            stream.wake()
+
+    # -- streams end, timers, shutdown -------------------------------------------------------
+
+    def stream_done(self, stream: H2Stream) -> None:
+        if self.streams.get(stream.stream_id) is stream:
+            del self.streams[stream.stream_id]
+        if stream.cycle is not None:
+            self.body_buffered -= stream.cycle.body_size
+            if self.read_paused and self.body_buffered <= HIGH_WATER:
+                self.resume_reading()
+        if not self.streams:
+            if self.going_away or self.state.shutting_down:
+                self.flush()
+                self.close()
+            else:
+                self.arm_idle()
+
+    def arm_idle(self) -> None:
+        if self.idle_timer is None and not self.closed:
+            self.idle_timer = self.state.loop.call_later(
+                self.state.timeout_keep_alive, self.on_idle
+            )
+
+    def on_idle(self) -> None:
+        self.idle_timer = None
+        if not self.streams and not self.closed:
+            self.go_away()
+
+    def go_away(self) -> None:
+        """GOAWAY NO_ERROR naming the last stream taken (RFC 9113 §6.8); close once the
+        streams up to it are done."""
+        if not self.going_away and not self.closed:
+            self.going_away = True
+            self.h2.close(NO_ERROR, self.highest)
+            self.flush()
+        if not self.streams:
+            self.close()
+
+    def close(self) -> None:
+        """Close after our last frames (a GOAWAY): FIN first, then drop what still comes for
+        a moment (linger.py), so that a reset does not destroy the GOAWAY."""
+        if self.closed:
+            return
+        self.flush()
+        transport = self.transport
+        self.connection_lost(None)  # streams, timers, counts
+        if not transport.can_write_eof():  # TLS cannot half-close
+            transport.close()
+            return
+        transport.set_protocol(Lingering(transport, self.state, IDLE_LINGER_SECONDS))
+        try:
+            transport.write_eof()
+        except OSError:  # the peer is gone already
+            transport.close()
+            return
+        transport.resume_reading()
+
+    @property
+    def idle(self) -> bool:
+        return not self.streams
+
+    @property
+    def task(self) -> asyncio.Task[None] | None:
+        for stream in self.streams.values():
+            if stream.cycle is not None and stream.cycle.task is not None:
+                return stream.cycle.task
+        return None
+
+    def shutdown(self) -> None:
+        self.go_away()
+
+    def cancel(self) -> None:
+        for stream in list(self.streams.values()):
+            if stream.cycle is not None and stream.cycle.task is not None:
+                stream.cycle.task.cancel()
+        self.close()
+
+
+def join_cookies(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """HTTP/2 may split the cookie field into one field per crumb; an HTTP/1.1 app expects
+    one, joined with "; " (RFC 9113 §8.2.3)."""
+    cookies = [v for n, v in headers if n == b"cookie"]
+    if len(cookies) < 2:
+        return headers
+    joined = [(n, v) for n, v in headers if n != b"cookie"]
+    joined.append((b"cookie", b"; ".join(cookies)))
+    return joined
+
+
+def request_limits(
+    headers: list[tuple[bytes, bytes]], state: ServerState
+) -> tuple[int, str] | None:
+    """The --limit-request-* limits, on the decoded header list (an HPACK bomb or a
+    CONTINUATION flood ends here at the latest: zttp caps the block at 64 KiB)."""
+    if len(headers) > state.limit_request_fields:
+        return 431, "Too many request header fields"
+    size = state.limit_request_field_size
+    for name, value in headers:
+        if len(name) + len(value) > size:
+            return 431, "Request header field too large"
+        if name == b"content-length":
+            limit = state.limit_request_body
+            if limit is not None and value.isdigit() and int(value) > limit:
+                return 413, "Request body too large"
+    return None
+
+
+def own_settings(frames: bytes, state: ServerState) -> bytes:
+    """zttp's first SETTINGS frame with our values: MAX_CONCURRENT_STREAMS from the config,
+    and no ENABLE_CONNECT_PROTOCOL (RFC 8441 is not served: advertise only what works)."""
+    if len(frames) < 9 or frames[3] != 0x4:
+        return frames
+    length = int.from_bytes(frames[0:3], "big")
+    payload = frames[9 : 9 + length]
+    entries = []
+    for at in range(0, len(payload) - 5, 6):
+        ident = int.from_bytes(payload[at : at + 2], "big")
+        if ident == SETTINGS_ENABLE_CONNECT_PROTOCOL:
+            continue
+        if ident == SETTINGS_MAX_CONCURRENT_STREAMS:
+            continue
+        entries.append(payload[at : at + 6])
+    limit = state.config.http2_max_concurrent_streams
+    entries.append(SETTINGS_MAX_CONCURRENT_STREAMS.to_bytes(2, "big") + limit.to_bytes(4, "big"))
+    new = b"".join(entries)
+    return len(new).to_bytes(3, "big") + frames[3:9] + new + frames[9 + length :]
+
+
+def upgrade_to_h2(
+    state: ServerState,
+    transport: asyncio.Transport,
+    client: Address | None,
+    server: Address | None,
+    data: bytes,
+) -> None:
+    """Take over `transport` (handed over by http1.py) for HTTP/2; `data` is what the client
+    sent so far, the preface first (or nothing, when ALPN chose h2)."""
+    protocol = H2Protocol(state, client, server)
+    transport.set_protocol(protocol)
+    protocol.connection_made(transport)
+    if data:
+        protocol.data_received(data)

@@ -1,0 +1,429 @@
+"""HTTP/2 over real sockets, on both loops: the `h2` library is the client (raw frames where
+the protocol matters), httpx and curl where behaviour matters.
+
+Each stream is one ASGI http request through the same request layer as HTTP/1.1; these tests
+check what the app received and what a client sees: prior knowledge (h2c) and ALPN, bodies
+both ways, cookies, stream limits, malformed requests and resets, flow control, errors,
+GOAWAY on shutdown and when idle, and rapid reset.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import socket
+import subprocess
+import threading
+from typing import Any
+
+import h2.config
+import h2.connection
+import h2.errors
+import h2.events
+import h2.settings
+import httpx
+import pytest
+
+from tests.apps.core_apps import App, Probe, Receive, Scope, Send, read_body
+from tests.helpers import Serve, wait_until
+
+pytest.importorskip("zttp")
+
+
+class H2Client:
+    """A raw HTTP/2 client on a plain socket (prior knowledge), driven by the h2 library."""
+
+    def __init__(self, port: int, window: int | None = None) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+        config = h2.config.H2Configuration(client_side=True, header_encoding="utf-8")
+        self.conn = h2.connection.H2Connection(config)
+        if window is not None:
+            self.conn.local_settings = h2.settings.Settings(
+                client=True, initial_values={h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: window}
+            )
+        self.conn.initiate_connection()
+        self.flush()
+        self.events: list[h2.events.Event] = []
+        self.closed = False
+
+    def flush(self) -> None:
+        data = self.conn.data_to_send()
+        if data:
+            self.sock.sendall(data)
+
+    def request(
+        self,
+        path: str = "/",
+        method: str = "GET",
+        body: bytes | None = None,
+        headers: list[tuple[str, str]] | None = None,
+        open_body: bool = False,
+    ) -> int:
+        """Open a stream; `body` ends it, `open_body` leaves it open for DATA to come."""
+        stream_id: int = self.conn.get_next_available_stream_id()
+        fields = [(":method", method), (":path", path), (":scheme", "http")]
+        fields += [(":authority", "test"), *(headers or [])]
+        self.conn.send_headers(stream_id, fields, end_stream=body is None and not open_body)
+        if body is not None:
+            self.conn.send_data(stream_id, body, end_stream=True)
+        self.flush()
+        return stream_id
+
+    def read(self, timeout: float = 5.0) -> None:
+        """One socket read's worth of events (a timeout is a failure, EOF sets `closed`)."""
+        self.sock.settimeout(timeout)
+        try:
+            data = self.sock.recv(65536)
+        except TimeoutError:
+            raise AssertionError("the server sent nothing in time") from None
+        except ConnectionResetError:
+            data = b""
+        if not data:
+            self.closed = True
+            return
+        self.events += self.conn.receive_data(data)
+        self.flush()
+
+    def until(self, what: type, stream_id: int | None = None) -> Any:
+        """Read until an event of type `what` (for `stream_id`) arrives; return it."""
+        while True:
+            for event in self.events:
+                if isinstance(event, what) and (
+                    stream_id is None or getattr(event, "stream_id", None) == stream_id
+                ):
+                    return event
+            if self.closed:
+                raise AssertionError(f"connection closed before {what.__name__}: {self.events}")
+            self.read()
+
+    def response(self, stream_id: int) -> tuple[dict[str, str], bytes]:
+        """The whole response of `stream_id`: its headers and body."""
+        head = self.until(h2.events.ResponseReceived, stream_id)
+        self.until(h2.events.StreamEnded, stream_id)
+        body = b"".join(
+            e.data
+            for e in self.events
+            if isinstance(e, h2.events.DataReceived) and e.stream_id == stream_id
+        )
+        return dict(head.headers), body
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def echo_app(probe: Probe | None = None) -> App:
+    """Reports the scope and each message; answers `version method path body-length`."""
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        messages = []
+        while True:
+            message = await receive()
+            messages.append(message)
+            if not message.get("more_body"):
+                break
+        if probe is not None:
+            probe.put((scope, messages))
+        size = sum(len(m.get("body", b"")) for m in messages)
+        text = f"{scope['http_version']} {scope['method']} {scope['path']} {size}"
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"X-Echo", b"1")]})
+        await send({"type": "http.response.body", "body": text.encode()})
+
+    return app
+
+
+def test_a_get_is_one_request_with_an_empty_body(serve: Serve) -> None:
+    probe = Probe()
+    with serve(echo_app(probe)) as srv:
+        client = H2Client(srv.port)
+        stream = client.request("/a%20b?x=1", headers=[("cookie", "a=1"), ("cookie", "b=2")])
+        headers, body = client.response(stream)
+        client.close()
+    assert headers[":status"] == "200"
+    assert headers["x-echo"] == "1"  # names lower-cased (RFC 9113 §8.2.1)
+    assert headers["content-length"] == str(len(body))
+    assert body == b"2 GET /a b 0"
+    scope, messages = probe.get()
+    assert messages == [{"type": "http.request", "body": b"", "more_body": False}]
+    assert scope["http_version"] == "2"
+    assert (scope["raw_path"], scope["query_string"]) == (b"/a%20b", b"x=1")
+    assert (b"host", b"test") in scope["headers"]
+    assert (b"cookie", b"a=1; b=2") in scope["headers"]  # RFC 9113 §8.2.3
+    assert scope["scheme"] == "http"
+
+
+def test_bodies_both_ways_and_streams_side_by_side(serve: Serve) -> None:
+    with serve(echo_app()) as srv:
+        client = H2Client(srv.port)
+        streams = [client.request(f"/{i}", "POST", b"x" * (1000 * i)) for i in range(1, 11)]
+        for i, stream in enumerate(streams, 1):
+            assert client.response(stream)[1] == b"2 POST /%d %d" % (i, 1000 * i)
+        client.close()
+
+
+def test_httpx_with_http2(serve: Serve) -> None:
+    with serve(echo_app()) as srv, httpx.Client(http1=False, http2=True, timeout=5) as http:
+        for _ in range(3):
+            response = http.post(srv.url + "/p", content=b"hello")
+            assert response.http_version == "HTTP/2"
+            assert response.text == "2 POST /p 5"
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="needs curl")
+def test_curl_prior_knowledge(serve: Serve) -> None:
+    with serve(echo_app()) as srv:
+        out = subprocess.run(
+            ["curl", "-s", "--http2-prior-knowledge", "-d", "abc", srv.url + "/c"],
+            capture_output=True,
+            timeout=20,
+            check=True,
+        )
+    assert out.stdout == b"2 POST /c 3"
+
+
+def test_streams_past_the_limit_are_refused_and_the_connection_lives_on(serve: Serve) -> None:
+    release = threading.Event()
+
+    async def held(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            while not release.is_set():
+                await asyncio.sleep(0.005)
+            await send({"type": "http.response.start", "status": 204})
+            await send({"type": "http.response.body"})
+
+    with serve(held, http2_max_concurrent_streams=2) as srv:
+        client = H2Client(srv.port)
+        # Sent before the server's SETTINGS are read: the client does not know the limit yet.
+        first, second, third = client.request("/1"), client.request("/2"), client.request("/3")
+        settings = client.until(h2.events.RemoteSettingsChanged)
+        limit = settings.changed_settings[h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS]
+        assert limit.new_value == 2
+        # No RFC 8441 (extended CONNECT) offered: it is not served over HTTP/2.
+        assert h2.settings.SettingCodes.ENABLE_CONNECT_PROTOCOL not in settings.changed_settings
+        reset = client.until(h2.events.StreamReset, third)
+        assert reset.error_code == h2.errors.ErrorCodes.REFUSED_STREAM
+        release.set()
+        for stream in (first, second):
+            assert client.response(stream)[0][":status"] == "204"
+        fourth = client.request("/4")
+        assert client.response(fourth)[0][":status"] == "204"
+        client.close()
+
+
+def test_a_malformed_request_is_reset_and_the_connection_lives_on(serve: Serve) -> None:
+    with serve(echo_app()) as srv:
+        client = H2Client(srv.port)
+        client.conn.config.validate_outbound_headers = False
+        client.conn.config.normalize_outbound_headers = False
+        bad = client.request("/", headers=[("connection", "close")])  # RFC 9113 §8.2.2
+        assert client.until(h2.events.StreamReset, bad).error_code == 1  # PROTOCOL_ERROR
+        good = client.request("/ok")
+        assert client.response(good)[1] == b"2 GET /ok 0"
+        client.close()
+
+
+def test_a_client_reset_is_a_disconnect_for_the_app(serve: Serve) -> None:
+    probe = Probe()
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            probe.put(scope["path"])
+            message = await receive()  # on /reset the body never comes: waits
+            probe.put(message["type"])
+            if message["type"] == "http.request":
+                await send({"type": "http.response.start", "status": 204})
+                await send({"type": "http.response.body"})
+
+    with serve(app) as srv:
+        client = H2Client(srv.port)
+        stream = client.request("/reset", "POST", open_body=True)
+        assert probe.get() == "/reset"
+        client.conn.reset_stream(stream, h2.errors.ErrorCodes.CANCEL)
+        client.flush()
+        assert probe.get() == "http.disconnect"
+        assert client.response(client.request("/after"))[0][":status"] == "204"
+        client.close()
+
+
+@pytest.mark.parametrize("where", ["before", "after"])
+def test_an_app_error_is_a_500_or_a_reset(serve: Serve, where: str) -> None:
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            if where == "after":
+                await send({"type": "http.response.start", "status": 200})
+                await send({"type": "http.response.body", "body": b"a", "more_body": True})
+            raise RuntimeError("boom")
+
+    with serve(app) as srv:
+        client = H2Client(srv.port)
+        stream = client.request("/")
+        if where == "before":
+            assert client.response(stream)[0][":status"] == "500"
+        else:
+            reset = client.until(h2.events.StreamReset, stream)
+            assert reset.error_code == h2.errors.ErrorCodes.INTERNAL_ERROR
+        client.close()
+
+
+def test_a_client_that_does_not_read_holds_the_app_at_its_window(serve: Serve) -> None:
+    """send() waits while the stream's bytes wait for window credit: a peer that grants no
+    WINDOW_UPDATE makes the server hold about one window, not the whole response."""
+    probe = Probe()
+    piece = b"y" * 16384
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            await send({"type": "http.response.start", "status": 200})
+            for i in range(64):  # 1 MiB
+                await send({"type": "http.response.body", "body": piece, "more_body": True})
+                probe.put(i)
+            await send({"type": "http.response.body"})
+            probe.put("done")
+
+    with serve(app) as srv:
+        client = H2Client(srv.port)
+        client.conn.max_inbound_frame_size = 2**24
+        stream = client.request("/big")
+        client.until(h2.events.ResponseReceived, stream)
+        # The default window is 65,535 bytes: 4 pieces fit, a 5th waits parked.
+        sent = [probe.get()]
+        while True:
+            try:
+                sent.append(probe.get(timeout=0.5))
+            except Exception:
+                break
+        assert len(sent) <= 6, sent
+        # Credit flows again: everything arrives.
+        received = 0
+        while "done" not in sent or received < 64 * 16384:
+            for event in client.events:
+                if isinstance(event, h2.events.DataReceived):
+                    client.conn.acknowledge_received_data(event.flow_controlled_length, stream)
+                    received += len(event.data)
+            client.events = [e for e in client.events if not isinstance(e, h2.events.DataReceived)]
+            client.flush()
+            if received < 64 * 16384:
+                client.read()
+            while not probe.events.empty():
+                sent.append(probe.events.get())
+        assert received == 64 * 16384
+        client.close()
+
+
+def test_shutdown_sends_goaway_and_lets_streams_finish(serve: Serve) -> None:
+    release = threading.Event()
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            while not release.is_set():
+                await asyncio.sleep(0.005)
+            await send({"type": "http.response.start", "status": 200})
+            await send({"type": "http.response.body", "body": b"finished"})
+
+    with serve(app) as srv:
+        client = H2Client(srv.port)
+        stream = client.request("/slow")
+        wait_until(lambda: srv.server.state is not None and srv.server.state.in_flight == 1, "app")
+        srv.loop.call_soon_threadsafe(srv.server.handle_exit)
+        goaway = client.until(h2.events.ConnectionTerminated)
+        assert goaway.error_code == h2.errors.ErrorCodes.NO_ERROR
+        assert goaway.last_stream_id == stream
+        release.set()
+        # h2 (the client library) takes a GOAWAY as the end: read the rest as raw bytes. The
+        # response's DATA frame is plain text; then the server closes.
+        rest = b""
+        client.sock.settimeout(5)
+        while chunk := client.sock.recv(65536):
+            rest += chunk
+        assert b"finished" in rest
+        client.close()
+
+
+def test_an_idle_connection_closes_with_goaway(serve: Serve) -> None:
+    with serve(echo_app(), timeout_keep_alive=0.3) as srv:
+        client = H2Client(srv.port)
+        client.response(client.request("/"))
+        goaway = client.until(h2.events.ConnectionTerminated)
+        assert goaway.error_code == h2.errors.ErrorCodes.NO_ERROR
+        while not client.closed:
+            client.read()
+        client.close()
+
+
+def test_rapid_reset_gets_enhance_your_calm_and_others_are_served(serve: Serve) -> None:
+    """CVE-2023-44487: streams opened and reset at once, thousands of them."""
+    with serve(echo_app()) as srv:
+        attacker = H2Client(srv.port)
+        for _ in range(2000):
+            stream = attacker.request("/", "POST", open_body=True)
+            attacker.conn.reset_stream(stream, h2.errors.ErrorCodes.CANCEL)
+        try:
+            attacker.flush()
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        goaway = attacker.until(h2.events.ConnectionTerminated)
+        assert goaway.error_code == h2.errors.ErrorCodes.ENHANCE_YOUR_CALM
+        attacker.close()
+        other = H2Client(srv.port)
+        assert other.response(other.request("/ok"))[1] == b"2 GET /ok 0"
+        other.close()
+
+
+def test_without_http2_the_preface_is_a_400(serve: Serve) -> None:
+    with serve(echo_app(), http2=False) as srv, srv.connect() as sock:
+        sock.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+        sock.settimeout(5)
+        assert sock.recv(100).startswith(b"HTTP/1.1 400 ")
+
+
+def test_the_preface_split_over_writes(serve: Serve) -> None:
+    with serve(echo_app()) as srv:
+        sock = socket.create_connection(("127.0.0.1", srv.port), timeout=5)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+        conn.initiate_connection()
+        data = conn.data_to_send()
+        for at in (0, 5, 16, 20):  # inside "PRI *", the head, and "SM"
+            sock.sendall(data[at : {0: 5, 5: 16, 16: 20, 20: len(data)}[at]])
+        conn.send_headers(
+            1,
+            [(":method", "GET"), (":path", "/s"), (":scheme", "http"), (":authority", "t")],
+            end_stream=True,
+        )
+        sock.sendall(conn.data_to_send())
+        body = b""
+        ended = False
+        while not ended:
+            for event in conn.receive_data(sock.recv(65536)):
+                if isinstance(event, h2.events.DataReceived):
+                    body += event.data
+                ended = ended or isinstance(event, h2.events.StreamEnded)
+        sock.close()
+    assert body == b"2 GET /s 0"
+
+
+def test_read_body(serve: Serve) -> None:
+    """A body in many DATA frames reaches the app whole, in order."""
+    probe = Probe()
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            probe.put(await read_body(receive))
+            await send({"type": "http.response.start", "status": 204})
+            await send({"type": "http.response.body"})
+
+    with serve(app) as srv:
+        client = H2Client(srv.port)
+        body = bytes(range(256)) * 1000
+        stream = client.request("/", "POST", open_body=True)
+        for at in range(0, len(body), 10000):
+            while client.conn.local_flow_control_window(stream) < 10000:
+                client.read()  # the server's WINDOW_UPDATEs
+            client.conn.send_data(stream, body[at : at + 10000])
+            client.flush()
+        client.conn.end_stream(stream)
+        client.flush()
+        assert client.response(stream)[0][":status"] == "204"
+        client.close()
+    assert probe.get() == body
