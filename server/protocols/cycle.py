@@ -335,7 +335,12 @@ class RequestCycle:
             headers = list(headers)
         dropped = False
         for name, value in headers:
-            lname = check_field(name, value)
+            # check_field(), inlined (one call per header less: ~0.1k instructions a request).
+            lname = _VALID_NAMES.get(name)
+            if lname is None:
+                lname = _check_name(name)
+            if 10 in value or 13 in value or 0 in value:
+                raise RuntimeError(f"invalid response header value for {name!r}")
             if lname in SPECIAL_RESPONSE_HEADERS:
                 if lname == b"content-length":
                     if not value.isdigit():

@@ -115,6 +115,7 @@ class HTTP1Protocol(FlowControl, Channel):
         "transport",
         "upgrade",
         "url",
+        "valid_host",
         "version_hint",
         "ws_scope",
     )
@@ -147,6 +148,7 @@ class HTTP1Protocol(FlowControl, Channel):
         self.timer: asyncio.TimerHandle | None = None
         self.timer_at = 0.0
         self.has_host = False
+        self.valid_host = b""  # the last Host value checked on this connection
         self.te: bytes | None = None  # Transfer-Encoding value(s), checked at end of head
         self.body_received = 0  # body bytes of the request being parsed (limit_request_body)
         self.body_seen = 0.0  # when body bytes last arrived (timeout_request_body)
@@ -316,7 +318,9 @@ class HTTP1Protocol(FlowControl, Channel):
         if name in WATCHED_REQUEST_HEADERS:
             if name == b"host" and not self.has_host and self.parsing is None:
                 self.has_host = True  # every request has one: no watch_header() call
-                check_host(value)
+                if value != self.valid_host:  # (a connection's requests name one host)
+                    check_host(value)
+                    self.valid_host = value
             else:
                 self.watch_header(name, value)
         if self.parsing is None:
@@ -549,15 +553,15 @@ class HTTP1Protocol(FlowControl, Channel):
     def start_response(self, cycle: RequestCycle, body: bytes, final: bool) -> None:
         """Write the head, and with it the first piece of body (one write for small ones)."""
         state = self.state
-        pieces, self.chunked = frame_response(cycle, body, final, self.keep_alive, state)
-        if len(pieces) > 1:
-            self.write_pieces(pieces)
+        head, rest, tail, self.chunked = frame_response(cycle, body, final, self.keep_alive, state)
+        if rest:
+            self.write_pieces([head, rest, tail] if tail else [head, rest])
         elif final and state.eager:
             # Held to the end of the loop pass (see "Eager start").
-            state.outbox.hold(self.transport, pieces[0])
+            state.outbox.hold(self.transport, head)
         else:
             self.flush_held()
-            self.transport.write(pieces[0])
+            self.transport.write(head)
         if final and not cycle.keep_alive:
             self.keep_alive = False
 

@@ -56,11 +56,12 @@ def end_head(
 
 def frame_response(
     cycle: RequestCycle, body: bytes, final: bool, reusable: bool, state: ServerState
-) -> tuple[list[bytes], bool]:
-    """The head of `cycle`'s response with its first piece of body, framed: the pieces to
-    write (one joined piece for a small body, [head, body(, tail)] for a large one) and
-    whether the body is chunked. `reusable`: the connection could carry another request.
-    Sets cycle.keep_alive to whether it still can after this response."""
+) -> tuple[bytes, bytes, bytes, bool]:
+    """The head of `cycle`'s response with its first piece of body, framed: (head, body,
+    tail, chunked). A small body is joined into `head` (body and tail empty: one write); a
+    large one is not copied (writelines). `reusable`: the connection could carry another
+    request. Sets cycle.keep_alive to whether it still can after this response. (A tuple,
+    not a list: compiled, it is returned in registers, no allocation.)"""
     cycle.head_sent = True
     status = cycle.status
     parts = [STATUS_LINES.get(status) or status_line(status)]
@@ -89,14 +90,17 @@ def frame_response(
         parts.append(b"connection: close\r\n")
     elif http10:
         parts.append(b"connection: keep-alive\r\n")
-    end_head(parts, cycle.headers, cycle.own_defaults, state)
+    if cycle.own_defaults:
+        end_head(parts, cycle.headers, True, state)
+    else:
+        parts += (state.default_head, b"\r\n")  # end_head(), inlined for the common case
     if len(body) >= COPY_LIMIT:
         # A large body is not copied into the head: writelines() hands the buffers to one
         # writev() on uvloop (asyncio < 3.12 joins them, as we would have).
         if chunked:
             parts.append(b"%x\r\n" % len(body))
-            return [b"".join(parts), body, b"\r\n0\r\n\r\n" if final else b"\r\n"], chunked
-        return [b"".join(parts), body], chunked
+            return b"".join(parts), body, b"\r\n0\r\n\r\n" if final else b"\r\n", chunked
+        return b"".join(parts), body, b"", chunked
     if chunked:
         if body:
             parts += (b"%x\r\n" % len(body), body, b"\r\n")
@@ -104,7 +108,7 @@ def frame_response(
             parts.append(b"0\r\n\r\n")
     elif body:
         parts.append(body)
-    return [b"".join(parts)], chunked
+    return b"".join(parts), b"", b"", chunked
 
 
 def frame_body(body: bytes, final: bool, chunked: bool) -> list[bytes]:

@@ -128,6 +128,8 @@ def start(
         if deferred_eager:
             return False
         start_eagerly(cycle, state)
+    elif context is None:
+        cycle.task = TASK(run(cycle, state), loop=loop)  # (a keyword less: -0.1k instructions)
     else:
         # (A pipelined request starts from the previous one's task: not eagerly inside it.)
         cycle.task = TASK(run(cycle, state), loop=loop, context=context)

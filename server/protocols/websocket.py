@@ -579,8 +579,8 @@ class WebSocketProtocol(FlowControl, Channel):
     # The handshake's HTTP exchange writes through these (Channel); see http1_head.py.
 
     def start_response(self, cycle: RequestCycle, body: bytes, final: bool) -> None:
-        pieces, self.chunked = frame_response(cycle, body, final, False, self.state)
-        self.transport.writelines(pieces)
+        head, rest, tail, self.chunked = frame_response(cycle, body, final, False, self.state)
+        self.transport.writelines([head, rest, tail])
         if final:
             self.responded()
 
