@@ -78,7 +78,13 @@ def hot_path_compiled() -> bool:
 
 def build_info() -> str:
     build = "compiled" if hot_path_compiled() else "pure Python"
-    return f"{platform.python_implementation()} {platform.python_version()}, {build}"
+    try:
+        import zttp  # noqa: F401
+
+        http2 = "HTTP/2"
+    except ImportError:
+        http2 = "no HTTP/2 (install fastserve[standard])"
+    return f"{platform.python_implementation()} {platform.python_version()}, {http2}, {build}"
 
 
 def build_command() -> click.Command:

@@ -4,6 +4,7 @@ exit codes, and what they print. (Stopping and signals: test_cli_shutdown.py.)""
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import os
 import platform
 import re
@@ -63,7 +64,11 @@ def test_version() -> None:
     result = run_cli("--version")
     assert result.returncode == 0
     python = f"{platform.python_implementation()} {platform.python_version()}"
-    assert result.stdout == f"fastserve {fastserve.__version__} ({python}, {installed_build()})\n"
+    http2 = (
+        "HTTP/2" if importlib.util.find_spec("zttp") else "no HTTP/2 (install fastserve[standard])"
+    )
+    expected = f"fastserve {fastserve.__version__} ({python}, {http2}, {installed_build()})\n"
+    assert result.stdout == expected
     assert hot_path_compiled() is (installed_build() == "compiled")
 
 

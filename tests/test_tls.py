@@ -4,6 +4,7 @@ client certificates (mTLS), and clear startup errors for bad files or passwords.
 from __future__ import annotations
 
 import asyncio
+import shutil
 import socket
 import ssl
 import subprocess
@@ -288,3 +289,65 @@ def test_bad_tls_setup_with_workers_is_one_line(certs: Certs, tmp_path: Path) ->
     assert result.returncode == 3, result.stderr
     errors = [line for line in result.stderr.splitlines() if line.startswith("ERROR")]
     assert len(errors) == 1, result.stderr
+
+
+# -- HTTP/2 over TLS (ALPN h2) -------------------------------------------------------------------
+
+
+def test_httpx_negotiates_h2_over_tls(certs: Certs) -> None:
+    probe = Probe()
+    with run_server(scope_app(probe), **certs.options()) as srv:
+        ctx = certs.client_context()
+        with httpx.Client(verify=ctx, http2=True, timeout=5) as client:
+            response = client.get(f"https://127.0.0.1:{srv.port}/h2?x=1")
+    assert response.http_version == "HTTP/2"
+    assert response.status_code == 200
+    scope = probe.get()
+    assert (scope["http_version"], scope["scheme"]) == ("2", "https")
+    assert scope["extensions"]["tls"]["tls_version"] in (0x0303, 0x0304)
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="needs curl")
+def test_curl_http2_over_tls(certs: Certs) -> None:
+    with run_server(scope_app(Probe()), **certs.options()) as srv:
+        out = subprocess.run(
+            [
+                "curl",
+                "-s",
+                "--http2",
+                "--cacert",
+                str(certs.cafile),
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_version} %{http_code}",
+                f"https://localhost:{srv.port}/",
+            ],
+            capture_output=True,
+            timeout=20,
+            check=True,
+        )
+    assert out.stdout == b"2 200"
+
+
+def test_after_alpn_h2_a_bad_preface_is_a_goaway_not_a_400(certs: Certs) -> None:
+    """Once ALPN chose h2 the connection is HTTP/2 from its first byte (RFC 9113 §3.4): an
+    HTTP/1.1 request there is a connection error, answered with GOAWAY PROTOCOL_ERROR."""
+    with run_server(scope_app(Probe()), **certs.options()) as srv:
+        ctx = certs.client_context()
+        ctx.set_alpn_protocols(["h2"])
+        with tls_socket(srv.port, ctx) as sock:
+            assert sock.selected_alpn_protocol() == "h2"
+            sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            data = b""
+            sock.settimeout(5)
+            while chunk := sock.recv(65536):
+                data += chunk
+    assert not data.startswith(b"HTTP/1.1")
+    frames = []
+    while len(data) >= 9:
+        length, kind = int.from_bytes(data[:3], "big"), data[3]
+        frames.append((kind, data[9 : 9 + length]))
+        data = data[9 + length :]
+    goaways = [payload for kind, payload in frames if kind == 0x7]
+    assert goaways and int.from_bytes(goaways[0][4:8], "big") == 0x1  # PROTOCOL_ERROR

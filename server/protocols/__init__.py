@@ -93,8 +93,10 @@ HTTP = Registry(
         "auto": "fastserve.protocols.http1:HTTP1Protocol",
         "httptools": "fastserve.protocols.http1:HTTP1Protocol",
     },
-    # uvicorn's pure-Python parser: the same HTTP/1.1, parsed by llhttp instead.
-    instead={"h11": "httptools"},
+    # uvicorn's pure-Python parser, and uvicorn 0.54's Zig-core one (`--http zttp`, which
+    # also carries its --http2): the same HTTP/1.1, parsed by llhttp instead. HTTP/2 runs on
+    # zttp here whatever --http says (--http2/--no-http2).
+    instead={"h11": "httptools", "zttp": "httptools"},
 )
 
 WS = Registry(

@@ -403,8 +403,17 @@ class H2Protocol(FlowControl):
             pass  # closed already
         self.want_flush()
 
+    def pause_writing(self) -> None:
+        # The client does not read what we send. zttp answers PING and SETTINGS itself, so a
+        # flood of them would fill the write buffer without bound: read no more until it
+        # drains (RFC 9113 §10.5: bounded queued control frames).
+        super().pause_writing()
+        self.pause_reading()
+
     def resume_writing(self) -> None:
         super().resume_writing()
+        if self.body_buffered <= HIGH_WATER:
+            self.resume_reading()
         for stream in self.streams.values():
             stream.wake()
 
