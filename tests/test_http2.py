@@ -459,3 +459,20 @@ def test_a_ping_flood_from_a_client_that_does_not_read_is_bounded(serve: Serve) 
         other = H2Client(srv.port)
         assert other.response(other.request("/ok"))[1] == b"2 GET /ok 0"
         other.close()
+
+
+def test_a_stream_whose_body_never_comes_is_reset_after_the_body_timeout(serve: Serve) -> None:
+    probe = Probe()
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            probe.put((await receive())["type"])
+
+    with serve(app, timeout_request_body=0.3) as srv:
+        client = H2Client(srv.port)
+        stream = client.request("/upload", "POST", open_body=True)
+        reset = client.until(h2.events.StreamReset, stream)
+        assert reset.error_code == h2.errors.ErrorCodes.CANCEL
+        assert probe.get() == "http.disconnect"
+        assert client.response(client.request("/after"))[0][":status"] == "500"
+        client.close()

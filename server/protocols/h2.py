@@ -50,6 +50,7 @@ NO_ERROR: Final = 0x0
 PROTOCOL_ERROR: Final = 0x1
 INTERNAL_ERROR: Final = 0x2
 REFUSED_STREAM: Final = 0x7
+CANCEL: Final = 0x8
 ENHANCE_YOUR_CALM: Final = 0xB
 
 SETTINGS_MAX_CONCURRENT_STREAMS: Final = 0x3
@@ -75,13 +76,14 @@ CONNECTION_SPECIFIC: Final = frozenset(
 class H2Stream(Channel):
     """One request/response exchange on an HTTP/2 connection: the cycle's Channel."""
 
-    __slots__ = ("conn", "cycle", "stream_id", "waiter")
+    __slots__ = ("body_seen", "conn", "cycle", "stream_id", "waiter")
 
     def __init__(self, conn: H2Protocol, stream_id: int) -> None:
         self.conn = conn
         self.stream_id = stream_id
         self.cycle: RequestCycle | None = None
         self.waiter: asyncio.Future[None] | None = None
+        self.body_seen = monotonic()  # when request body last arrived (or the stream opened)
 
     def start_response(self, cycle: RequestCycle, body: bytes, final: bool) -> None:
         cycle.head_sent = True
@@ -176,6 +178,7 @@ class H2Protocol(FlowControl):
 
     __slots__ = (
         "body_buffered",
+        "body_timer",
         "client",
         "closed",
         "flush_handle",
@@ -209,6 +212,7 @@ class H2Protocol(FlowControl):
         self.body_buffered = 0
         self.flush_handle: asyncio.Handle | None = None
         self.idle_timer: asyncio.TimerHandle | None = None
+        self.body_timer: asyncio.TimerHandle | None = None
         self.resets = RESET_BURST
         self.resets_at = monotonic()
 
@@ -231,7 +235,7 @@ class H2Protocol(FlowControl):
             if stream.cycle is not None:
                 stream.cycle.lost()
             stream.wake()
-        for handle in (self.flush_handle, self.idle_timer):
+        for handle in (self.flush_handle, self.idle_timer, self.body_timer):
             if handle is not None:
                 handle.cancel()
         self.wake_drain()
@@ -317,6 +321,8 @@ class H2Protocol(FlowControl):
         stream.cycle = cycle
         if event.end_stream:
             cycle.more_body = False  # a GET: one http.request with an empty body
+        else:
+            self.arm_body_check()
         error = request_limits(headers, state)
         if error is not None:
             status, reason = error
@@ -338,6 +344,7 @@ class H2Protocol(FlowControl):
                 cycle.lost()
                 self.reset(event.stream_id, REFUSED_STREAM)
             return
+        stream.body_seen = monotonic()
         before = cycle.body_size
         cycle.feed_body(data)
         self.body_buffered += cycle.body_size - before
@@ -432,6 +439,37 @@ class H2Protocol(FlowControl):
                 self.close()
             else:
                 self.arm_idle()
+
+    def arm_body_check(self) -> None:
+        """--timeout-request-body for streams whose body is on its way: one timer for the
+        connection, checked lazily (as HTTP/1.1's)."""
+        if self.body_timer is None and not self.closed:
+            self.body_timer = self.state.loop.call_later(
+                self.state.timeout_request_body, self.check_bodies
+            )
+
+    def check_bodies(self) -> None:
+        """A stream whose body stalled past --timeout-request-body is reset (CANCEL) and its
+        app's receive() gets http.disconnect: an open stream that never sends its body would
+        hold a slot of --http2-max-concurrent-streams for good."""
+        self.body_timer = None
+        timeout = self.state.timeout_request_body
+        now = monotonic()
+        waiting = False
+        for stream in list(self.streams.values()):
+            cycle = stream.cycle
+            if cycle is None or not cycle.more_body:
+                continue
+            if now - stream.body_seen >= timeout and not self.read_paused:
+                peer = self.client or ("-", 0)
+                log.info("%s:%s - HTTP/2 stream %d: request body timeout", *peer, stream.stream_id)
+                cycle.lost()
+                self.reset(stream.stream_id, CANCEL)
+            else:
+                waiting = True
+        if waiting:
+            self.arm_body_check()
+        self.flush()
 
     def arm_idle(self) -> None:
         if self.idle_timer is None and not self.closed:
