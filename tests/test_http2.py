@@ -476,3 +476,33 @@ def test_a_stream_whose_body_never_comes_is_reset_after_the_body_timeout(serve: 
         assert probe.get() == "http.disconnect"
         assert client.response(client.request("/after"))[0][":status"] == "500"
         client.close()
+
+
+def test_starlette_and_fastapi_apps_over_http2(serve: Serve) -> None:
+    """The same framework apps as the HTTP/1.1 tests, unchanged, through httpx's HTTP/2:
+    JSON, path and query params, lifespan state, middleware, streaming, uploads, form data,
+    sync endpoints in the thread pool."""
+    from tests.apps.framework_apps import fastapi_app, starlette_app
+
+    with (
+        serve(starlette_app(Probe()), lifespan="on") as srv,
+        httpx.Client(base_url=srv.url, http1=False, http2=True, timeout=5) as http,
+    ):
+        home = http.get("/")
+        assert home.http_version == "HTTP/2"
+        assert home.json() == {"hello": "world", "greeting": "hi"}
+        assert home.headers["x-stamp"] == "yes"
+        assert http.get("/items/7?q=x").json() == {"id": 7, "q": "x"}
+        assert http.get("/stream").text == "".join(f"line {i}\n" for i in range(5))
+        assert http.post("/upload", content=b"z" * 200_000).text == "200000"
+        form = http.post("/form", data={"name": "n"}, files={"file": ("f.txt", b"abc")})
+        assert form.json() == {"name": "n", "filename": "f.txt", "size": 3}
+    with (
+        serve(fastapi_app(Probe())) as srv,
+        httpx.Client(base_url=srv.url, http1=False, http2=True, timeout=5) as http,
+    ):
+        created = http.post("/items", json={"name": "a", "price": 2.5})
+        assert created.json() == {"name": "a", "double": 5.0, "who": "anonymous"}
+        assert http.post("/items", json={"name": "a"}).status_code == 422
+        assert http.get("/sync").json() == {"thread": True}
+        assert http.get("/stream").text == "part 0\npart 1\npart 2\n"
