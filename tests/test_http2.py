@@ -26,7 +26,7 @@ import httpx
 import pytest
 
 from tests.apps.core_apps import App, Probe, Receive, Scope, Send, read_body
-from tests.helpers import Serve, wait_until
+from tests.helpers import Serve, until_closed, wait_until
 
 pytest.importorskip("zttp")
 
@@ -506,3 +506,35 @@ def test_starlette_and_fastapi_apps_over_http2(serve: Serve) -> None:
         assert http.post("/items", json={"name": "a"}).status_code == 422
         assert http.get("/sync").json() == {"thread": True}
         assert http.get("/stream").text == "part 0\npart 1\npart 2\n"
+
+
+async def early_hint_app(scope: Scope, receive: Receive, send: Send) -> None:
+    if scope["type"] == "http":
+        assert "http.response.early_hint" in scope["extensions"]
+        await send({"type": "http.response.early_hint", "links": [b"</s.css>; rel=preload"]})
+        await send({"type": "http.response.start", "status": 200})
+        await send({"type": "http.response.body", "body": b"page"})
+
+
+def test_early_hints_over_http2(serve: Serve) -> None:
+    with serve(early_hint_app) as srv:
+        client = H2Client(srv.port)
+        stream = client.request("/")
+        headers, body = client.response(stream)
+        hints = [e for e in client.events if isinstance(e, h2.events.InformationalResponseReceived)]
+        client.close()
+    fields: list[dict[Any, Any]] = [dict(e.headers) for e in hints]
+    assert fields == [{":status": "103", "link": "</s.css>; rel=preload"}]
+    assert (headers[":status"], body) == ("200", b"page")
+
+
+@pytest.mark.parametrize(("version", "hinted"), [("1.1", True), ("1.0", False)])
+def test_early_hints_over_http11(serve: Serve, version: str, hinted: bool) -> None:
+    """HTTP/1.0 clients do not expect a 1xx (RFC 9110 §15.2): they get the response alone."""
+    with serve(early_hint_app) as srv, srv.connect() as sock:
+        sock.sendall(f"GET / HTTP/{version}\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+        raw = until_closed(sock)
+    hint = b"HTTP/1.1 103 Early Hints\r\nlink: </s.css>; rel=preload\r\n\r\n"
+    assert raw.startswith(hint) is hinted, raw
+    assert raw.endswith(b"page")
+    assert raw.count(b"HTTP/1.1 200 OK") == 1

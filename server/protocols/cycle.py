@@ -69,6 +69,11 @@ class Channel:
         """100 Continue: the app wants the body the client holds back (RFC 9110 §10.1.1)."""
         raise NotImplementedError
 
+    def send_informational(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
+        """An interim 1xx response (103 Early Hints) before the final one, where the peer
+        can take one."""
+        raise NotImplementedError
+
     def body_consumed(self, cycle: RequestCycle) -> None:
         """The app took the buffered body: reading (or window credit) may resume."""
         raise NotImplementedError
@@ -286,6 +291,9 @@ class RequestCycle:
             raise ClientDisconnected("client disconnected")
         if not self.response_started:
             if mtype != "http.response.start":
+                if mtype == "http.response.early_hint":
+                    self.early_hint(msg)
+                    return
                 raise RuntimeError(f"expected 'http.response.start', got {mtype!r}")
             self.response_started = True
             self.set_status_and_headers(msg)
@@ -321,6 +329,15 @@ class RequestCycle:
             # The final piece too: a channel never holds more than its limit for us (an
             # HTTP/2 window smaller than the last body, a full transport buffer).
             await conn.wait_writable()
+
+    def early_hint(self, message: dict[str, Any]) -> None:
+        """ASGI's `http.response.early_hint` extension: `links` (link field values) as a 103
+        Early Hints (RFC 8297) before the response."""
+        links = [(b"link", value) for value in message.get("links", ())]
+        for name, value in links:
+            check_field(name, value)
+        if links:
+            self.conn.send_informational(103, links)
 
     def set_status_and_headers(self, message: dict[str, Any]) -> None:
         status = message["status"]

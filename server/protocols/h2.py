@@ -143,6 +143,10 @@ class H2Stream(Channel):
         self.conn.h2.stream(self.stream_id).send_informational(100)
         self.conn.want_flush()
 
+    def send_informational(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
+        self.conn.h2.stream(self.stream_id).send_informational(status, headers)
+        self.conn.want_flush()
+
     def body_consumed(self, cycle: RequestCycle) -> None:
         self.conn.body_consumed()
 

@@ -30,7 +30,13 @@ import httptools
 from .connection import Address, address
 from .cycle import Channel, ClientDisconnected, RequestCycle
 from .flow import FlowControl
-from .http1_head import CONTINUE, error_response, frame_body, frame_response
+from .http1_head import (
+    CONTINUE,
+    error_response,
+    frame_body,
+    frame_response,
+    informational_head,
+)
 from .http1_rules import (
     FRAMING_HEADERS,
     METHODS,
@@ -180,7 +186,7 @@ class HTTP1Protocol(FlowControl, Channel):
         )
         self.scope_base = connection_scope(state, "1.1", transport, self.client, self.server)
         self.set_deadline(IDLE, state.timeout_keep_alive)
-        if state.h2_upgrade is not None and "extensions" in self.scope_base:
+        if state.h2_upgrade is not None and self.scope_base["scheme"] == "https":
             # TLS: when ALPN chose h2 (RFC 9113 §3.2), HTTP/2 from the first byte on.
             ssl_object = transport.get_extra_info("ssl_object")
             if ssl_object is not None and ssl_object.selected_alpn_protocol() == "h2":
@@ -604,6 +610,12 @@ class HTTP1Protocol(FlowControl, Channel):
     def send_continue(self) -> None:
         self.flush_held()
         self.transport.write(CONTINUE)
+
+    def send_informational(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
+        if self.cycle is not None and self.cycle.scope["http_version"] == "1.1":
+            # (HTTP/1.0 clients do not expect 1xx responses: RFC 9110 §15.2.)
+            self.flush_held()
+            self.transport.write(informational_head(status, headers))
 
     def abort(self) -> None:
         """The response cannot be completed: drop the connection."""

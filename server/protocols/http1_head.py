@@ -137,6 +137,15 @@ def error_response(error: RejectRequest, state: ServerState) -> bytes:
     return b"".join(parts)
 
 
+def informational_head(status: int, headers: list[tuple[bytes, bytes]]) -> bytes:
+    """An interim 1xx response (103 Early Hints): header fields only, no defaults."""
+    parts = [STATUS_LINES.get(status) or status_line(status)]
+    for name, value in headers:
+        parts += (name, b": ", value, b"\r\n")
+    parts.append(b"\r\n")
+    return b"".join(parts)
+
+
 def switching_head(headers: list[tuple[bytes, bytes]], state: ServerState) -> bytes:
     """101 Switching Protocols (the WebSocket handshake): no content, no framing."""
     parts = [STATUS_LINES[101]]

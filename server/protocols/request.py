@@ -52,11 +52,13 @@ def connection_scope(
         "client": client,
         "server": server,
         "state": {},
+        # ASGI extensions every connection serves (the TLS one is added below).
+        "extensions": {"http.response.early_hint": {}},
     }
     if tls:
         from ..tls import tls_extension
 
-        base["extensions"] = {"tls": tls_extension(transport)}
+        base["extensions"] = {**base["extensions"], "tls": tls_extension(transport)}
     return base
 
 

@@ -599,6 +599,9 @@ class WebSocketProtocol(FlowControl, Channel):
     def send_continue(self) -> None:
         pass  # a handshake has no body to ask for
 
+    def send_informational(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
+        pass  # (the denial response is not streamed ahead of time)
+
     def body_consumed(self, cycle: RequestCycle) -> None:
         pass
 
@@ -633,6 +636,7 @@ def websocket_scope(http_scope: dict[str, Any]) -> Scope:
             except InvalidHeader:
                 pass  # accept() already refused a malformed header
     scope["subprotocols"] = subprotocols
-    # Keep the connection's extensions (tls) and add the Denial Response one.
-    scope["extensions"] = {**(http_scope.get("extensions") or {}), "websocket.http.response": {}}
+    # Keep the connection's TLS extension (not the HTTP-only ones) and add the Denial one.
+    tls = (http_scope.get("extensions") or {}).get("tls")
+    scope["extensions"] = {"websocket.http.response": {}, **({"tls": tls} if tls else {})}
     return scope
