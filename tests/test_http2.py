@@ -538,3 +538,30 @@ def test_early_hints_over_http11(serve: Serve, version: str, hinted: bool) -> No
     assert raw.startswith(hint) is hinted, raw
     assert raw.endswith(b"page")
     assert raw.count(b"HTTP/1.1 200 OK") == 1
+
+
+@pytest.mark.skipif(shutil.which("h2load") is None, reason="needs h2load (nghttp2-client)")
+def test_h2load_runs_without_errors(serve: Serve) -> None:
+    with serve(echo_app()) as srv:
+        out = subprocess.run(
+            ["h2load", "-n", "2000", "-c", "10", "-m", "10", srv.url + "/load"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        ).stdout
+    assert "2000 total, 2000 started, 2000 done, 2000 succeeded, 0 failed, 0 errored" in out, out
+    assert "status codes: 2000 2xx" in out, out
+
+
+@pytest.mark.skipif(shutil.which("nghttp") is None, reason="needs nghttp (nghttp2-client)")
+def test_nghttp_client(serve: Serve) -> None:
+    with serve(echo_app()) as srv:
+        out = subprocess.run(
+            ["nghttp", "-d", "-", srv.url + "/n"],
+            input=b"abcd",
+            capture_output=True,
+            timeout=20,
+            check=True,
+        ).stdout
+    assert out == b"2 POST /n 4"
