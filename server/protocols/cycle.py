@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from mypy_extensions import trait
 
+from ..accesslog import APP_ERROR, CANCELLED, CLIENT_GONE
 from ..types import ClientDisconnected, Message, Scope, SendMessage
 
 if TYPE_CHECKING:
@@ -35,6 +36,13 @@ TOKEN_CHARS: Final = (
 NO_BODY_STATUSES: Final = frozenset([*range(100, 200), 204, 304])
 
 DISCONNECT: Final[Message] = {"type": "http.disconnect"}
+
+TRAILERS_ANNOUNCED: Final = 1
+TRAILERS_NEXT: Final = 2
+# Fields that frame or route a message: never trailers (RFC 9110 §6.5.1).
+FRAMING_TRAILERS: Final = frozenset(
+    [b"content-length", b"transfer-encoding", b"host", b"content-type", b"content-encoding"]
+)
 
 # Shared and never mutated: a cycle makes its own lists only once it has body or headers
 # (two allocations less for every request without a body).
@@ -72,6 +80,10 @@ class Channel:
     def send_informational(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
         """An interim 1xx response (103 Early Hints) before the final one, where the peer
         can take one."""
+        raise NotImplementedError
+
+    def send_trailers(self, cycle: RequestCycle, fields: list[tuple[bytes, bytes]]) -> None:
+        """End a response whose body is out with trailer fields (none: just end it)."""
         raise NotImplementedError
 
     def body_consumed(self, cycle: RequestCycle) -> None:
@@ -113,6 +125,8 @@ class RequestCycle:
         "state",
         "status",
         "task",
+        "trailer_fields",
+        "trailers",
         "waiter",
     )
 
@@ -145,6 +159,8 @@ class RequestCycle:
         self.own_defaults = False
         self.no_body = self.is_head
         self.head_sent = False
+        self.trailers = 0  # TRAILERS_ANNOUNCED by the start, TRAILERS_NEXT after the body
+        self.trailer_fields = NO_HEADERS
         self.bytes_sent = 0
         self.start_time = monotonic()
         self.task: asyncio.Task[None] | None = None
@@ -195,13 +211,18 @@ class RequestCycle:
             if self.head_sent:
                 log.error("ASGI app returned without completing the response")
                 self.conn.abort()
+                self.unfinished(APP_ERROR)
             else:
                 log.error("ASGI app returned without sending a response")
                 self.send_500()
+        elif not self.response_complete:
+            self.unfinished(CLIENT_GONE)
 
     def app_failed(self, exc: BaseException) -> None:
         if isinstance(exc, ClientDisconnected) or self.disconnected:
             log.debug("app raised after the client disconnected: %r", exc)
+            if not self.response_complete:
+                self.unfinished(CLIENT_GONE)
             return
         if isinstance(exc, asyncio.CancelledError):
             log.warning("request cancelled (server shutting down)")
@@ -213,8 +234,15 @@ class RequestCycle:
         # caught before the write): the client still gets a proper 500.
         if self.head_sent:
             self.conn.abort()
+            self.unfinished(CANCELLED if isinstance(exc, asyncio.CancelledError) else APP_ERROR)
         else:
             self.send_500()
+
+    def unfinished(self, ended: str) -> None:
+        """The response will not complete: its access log line says so, and how it ended."""
+        access = self.state.access_log
+        if access is not None:
+            access.log_unfinished(self, monotonic(), ended)
 
     def send_500(self) -> None:
         self.answer(500, b"Internal Server Error", close=True)
@@ -300,8 +328,9 @@ class RequestCycle:
             return
         if self.response_complete:
             raise RuntimeError(f"{mtype!r} sent after the response was complete")
-        if mtype != "http.response.body":
-            raise RuntimeError(f"expected 'http.response.body', got {mtype!r}")
+        if mtype != "http.response.body" or self.trailers == TRAILERS_NEXT:
+            self.send_trailers(msg, mtype)
+            return
         body: bytes = msg.get("body", b"")
         final = not msg.get("more_body", False)
         if self.expected_length is not None and not self.no_body:
@@ -310,6 +339,9 @@ class RequestCycle:
                 raise RuntimeError("response body longer than its Content-Length")
             if final and sent < self.expected_length:
                 raise RuntimeError("response body shorter than its Content-Length")
+        if final and self.trailers:
+            final = False  # the response ends with its trailers
+            self.trailers = TRAILERS_NEXT
         if final:
             self.response_complete = True
             waiter = self.waiter
@@ -329,6 +361,38 @@ class RequestCycle:
             # The final piece too: a channel never holds more than its limit for us (an
             # HTTP/2 window smaller than the last body, a full transport buffer).
             await conn.wait_writable()
+
+    def send_trailers(self, message: dict[str, Any], mtype: str) -> None:
+        """ASGI's `http.response.trailers` extension: after a `trailers: True` start and the
+        body, trailer fields end the response. They reach the client only if it asked
+        (`te: trailers`, RFC 9110 §10.1.4) and the framing can carry them (chunked HTTP/1.1,
+        HTTP/2); otherwise they are dropped and the response ends all the same."""
+        if mtype != "http.response.trailers" or self.trailers != TRAILERS_NEXT:
+            expected = "http.response.trailers" if self.trailers else "http.response.body"
+            raise RuntimeError(f"expected {expected!r}, got {mtype!r}")
+        fields = list(message.get("headers", ()))
+        for name, value in fields:
+            if check_field(name, value) in FRAMING_TRAILERS:
+                raise RuntimeError(f"{name!r} is not allowed as a trailer (RFC 9110 §6.5.1)")
+        if message.get("more_trailers", False):
+            self.trailer_fields = self.trailer_fields + fields
+            return
+        fields = self.trailer_fields + fields
+        if not self.wants_trailers():
+            fields = []
+        self.trailers = 0
+        self.response_complete = True
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+        self.conn.send_trailers(self, fields)
+        self.logged()
+
+    def wants_trailers(self) -> bool:
+        for name, value in self.scope["headers"]:
+            if name == b"te" and b"trailers" in value.lower():
+                return True
+        return False
 
     def early_hint(self, message: dict[str, Any]) -> None:
         """ASGI's `http.response.early_hint` extension: `links` (link field values) as a 103
@@ -374,6 +438,8 @@ class RequestCycle:
                     dropped = True
                 else:
                     self.own_defaults = True
+        if message.get("trailers", False):
+            self.trailers = TRAILERS_ANNOUNCED
         if status in NO_BODY_STATUSES:
             self.no_body = True
             if status != 304:

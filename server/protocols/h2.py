@@ -113,6 +113,16 @@ class H2Stream(Channel):
             handle.end_message()
         conn.want_flush()
 
+    def send_trailers(self, cycle: RequestCycle, fields: list[tuple[bytes, bytes]]) -> None:
+        conn = self.conn
+        if conn.closed or cycle.disconnected:
+            raise ClientDisconnected("client disconnected")
+        if cycle.no_body:
+            return  # the stream ended with the head
+        trailers = [(name.lower(), value) for name, value in fields]
+        conn.h2.stream(self.stream_id).end_message(trailers or None)
+        conn.want_flush()
+
     def must_wait(self) -> bool:
         conn = self.conn
         if conn.closed or (self.cycle is not None and self.cycle.disconnected):

@@ -36,6 +36,7 @@ from .http1_head import (
     frame_body,
     frame_response,
     informational_head,
+    last_chunk,
 )
 from .http1_rules import (
     FRAMING_HEADERS,
@@ -585,6 +586,18 @@ class HTTP1Protocol(FlowControl, Channel):
             elif pieces:
                 self.write_pieces(pieces)
         if final and not cycle.keep_alive:
+            self.keep_alive = False
+
+    def send_trailers(self, cycle: RequestCycle, fields: list[tuple[bytes, bytes]]) -> None:
+        self.flush_held()
+        if self.transport.is_closing():
+            raise ClientDisconnected("client disconnected")
+        if self.chunked:
+            # The last chunk, then the trailer section (RFC 9112 §7.1.2). A body framed by
+            # its length, or by the close (HTTP/1.0), has no place for them.
+            self.chunked = False
+            self.transport.write(last_chunk(fields))
+        if not cycle.keep_alive:
             self.keep_alive = False
 
     def must_wait(self) -> bool:

@@ -137,6 +137,15 @@ def error_response(error: RejectRequest, state: ServerState) -> bytes:
     return b"".join(parts)
 
 
+def last_chunk(fields: list[tuple[bytes, bytes]]) -> bytes:
+    """The end of a chunked body with its trailer section (RFC 9112 §7.1.2)."""
+    parts = [b"0\r\n"]
+    for name, value in fields:
+        parts += (name, b": ", value, b"\r\n")
+    parts.append(b"\r\n")
+    return b"".join(parts)
+
+
 def informational_head(status: int, headers: list[tuple[bytes, bytes]]) -> bytes:
     """An interim 1xx response (103 Early Hints): header fields only, no defaults."""
     parts = [STATUS_LINES.get(status) or status_line(status)]

@@ -53,7 +53,7 @@ def connection_scope(
         "server": server,
         "state": {},
         # ASGI extensions every connection serves (the TLS one is added below).
-        "extensions": {"http.response.early_hint": {}},
+        "extensions": {"http.response.early_hint": {}, "http.response.trailers": {}},
     }
     if tls:
         from ..tls import tls_extension

@@ -590,6 +590,9 @@ class WebSocketProtocol(FlowControl, Channel):
         if final:
             self.responded()
 
+    def send_trailers(self, cycle: RequestCycle, fields: list[tuple[bytes, bytes]]) -> None:
+        self.send_body(cycle, b"", True)  # a denial's trailers are not sent: just end it
+
     def must_wait(self) -> bool:
         return self.write_paused
 
