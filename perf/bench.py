@@ -22,13 +22,14 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 if __package__ in (None, ""):  # run as `python perf/bench.py`: make `perf` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from perf import memory, report, scenarios, servers, stats, venv, wrk
+from perf import h2load, memory, report, scenarios, servers, stats, venv, wrk
 from perf.scenarios import SCENARIOS, RunConfig, Scenario
 
 RESULTS = venv.PERF_DIR / "results"
@@ -136,6 +137,11 @@ def meta(env: venv.BenchEnv, cfg: RunConfig, quick: bool, stamp: str) -> dict[st
         "websockets",
     )
     wrk_version = subprocess.run(["wrk", "-v"], capture_output=True, text=True).stdout
+    h2load_version = ""
+    if h2load.h2load_path():
+        h2load_version = subprocess.run(
+            ["h2load", "--version"], capture_output=True, text=True
+        ).stdout.strip()
     return {
         "stamp": stamp,
         "python": env.python_version,
@@ -150,6 +156,7 @@ def meta(env: venv.BenchEnv, cfg: RunConfig, quick: bool, stamp: str) -> dict[st
         "pinned": bool(wrk.pin_prefix(0)),
         "machine": f"{platform.system()} {platform.release()} {platform.machine()}",
         "wrk": wrk_version.splitlines()[0] if wrk_version else "?",
+        "h2load": h2load_version or "not installed",
         "versions": {k: env.installed[k] for k in wanted if k in env.installed},
         "fastserve_build": venv.fastserve_build(env),
         "argv": sys.argv[1:],
@@ -187,6 +194,8 @@ class Bench:
             self.specs[baseline.name] = baseline
         self.pool: dict[str, servers.Running] = {}
         self.results: dict[str, Any] = {"scenarios": {}, "skipped": {}}
+        self.tls: servers.Tls | None = None
+        self.h2_checked: dict[str, str | None] = {}  # server -> why it has no HTTP/2 here
 
     def available(self, wanted: tuple[str, ...]) -> list[str]:
         names = [n for n in selected(wanted, self.names) if self.installed(n)]
@@ -203,17 +212,63 @@ class Bench:
             self.skip(f"server {name}", why)
         return not missing
 
-    def ensure_pool(self, wanted: list[str]) -> None:
-        """Keep exactly `wanted` running (start the missing ones, stop the others)."""
+    def ensure_pool(
+        self, wanted: list[str], on_fail: Callable[[str, Exception], None] | None = None
+    ) -> None:
+        """Keep exactly `wanted` running (start the missing ones, stop the others). A server
+        that does not start stops the run, unless `on_fail` takes it (it is then left out)."""
         for name in [n for n in self.pool if n not in wanted]:
             self.pool.pop(name).stop()
         for name in wanted:
             if name not in self.pool:
-                self.pool[name] = servers.start(self.specs[name], self.env, self.log_dir)
+                self._start(name, on_fail)
         for name in wanted:
-            if not scenarios.server_alive(self.pool[name]):  # restart a server that died
-                self.pool.pop(name).stop()
-                self.pool[name] = servers.start(self.specs[name], self.env, self.log_dir)
+            if name in self.pool and not scenarios.server_alive(self.pool[name]):
+                self.pool.pop(name).stop()  # restart a server that died
+                self._start(name, on_fail)
+
+    def _start(self, name: str, on_fail: Callable[[str, Exception], None] | None) -> None:
+        try:
+            self.pool[name] = servers.start(self.specs[name], self.env, self.log_dir)
+        except servers.ServerFailed as exc:
+            if on_fail is None:
+                raise
+            on_fail(name, exc)
+
+    def tls_cert(self) -> servers.Tls | None:
+        """The run's throwaway certificate (made once, in the temporary log directory)."""
+        if self.tls is None:
+            try:
+                self.tls = servers.self_signed_cert(self.log_dir)
+            except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
+                self.skip("HTTP/2 over TLS", f"no certificate: {exc}")
+        return self.tls
+
+    def h2_specs(self, scenario: Scenario) -> dict[str, servers.ServerSpec]:
+        """Server name -> its HTTP/2 variant for `scenario`; each server that can't run it is
+        skipped with the reason (printed once)."""
+        if not h2load.h2load_path():
+            self.skip("HTTP/2", "h2load is not installed (Debian: nghttp2-client)")
+            return {}
+        tls = self.tls_cert() if scenario.tls else None
+        if scenario.tls and tls is None:
+            return {}
+        label = "h2 over TLS" if scenario.tls else "h2c"
+        out: dict[str, servers.ServerSpec] = {}
+        for name in self.available(scenario.servers):
+            spec = self.specs[name]
+            if name not in self.h2_checked:
+                self.h2_checked[name] = servers.h2_unsupported(spec, self.env)
+            why = self.h2_checked[name]
+            variant = servers.h2_variant(spec, tls)
+            if why is None and variant is not None:
+                out[name] = variant
+                self.specs[variant.name] = variant
+            else:
+                if name == "uvicorn":
+                    why = "httptools has no HTTP/2; uvicorn serves it as uvicorn-zttp (--http2)"
+                self.skip(f"server {name} ({label})", why or "no HTTP/2")
+        return out
 
     def stop_all(self) -> None:
         while self.pool:
@@ -221,6 +276,9 @@ class Bench:
             server.stop()
 
     def run(self, scenario: Scenario) -> None:
+        if scenario.http == "2":
+            self.run_h2(scenario)
+            return
         names = self.available(scenario.servers)
         print(f"== {scenario.key}: {scenario.title} ({', '.join(names)})", flush=True)
         if scenario.kind in ("wrk", "ws"):
@@ -238,6 +296,35 @@ class Bench:
             result = memory.run_memory(
                 scenario, names, self.env, self.cfg, self.log_dir, self.specs
             )
+        self.results["scenarios"][scenario.key] = result
+
+    def run_h2(self, scenario: Scenario) -> None:
+        """An HTTP/2 scenario: h2load rounds (interleaved like wrk's), or idle h2 connections.
+        Every server runs as its HTTP/2 variant; ratios are to uvicorn-zttp and granian."""
+        specs = self.h2_specs(scenario)
+        print(f"== {scenario.key}: {scenario.title} ({', '.join(specs)})", flush=True)
+        if not specs:
+            return
+        if scenario.kind != "h2load":
+            self.stop_all()  # memory scenarios run alone on the machine
+            result = memory.run_memory(
+                scenario, list(specs), self.env, self.cfg, self.log_dir, specs
+            )
+            self.results["scenarios"][scenario.key] = result
+            return
+        display = {spec.name: name for name, spec in specs.items()}
+
+        def failed(key: str, exc: Exception) -> None:
+            self.skip(f"server {display[key]} ({scenario.key})", f"did not start: {exc}")
+
+        self.ensure_pool([spec.name for spec in specs.values()], on_fail=failed)
+        ordered = {name: self.pool[s.name] for name, s in specs.items() if s.name in self.pool}
+        if not ordered:
+            return
+        result = scenarios.run_interleaved(scenario, ordered, self.env, self.cfg)
+        stats.add_summaries(result, baseline=scenarios.H2_BASELINES[0], before=self.baseline)
+        stats.add_ratios(result, scenarios.H2_BASELINES[1], "vs_granian")
+        result["baselines"] = list(scenarios.H2_BASELINES)
         self.results["scenarios"][scenario.key] = result
 
     def skip(self, what: str, why: str) -> None:

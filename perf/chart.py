@@ -41,7 +41,7 @@ def bars(ax: Any, labels: list[str], values: list[float], notes: list[str], titl
 def throughput_panels(results: dict[str, Any]) -> list[tuple[str, Any]]:
     panels = []
     for scenario in results["scenarios"].values():
-        if scenario.get("kind") not in ("wrk", "ws"):
+        if scenario.get("kind") not in ("wrk", "ws", "h2load"):
             continue
         names = list(scenario["servers"])
         values = [scenario["servers"][n]["median"].get("rps") or 0 for n in names]
@@ -52,6 +52,8 @@ def throughput_panels(results: dict[str, Any]) -> list[tuple[str, Any]]:
             flag = " !" if entry["median"].get("flagged") else ""
             notes.append(f"{ratio:.2f}x{flag}" if ratio else flag)
         unit = "msg/s" if scenario["kind"] == "ws" else "req/s"
+        if scenario.get("baselines"):  # HTTP/2: the ratios are to uvicorn-zttp
+            unit += f"; x {scenario['baselines'][0]}"
         panels.append((f"{scenario['title']} ({unit})", (names, values, notes)))
     return panels
 

@@ -2,6 +2,8 @@
 
 - `idle`: opens N keep-alive connections, sends one request on each, reads the answer and
   holds them idle; prints `READY {...}` and waits for a line on stdin (or --hold seconds).
+  With `--h2`, HTTP/2 connections: the preface and an empty SETTINGS, one GET on stream 1
+  (a hand-made HPACK block), the server's SETTINGS acknowledged, then idle.
 - `download`: one GET of a large body read at a limited rate through a small receive buffer:
   the server must stop producing while the reader lags (its `send()` waits on the transport).
 - `upload`: one POST of a large body written as fast as the socket takes it, to a route that
@@ -62,10 +64,69 @@ async def _open_one(port: int, sem: asyncio.Semaphore) -> asyncio.StreamWriter |
             return None
 
 
-async def idle(port: int, count: int, hold: float, concurrency: int) -> None:
+H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+H2_DATA, H2_HEADERS, H2_RST_STREAM, H2_SETTINGS, H2_GOAWAY = 0x0, 0x1, 0x3, 0x4, 0x7
+H2_END_STREAM, H2_ACK, H2_END_HEADERS = 0x1, 0x1, 0x4
+PLAIN_LENGTH = 13  # apps.PLAIN, the /plaintext body
+
+
+def h2_frame(kind: int, flags: int, stream: int, payload: bytes = b"") -> bytes:
+    """One HTTP/2 frame: 24-bit length, type, flags, 31-bit stream id, payload (RFC 9113 §4.1)."""
+    return (
+        len(payload).to_bytes(3, "big") + bytes((kind, flags)) + stream.to_bytes(4, "big") + payload
+    )
+
+
+def h2_get(path: bytes, authority: bytes = b"bench", stream: int = 1) -> bytes:
+    """A HEADERS frame (END_STREAM, END_HEADERS) for GET `path`, HPACK by hand (RFC 7541):
+    :method GET and :scheme http from the static table (indexes 2 and 6), :path and :authority
+    as literals without indexing whose names are static indexes 4 and 1."""
+    block = b"\x82\x86" + b"\x04" + bytes((len(path),)) + path
+    block += b"\x01" + bytes((len(authority),)) + authority
+    return h2_frame(H2_HEADERS, H2_END_STREAM | H2_END_HEADERS, stream, block)
+
+
+async def _h2_response(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> int:
+    """Read frames until stream 1 ends; the body's length. Acknowledges the server's SETTINGS.
+    Raises ConnectionError on a reset or GOAWAY."""
+    body = 0
+    while True:
+        head = await reader.readexactly(9)
+        length, kind, flags = int.from_bytes(head[:3], "big"), head[3], head[4]
+        stream = int.from_bytes(head[5:9], "big") & 0x7FFFFFFF
+        payload = await reader.readexactly(length)
+        if kind == H2_SETTINGS and not flags & H2_ACK:
+            writer.write(h2_frame(H2_SETTINGS, H2_ACK, 0))
+        elif kind in (H2_RST_STREAM, H2_GOAWAY):
+            raise ConnectionError(f"HTTP/2 frame type {kind} from the server")
+        elif stream == 1 and kind == H2_DATA:
+            body += len(payload)
+        if stream == 1 and kind in (H2_DATA, H2_HEADERS) and flags & H2_END_STREAM:
+            return body
+
+
+async def _open_one_h2(port: int, sem: asyncio.Semaphore) -> asyncio.StreamWriter | None:
+    """One HTTP/2 connection that has completed one GET /plaintext, then left idle."""
+    async with sem:
+        try:
+            reader, writer = await asyncio.wait_for(
+                asyncio.open_connection("127.0.0.1", port), timeout=10
+            )
+            writer.write(H2_PREFACE + h2_frame(H2_SETTINGS, 0, 0) + h2_get(b"/plaintext"))
+            body = await asyncio.wait_for(_h2_response(reader, writer), timeout=10)
+            if body != PLAIN_LENGTH:
+                writer.transport.abort()
+                return None
+            return writer
+        except (TimeoutError, OSError, asyncio.IncompleteReadError):
+            return None
+
+
+async def idle(port: int, count: int, hold: float, concurrency: int, h2: bool = False) -> None:
     start = time.monotonic()
     sem = asyncio.Semaphore(concurrency)
-    tasks = [asyncio.ensure_future(_open_one(port, sem)) for _ in range(count)]
+    opener = _open_one_h2 if h2 else _open_one
+    tasks = [asyncio.ensure_future(opener(port, sem)) for _ in range(count)]
     # A server that stops accepting must not stall the run: give up on the rest after 60 s.
     done, pending = await asyncio.wait(tasks, timeout=60)
     for task in pending:
@@ -215,6 +276,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--count", type=int, default=10_000)
     parser.add_argument("--hold", type=float, default=60.0)
+    parser.add_argument("--h2", action="store_true", help="idle: HTTP/2 (prior knowledge)")
     parser.add_argument("--concurrency", type=int, default=200)
     parser.add_argument("--size", type=int, default=1 << 30)
     parser.add_argument("--rate", type=float, default=100 * (1 << 20))
@@ -225,7 +287,7 @@ def main(argv: list[str] | None = None) -> None:
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     if args.command == "idle":
-        asyncio.run(idle(args.port, args.count, args.hold, args.concurrency))
+        asyncio.run(idle(args.port, args.count, args.hold, args.concurrency, args.h2))
     elif args.command == "download":
         download(args.port, args.size, args.rate, args.deadline)
     elif args.command == "upload":

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .stats import Goal, paired_ratio
+from .stats import Goal, h2_cpu_vs_http1, paired_ratio
 
 
 def fmt_rate(value: float | None) -> str:
@@ -94,10 +94,14 @@ def memory_table(results: dict[str, Any]) -> list[str]:
     names = [n for n in server_order(results) if "+" not in n]
     lines = [_row(["memory (MiB)", *names]), _row(["---"] + ["---:"] * len(names))]
     count = scenarios.get("idle10k", {}).get("params", {}).get("count", 10_000)
+    h2_count = scenarios.get("h2idle1k", {}).get("params", {}).get("count", 1000)
     rows = [
         ("idle10k", "idle_kib", "RSS idle"),
         ("idle10k", "loaded_kib", f"RSS with {count:,} idle conns"),
         ("idle10k", "per_conn_bytes", "bytes per idle conn"),
+        ("h2idle1k", "idle_kib", "RSS idle (HTTP/2 server)"),
+        ("h2idle1k", "loaded_kib", f"RSS with {h2_count:,} idle h2c conns"),
+        ("h2idle1k", "per_conn_bytes", "bytes per idle h2c conn"),
         ("download", "peak_above_idle_kib", "slow download: peak above idle"),
         ("upload", "peak_above_idle_kib", "slow upload: peak above idle"),
     ]
@@ -162,6 +166,86 @@ def before_after_table(results: dict[str, Any]) -> list[str]:
     return lines if len(lines) > 2 else []
 
 
+def _h2(results: dict[str, Any]) -> list[dict[str, Any]]:
+    return [s for s in results.get("scenarios", {}).values() if s.get("kind") == "h2load"]
+
+
+def h2_tables(results: dict[str, Any]) -> list[str]:
+    """The HTTP/2 scenarios: req/s with paired ratios to uvicorn-zttp and granian, server CPU
+    µs per request, latency; then fastserve's CPU per HTTP/2 request vs its HTTP/1.1 one."""
+    h2 = _h2(results)
+    if not h2:
+        return []
+    names: list[str] = []
+    for scenario in h2:
+        names += [n for n in scenario.get("servers", {}) if n not in names]
+    base, other = (h2[0].get("baselines") or ["uvicorn-zttp", "granian"])[:2]
+
+    def table(title: str, cell: Any) -> list[str]:
+        lines = [_row([title, *names]), _row(["---"] + ["---:"] * len(names))]
+        for scenario in h2:
+            cells = [scenario["title"]]
+            for name in names:
+                entry = scenario["servers"].get(name)
+                cells.append(cell(entry) if entry else "")
+            lines.append(_row(cells))
+        return [*lines, ""]
+
+    def rate(entry: dict[str, Any]) -> str:
+        med = entry.get("median", {})
+        mark = " !" if med.get("flagged") else ""
+        a, b = entry.get("ratio", {}).get("rps"), entry.get("vs_granian", {}).get("rps")
+        ratios = f" ({fmt_x2(a)} / {fmt_x2(b)})" if a or b else ""
+        return f"{fmt_rate(med.get('rps'))}{ratios}{mark}"
+
+    def cpu(entry: dict[str, Any]) -> str:
+        value = entry.get("median", {}).get("cpu_us")
+        ratio = entry.get("ratio", {}).get("cpu_us")
+        return "-" if value is None else f"{value:,.1f}{fmt_ratio(ratio)}"
+
+    def latency(entry: dict[str, Any]) -> str:
+        med = entry.get("median", {})
+        return " / ".join(fmt_ms(med.get(k)) for k in ("p50_ms", "p99_ms"))
+
+    out = [
+        "### HTTP/2 (h2load)",
+        "",
+        f"(a / b) are the median per-round ratios to {base} and to {other}; `!` marks a"
+        " round with failed, errored or timed-out requests, non-2xx answers, the wrong protocol"
+        " or body bytes that do not add up.",
+        "",
+        *table(f"HTTP/2 req/s (x {base} / x {other})", rate),
+        *table(f"HTTP/2 server CPU µs per request (x {base})", cpu),
+        *table("HTTP/2 latency p50 / p99 ms", latency),
+    ]
+    return [*out, h2_vs_http1_line(results), ""]
+
+
+def fmt_x2(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}x"
+
+
+def h2_vs_http1_line(results: dict[str, Any]) -> str:
+    """fastserve's server CPU per HTTP/2 request over its HTTP/1.1 plaintext one (same run)."""
+    scenarios = results.get("scenarios", {})
+    if "plaintext" not in scenarios:
+        return (
+            "CPU per HTTP/2 request vs fastserve's HTTP/1.1 request: not compared (plaintext"
+            " did not run in this run)."
+        )
+    parts = []
+    for key in ("h2c_m1", "h2c_m10", "h2tls_m1", "h2tls_m10"):
+        ratio = h2_cpu_vs_http1(results, key)
+        if ratio is not None:
+            parts.append(f"{key} {ratio:.2f}x")
+    if not parts:
+        return "CPU per HTTP/2 request vs fastserve's HTTP/1.1 request: no fastserve HTTP/2 figure."
+    return (
+        "fastserve's server CPU per HTTP/2 request / per HTTP/1.1 plaintext request (medians of"
+        f" this run): {', '.join(parts)}."
+    )
+
+
 def goals_table(goals: list[Goal]) -> list[str]:
     header = ["goal", "target", "measured", "result", "by server CPU per request"]
     lines = [_row(header), _row(["---"] * len(header))]
@@ -217,6 +301,7 @@ def render(results: dict[str, Any], goals: list[Goal]) -> str:
     costs = access_log_costs(results)
     if costs:
         out += [f"Access log cost (paired rounds, log on vs off): {costs}.", ""]
+    out += h2_tables(results)
     memory = memory_table(results)
     if memory:
         out += [*memory, ""]

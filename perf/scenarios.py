@@ -19,8 +19,8 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from . import apps, wrk
-from .servers import Running, probe
+from . import apps, h2load, wrk
+from .servers import Running, answers
 from .venv import PERF_DIR, BenchEnv
 
 PEERS = ("fastserve", "uvicorn", "granian", "hypercorn")
@@ -36,6 +36,11 @@ PLAINTEXT_SERVERS = (
 )
 # granian runs with --no-ws (servers.py): no WebSocket scenario for it.
 WS_SERVERS = ("fastserve", "uvicorn", "hypercorn")
+# HTTP/2 (h2load): uvicorn speaks it only on zttp (`--http zttp --http2`); plain `uvicorn`
+# (httptools) is listed so that its skip is printed with the reason, not silent.
+H2_SERVERS = ("fastserve", "uvicorn-zttp", "uvicorn", "granian", "hypercorn")
+# The HTTP/2 ratios are to these (uvicorn-zttp is the uvicorn that speaks HTTP/2).
+H2_BASELINES = ("uvicorn-zttp", "granian")
 CLIENT_CPU = 1
 
 
@@ -43,7 +48,7 @@ CLIENT_CPU = 1
 class Scenario:
     key: str
     title: str
-    kind: str  # "wrk", "ws" (interleaved rounds) or "idle", "transfer" (memory.py)
+    kind: str  # "wrk", "ws", "h2load" (interleaved rounds) or "idle", "transfer" (memory.py)
     path: str = "/plaintext"
     connections: int = 100
     method: str = "GET"
@@ -54,6 +59,11 @@ class Scenario:
     # not fast. None: the body's length is not checked.
     expect_status: int = 200
     expect_length: int | None = len(apps.PLAIN)
+    # HTTP/2 (kind "h2load", or "idle" with http "2"): streams in flight per connection
+    # (h2load -m), and TLS with ALPN h2 instead of prior-knowledge h2c.
+    http: str = "1.1"
+    streams: int = 1
+    tls: bool = False
 
     def params(self) -> dict[str, Any]:
         return {k: v for k, v in asdict(self).items() if k not in ("key", "title", "servers")}
@@ -106,6 +116,48 @@ SCENARIOS: list[Scenario] = [
     Scenario("idle10k", "RSS with 10k idle keep-alive conns", "idle"),
     Scenario("download", "slow reader: large download", "transfer", "/download"),
     Scenario("upload", "slow consumer: large upload", "transfer", "/upload", method="POST"),
+    Scenario(
+        "h2c_m10",
+        "HTTP/2 h2c, 100 conns x 10 streams",
+        "h2load",
+        servers=H2_SERVERS,
+        http="2",
+        streams=10,
+    ),
+    Scenario(
+        "h2c_m1",
+        "HTTP/2 h2c, 100 conns x 1 stream",
+        "h2load",
+        servers=H2_SERVERS,
+        http="2",
+        streams=1,
+    ),
+    Scenario(
+        "h2tls_m10",
+        "HTTP/2 TLS (ALPN h2), 100 conns x 10 streams",
+        "h2load",
+        servers=H2_SERVERS,
+        http="2",
+        streams=10,
+        tls=True,
+    ),
+    Scenario(
+        "h2tls_m1",
+        "HTTP/2 TLS (ALPN h2), 100 conns x 1 stream",
+        "h2load",
+        servers=H2_SERVERS,
+        http="2",
+        streams=1,
+        tls=True,
+    ),
+    Scenario(
+        "h2idle1k",
+        "RSS with 1,000 idle h2c conns",
+        "idle",
+        connections=1000,
+        servers=H2_SERVERS,
+        http="2",
+    ),
     Scenario(
         "ws_small",
         "WebSocket echo 32 B, 50 conns",
@@ -162,6 +214,29 @@ def measure_wrk(scenario: Scenario, server: Running, duration: float) -> dict[st
     if server.spec.access_log:
         # The access log must really be written: count the lines this round added.
         out["logged_lines"] = server.log_lines() - lines_before
+    return out
+
+
+def measure_h2load(scenario: Scenario, server: Running, duration: float) -> dict[str, Any]:
+    """One h2load run; failed/errored/timed-out requests, non-2xx answers, the wrong protocol
+    (an HTTP/1.1 fallback) or body bytes that do not add up flag the round."""
+    cpu_before = server.cpu_seconds()
+    try:
+        result = h2load.run(
+            server.url + scenario.path,
+            clients=scenario.connections,
+            streams=scenario.streams,
+            duration=duration,
+            cpu=CLIENT_CPU,
+            log_file=server.log_path.with_suffix(".h2load.tsv"),
+            expect_protocol="h2" if scenario.tls else "h2c",
+            expect_length=scenario.expect_length,
+        )
+    except h2load.H2loadError as exc:
+        return {"flagged": True, "error": str(exc)}
+    out: dict[str, Any] = result.as_dict()
+    add_cpu(out, server.cpu_seconds() - cpu_before, result.done)
+    out["flagged"] = result.failed or server.proc.poll() is not None
     return out
 
 
@@ -263,6 +338,8 @@ def run_interleaved(
     def once(server: Running, duration: float) -> dict[str, Any]:
         if scenario.kind == "ws":
             result = measure_ws(scenario, server, env, duration)
+        elif scenario.kind == "h2load":
+            result = measure_h2load(scenario, server, duration)
         else:
             result = measure_wrk(scenario, server, duration)
         # Without this, a server that falls behind (hypercorn at 1,000 connections) kept
@@ -323,6 +400,8 @@ def progress(name: str, result: dict[str, Any]) -> str:
     text = f"{name:<14} {result.get('rps', 0):>10,.0f}/s"
     if "p99_ms" in result:
         text += f"  p50 {result['p50_ms']:.2f} ms  p99 {result['p99_ms']:.2f} ms"
+    if "cpu_us" in result and result["cpu_us"] is not None:
+        text += f"  cpu {result['cpu_us']:.1f} µs/req"
     if result.get("flagged"):
         text += f"  FLAGGED errors={result.get('errors')}"
         if result.get("mismatches"):
@@ -331,4 +410,4 @@ def progress(name: str, result: dict[str, Any]) -> str:
 
 
 def server_alive(server: Running) -> bool:
-    return server.proc.poll() is None and probe(server.port) == 200
+    return server.proc.poll() is None and answers(server)

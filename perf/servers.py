@@ -8,22 +8,37 @@ process-group id it created, and always does (`Running.stop()` in a `finally`).
 
 from __future__ import annotations
 
+import datetime
+import ipaddress
 import os
 import resource
+import shutil
 import signal
 import socket
 import subprocess
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from . import h2load
 from .venv import PERF_DIR, BenchEnv
 from .wrk import pin_prefix
 
 SERVER_CPU = 0
 # Idle keep-alive connections must survive long enough to be counted (idle-RSS scenario).
 KEEP_ALIVE_S = 120
+
+
+@dataclass(frozen=True)
+class Tls:
+    """A throwaway self-signed certificate for 127.0.0.1 (made per run, see self_signed_cert)."""
+
+    certfile: Path
+    keyfile: Path
+
+
+H2Argv = Callable[[BenchEnv, int, Tls | None], list[str]]
 
 
 @dataclass(frozen=True)
@@ -37,6 +52,14 @@ class ServerSpec:
     needs: tuple[str, ...] = ()  # more distributions than `dist`
     # The venv this server runs from, when it is not the bench's own (a --baseline build).
     env: BenchEnv | None = None
+    # HTTP/2: the argv that serves prior-knowledge h2c (tls None) or ALPN h2 over TLS; None
+    # when this variant has no HTTP/2 (uvicorn on httptools). `h2_help`: words its `--help`
+    # must show, so an installed version without those options is skipped with the reason.
+    h2: H2Argv | None = None
+    h2_help: tuple[str, ...] = ()
+    scheme: str = "http"
+    # Readiness: an HTTP/1.1 GET, or (HTTP/2-only or TLS variants) one h2load request.
+    probe_h2: bool = False
 
 
 def family(name: str) -> str:
@@ -71,7 +94,22 @@ def _fastserve(log: bool, *extra: str) -> Callable[[BenchEnv, int], list[str]]:
     return argv
 
 
-def _uvicorn(log: bool, http: str = "httptools") -> Callable[[BenchEnv, int], list[str]]:
+def _tls_args(tls: Tls | None, cert_opt: str, key_opt: str) -> list[str]:
+    return [] if tls is None else [cert_opt, str(tls.certfile), key_opt, str(tls.keyfile)]
+
+
+def _fastserve_h2(*extra: str) -> H2Argv:
+    # HTTP/2 is on by default when zttp is installed; --http2 insists (an error without it).
+    def argv(env: BenchEnv, port: int, tls: Tls | None) -> list[str]:
+        tls_args = _tls_args(tls, "--ssl-certfile", "--ssl-keyfile")
+        return _fastserve(False, *extra, "--http2", *tls_args)(env, port)
+
+    return argv
+
+
+def _uvicorn(
+    log: bool, http: str = "httptools", *extra: str
+) -> Callable[[BenchEnv, int], list[str]]:
     def argv(env: BenchEnv, port: int) -> list[str]:
         return [
             str(env.bin("uvicorn")),
@@ -89,12 +127,29 @@ def _uvicorn(log: bool, http: str = "httptools") -> Callable[[BenchEnv, int], li
             "--timeout-keep-alive",
             str(KEEP_ALIVE_S),
             "--access-log" if log else "--no-access-log",
+            *extra,
         ]
 
     return argv
 
 
+def _uvicorn_h2(env: BenchEnv, port: int, tls: Tls | None) -> list[str]:
+    # uvicorn 0.54+: `--http2` requires `--http zttp`; TLS offers h2 by ALPN.
+    tls_args = _tls_args(tls, "--ssl-certfile", "--ssl-keyfile")
+    return _uvicorn(False, "zttp", "--http2", *tls_args)(env, port)
+
+
 def _granian(env: BenchEnv, port: int) -> list[str]:
+    return _granian_argv(env, port)
+
+
+def _granian_h2(env: BenchEnv, port: int, tls: Tls | None) -> list[str]:
+    # `--http 2`: HTTP/2 only (prior knowledge on cleartext, ALPN h2 over TLS).
+    tls_args = _tls_args(tls, "--ssl-certificate", "--ssl-keyfile")
+    return _granian_argv(env, port, "2", *tls_args)
+
+
+def _granian_argv(env: BenchEnv, port: int, http: str = "1", *extra: str) -> list[str]:
     # --backpressure: granian serves at most this many connections at once (default
     # backlog/workers = 2048), so 10,000 idle ones would never all be accepted without it.
     # Its fast options, so that it is measured at its best: HTTP/1 only (no HTTP/2 detection
@@ -119,15 +174,25 @@ def _granian(env: BenchEnv, port: int) -> list[str]:
         "--backpressure",
         "16384",
         "--http",
-        "1",
+        http,
         "--runtime-mode",
         "st",
         "--no-ws",
+        *extra,
         "apps:app",
     ]
 
 
 def _hypercorn(env: BenchEnv, port: int) -> list[str]:
+    return _hypercorn_argv(env, port)
+
+
+def _hypercorn_h2(env: BenchEnv, port: int, tls: Tls | None) -> list[str]:
+    # hypercorn speaks h2c with prior knowledge on its plain port, and offers h2 by ALPN.
+    return _hypercorn_argv(env, port, *_tls_args(tls, "--certfile", "--keyfile"))
+
+
+def _hypercorn_argv(env: BenchEnv, port: int, *extra: str) -> list[str]:
     return [
         str(env.bin("hypercorn")),
         "--bind",
@@ -140,6 +205,7 @@ def _hypercorn(env: BenchEnv, port: int) -> list[str]:
         "2048",
         "--keep-alive",
         str(KEEP_ALIVE_S),
+        *extra,
         "apps:app",
     ]
 
@@ -149,15 +215,43 @@ def _lean(env: BenchEnv, port: int) -> list[str]:
     return [str(env.bin("python")), str(PERF_DIR / "lean.py"), "--port", str(port)]
 
 
+FASTSERVE_H2_HELP = ("--http2", "--ssl-certfile")
 SPECS: dict[str, ServerSpec] = {
-    "fastserve": ServerSpec("fastserve", "fastserve", _fastserve(False)),
+    "fastserve": ServerSpec(
+        "fastserve",
+        "fastserve",
+        _fastserve(False),
+        h2=_fastserve_h2(),
+        h2_help=FASTSERVE_H2_HELP,
+    ),
     # fastserve runs with its GC tuning (gc.freeze() and a gen-0 threshold of 7000, server.py
     # tune_gc), the peers with Python's defaults: this variant shows what the tuning is worth.
-    "fastserve-nogc": ServerSpec("fastserve-nogc", "fastserve", _fastserve(False, "--no-gc-tune")),
+    "fastserve-nogc": ServerSpec(
+        "fastserve-nogc",
+        "fastserve",
+        _fastserve(False, "--no-gc-tune"),
+        h2=_fastserve_h2("--no-gc-tune"),
+        h2_help=FASTSERVE_H2_HELP,
+    ),
     "uvicorn": ServerSpec("uvicorn", "uvicorn", _uvicorn(False)),
-    "uvicorn-zttp": ServerSpec("uvicorn-zttp", "uvicorn", _uvicorn(False, "zttp"), needs=("zttp",)),
-    "granian": ServerSpec("granian", "granian", _granian),
-    "hypercorn": ServerSpec("hypercorn", "hypercorn", _hypercorn),
+    "uvicorn-zttp": ServerSpec(
+        "uvicorn-zttp",
+        "uvicorn",
+        _uvicorn(False, "zttp"),
+        needs=("zttp",),
+        h2=_uvicorn_h2,
+        h2_help=("--http2", "zttp", "--ssl-certfile"),
+    ),
+    "granian": ServerSpec(
+        "granian", "granian", _granian, h2=_granian_h2, h2_help=("[auto|1|2]", "--ssl-certificate")
+    ),
+    "hypercorn": ServerSpec(
+        "hypercorn",
+        "hypercorn",
+        _hypercorn,
+        h2=_hypercorn_h2,
+        h2_help=("--certfile", "--keyfile"),
+    ),
     "fastserve+log": ServerSpec("fastserve+log", "fastserve", _fastserve(True), True),
     "uvicorn+log": ServerSpec("uvicorn+log", "uvicorn", _uvicorn(True), True),
     # Runs on uvicorn's dependencies (httptools, uvloop).
@@ -168,7 +262,103 @@ SPECS: dict[str, ServerSpec] = {
 def baseline_spec(short: str, env: BenchEnv) -> ServerSpec:
     """fastserve as built at an earlier revision (`bench.py --baseline REV`), from its venv."""
     name = f"fastserve@{short}"
-    return ServerSpec(name, "fastserve", _fastserve(False), env=env)
+    return ServerSpec(
+        name, "fastserve", _fastserve(False), env=env, h2=_fastserve_h2(), h2_help=FASTSERVE_H2_HELP
+    )
+
+
+def h2_variant(spec: ServerSpec, tls: Tls | None) -> ServerSpec | None:
+    """`spec` serving HTTP/2 (prior-knowledge h2c, or ALPN h2 over TLS): its own process,
+    named `<name>.h2c` / `<name>.h2tls` (the key of the harness's pool; the tables show the
+    server's own name). None when the variant has no HTTP/2."""
+    h2 = spec.h2
+    if h2 is None:
+        return None
+
+    def argv(env: BenchEnv, port: int) -> list[str]:
+        return h2(env, port, tls)
+
+    suffix = "h2tls" if tls else "h2c"
+    return replace(
+        spec,
+        name=f"{spec.name}.{suffix}",
+        argv=argv,
+        scheme="https" if tls else "http",
+        probe_h2=True,
+    )
+
+
+def h2_unsupported(spec: ServerSpec, env: BenchEnv) -> str | None:
+    """Why this installed server can't run the HTTP/2 variant (None: it can). Read from its
+    `--help`: an older version lacks the options, and says so here instead of failing later."""
+    if spec.h2 is None:
+        return "no HTTP/2 in this variant"
+    if not spec.h2_help:
+        return None
+    argv = spec.argv(spec.env or env, 0)
+    try:
+        proc = subprocess.run([argv[0], "--help"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"`{Path(argv[0]).name} --help` failed: {exc}"
+    missing = [word for word in spec.h2_help if word not in proc.stdout]
+    if missing:
+        return f"`{Path(argv[0]).name} --help` shows no {', '.join(missing)} (this version)"
+    return None
+
+
+def self_signed_cert(directory: Path) -> Tls:
+    """A throwaway self-signed certificate for 127.0.0.1 (EC P-256, valid 2 days), written to
+    `directory`: with the `cryptography` package when this interpreter has it, else with the
+    `openssl` command. Raises RuntimeError when neither is available."""
+    cert, key = directory / "bench-cert.pem", directory / "bench-key.pem"
+    try:
+        _cert_with_cryptography(cert, key)
+    except ImportError:
+        if not shutil.which("openssl"):
+            raise RuntimeError("neither the cryptography package nor openssl is found") from None
+        subprocess.run(
+            [
+                "openssl", "req", "-x509", "-newkey", "ec",
+                "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+                "-keyout", str(key), "-out", str(cert), "-days", "2",
+                "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+            ],
+            check=True, capture_output=True, timeout=60,
+        )  # fmt: skip
+    return Tls(cert, key)
+
+
+def _cert_with_cryptography(cert: Path, key: Path) -> None:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    private = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(private.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(hours=1))
+        .not_valid_after(now + datetime.timedelta(days=2))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .sign(private, hashes.SHA256())
+    )
+    key.write_bytes(
+        private.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    cert.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
 
 
 def free_port() -> int:
@@ -198,7 +388,7 @@ class Running:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{self.spec.scheme}://127.0.0.1:{self.port}"
 
     def rss_kib(self) -> int:
         """VmRSS of the server process plus every descendant (granian/hypercorn fork workers)."""
@@ -277,10 +467,26 @@ def wait_ready(running: Running, timeout: float) -> None:
             raise ServerFailed(
                 f"{running.spec.name} exited with {running.proc.returncode}:\n{running.log_tail()}"
             )
-        if probe(running.port) == 200:
+        if answers(running):
             return
         time.sleep(0.1)
-    raise ServerFailed(f"{running.spec.name} did not answer within {timeout:.0f} s")
+    tail = running.log_tail(600).strip().splitlines()[-3:]
+    raise ServerFailed(
+        f"{running.spec.name} did not answer within {timeout:.0f} s"
+        + (f"; its log ends: {' | '.join(tail)}" if tail else "")
+    )
+
+
+def answers(running: Running) -> bool:
+    """One GET /plaintext succeeds: over HTTP/1.1, or for an HTTP/2 variant with h2load (granian
+    --http 2 and the TLS servers answer no plain HTTP/1.1 GET)."""
+    if not running.spec.probe_h2:
+        return probe(running.port) == 200
+    try:  # h2load is a process: spawn it only once the port accepts
+        socket.create_connection(("127.0.0.1", running.port), timeout=2).close()
+    except OSError:
+        return False
+    return h2load.probe(running.url + "/plaintext") == 200
 
 
 def probe(port: int, path: str = "/plaintext") -> int | None:

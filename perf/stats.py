@@ -69,6 +69,16 @@ def add_summaries(
         servers[after]["vs_before"] = {key: paired_ratio(rounds, old, key) for key in RATIO_KEYS}
 
 
+def add_ratios(scenario: dict[str, Any], against: str, field: str) -> None:
+    """Each server's paired ratios (RATIO_KEYS) to `against`'s rounds, under `field` (the
+    HTTP/2 scenarios add `vs_granian` beside `ratio`, which is to uvicorn-zttp there)."""
+    servers: dict[str, dict[str, Any]] = scenario["servers"]
+    base = servers.get(against, {}).get("rounds")
+    for entry in servers.values():
+        rounds = entry.get("rounds", [])
+        entry[field] = {key: paired_ratio(rounds, base, key) for key in RATIO_KEYS} if base else {}
+
+
 @dataclass(frozen=True)
 class Goal:
     name: str
@@ -199,9 +209,52 @@ def evaluate_goals(results: dict[str, Any], me: str = "fastserve") -> list[Goal]
             ".1f",
         )
     )
+    goals += h2_goals(results, me)
     before = before_after_goal(results, me)
     if before is not None:
         goals.insert(0, before)
+    return goals
+
+
+def _median_of(results: dict[str, Any], scenario: str, server: str, key: str) -> float | None:
+    return median([r.get(key) for r in _rounds(results, scenario, server) if not r.get("error")])
+
+
+def h2_cpu_vs_http1(
+    results: dict[str, Any], scenario: str = "h2c_m1", me: str = "fastserve"
+) -> float | None:
+    """Server CPU per HTTP/2 request over CPU per HTTP/1.1 plaintext request, both fastserve's
+    medians of the same run (different scenarios, so not paired by round). None if either
+    scenario is missing."""
+    h2 = _median_of(results, scenario, me, "cpu_us")
+    h1 = _median_of(results, "plaintext", me, "cpu_us")
+    return h2 / h1 if h2 and h1 else None
+
+
+def h2_goals(results: dict[str, Any], me: str = "fastserve") -> list[Goal]:
+    """Issue 13's HTTP/2 goals: h2c -m 10 vs granian and uvicorn-zttp (paired rounds), CPU per
+    HTTP/2 request vs our HTTP/1.1 one, RSS with 1,000 idle h2 connections vs uvicorn-zttp."""
+    goals = []
+    for peer, target in (("granian", 1.0), ("uvicorn-zttp", 2.5)):
+        goal = _at_least(f"h2c -m 10 vs {peer}", _ratio(results, "h2c_m10", me, peer), target)
+        goals.append(replace(goal, by_cpu=_cpu_speedup(results, "h2c_m10", me, peer)))
+    # Like for like: -m 1 keeps one request in flight per connection, as wrk does on HTTP/1.1.
+    cpu = _at_most(
+        "CPU/request h2c -m 1 vs HTTP/1.1 plaintext", h2_cpu_vs_http1(results), 1.5, "x", ".2f"
+    )
+    m10 = h2_cpu_vs_http1(results, "h2c_m10", me)
+    goals.append(replace(cpu, by_cpu=f"-m 10: {m10:.2f}x" if m10 else ""))
+    count = results.get("scenarios", {}).get("h2idle1k", {}).get("params", {}).get("count", 1000)
+    mine, theirs = (_rss(results, "h2idle1k", s, "loaded_kib") for s in (me, "uvicorn-zttp"))
+    flagged = any(
+        _servers(results, "h2idle1k").get(s, {}).get("flagged") for s in (me, "uvicorn-zttp")
+    )
+    name = f"RSS at {count:,} idle h2 conns vs uvicorn-zttp"
+    if flagged:
+        goals.append(Goal(name, "<= 1.00x", "-", "N/A", "a measurement was flagged"))
+    else:
+        ratio = mine / theirs if mine is not None and theirs else None
+        goals.append(_at_most(name, ratio, 1.0, "x", ".2f"))
     return goals
 
 

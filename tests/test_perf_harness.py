@@ -14,12 +14,24 @@ import socket
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from perf import apps, bench, clients, instructions, report, scenarios, servers, stats, wrk
+from perf import (
+    apps,
+    bench,
+    clients,
+    h2load,
+    instructions,
+    report,
+    scenarios,
+    servers,
+    stats,
+    wrk,
+)
 from perf.venv import PERF_DIR, BenchEnv
 from tests.conftest import run_server
 
@@ -536,3 +548,300 @@ def test_wait_until_idle_waits_for_the_cpu_to_stop_and_is_bounded() -> None:
     slept.clear()
     waited = scenarios.wait_until_idle(lambda: next(busy), step=0.5, limit=2, sleep=slept.append)
     assert slept == [0.5] * 4 and waited == pytest.approx(2.0)  # never idle: gives up
+
+
+# --- HTTP/2 (h2load) -------------------------------------------------------------------------
+# Captured from real runs (h2load nghttp2/1.52.0, 2026-11-30), pasted verbatim. A clean
+# timing-based run: granian --http 2, h2c, -c100 -m10 -D 3.
+H2LOAD_OK = """starting benchmark...
+spawning thread #0: 100 total client(s). Timing-based test with 0s of warm-up time and 3s of main duration for measurements.
+Warm-up started for thread #0.
+progress: 10% of clients started
+progress: 100% of clients started
+Warm-up phase is over for thread #0.
+Main benchmark duration is started for thread #0.
+Application protocol: h2c
+Main benchmark duration is over for thread #0. Stopping all clients.
+Stopped all clients for thread #0
+
+finished in 3.01s, 47617.67 req/s, 1.82MB/s
+requests: 142853 total, 143853 started, 142853 done, 142853 succeeded, 0 failed, 0 errored, 0 timeout
+status codes: 142853 2xx, 0 3xx, 0 4xx, 0 5xx
+traffic: 5.46MB (5730220) total, 1.24MB (1296277) headers (space savings 90.35%), 1.77MB (1857089) data
+                     min         max         mean         sd        +/- sd
+time for request:     4.40ms     53.60ms     20.04ms      6.06ms    72.80%
+time for connect:       57us      2.05ms       940us       682us    51.00%
+time to 1st byte:    15.00ms     34.86ms     25.18ms      6.67ms    50.00%
+req/s           :     451.42      495.93      475.48        9.18    64.00%
+"""  # noqa: E501
+
+# uvicorn --http zttp --http2 over TLS, a path the app does not serve (404), -c10 -m10 -D 1.
+H2LOAD_404_TLS = """starting benchmark...
+spawning thread #0: 10 total client(s). Timing-based test with 0s of warm-up time and 1s of main duration for measurements.
+Warm-up started for thread #0.
+Warm-up phase is over for thread #0.
+Main benchmark duration is started for thread #0.
+TLS Protocol: TLSv1.3
+Cipher: TLS_AES_256_GCM_SHA384
+Server Temp Key: X25519 253 bits
+Application protocol: h2
+Main benchmark duration is over for thread #0. Stopping all clients.
+Stopped all clients for thread #0
+
+finished in 1.00s, 19881.00 req/s, 1.82MB/s
+requests: 19881 total, 19981 started, 19881 done, 0 succeeded, 19881 failed, 0 errored, 0 timeout
+status codes: 0 2xx, 0 3xx, 19882 4xx, 0 5xx
+traffic: 1.82MB (1909125) total, 1.14MB (1192920) headers (space savings 23.08%), 174.74KB (178929) data
+                     min         max         mean         sd        +/- sd
+time for request:      289us     16.83ms      4.81ms      2.28ms    74.66%
+time for connect:     1.98ms      6.07ms      4.12ms      1.36ms    60.00%
+time to 1st byte:     6.14ms     12.17ms      8.64ms      2.26ms    70.00%
+req/s           :    1883.53     2068.29     1983.44       63.47    60.00%
+"""  # noqa: E501
+
+# A server that drops every connection after the preface (-n 2000 -c 10 -m 10).
+H2LOAD_ERRORED = """starting benchmark...
+spawning thread #0: 10 total client(s). 2000 total requests
+Application protocol: h2c
+
+finished in 9.36ms, 0.00 req/s, 0B/s
+requests: 2000 total, 100 started, 0 done, 0 succeeded, 2000 failed, 2000 errored, 0 timeout
+status codes: 0 2xx, 0 3xx, 0 4xx, 0 5xx
+traffic: 0B (0) total, 0B (0) headers (space savings 0.00%), 0B (0) data
+                     min         max         mean         sd        +/- sd
+time for request:        0us         0us         0us         0us     0.00%
+time for connect:      147us       554us       304us       119us    80.00%
+time to 1st byte:        0us         0us         0us         0us     0.00%
+req/s           :       0.00        0.00        0.00        0.00   100.00%
+"""
+
+
+def test_h2load_output_is_parsed_by_its_words() -> None:
+    result = h2load.check(h2load.parse_output(H2LOAD_OK), "h2c", 13)
+    assert result.requests["done"] == result.requests["succeeded"] == 142853
+    assert result.requests["started"] == 143853 and result.requests["timeout"] == 0
+    assert result.status == {"2xx": 142853, "3xx": 0, "4xx": 0, "5xx": 0}
+    assert (result.rps, result.duration_s, result.protocol) == (47617.67, 3.01, "h2c")
+    assert result.traffic == {"total": 5730220, "headers": 1296277, "data": 1857089}
+    assert result.request_time_us == {"min": 4400.0, "max": 53600.0, "mean": 20040.0, "sd": 6060.0}
+    assert result.body_ok is True  # 1857089 bytes = 13 x 142853
+    assert not result.failed
+    row = result.as_dict()
+    assert (row["rps"], row["requests"], row["mean_ms"]) == (47617.7, 142853, 20.04)
+    assert row["errors"] == {"errored": 0, "timeout": 0, "status": 0, "failed": 0}
+    assert stats.summarize([row])["errors"] == 0 and "p99_ms" not in row  # no log given
+
+
+def test_h2load_non_2xx_errors_and_the_wrong_protocol_flag_a_round() -> None:
+    not_found = h2load.check(h2load.parse_output(H2LOAD_404_TLS), "h2", 13)
+    assert (not_found.tls, not_found.protocol, not_found.non_2xx) == ("TLSv1.3", "h2", 19882)
+    assert not_found.failed and not not_found.wrong_protocol
+    errors = not_found.as_dict()["errors"]
+    assert errors == {"errored": 0, "timeout": 0, "status": 19882, "failed": 0}
+    errored = h2load.check(h2load.parse_output(H2LOAD_ERRORED), "h2c", 13)
+    assert (errored.done, errored.requests["errored"], errored.rps) == (0, 2000, 0.0)
+    assert errored.duration_s == 0.0094 and errored.failed
+    assert errored.as_dict()["errors"]["errored"] == 2000  # type: ignore[index]
+    # A clean run over the wrong protocol (a server that fell back to HTTP/1.1) is flagged.
+    fallback = h2load.parse_output(H2LOAD_OK.replace("protocol: h2c", "protocol: http/1.1"))
+    wrong = h2load.check(fallback, "h2c", 13)
+    assert wrong.wrong_protocol and wrong.failed
+    assert wrong.as_dict()["errors"]["protocol"] == 1  # type: ignore[index]
+
+
+def test_h2load_body_bytes_must_add_up_to_the_expected_length() -> None:
+    parsed = h2load.parse_output(H2LOAD_OK)
+    assert h2load.check(parsed, "h2c", None).body_ok is None  # not checked
+    short = h2load.check(parsed, "h2c", 14)  # 14 x 142853 > the DATA bytes counted
+    assert short.body_ok is False and short.failed
+    assert short.as_dict()["errors"]["body"] == 1  # type: ignore[index]
+    # Responses still in flight when time is up may be counted: up to 13 x started is fine.
+    in_flight = replace(parsed, traffic={**parsed.traffic, "data": 13 * 142853 + 13 * 999})
+    assert h2load.check(in_flight, "h2c", 13).body_ok is True
+    too_long = replace(parsed, traffic={**parsed.traffic, "data": 13 * 143853 + 1})
+    assert h2load.check(too_long, "h2c", 13).body_ok is False
+
+
+def test_h2load_durations_percentiles_and_a_missing_summary() -> None:
+    assert [h2load.parse_time_us(t) for t in ("517us", "4.40ms", "3.01s")] == [
+        517.0,
+        4400.0,
+        3010000.0,
+    ]
+    with pytest.raises(h2load.H2loadError):
+        h2load.parse_time_us("fast")
+    log = "".join(f"1796081504850306\t200\t{us}\n" for us in range(1, 101))  # 1..100 µs
+    assert h2load.percentiles(log + "garbage\n") == {"p50": 50, "p90": 90, "p99": 99, "max": 100}
+    assert h2load.percentiles("") == {}
+    with_log = h2load.check(h2load.parse_output(H2LOAD_OK), "h2c", 13, {"p50": 2e4, "p99": 4e4})
+    assert (with_log.as_dict()["p50_ms"], with_log.as_dict()["p99_ms"]) == (20.0, 40.0)
+    with pytest.raises(h2load.H2loadError, match="no summary"):
+        h2load.parse_output("starting benchmark...\nconnect to 127.0.0.1 failed\n")
+    argv = h2load.command("http://127.0.0.1:9/plaintext", clients=100, streams=10, duration=0.4)
+    assert argv[1:] == ["-t1", "-c100", "-m10", "-D", "1", "http://127.0.0.1:9/plaintext"]
+
+
+def test_h2_variants_of_the_servers() -> None:
+    env = BenchEnv(Path("/nonexistent"), Path("/nonexistent/python"), "3.11.7")
+    tls = servers.Tls(Path("/c.pem"), Path("/k.pem"))
+    granian = servers.h2_variant(servers.SPECS["granian"], tls)
+    assert granian is not None and granian.name == "granian.h2tls" and granian.scheme == "https"
+    argv = granian.argv(env, 1)
+    assert argv[argv.index("--http") + 1] == "2" and argv[-1] == "apps:app"
+    assert argv[argv.index("--ssl-certificate") + 1] == "/c.pem"
+    uvicorn = servers.h2_variant(servers.SPECS["uvicorn-zttp"], None)
+    assert uvicorn is not None and uvicorn.probe_h2 and uvicorn.scheme == "http"
+    argv = uvicorn.argv(env, 1)
+    assert "--http2" in argv and argv[argv.index("--http") + 1] == "zttp"
+    assert "--ssl-certfile" not in argv
+    fastserve = servers.h2_variant(servers.SPECS["fastserve"], tls)
+    assert fastserve is not None and "--http2" in fastserve.argv(env, 1)
+    hypercorn = servers.h2_variant(servers.SPECS["hypercorn"], tls)
+    assert hypercorn is not None and hypercorn.argv(env, 1)[-3:] == [
+        "--keyfile",
+        "/k.pem",
+        "apps:app",
+    ]
+    assert servers.h2_variant(servers.SPECS["uvicorn"], None) is None  # httptools: no HTTP/2
+    assert servers.h2_unsupported(servers.SPECS["uvicorn"], env) == "no HTTP/2 in this variant"
+    # An installed version whose --help lacks the options is skipped with the reason.
+    old = replace(servers.SPECS["granian"], argv=lambda env, port: [sys.executable])
+    assert "[auto|1|2]" in (servers.h2_unsupported(old, env) or "")
+
+
+def test_h2_skips_are_printed_with_their_reason(capsys: pytest.CaptureFixture[str]) -> None:
+    env = BenchEnv(Path("/nonexistent"), Path("/nonexistent/python"), "3.11.7")
+    env.installed = {"uvicorn": "0.54"}  # neither zttp nor the others
+    run = bench.Bench(env, scenarios.RunConfig(), ["uvicorn"], Path("/tmp"))
+    if h2load.h2load_path() is None:
+        assert run.h2_specs(scenarios.BY_KEY["h2c_m10"]) == {}
+        assert "SKIP HTTP/2: h2load is not installed" in capsys.readouterr().out
+        return
+    assert run.h2_specs(scenarios.BY_KEY["h2c_m10"]) == {}
+    out = capsys.readouterr().out
+    assert "SKIP server uvicorn-zttp: zttp not installed" in out
+    assert "SKIP server uvicorn (h2c): httptools has no HTTP/2" in out
+
+
+def h2_scenario(key: str, rounds: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    result = scenario(key, rounds)
+    result["kind"] = "h2load"
+    stats.add_summaries(result, baseline="uvicorn-zttp")
+    stats.add_ratios(result, "granian", "vs_granian")
+    result["baselines"] = ["uvicorn-zttp", "granian"]
+    return result
+
+
+def h2_results() -> dict[str, Any]:
+    r = wrk_round
+    results = sample_results()
+    results["scenarios"]["h2c_m10"] = h2_scenario(
+        "HTTP/2 h2c -m 10",
+        {
+            "fastserve": [r(40000, 5.0), r(30000, 5.0)],
+            "uvicorn-zttp": [r(20000, 9.0), r(10000, 9.0)],
+            "granian": [r(50000, 4.0), r(30000, 4.0)],
+        },
+    )
+    results["scenarios"]["h2c_m1"] = h2_scenario(
+        "HTTP/2 h2c -m 1", {"fastserve": [r(20000, 5.0), r(25000, 5.0)]}
+    )
+    results["scenarios"]["h2idle1k"] = {
+        "kind": "idle",
+        "params": {"count": 1000},
+        "servers": {
+            "fastserve": {"idle_kib": 30000, "loaded_kib": 36000, "per_conn_bytes": 6144},
+            "uvicorn-zttp": {"idle_kib": 31000, "loaded_kib": 40000, "per_conn_bytes": 9216},
+        },
+    }
+    return results
+
+
+def test_h2_goals_ratios_cpu_vs_http1_and_memory() -> None:
+    results = h2_results()
+    goals = {g.name: g for g in stats.evaluate_goals(results)}
+    # Paired per round: fastserve/granian 0.8 and 1.0 -> 0.9; /uvicorn-zttp 2 and 3 -> 2.5.
+    assert goals["h2c -m 10 vs granian"].measured == "0.90x"
+    assert goals["h2c -m 10 vs granian"].status == "MISS"
+    assert goals["h2c -m 10 vs uvicorn-zttp"].measured == "2.50x"
+    assert goals["h2c -m 10 vs uvicorn-zttp"].status == "PASS"
+    # CPU per request: h2c -m 1 median 45 µs vs plaintext 32.3 µs (cpu_us = 1e6 / rps).
+    cpu = goals["CPU/request h2c -m 1 vs HTTP/1.1 plaintext"]
+    assert (cpu.measured, cpu.status) == ("1.39x", "PASS")
+    assert cpu.by_cpu == "-m 10: 0.90x"
+    assert goals["RSS at 1,000 idle h2 conns vs uvicorn-zttp"].measured == "0.90x"
+    results["scenarios"]["h2idle1k"]["servers"]["fastserve"]["flagged"] = True
+    flagged = {g.name: g for g in stats.evaluate_goals(results)}
+    assert flagged["RSS at 1,000 idle h2 conns vs uvicorn-zttp"].status == "N/A"
+    del results["scenarios"]["plaintext"]
+    assert stats.h2_cpu_vs_http1(results) is None
+
+
+def test_h2_tables_and_the_http1_comparison_line() -> None:
+    results = h2_results()
+    lines = report.h2_tables(results)
+    start = lines.index(next(x for x in lines if x.startswith("| HTTP/2 req/s")))
+    rates = {row["HTTP/2 req/s (x uvicorn-zttp / x granian)"]: row for row in table_cells(
+        lines[start : start + 4]
+    )}  # fmt: skip
+    assert rates["HTTP/2 h2c -m 10"]["fastserve"] == "35,000 (2.50x / 0.90x)"
+    assert rates["HTTP/2 h2c -m 1"]["granian"] == ""
+    assert "h2c_m1 1.39x, h2c_m10 0.90x" in report.h2_vs_http1_line(results)
+    memory = {row["memory (MiB)"]: row for row in table_cells(report.memory_table(results))}
+    assert memory["RSS with 1,000 idle h2c conns"]["fastserve"] == "35.2"
+    assert "### HTTP/2 (h2load)" in report.render(results, stats.evaluate_goals(results))
+    del results["scenarios"]["plaintext"]
+    assert "plaintext did not run" in report.h2_vs_http1_line(results)
+    assert report.h2_tables(sample_results()) == []
+
+
+def test_h2_idle_client_request_is_valid_hpack() -> None:
+    hpack = pytest.importorskip("hpack")
+    frame = clients.h2_get(b"/plaintext")
+    length, kind, flags = int.from_bytes(frame[:3], "big"), frame[3], frame[4]
+    assert (length, kind, flags, frame[5:9]) == (len(frame) - 9, 1, 0x5, b"\0\0\0\1")
+    assert hpack.Decoder().decode(frame[9:]) == [
+        (":method", "GET"),
+        (":scheme", "http"),
+        (":path", "/plaintext"),
+        (":authority", "bench"),
+    ]
+    assert len(apps.PLAIN) == clients.PLAIN_LENGTH
+
+
+def test_h2_idle_client_against_fastserve() -> None:
+    """The idle HTTP/2 client completes one GET per connection and keeps them open."""
+
+    async def open_some(port: int) -> int:
+        sem = asyncio.Semaphore(5)
+        writers = await asyncio.gather(*(clients._open_one_h2(port, sem) for _ in range(5)))
+        for writer in writers:
+            if writer is not None:
+                writer.transport.abort()
+        return sum(w is not None for w in writers)
+
+    with run_server(apps.app, http2=True) as srv:
+        assert asyncio.run(open_some(srv.port)) == 5
+
+
+@pytest.mark.skipif(h2load.h2load_path() is None, reason="h2load (nghttp2-client) is missing")
+def test_h2load_smoke_against_fastserve(tmp_path: Path) -> None:
+    """A real 1 s h2load run over h2c: parsed, no failure, body bytes add up, percentiles.
+
+    20 connections: zttp (fastserve's and uvicorn's HTTP/2 core) ends a connection after
+    4,096 streams ("HTTP/2 flood detected"); 2 connections reached that within 1 s here."""
+    with run_server(apps.app, http2=True) as srv:
+        result = h2load.run(
+            srv.url + "/plaintext",
+            clients=20,
+            streams=1,
+            duration=1,
+            cpu=None,
+            log_file=tmp_path / "h2load.tsv",
+            expect_protocol="h2c",
+            expect_length=len(apps.PLAIN),
+        )
+        assert h2load.probe(srv.url + "/plaintext") == 200
+    assert result.done > 0 and not result.failed, result
+    assert result.body_ok and 0 < result.latency_us["p50"] <= result.latency_us["p99"]
+    assert not (tmp_path / "h2load.tsv").exists()  # read, then removed
