@@ -56,6 +56,7 @@ COMPILED = [
     "protocols/connection.py",
     "protocols/cycle.py",
     "protocols/flow.py",
+    "protocols/h2.py",
     "protocols/http1.py",
     "protocols/http1_head.py",
     "protocols/http1_rules.py",
