@@ -1,4 +1,4 @@
-"""The access log: one line per finished request, on the hot path (compiled: setup.py).
+"""The access log: one line per request, on the hot path (compiled: setup.py).
 
 uvicorn's costs ~95 µs a request (a LogRecord, a formatter copy, a stream write and flush per
 line). Here a finished request appends its line (minus the
@@ -15,6 +15,8 @@ import asyncio
 import json
 import logging
 import os
+import secrets
+import time
 from typing import TYPE_CHECKING, Any, Final
 
 from .config import Config, ConfigError
@@ -32,6 +34,11 @@ FLUSH_DELAY: Final = 0.01
 _DEFAULT_TAIL: Final = "%s%.2fms\n"
 _TEMPLATE_TAIL: Final = "%s%s\n"
 
+# How a response that did not complete ended (cycle.py says which).
+CLIENT_GONE: Final = "client gone"
+CANCELLED: Final = "cancelled"
+APP_ERROR: Final = "app error"
+
 
 class AccessLog:
     """Collects one line per finished request and writes them in batches (FLUSH_DELAY).
@@ -45,10 +52,15 @@ class AccessLog:
         "fields",
         "flush_handle",
         "heads",
+        "id_count",
+        "id_prefix",
         "json",
         "logger",
         "loop",
         "pending",
+        "pid",
+        "second",
+        "second_text",
         "template",
     )
 
@@ -65,9 +77,53 @@ class AccessLog:
         self.heads: dict[Any, tuple[tuple[Any, ...], str]] = {}
         if self.template is not None:
             _check_template(self.template)
+        # Request ids for requests without an X-Request-ID: a random prefix per process (one
+        # AccessLog each) and a counter. Unique enough to correlate lines, at the cost of an
+        # increment; not a secret.
+        self.id_prefix = secrets.token_hex(6)
+        self.id_count = 0
+        self.pid = os.getpid()
+        # The RFC 3339 text of the current second (JSON timestamps), made once a second.
+        self.second = -1
+        self.second_text = ""
 
     def log(self, cycle: RequestCycle, now: float) -> None:
         self.add(cycle.scope, cycle.status, cycle.bytes_sent, cycle.start_time, now)
+
+    def log_unfinished(self, cycle: RequestCycle, now: float, ended: str) -> None:
+        """A response that will not complete (`ended`: CLIENT_GONE, CANCELLED, APP_ERROR):
+        its line, with the status if one was sent (else 0: `-`, JSON null) and the body
+        bytes handed to the connection so far. Rare, so not batched as finely."""
+        scope = cycle.scope
+        status = cycle.status
+        sent = cycle.bytes_sent
+        duration = now - cycle.start_time
+        if self.json:
+            self.pending += (self.json_line(scope, status, sent, duration, ended), "")
+        elif self.template is not None:
+            values = self.text_fields(scope, status, sent, duration)
+            line = self.template % FieldMap(values, scope) + f" [incomplete: {ended}]"
+            self.pending += (line, "")
+        else:
+            key = (
+                scope["raw_path"],
+                scope["query_string"],
+                scope["method"],
+                scope["http_version"],
+                status if status else "-",
+                sent,
+            )
+            head = default_head(scope["client"], key)
+            line = f"{head}{duration * 1000.0:.2f}ms [incomplete: {ended}]"
+            # The default batch is (head, duration) pairs: write it first, then this line.
+            pending = self.pending
+            if pending:
+                self.pending = []
+                self.write(pending, _DEFAULT_TAIL)
+            self.write([line, ""], _TEMPLATE_TAIL)
+            return
+        if self.flush_handle is None:
+            self.flush_handle = self.loop.call_later(FLUSH_DELAY, self.flush)
 
     def log_websocket(
         self, scope: dict[str, Any], status: int, sent: int, start: float, now: float
@@ -91,34 +147,85 @@ class AccessLog:
             if known is None or known[0] != key:
                 known = self.remember_head(client, key)
             self.pending += (known[1], (now - start) * 1000.0)
+        elif self.json:
+            self.pending += (self.json_line(scope, status, sent, now - start, None), "")
         else:
-            values = access_fields(scope, status, sent, now - start)
-            if self.json:
-                line = json.dumps(values, ensure_ascii=True)
-            else:
-                assert self.template is not None
-                line = self.template % FieldMap(values, scope)
-            self.pending += (line, "")
+            assert self.template is not None
+            values = self.text_fields(scope, status, sent, now - start)
+            self.pending += (self.template % FieldMap(values, scope), "")
         if self.flush_handle is None:
             self.flush_handle = self.loop.call_later(FLUSH_DELAY, self.flush)
 
     def remember_head(
         self, client: tuple[str, int] | None, key: tuple[Any, ...]
     ) -> tuple[tuple[Any, ...], str]:
-        """The default line up to its duration: 'host:port - "GET / HTTP/1.1" 200 13 '.
-        llhttp refuses control characters and non-ASCII bytes in the target, so only `"`
-        and `\\` can need escaping."""
-        raw_path, query, method, version, status, sent = key
-        target = raw_path + b"?" + query if query else raw_path
-        text = target.decode("latin-1")
-        if 34 in target or 92 in target:
-            text = escape(text)
-        who = f"{client[0]}:{client[1]}" if client else "-"
-        known = (key, f'{who} - "{method} {text} HTTP/{version}" {status} {sent} ')
+        known = (key, default_head(client, key))
         if len(self.heads) >= 4096:  # bounded: clients come and go
             self.heads.clear()
         self.heads[client] = known
         return known
+
+    def json_line(
+        self, scope: dict[str, Any], status: int, sent: int, duration: float, ended: str | None
+    ) -> str:
+        """One JSON object. Values are the request's own text (latin-1 decoded bytes), escaped
+        once, by JSON: `ensure_ascii` turns every control and non-ASCII character into a
+        `\\uXXXX` escape, so a line stays one line whatever the client sent."""
+        headers = dict(scope["headers"])
+        client = scope.get("client")
+        method = scope["method"]
+        path = scope["raw_path"].decode("latin-1")
+        query = scope["query_string"].decode("latin-1")
+        version = scope["http_version"]
+        target = path + "?" + query if query else path
+        agent = headers.get(b"user-agent")
+        referer = headers.get(b"referer")
+        values = {
+            "timestamp": self.timestamp(),
+            "request_id": self.request_id(headers),
+            "client": f"{client[0]}:{client[1]}" if client else None,
+            "client_addr": client[0] if client else None,
+            "method": method,
+            "path": path,
+            "query": query,
+            "version": version,
+            "protocol": f"HTTP/{version}",
+            "request_line": f"{method} {target} HTTP/{version}",
+            "status": status if status else None,
+            "bytes": sent,
+            "duration_ms": round(duration * 1000.0, 3),
+            "duration_us": int(duration * 1_000_000),
+            "user_agent": agent.decode("latin-1") if agent is not None else None,
+            "referer": referer.decode("latin-1") if referer is not None else None,
+            "completed": ended is None,
+            "ended": ended,
+            "pid": self.pid,
+        }
+        return json.dumps(values, ensure_ascii=True)
+
+    def text_fields(
+        self, scope: dict[str, Any], status: int, sent: int, duration: float
+    ) -> dict[str, Any]:
+        values = access_fields(scope, status, sent, duration)
+        values["request_id"] = escape(self.request_id(dict(scope["headers"])))
+        return values
+
+    def request_id(self, headers: dict[bytes, bytes]) -> str:
+        """The request's X-Request-ID (a proxy's or the client's), else a generated one."""
+        given = headers.get(b"x-request-id")
+        if given is not None:
+            return given.decode("latin-1")
+        self.id_count += 1
+        return f"{self.id_prefix}-{self.id_count}"
+
+    def timestamp(self) -> str:
+        """Now, in RFC 3339 UTC with microseconds: `2025-01-31T12:34:56.789012Z`."""
+        now = time.time()
+        second = int(now)
+        if second != self.second:
+            self.second = second
+            self.second_text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        return "%s.%06dZ" % (self.second_text, int((now - second) * 1_000_000))
 
     def flush(self) -> None:
         self.flush_handle = None
@@ -126,15 +233,21 @@ class AccessLog:
         if not pending:
             return
         self.pending = []
+        tail = _DEFAULT_TAIL if self.template is None and not self.json else _TEMPLATE_TAIL
+        self.write(pending, tail)
+
+    def write(self, pending: list[Any], tail: str) -> None:
+        """Lines as (text, value) pairs, each formatted by `tail`."""
         logger = self.logger
         if not logger.isEnabledFor(logging.INFO):
             return
-        tail = _DEFAULT_TAIL if self.template is None and not self.json else _TEMPLATE_TAIL
         handlers = logger.handlers
         if len(handlers) == 1 and type(handlers[0]) is FastStreamHandler and not logger.filters:
             handler = handlers[0]
             prefix = "INFO:     "
-            if isinstance(handler.formatter, ColourFormatter) and handler.formatter.use_colors:
+            if self.json:
+                prefix = ""  # one JSON object per line, nothing else
+            elif isinstance(handler.formatter, ColourFormatter) and handler.formatter.use_colors:
                 prefix = "\x1b[32mINFO:     \x1b[0m"  # as ColourFormatter
             try:
                 handler.stream.write(((prefix + tail) * (len(pending) // 2)) % tuple(pending))
@@ -145,6 +258,19 @@ class AccessLog:
             tail = tail[:-1]  # logging adds the line break
             for i in range(0, len(pending), 2):
                 logger.info(tail % (pending[i], pending[i + 1]))
+
+
+def default_head(client: tuple[str, int] | None, key: tuple[Any, ...]) -> str:
+    """The default line up to its duration: 'host:port - "GET / HTTP/1.1" 200 13 '.
+    llhttp refuses control characters and non-ASCII bytes in the target, so only `"` and
+    `\\` can need escaping."""
+    raw_path, query, method, version, status, sent = key
+    target = raw_path + b"?" + query if query else raw_path
+    text = target.decode("latin-1")
+    if 34 in target or 92 in target:
+        text = escape(text)
+    who = f"{client[0]}:{client[1]}" if client else "-"
+    return f'{who} - "{method} {text} HTTP/{version}" {status} {sent} '
 
 
 def access_fields(scope: dict[str, Any], status: int, sent: int, duration: float) -> dict[str, Any]:
@@ -193,6 +319,7 @@ FIELDS = frozenset(
         "referer",
         "user_agent",
         "pid",
+        "request_id",
     ]
 )
 

@@ -6,16 +6,22 @@ accesslog.py.
 
 from __future__ import annotations
 
+import configparser
+import importlib.machinery
+import importlib.util
 import json
 import logging
 import logging.config
+import os
+import platform
 import sys
 from typing import TYPE_CHECKING, Any, TextIO
 
+from . import __version__
 from .config import Config, ConfigError
 
 if TYPE_CHECKING:
-    pass
+    from .state import ServerState
 
 TRACE = 5
 logging.addLevelName(TRACE, "TRACE")
@@ -57,8 +63,10 @@ class ColourFormatter(logging.Formatter):
         logging.CRITICAL: "\x1b[1;31m",
     }
 
-    def __init__(self, fmt: str, use_colors: bool) -> None:
-        super().__init__(fmt)
+    def __init__(
+        self, fmt: str | None, use_colors: bool, datefmt: str | None = None, style: Any = "%"
+    ) -> None:
+        super().__init__(fmt, datefmt, style)
         self.use_colors = use_colors
 
     def formatMessage(self, record: logging.LogRecord) -> str:
@@ -81,7 +89,11 @@ def configure_logging(config: Config) -> None:
             logger = logging.getLogger(name)
             logger.handlers.clear()
             handler = FastStreamHandler(stream)
-            handler.setFormatter(ColourFormatter("%(levelprefix)s%(message)s", use_colors))
+            if name == "fastserve.access" and config.access_log_json:
+                # One JSON object per line and nothing else: no level prefix.
+                handler.setFormatter(logging.Formatter("%(message)s"))
+            else:
+                handler.setFormatter(ColourFormatter("%(levelprefix)s%(message)s", use_colors))
             logger.addHandler(handler)
             logger.propagate = False
     level = LEVELS[config.log_level]
@@ -98,18 +110,159 @@ def _load_log_config(path: str) -> None:
             text = fh.read()
     except OSError as exc:
         raise ConfigError(f"cannot read --log-config {path}: {exc.strerror}") from None
+    mapped: list[str] = []
     try:
-        if path.endswith(".json"):
-            logging.config.dictConfig(json.loads(text))
-        elif path.endswith((".yaml", ".yml")):
-            import yaml
+        if path.endswith((".json", ".yaml", ".yml")):
+            if path.endswith(".json"):
+                data = json.loads(text)
+            else:
+                import yaml
 
-            logging.config.dictConfig(yaml.safe_load(text))
+                data = yaml.safe_load(text)
+            logging.config.dictConfig(_from_uvicorn_dict(data, mapped))
         else:
-            logging.config.fileConfig(path, disable_existing_loggers=False)
+            parser = configparser.ConfigParser()
+            parser.read_string(text, path)
+            _from_uvicorn_ini(parser, mapped)
+            logging.config.fileConfig(parser, disable_existing_loggers=False)
     except Exception as exc:  # the file is the user's: any failure is a config error
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise ConfigError(f"cannot use --log-config {path}: {reason}") from None
+    # dictConfig disables every existing logger the file does not name (unless it says
+    # "disable_existing_loggers": false): a file that names none of fastserve's (or uvicorn's)
+    # loggers would silence the server. Its records go to the file's root handlers instead.
+    for name in ("fastserve", "fastserve.error", "fastserve.access"):
+        logging.getLogger(name).disabled = False
+    if mapped:
+        logging.getLogger("fastserve.error").info(
+            "--log-config %s: uvicorn's names used as fastserve's: %s", path, ", ".join(mapped)
+        )
+
+
+# A --log-config written for uvicorn configures these loggers and formatters. fastserve
+# logs under its own names, so the file's settings are moved onto them: one file serves both
+# servers while a deployment switches (rather than configuring loggers nobody writes to,
+# and disabling fastserve's: dictConfig's disable_existing_loggers defaults to true).
+UVICORN_LOGGERS = {
+    "uvicorn": "fastserve",
+    "uvicorn.error": "fastserve.error",
+    "uvicorn.access": "fastserve.access",
+}
+UVICORN_FORMATTERS = {
+    "uvicorn.logging.DefaultFormatter": "fastserve.logs.DefaultFormatter",
+    "uvicorn.logging.ColourizedFormatter": "fastserve.logs.DefaultFormatter",
+    "uvicorn.logging.AccessFormatter": "fastserve.logs.AccessFormatter",
+}
+
+
+def _from_uvicorn_dict(data: Any, mapped: list[str]) -> Any:
+    """The dictConfig with uvicorn's logger and formatter names replaced by fastserve's.
+    A logger configured under both names keeps the fastserve one."""
+    if not isinstance(data, dict):
+        return data  # (dictConfig says what is wrong)
+    loggers = data.get("loggers")
+    if isinstance(loggers, dict):
+        renamed: dict[str, Any] = {}
+        for name, settings in loggers.items():
+            ours = UVICORN_LOGGERS.get(name)
+            if ours is None:
+                renamed.setdefault(name, settings)
+            elif ours not in loggers:
+                renamed[ours] = settings
+                mapped.append(f"{name} -> {ours}")
+        data = {**data, "loggers": renamed}
+    formatters = data.get("formatters")
+    if isinstance(formatters, dict):
+        data = {**data, "formatters": dict(formatters)}
+        for name, settings in formatters.items():
+            if not isinstance(settings, dict):
+                continue
+            for key in ("()", "class"):
+                ours = UVICORN_FORMATTERS.get(settings.get(key, ""))
+                if ours is not None:
+                    data["formatters"][name] = {**settings, key: ours}
+                    mapped.append(f"{settings[key]} -> {ours}")
+    return data
+
+
+def _from_uvicorn_ini(parser: configparser.ConfigParser, mapped: list[str]) -> None:
+    """The same for an INI file: loggers by their `qualname`, formatters by their `class`."""
+    taken = {parser.get(s, "qualname", fallback="", raw=True) for s in parser.sections()}
+    for section in parser.sections():
+        qualname = parser.get(section, "qualname", fallback="", raw=True)
+        ours = UVICORN_LOGGERS.get(qualname)
+        if section.startswith("logger_") and ours is not None and ours not in taken:
+            parser.set(section, "qualname", ours)
+            mapped.append(f"{qualname} -> {ours}")
+        cls = parser.get(section, "class", fallback="", raw=True)
+        ours = UVICORN_FORMATTERS.get(cls)
+        if section.startswith("formatter_") and ours is not None:
+            parser.set(section, "class", ours)
+            mapped.append(f"{cls} -> {ours}")
+
+
+class DefaultFormatter(ColourFormatter):
+    """Stands in for uvicorn.logging.DefaultFormatter in a --log-config written for uvicorn:
+    the same arguments, `%(levelprefix)s` included."""
+
+    def __init__(
+        self,
+        fmt: str | None = None,
+        datefmt: str | None = None,
+        style: Any = "%",
+        use_colors: bool | None = None,
+        **_: Any,
+    ) -> None:
+        colours = sys.stdout.isatty() if use_colors is None else use_colors
+        super().__init__(fmt, colours, datefmt, style)
+
+
+# uvicorn's access records carry their fields as arguments; fastserve's carry the line
+# (`1.2.3.4:5678 - "GET / HTTP/1.1" 200 5 0.21ms`), so uvicorn's default access format
+# becomes the message, and any other use of those fields reads "-".
+_UVICORN_ACCESS = '%(client_addr)s - "%(request_line)s" %(status_code)s'
+_UVICORN_FIELDS = ("client_addr", "request_line", "status_code")
+
+
+class AccessFormatter(DefaultFormatter):
+    """Stands in for uvicorn.logging.AccessFormatter in a --log-config written for uvicorn."""
+
+    def __init__(self, fmt: str | None = None, *args: Any, **kwargs: Any) -> None:
+        if fmt is not None:
+            fmt = fmt.replace(_UVICORN_ACCESS, "%(message)s")
+        super().__init__(fmt, *args, **kwargs)
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        for name in _UVICORN_FIELDS:
+            record.__dict__.setdefault(name, "-")
+        return super().formatMessage(record)
+
+
+def banner(config: Config, state: ServerState, workers: int | None = None) -> str:
+    """One startup line: what runs, and how it was built.
+
+    `fastserve 1.2.0 (compiled, CPython 3.12.3), pid 4242, loop uvloop,
+    protocols HTTP/1.1 HTTP/2 WebSocket, workers 4`"""
+    # The hot path is compiled all or nothing (setup.py): where cycle.py's module comes from
+    # says which build runs (as cli.hot_path_compiled, which this module cannot import).
+    spec = importlib.util.find_spec("fastserve.protocols.cycle")
+    origin = (spec.origin if spec is not None else None) or ""
+    compiled = origin.endswith(tuple(importlib.machinery.EXTENSION_SUFFIXES))
+    build = "compiled" if compiled else "pure Python"
+    python = f"{platform.python_implementation()} {platform.python_version()}"
+    loop = "uvloop" if type(state.loop).__module__.startswith("uvloop") else "asyncio"
+    protocols = ["HTTP/1.1"]
+    if state.h2_upgrade is not None:
+        protocols.append("HTTP/2")
+    if state.ws_upgrade is not None:
+        protocols.append("WebSocket")
+    count = (
+        workers if workers is not None else config.workers or os.environ.get("WEB_CONCURRENCY", "1")
+    )
+    return (
+        f"fastserve {__version__} ({build}, {python}), pid {os.getpid()}, loop {loop}, "
+        f"protocols {' '.join(protocols)}, workers {count}"
+    )
 
 
 class FieldMap(dict[str, Any]):
