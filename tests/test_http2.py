@@ -15,6 +15,7 @@ import socket
 import subprocess
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import h2.config
@@ -31,11 +32,23 @@ from tests.helpers import Serve, until_closed, wait_until
 pytest.importorskip("zttp")
 
 
+OPEN_CLIENTS: list[H2Client] = []
+
+
+@pytest.fixture(autouse=True)
+def close_clients() -> Iterator[None]:
+    """A test that fails half-way still closes its sockets (no ResourceWarning later)."""
+    yield
+    while OPEN_CLIENTS:
+        OPEN_CLIENTS.pop().close()
+
+
 class H2Client:
     """A raw HTTP/2 client on a plain socket (prior knowledge), driven by the h2 library."""
 
     def __init__(self, port: int, window: int | None = None) -> None:
         self.sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+        OPEN_CLIENTS.append(self)
         config = h2.config.H2Configuration(client_side=True, header_encoding="utf-8")
         self.conn = h2.connection.H2Connection(config)
         if window is not None:

@@ -12,7 +12,7 @@ import pytest
 
 from tests.apps.core_apps import Receive, Scope, Send
 from tests.helpers import Serve, until_closed
-from tests.test_http2 import H2Client
+from tests.test_http2 import H2Client, close_clients  # noqa: F401 (the fixture)
 
 
 async def trailers_app(scope: Scope, receive: Receive, send: Send) -> None:
