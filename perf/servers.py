@@ -300,6 +300,9 @@ def h2_unsupported(spec: ServerSpec, env: BenchEnv) -> str | None:
         proc = subprocess.run([argv[0], "--help"], capture_output=True, text=True, timeout=30)
     except (OSError, subprocess.TimeoutExpired) as exc:
         return f"`{Path(argv[0]).name} --help` failed: {exc}"
+    if proc.returncode != 0:  # e.g. a build that does not import
+        last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        return f"`{Path(argv[0]).name} --help` exited {proc.returncode}: {last[:200]}"
     missing = [word for word in spec.h2_help if word not in proc.stdout]
     if missing:
         return f"`{Path(argv[0]).name} --help` shows no {', '.join(missing)} (this version)"

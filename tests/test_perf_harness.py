@@ -707,6 +707,8 @@ def test_h2_variants_of_the_servers() -> None:
     # An installed version whose --help lacks the options is skipped with the reason.
     old = replace(servers.SPECS["granian"], argv=lambda env, port: [sys.executable])
     assert "[auto|1|2]" in (servers.h2_unsupported(old, env) or "")
+    broken = replace(old, argv=lambda env, port: ["/bin/false"])
+    assert "exited 1" in (servers.h2_unsupported(broken, env) or "")
 
 
 def test_h2_skips_are_printed_with_their_reason(capsys: pytest.CaptureFixture[str]) -> None:
