@@ -12,7 +12,7 @@ handlers still gets every record).
 from __future__ import annotations
 
 import asyncio
-import json
+import json.encoder
 import logging
 import os
 import secrets
@@ -33,6 +33,20 @@ FLUSH_DELAY: Final = 0.01
 # line minus its duration and formats every duration of a batch in one `%` operation.
 _DEFAULT_TAIL: Final = "%s%.2fms\n"
 _TEMPLATE_TAIL: Final = "%s%s\n"
+
+# A JSON access line, as json.dumps would write the dict, minus the dict and the generic
+# encoder: its strings go through _json_string one by one. Measured per line (add() and its
+# share of a flush): 9.0 us with json.dumps, 4.9 us so, pure Python; compiled, 4.2 us (7.7 us
+# for the 14-field, twice-escaped line before).
+JSON_LINE: Final = (
+    '{"timestamp": "%s", "request_id": %s, "client": %s, "client_addr": %s, "method": %s, '
+    '"path": %s, "query": %s, "version": %s, "protocol": %s, "request_line": %s, '
+    '"status": %s, "bytes": %d, "duration_ms": %r, "duration_us": %d, "user_agent": %s, '
+    '"referer": %s, "completed": %s, "ended": %s, "pid": %d}'
+)
+
+# JSON's string encoder (C): str -> its quoted, escaped JSON text, non-ASCII escaped too.
+_json_string: Final = json.encoder.encode_basestring_ascii
 
 # How a response that did not complete ended (cycle.py says which).
 CLIENT_GONE: Final = "client gone"
@@ -168,9 +182,11 @@ class AccessLog:
     def json_line(
         self, scope: dict[str, Any], status: int, sent: int, duration: float, ended: str | None
     ) -> str:
-        """One JSON object. Values are the request's own text (latin-1 decoded bytes), escaped
-        once, by JSON: `ensure_ascii` turns every control and non-ASCII character into a
-        `\\uXXXX` escape, so a line stays one line whatever the client sent."""
+        """One JSON object (JSON_LINE). Values are the request's own text (latin-1 decoded
+        bytes), escaped once, by JSON's own string encoder (`ensure_ascii`: every control and
+        non-ASCII character becomes a `\\uXXXX` escape, so a line stays one line whatever
+        the client sent)."""
+        enc = _json_string
         headers = dict(scope["headers"])
         client = scope.get("client")
         method = scope["method"]
@@ -180,28 +196,27 @@ class AccessLog:
         target = path + "?" + query if query else path
         agent = headers.get(b"user-agent")
         referer = headers.get(b"referer")
-        values = {
-            "timestamp": self.timestamp(),
-            "request_id": self.request_id(headers),
-            "client": f"{client[0]}:{client[1]}" if client else None,
-            "client_addr": client[0] if client else None,
-            "method": method,
-            "path": path,
-            "query": query,
-            "version": version,
-            "protocol": f"HTTP/{version}",
-            "request_line": f"{method} {target} HTTP/{version}",
-            "status": status if status else None,
-            "bytes": sent,
-            "duration_ms": round(duration * 1000.0, 3),
-            "duration_us": int(duration * 1_000_000),
-            "user_agent": agent.decode("latin-1") if agent is not None else None,
-            "referer": referer.decode("latin-1") if referer is not None else None,
-            "completed": ended is None,
-            "ended": ended,
-            "pid": self.pid,
-        }
-        return json.dumps(values, ensure_ascii=True)
+        return JSON_LINE % (
+            self.timestamp(),
+            enc(self.request_id(headers)),
+            enc(f"{client[0]}:{client[1]}") if client else "null",
+            enc(client[0]) if client else "null",
+            enc(method),
+            enc(path),
+            enc(query),
+            enc(version),
+            enc("HTTP/" + version),
+            enc(f"{method} {target} HTTP/{version}"),
+            status if status else "null",
+            sent,
+            round(duration * 1000.0, 3),
+            int(duration * 1_000_000),
+            enc(agent.decode("latin-1")) if agent is not None else "null",
+            enc(referer.decode("latin-1")) if referer is not None else "null",
+            "true" if ended is None else "false",
+            enc(ended) if ended is not None else "null",
+            self.pid,
+        )
 
     def text_fields(
         self, scope: dict[str, Any], status: int, sent: int, duration: float
