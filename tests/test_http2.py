@@ -578,3 +578,20 @@ def test_nghttp_client(serve: Serve) -> None:
             check=True,
         ).stdout
     assert out == b"2 POST /n 4"
+
+
+def test_a_long_lived_connection_is_retired_with_goaway_and_clients_go_on(serve: Serve) -> None:
+    """zttp ends a connection after 4,096 streams as a flood; fastserve retires it before
+    (GOAWAY NO_ERROR after 4,000), so a client that reconnects loses no request."""
+    connections: set[Any] = set()
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            connections.add(scope["client"])
+            await send({"type": "http.response.start", "status": 204})
+            await send({"type": "http.response.body"})
+
+    with serve(app) as srv, httpx.Client(http1=False, http2=True, timeout=5) as http:
+        statuses = [http.get(srv.url + "/").status_code for _ in range(4200)]
+    assert statuses == [204] * 4200
+    assert len(connections) == 2
