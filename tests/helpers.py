@@ -270,6 +270,20 @@ def stalled(srv: RunningServer, read: Callable[[], int], what: str, timeout: flo
     return result[0]
 
 
+def until_closed_cleanly(sock: socket.socket, timeout: float = 5.0) -> bytes:
+    """Like until_closed, but a reset is a test failure: the server must close with a FIN."""
+    sock.settimeout(timeout)
+    data = b""
+    try:
+        while chunk := sock.recv(65536):
+            data += chunk
+    except ConnectionResetError:
+        raise AssertionError(f"a reset, not a clean close, after {data!r}") from None
+    except TimeoutError:
+        raise AssertionError(f"the server did not close within {timeout} s: {data!r}") from None
+    return data
+
+
 def statuses_of(raw: bytes) -> list[int]:
     """The status of each response in `raw` (heads found by their status lines; bodies in
     these tests are short text that never holds one)."""
@@ -299,12 +313,15 @@ class _Records(logging.Handler):
 
 
 @contextmanager
-def error_log(level: int | None = None) -> Iterator[list[logging.LogRecord]]:
+def error_log(
+    level: int | None = None, name: str = "fastserve.error"
+) -> Iterator[list[logging.LogRecord]]:
     """Records of the "fastserve.error" logger (which does not propagate to caplog's root
-    handler); `level` lowers the logger's level for the block (INFO: the refusal lines).
-    Enter it after the server started: configure_logging resets the handlers."""
+    handler), or of logger `name`; `level` lowers the logger's level for the block (INFO: the
+    refusal lines). Enter it after the server started: configure_logging resets the
+    handlers."""
     handler = _Records()
-    logger = logging.getLogger("fastserve.error")
+    logger = logging.getLogger(name)
     logger.addHandler(handler)
     previous = logger.level
     if level is not None:

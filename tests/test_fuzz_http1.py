@@ -33,9 +33,9 @@ import re
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -901,27 +901,6 @@ def record_port(record: logging.LogRecord) -> int | None:
     return None
 
 
-class Collect(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__()
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
-
-
-@contextmanager
-def asyncio_log() -> Iterator[list[logging.LogRecord]]:
-    """Records of the "asyncio" logger: exceptions in callbacks, unretrieved task errors."""
-    handler = Collect()
-    logger = logging.getLogger("asyncio")
-    logger.addHandler(handler)
-    try:
-        yield handler.records
-    finally:
-        logger.removeHandler(handler)
-
-
 # -- the test ---------------------------------------------------------------------------------
 
 
@@ -939,7 +918,7 @@ def test_mutated_pipelines(serve: Serve, loop_name: str, variant: str) -> None:
                 name: stack.enter_context(serve(app, **SERVER_OPTIONS))
                 for name, app in APPS.items()
             }
-            records = logs.enter_context(error_log()), logs.enter_context(asyncio_log())
+            records = logs.enter_context(error_log()), logs.enter_context(error_log(name="asyncio"))
             fds = open_fds()
             outcomes = run_all(cases, servers)
             failed = [o for o in outcomes if o.problems]

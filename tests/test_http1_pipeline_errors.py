@@ -14,7 +14,15 @@ import pytest
 
 from tests.apps.core_apps import Receive, Scope, Send, read_body, respond
 from tests.conftest import RunningServer
-from tests.helpers import Serve, assert_serving, request, statuses_of, until_closed, wait_until
+from tests.helpers import (
+    Serve,
+    assert_serving,
+    request,
+    statuses_of,
+    until_closed,
+    until_closed_cleanly,
+    wait_until,
+)
 
 BAD_CHUNKS = {
     "zz": b"zz\r\n",
@@ -147,13 +155,7 @@ def test_closing_after_connection_close_leaves_no_reset(serve: Serve) -> None:
                 except BlockingIOError:
                     pass
                 sock.setblocking(True)
-                sock.settimeout(5)
-                raw = b""
-                try:
-                    while chunk := sock.recv(65536):
-                        raw += chunk
-                except ConnectionResetError:
-                    pytest.fail(f"reset after {raw!r}")
+                raw = until_closed_cleanly(sock)
             assert statuses_of(raw) == [200], raw
 
 
