@@ -595,3 +595,26 @@ def test_a_long_lived_connection_is_retired_with_goaway_and_clients_go_on(serve:
         statuses = [http.get(srv.url + "/").status_code for _ in range(4200)]
     assert statuses == [204] * 4200
     assert len(connections) == 2
+
+
+def test_a_body_over_the_limit_gets_413_and_the_app_a_disconnect(serve: Serve) -> None:
+    probe = Probe()
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            while True:
+                message = await receive()
+                if message["type"] == "http.disconnect" or not message.get("more_body"):
+                    break
+            probe.put(message["type"])
+
+    with serve(app, limit_request_body=1000) as srv:
+        client = H2Client(srv.port)
+        stream = client.request("/up", "POST", open_body=True)  # no content-length
+        for _ in range(3):
+            client.conn.send_data(stream, b"x" * 600)
+        client.flush()
+        head = client.until(h2.events.ResponseReceived, stream)
+        assert dict(head.headers)[":status"] == "413"
+        assert probe.get() == "http.disconnect"
+        assert client.response(client.request("/ok"))[0][":status"] == "500"  # app: no answer

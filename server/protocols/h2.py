@@ -85,7 +85,7 @@ CONNECTION_SPECIFIC: Final = frozenset(
 class H2Stream(Channel):
     """One request/response exchange on an HTTP/2 connection: the cycle's Channel."""
 
-    __slots__ = ("body_seen", "conn", "cycle", "stream_id", "waiter")
+    __slots__ = ("body_seen", "conn", "cycle", "received", "stream_id", "waiter")
 
     def __init__(self, conn: H2Protocol, stream_id: int) -> None:
         self.conn = conn
@@ -93,6 +93,7 @@ class H2Stream(Channel):
         self.cycle: RequestCycle | None = None
         self.waiter: asyncio.Future[None] | None = None
         self.body_seen = monotonic()  # when request body last arrived (or the stream opened)
+        self.received = 0  # request body bytes so far (--limit-request-body)
 
     def start_response(self, cycle: RequestCycle, body: bytes, final: bool) -> None:
         cycle.head_sent = True
@@ -311,6 +312,12 @@ class H2Protocol(FlowControl):
         self.flush()
 
     def on_request(self, event: zttp.Request) -> None:
+        self.taken += 1  # (every stream counts toward zttp's limit, refused ones too)
+        self.take(event)
+        if self.taken >= STREAMS_HARD_LIMIT:
+            self.go_away()  # (the streams taken so far finish; later ones are refused)
+
+    def take(self, event: zttp.Request) -> None:
         state = self.state
         stream_id = event.stream_id
         self.highest = max(self.highest, stream_id)
@@ -356,21 +363,19 @@ class H2Protocol(FlowControl):
             return
         if admit(cycle, state):
             start(cycle, state, False, False)
-        self.taken += 1
-        if self.taken >= STREAMS_HARD_LIMIT:
-            self.go_away()  # (the streams taken so far finish; later ones are refused)
 
     def on_data(self, event: zttp.Data) -> None:
         stream = self.streams.get(event.stream_id)
         if stream is None or stream.cycle is None:
             return
         cycle = stream.cycle
+        if cycle.disconnected:
+            return  # refused already (too large), or reset
         data = event.data
+        stream.received += len(data)
         limit = self.state.limit_request_body
-        if limit is not None and cycle.body_size + len(data) > limit:
-            if not cycle.response_started:
-                cycle.lost()
-                self.reset(event.stream_id, REFUSED_STREAM)
+        if limit is not None and stream.received > limit:
+            self.body_too_large(stream, cycle)
             return
         stream.body_seen = monotonic()
         before = cycle.body_size
@@ -378,6 +383,24 @@ class H2Protocol(FlowControl):
         self.body_buffered += cycle.body_size - before
         if self.body_buffered > HIGH_WATER:
             self.pause_reading()
+
+    def body_too_large(self, stream: H2Stream, cycle: RequestCycle) -> None:
+        """--limit-request-body passed by DATA: the app's receive() gets http.disconnect (its
+        sends fail quietly from here on) and the client a 413, or a reset once the response
+        had started."""
+        cycle.lost()
+        peer = self.client or ("-", 0)
+        log.info("%s:%s - HTTP/2 stream %d: request body too large", *peer, stream.stream_id)
+        if cycle.head_sent:
+            self.reset(stream.stream_id, CANCEL)
+            return
+        cycle.head_sent = True
+        headers = [(b"content-type", b"text/plain; charset=utf-8")]
+        handle = self.h2.stream(stream.stream_id)
+        handle.send_response(413, headers + self.state.defaults_without(set()))
+        handle.send_data(b"Request body too large")
+        handle.end_message()
+        self.want_flush()
 
     def body_consumed(self) -> None:
         self.body_buffered = sum(
