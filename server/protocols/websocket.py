@@ -580,13 +580,15 @@ class WebSocketProtocol(FlowControl, Channel):
 
     def start_response(self, cycle: RequestCycle, body: bytes, final: bool) -> None:
         head, rest, tail, self.chunked = frame_response(cycle, body, final, False, self.state)
-        self.transport.writelines([head, rest, tail])
+        # write(), not writelines(): asyncio's writelines on CPython 3.12.0-3.12.8 and
+        # 3.13.0-3.13.1 (see http1.WRITELINES_UNPAUSED) left these bytes unsent (CI, 3.12.1).
+        self.transport.write(head + rest + tail if rest else head)
         if final:
             self.responded()
 
     def send_body(self, cycle: RequestCycle, body: bytes, final: bool) -> None:
         if not cycle.no_body:
-            self.transport.writelines(frame_body(body, final, self.chunked))
+            self.transport.write(b"".join(frame_body(body, final, self.chunked)))
         if final:
             self.responded()
 
