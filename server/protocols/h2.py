@@ -44,7 +44,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("fastserve.error")
 monotonic: Final = time.monotonic
 
-PREFACE: Final = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"  # RFC 9113 §3.4
 
 NO_ERROR: Final = 0x0
 PROTOCOL_ERROR: Final = 0x1
