@@ -28,6 +28,7 @@ class ServerState:
         "config",
         "connections",
         "context",
+        "date_header",
         "date_timer",
         "default_head",
         "default_headers",
@@ -100,19 +101,24 @@ class ServerState:
         # HTTP/2's hand-over (protocols/h2.py), None when HTTP/2 is off or zttp is missing.
         self.h2_upgrade: Callable[..., None] | None = http2_upgrade(config)
         # Headers added to every response, encoded once: the server line and --header values.
+        # A --header "Server: ..." or "Date: ..." replaces the server's own (as uvicorn does
+        # for Server): one field, never two.
+        extra = config.encoded_headers  # validated when the Config was made
+        names = {name for name, _ in extra}
         static: list[tuple[bytes, bytes]] = []
-        if config.server_header:
+        if config.server_header and b"server" not in names:
             static.append((b"server", b"fastserve"))
-        static.extend(config.encoded_headers)  # validated when the Config was made
+        static.extend(extra)
         self.default_headers = static
         self.static_head = b"".join(n + b": " + v + b"\r\n" for n, v in static)
         self.default_head = self.static_head
+        self.date_header = config.date_header and b"date" not in names
         self.date_timer: asyncio.TimerHandle | None = None
         self.refresh_date()
 
     def refresh_date(self) -> None:
         """Re-encode the Date line; runs once a second, aligned to the wall-clock second."""
-        if self.config.date_header:
+        if self.date_header:
             now = time.time()
             date = email.utils.formatdate(now, usegmt=True).encode("ascii")
             self.default_head = b"date: " + date + b"\r\n" + self.static_head
@@ -123,7 +129,7 @@ class ServerState:
     def defaults_without(self, names: set[bytes]) -> list[tuple[bytes, bytes]]:
         """The default headers minus those the app set itself (slow path, rare)."""
         out = [(n, v) for n, v in self.default_headers if n not in names]
-        if self.config.date_header and b"date" not in names:
+        if self.date_header and b"date" not in names:
             out.insert(0, (b"date", self.default_head[6 : self.default_head.index(b"\r\n")]))
         return out
 

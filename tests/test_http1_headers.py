@@ -12,7 +12,7 @@ import time
 import pytest
 
 from tests.apps.core_apps import BAD_HEADERS, core_app
-from tests.helpers import Serve, Wire, error_log, fetch, request
+from tests.helpers import Serve, Wire, error_log, fetch, request, until_closed
 
 # -- default headers --------------------------------------------------------------------------
 
@@ -60,6 +60,29 @@ def test_extra_default_headers(serve: Serve) -> None:
     for response in (plain, own):
         assert response.all(b"x-frame-options") == [b"DENY"]
         assert response.all(b"x-served-by") == [b"edge-1"]
+
+
+@pytest.mark.parametrize("name", [b"server", b"date"])
+def test_a_header_option_replaces_the_default_of_that_name(serve: Serve, name: bytes) -> None:
+    """--header "Server: mine" (or Date) is sent instead of the server's own, never beside
+    it: on app responses and on the server's own answers (a 500 here, and a 400 refusal)."""
+    other = b"date" if name == b"server" else b"server"
+    option = name.decode().title() + ": mine/1.0"
+    with serve(core_app, headers=[option]) as srv:
+        with srv.connect() as sock:
+            wire = Wire(sock)
+            wire.send(request("/hello") + request("/bad-header?kind=nul"))
+            responses = [wire.response(), wire.response()]
+        with srv.connect() as sock:
+            sock.sendall(b"GET / HTTP/1.1\r\n\r\n")  # no Host: refused by the server
+            raw = until_closed(sock)
+    assert [r.status for r in responses] == [200, 500]
+    for response in responses:
+        assert response.all(name) == [b"mine/1.0"]
+        assert len(response.all(other)) == 1  # the other default is still there, once
+    head = raw.partition(b"\r\n\r\n")[0].lower()
+    assert raw.startswith(b"HTTP/1.1 400 ")
+    assert head.count(b"\r\n" + name + b":") == 1 and b"\r\n" + name + b": mine/1.0" in head
 
 
 def test_response_headers_from_any_iterable(serve: Serve) -> None:

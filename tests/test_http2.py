@@ -618,3 +618,16 @@ def test_a_body_over_the_limit_gets_413_and_the_app_a_disconnect(serve: Serve) -
         assert dict(head.headers)[":status"] == "413"
         assert probe.get() == "http.disconnect"
         assert client.response(client.request("/ok"))[0][":status"] == "500"  # app: no answer
+
+
+@pytest.mark.parametrize("name", ["server", "date"])
+def test_a_header_option_replaces_the_default_of_that_name(serve: Serve, name: str) -> None:
+    """--header "Server: mine" (or Date) replaces the server's own field on HTTP/2 too."""
+    other = "date" if name == "server" else "server"
+    with serve(echo_app(), headers=[f"{name.title()}: mine/1.0"]) as srv:
+        client = H2Client(srv.port)
+        head = client.until(h2.events.ResponseReceived, client.request("/"))
+        client.close()
+    fields = [n for n, _ in head.headers]
+    assert (name, "mine/1.0") in head.headers and fields.count(name) == 1
+    assert fields.count(other) == 1
