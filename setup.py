@@ -94,19 +94,31 @@ def mypyc_extensions(work: str) -> list[Any]:
     """Type-check and translate the COMPILED modules to C under `work`; their Extensions."""
     from mypyc.build import mypycify
 
+    work = os.path.abspath(work)  # build_temp may be relative (--build-base); we chdir below
     # mypyc names each module after its path: it reads a copy of server/ named fastserve/.
     source = os.path.join(work, "fastserve")
     ignore = shutil.ignore_patterns("__pycache__", "*.so")
     shutil.copytree(os.path.join(HERE, "server"), source, ignore=ignore, dirs_exist_ok=True)
+    # The paths are given relative to `work`, from `work`: mypyc writes each path as it got it
+    # into the C code, as the file name of the compiled functions' traceback entries. So a
+    # traceback names `fastserve/protocols/cycle.py`, which Python's linecache finds on
+    # sys.path (the wheel ships the .py files beside the compiled ones) to print the source
+    # line, instead of this build's temporary directory, which exists on no user's machine.
+    # (The absolute installed path is not known when the wheel is built.)
     # --python-version: the interpreter building the wheel, not pyproject's 3.11 (mypy would
     # otherwise compile the `sys.version_info >= (3, 12)` branches away). --config-file "":
     # not the project's mypy settings; --cache-dir: not the checkout's .mypy_cache.
     args = ["--python-version", f"{sys.version_info[0]}.{sys.version_info[1]}"]
     args += ["--config-file", "", "--cache-dir", os.path.join(work, "mypy-cache")]
-    args += ["--ignore-missing-imports", *(os.path.join(source, p) for p in COMPILED)]
-    exts: list[Any] = mypycify(
-        args, opt_level="3", group_name="fastserve", target_dir=os.path.join(work, "c")
-    )
+    args += ["--ignore-missing-imports", *(os.path.join("fastserve", p) for p in COMPILED)]
+    cwd = os.getcwd()
+    os.chdir(work)
+    try:
+        exts: list[Any] = mypycify(
+            args, opt_level="3", group_name="fastserve", target_dir=os.path.join(work, "c")
+        )
+    finally:
+        os.chdir(cwd)
     return exts
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import sysconfig
@@ -21,6 +22,8 @@ from pathlib import Path
 from typing import NamedTuple
 
 import pytest
+
+from tests.apps.cli_procs import ServerProcess, clean_env
 
 REPO = Path(__file__).resolve().parents[1]
 # Not the project's files: never copied, and MANIFEST.in keeps them out of an sdist.
@@ -129,6 +132,32 @@ def test_pip_install_of_the_sdist_compiles(sdist: Sdist, tmp_path: Path) -> None
     pip("install", "--target", target, sdist.path, env={"CC": compiler(tmp_path)})
     assert list(target.glob("fastserve__mypyc.*"))
     assert build_of(target) == "compiled"
+    # A traceback through compiled code names the module as installed, `fastserve/...` (a
+    # path under the site directory), not the build's temporary directory.
+    frames = compiled_frames_of_an_app_error(target, tmp_path)
+    assert frames, "no traceback entry from a compiled module"
+    for name in frames:  # an interpreted module's absolute path, or a compiled one's
+        assert (target / name).is_file(), frames  # (target / an absolute path) is that path
+    assert "fastserve/protocols/cycle.py" in frames  # send(), where the app's mistake is found
+
+
+def compiled_frames_of_an_app_error(target: Path, tmp_path: Path) -> list[str]:
+    """The file names of fastserve's frames in the traceback the server logs for an app that
+    sends a body before the response start (cycle.py's send() raises, compiled)."""
+    (tmp_path / "bad_order.py").write_text(
+        "async def app(scope, receive, send):\n"
+        "    await send({'type': 'http.response.body', 'body': b'x'})\n"
+    )
+    env = clean_env(PYTHONPATH=f"{target}{os.pathsep}{tmp_path}")
+    cmd = [sys.executable, "-m", "fastserve", "bad_order:app", "--port", "0", "--lifespan", "off"]
+    with ServerProcess(cmd, env=env, cwd=tmp_path) as server:
+        host, port = server.url().removeprefix("http://").rsplit(":", 1)
+        with socket.create_connection((host, int(port))) as conn:
+            conn.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert conn.recv(100).startswith(b"HTTP/1.1 500 ")
+        server.wait_for("^RuntimeError: expected 'http.response.start'")
+        assert server.stop() == 0
+    return [m[1] for line in server.err if (m := re.match(r'  File "(.*fastserve[^"]*)"', line))]
 
 
 @needs_a_compiler
