@@ -30,6 +30,7 @@ class Fastserve:
         prefix: Sequence[str] = (),
         command: Sequence[str] | None = None,
         cwd: Path = ROOT,
+        pass_fds: Sequence[int] = (),
     ) -> None:
         full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
         full_env.pop("WEB_CONCURRENCY", None)
@@ -40,6 +41,7 @@ class Fastserve:
             env=full_env,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
+            pass_fds=pass_fds,  # a listening socket to serve on (`--fd N`, gunicorn's fd://N)
         )
         self.lines: list[str] = []
         self.changed = threading.Condition()
