@@ -17,6 +17,8 @@ turns its events into ASGI requests, and owns time, memory and limits:
   zttp credits received DATA at once, so what bounds request bodies is reading: the socket is
   not read while the bodies buffered for apps pass HIGH_WATER (all streams of the connection
   wait then: the cost of an engine that does not let us credit on consumption);
+- the priority rules zttp 0.0.35 does not check (RFC 9113 §5.3.1: a stream cannot depend on
+  itself; §6.3: no PRIORITY on stream 0), found by walking the frame headers of what is read;
 - rapid reset (CVE-2023-44487): streams the client resets count against a budget that refills
   with time; past it, GOAWAY ENHANCE_YOUR_CALM;
 - shutdown: GOAWAY NO_ERROR with the last stream taken, in-flight streams finish; an idle
@@ -51,6 +53,11 @@ INTERNAL_ERROR: Final = 0x2
 REFUSED_STREAM: Final = 0x7
 CANCEL: Final = 0x8
 ENHANCE_YOUR_CALM: Final = 0xB
+
+HEADERS: Final = 0x1
+PRIORITY: Final = 0x2
+PADDED: Final = 0x8
+PRIORITY_FLAG: Final = 0x20
 
 SETTINGS_MAX_CONCURRENT_STREAMS: Final = 0x3
 SETTINGS_ENABLE_CONNECT_PROTOCOL: Final = 0x8
@@ -202,9 +209,11 @@ class H2Protocol(FlowControl):
     __slots__ = (
         "body_buffered",
         "body_timer",
+        "carry",
         "client",
         "closed",
         "flush_handle",
+        "frame_skip",
         "going_away",
         "h2",
         "highest",
@@ -212,6 +221,7 @@ class H2Protocol(FlowControl):
         "resets",
         "resets_at",
         "scope_base",
+        "self_dependent",
         "server",
         "state",
         "streams",
@@ -240,6 +250,12 @@ class H2Protocol(FlowControl):
         self.body_timer: asyncio.TimerHandle | None = None
         self.resets = RESET_BURST
         self.resets_at = monotonic()
+        # The frame walk (check_priorities): bytes until the next frame header (the client's
+        # 24-byte preface comes first), the start of a frame cut by the end of a read, and the
+        # streams named by a frame that makes them depend on themselves (by frame type).
+        self.frame_skip = 24
+        self.carry = b""
+        self.self_dependent: dict[int, int] = {}
 
     # -- connection lifecycle ----------------------------------------------------------------
 
@@ -275,6 +291,8 @@ class H2Protocol(FlowControl):
 
     def data_received(self, data: bytes) -> None:
         h2 = self.h2
+        if not self.check_priorities(data):
+            return
         try:
             h2.receive_data(data)
             while True:
@@ -301,6 +319,8 @@ class H2Protocol(FlowControl):
                 elif kind is zttp.ConnectionClosed:
                     self.close()
                     break
+            if self.self_dependent:
+                self.self_dependence_errors()
         except zttp.ProtocolError as exc:
             # A connection error (RFC 9113 §5.4.1): zttp has queued its GOAWAY.
             peer = self.client or ("-", 0)
@@ -322,6 +342,9 @@ class H2Protocol(FlowControl):
         self.highest = max(self.highest, stream_id)
         if self.going_away or state.shutting_down:
             self.reset(stream_id, REFUSED_STREAM)  # after our GOAWAY: never processed
+            return
+        if self.self_dependent and self.self_dependent.pop(stream_id, 0):
+            self.stream_error(stream_id, "depends on itself")  # RFC 9113 §5.3.1
             return
         if len(self.streams) >= state.config.http2_max_concurrent_streams:
             self.reset(stream_id, REFUSED_STREAM)  # RFC 9113 §5.1.2
@@ -362,6 +385,77 @@ class H2Protocol(FlowControl):
             return
         if admit(cycle, state):
             start(cycle, state, False, False)
+
+    def check_priorities(self, data: bytes) -> bool:
+        """RFC 9113's priority rules that zttp 0.0.35 lets through: a HEADERS or PRIORITY
+        frame making a stream depend on itself (§5.3.1) and a PRIORITY frame on stream 0
+        (§6.3, a connection error: False). Walks the frame headers of what was read, before
+        zttp parses it: a few byte reads per frame, none per byte."""
+        at = self.frame_skip
+        if self.carry:
+            data = self.carry + data
+            self.carry = b""
+        end = len(data)
+        while at + 9 <= end:
+            length = (data[at] << 16) | (data[at + 1] << 8) | data[at + 2]
+            kind = data[at + 3]
+            if kind in (HEADERS, PRIORITY):
+                flags = data[at + 4]
+                start = at + 9
+                if kind == HEADERS:
+                    if not flags & PRIORITY_FLAG:
+                        at = start + length
+                        continue
+                    if flags & PADDED:
+                        start += 1
+                if start + 4 > end and start + 4 <= at + 9 + length:
+                    break  # the dependency is in the next read: keep this frame's start
+                stream_id = int.from_bytes(data[at + 5 : at + 9], "big") & 0x7FFFFFFF
+                if kind == PRIORITY and stream_id == 0:
+                    self.connection_error("PRIORITY on stream 0")  # §6.3
+                    return False
+                if start + 4 <= at + 9 + length:  # (zttp refuses a frame too short for it)
+                    depends = int.from_bytes(data[start : start + 4], "big") & 0x7FFFFFFF
+                    if depends == stream_id:
+                        self.self_dependent[stream_id] = kind
+            at += 9 + length
+        if at < end:
+            self.carry = data[at:]  # at most a frame header and 5 bytes of a dependency
+            self.frame_skip = 0
+        else:
+            self.frame_skip = at - end
+        return True
+
+    def self_dependence_errors(self) -> None:
+        """The self-dependent streams zttp's events did not start (take() resets those): an
+        open stream (trailers, PRIORITY) is reset; a PRIORITY frame for a stream that is not
+        open is a connection error, which §5.4.2 allows for any stream error, as RST_STREAM
+        must not be sent on an idle stream (§6.4) nor on a closed one (§5.1)."""
+        flagged = self.self_dependent
+        self.self_dependent = {}
+        for stream_id, kind in flagged.items():
+            if stream_id in self.streams:
+                self.stream_error(stream_id, "depends on itself")
+            elif kind == PRIORITY:
+                self.connection_error(f"stream {stream_id} depends on itself")
+                return
+
+    def stream_error(self, stream_id: int, why: str) -> None:
+        """RST_STREAM PROTOCOL_ERROR (RFC 9113 §5.4.2); the app, if it runs, gets
+        http.disconnect."""
+        peer = self.client or ("-", 0)
+        log.info("%s:%s - HTTP/2 stream %d: %s", *peer, stream_id, why)
+        stream = self.streams.get(stream_id)
+        if stream is not None and stream.cycle is not None:
+            stream.cycle.lost()
+        self.reset(stream_id, PROTOCOL_ERROR)
+
+    def connection_error(self, why: str) -> None:
+        """GOAWAY PROTOCOL_ERROR naming the last stream taken, then close (§5.4.1)."""
+        peer = self.client or ("-", 0)
+        log.info("%s:%s - HTTP/2 connection error: %s", *peer, why)
+        self.h2.close(PROTOCOL_ERROR, self.highest)
+        self.close()
 
     def on_data(self, event: zttp.Data) -> None:
         stream = self.streams.get(event.stream_id)
