@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import os
-import random
 import sys
 from typing import Any
 
@@ -94,11 +93,7 @@ def serve_config(config: Config) -> int:
             return Supervisor(config, workers).run()
         if config.pid:
             write_pid(config.pid)
-        server = Server(config)
-        if config.limit_max_requests is not None:
-            jitter = random.randint(0, max(0, config.limit_max_requests_jitter))
-            server.max_requests = config.limit_max_requests + jitter
-        server.run()
+        Server(config).run()
     except (ConfigError, StartupFailed) as exc:
         log.error("%s", exc)
         return STARTUP_FAILURE

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import random
 import signal
 import socket
 import threading
@@ -70,9 +71,15 @@ class Server:
         self.exit_event: asyncio.Event | None = None
         self.app: ASGIApp | None = None
         self.on_started: Callable[[Server], None] | None = None
-        # Single process: stop after this many requests (a worker's Heartbeat does it instead,
-        # so that the supervisor starts the replacement first).
+        # --limit-max-requests plus its jitter, drawn once per process as uvicorn does. The
+        # request that reaches it calls max_requests_reached().
         self.max_requests: int | None = None
+        if config.limit_max_requests is not None:
+            jitter = random.randint(0, max(0, config.limit_max_requests_jitter))
+            self.max_requests = config.limit_max_requests + jitter
+        # What reaching it does: None stops this server; a worker sets it to have the
+        # supervisor start a replacement first (worker.Heartbeat).
+        self.on_max_requests: Callable[[], None] | None = None
 
     def run(self) -> None:
         """Run `serve()` on a new event loop of the configured kind."""
@@ -123,9 +130,10 @@ class Server:
         try:
             if self.config.install_signal_handlers:
                 self.install_signal_handlers(loop)
-            await self.startup(sockets)
             if self.max_requests is not None:
-                loop.call_later(0.1, self.check_max_requests)
+                state.max_requests = self.max_requests
+                state.on_max_requests = self.max_requests_reached
+            await self.startup(sockets)
             if not self.should_exit:
                 await self.exit_event.wait()
             await self.shutdown()
@@ -178,16 +186,25 @@ class Server:
         if self.on_started is not None:
             self.on_started(self)
 
-    def check_max_requests(self) -> None:
-        """--limit-max-requests in a single process: a 0.1 s tick, nothing per request."""
-        state = self.state
-        if state is None or self.max_requests is None or self.should_exit:
-            return
-        if state.total_requests >= self.max_requests:
+    def max_requests_reached(self) -> None:
+        """The request that reaches --limit-max-requests has started (request.last_request:
+        it is the last one this server admits)."""
+        if self.on_max_requests is not None:
+            self.on_max_requests()
+        else:
             log.info("Maximum request limit of %d reached: shutting down.", self.max_requests)
             self.should_exit = True
-        else:
-            state.loop.call_later(0.1, self.check_max_requests)
+
+    def stop_serving(self) -> None:
+        """No new connections, and no new requests: idle connections close now, busy ones
+        once their response is out."""
+        state = self.state
+        assert state is not None
+        state.shutting_down = True
+        for srv in self.servers:
+            srv.close()
+        for conn in list(state.connections):
+            conn.shutdown()
 
     @property
     def port(self) -> int:
@@ -240,11 +257,7 @@ class Server:
         state = self.state
         assert state is not None
         log.info("Shutting down")
-        state.shutting_down = True
-        for srv in self.servers:
-            srv.close()
-        for conn in list(state.connections):
-            conn.shutdown()
+        self.stop_serving()
         timeout = self.config.timeout_graceful_shutdown
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout

@@ -9,7 +9,7 @@ import email.utils
 import sys
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from .config import Config
 from .protocols import WS, http2_upgrade
@@ -19,6 +19,11 @@ from .types import ASGIApp
 if TYPE_CHECKING:
     from .accesslog import AccessLog
     from .protocols.connection import Closable
+
+
+# --limit-max-requests unset: a count no server reaches, kept a small int (compiled, a tagged
+# machine word: the per-request compare stays one instruction).
+NO_LIMIT: Final = 1 << 60
 
 
 class ServerState:
@@ -43,6 +48,8 @@ class ServerState:
         "limit_request_line",
         "loop",
         "max_head_size",
+        "max_requests",
+        "on_max_requests",
         "outbox",
         "restarting",
         "root_path",
@@ -92,6 +99,10 @@ class ServerState:
         self.tasks: set[asyncio.Task[None]] = set()
         self.in_flight = 0
         self.total_requests = 0
+        # --limit-max-requests (Server sets both): request.admit compares every request's
+        # number with it, and calls on_max_requests when it is reached.
+        self.max_requests = NO_LIMIT
+        self.on_max_requests: Callable[[], None] | None = None
         self.shutting_down = False
         # Set by whoever stops this server to have it replaced (reload, worker recycling):
         # open WebSockets then close with 1012 "service restart" instead of 1001 "going away".

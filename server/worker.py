@@ -109,15 +109,8 @@ class Heartbeat:
         self.fd = fd
         self.server = server
         self.interval = interval
-        config = server.config
-        self.limit: int | None = None
-        if config.limit_max_requests is not None:
-            import random
-
-            jitter = random.randint(0, max(0, config.limit_max_requests_jitter))
-            self.limit = config.limit_max_requests + jitter
-        # The request count is checked more often than the heartbeat is sent.
-        self.step = min(interval, 0.1) if self.limit is not None else interval
+        # --limit-max-requests: the request that reaches it retires this worker at once.
+        server.on_max_requests = self.retire
         self.next_beat = 0.0
         self.handle: asyncio.TimerHandle | asyncio.Handle | None = None
         os.set_blocking(fd, False)
@@ -131,11 +124,18 @@ class Heartbeat:
         if now >= self.next_beat:
             self.next_beat = now + self.interval
             self.send(HEARTBEAT)
-        state = self.server.state
-        if self.limit is not None and state is not None and state.total_requests >= self.limit:
-            self.limit = None
-            self.send(RETIRE)
-        self.handle = loop.call_later(self.step, self.tick)
+        self.handle = loop.call_later(self.interval, self.tick)
+
+    def retire(self) -> None:
+        """The last request this worker admits (Server.max_requests) has started: take no
+        more (the other workers, then the replacement, accept them) and ask the supervisor
+        for the replacement, which starts first and then has this worker drain (SIGUSR1)."""
+        server = self.server
+        log.info("Worker [%d]: --limit-max-requests (%s) reached", os.getpid(), server.max_requests)
+        if server.state is not None:
+            server.state.restarting = True  # open WebSockets close with 1012 (Service Restart)
+        server.stop_serving()
+        self.send(RETIRE)
 
     def ready(self, _server: Server) -> None:
         self.send(READY)

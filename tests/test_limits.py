@@ -7,9 +7,13 @@ for breaking RFC 9112 rather than a limit: test_validation.py.)
 
 from __future__ import annotations
 
+import collections
 import logging
 import shutil
+import signal
+import socket
 import subprocess
+import threading
 from typing import Any
 
 import pytest
@@ -22,9 +26,12 @@ from tests.helpers import (
     assert_serving,
     error_log,
     exchange,
+    fetch,
     request,
     status_of,
+    unacknowledged,
     until_closed,
+    wait_until,
 )
 
 # -- size limits ----------------------------------------------------------------------------
@@ -240,3 +247,146 @@ def test_backlog_reaches_the_listening_socket() -> None:
         ).stdout
     # For a listening socket, ss shows the backlog in the Send-Q column.
     assert out.split()[2] == "37", out
+
+
+# -- --limit-max-requests ---------------------------------------------------------------------
+
+
+def counting_app(seen: list[str]) -> Any:
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            seen.append(scope["path"])
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            await send({"type": "http.response.body", "body": b"ok"})
+
+    return app
+
+
+def test_limit_max_requests_is_exact_with_a_connection_per_request(serve: Serve) -> None:
+    """The 3rd request is the last: served with `connection: close`, and the server stops;
+    the 4th, sent at once on a new connection, is never answered (refused or closed)."""
+    seen: list[str] = []
+    with serve(counting_app(seen), limit_max_requests=3) as srv:
+        port = srv.port
+        with error_log(logging.INFO) as records:
+            responses = [fetch(srv, request(f"/{i}")) for i in range(3)]
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+                    sock.sendall(request("/3"))
+                    assert until_closed(sock) == b""
+            except ConnectionRefusedError:
+                pass  # the listener was closed already
+            srv.thread.join(15)
+        assert not srv.thread.is_alive(), "the server did not stop at its limit"
+    assert [r.status for r in responses] == [200] * 3
+    assert [r.header(b"connection") for r in responses] == [None, None, b"close"]
+    assert seen == ["/0", "/1", "/2"]
+    assert [r.getMessage() for r in records if "request limit" in r.getMessage()] == [
+        "Maximum request limit of 3 reached: shutting down."
+    ]
+
+
+def test_limit_max_requests_ends_a_pipeline(serve: Serve) -> None:
+    """Five pipelined requests, a limit of 3: three answers, the third says close, then the
+    connection closes; the other two never reach the app."""
+    seen: list[str] = []
+    with serve(counting_app(seen), limit_max_requests=3) as srv, srv.connect() as sock:
+        wire = Wire(sock)
+        wire.send(b"".join(request(f"/{i}") for i in range(5)))
+        responses = [wire.response() for _ in range(3)]
+        assert until_closed(sock) == b""
+    assert [r.header(b"connection") for r in responses] == [None, None, b"close"]
+    assert seen == ["/0", "/1", "/2"]
+
+
+def test_requests_past_the_limit_in_the_same_loop_pass_are_refused(serve: Serve) -> None:
+    """Four requests on four open connections, all read in one pass of the server's loop
+    (it is held while they arrive), a limit of 3: three are served, the fourth gets a 503
+    and a close, never the app."""
+    seen: list[str] = []
+    held, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        held.set()
+        release.wait(10)
+
+    with serve(counting_app(seen), limit_max_requests=3) as srv:
+        socks = [srv.connect() for _ in range(4)]
+        try:
+            state = srv.server.state
+            assert state is not None
+            wait_until(lambda: len(state.connections) == 4, "the server to take 4 connections")
+            srv.loop.call_soon_threadsafe(hold)
+            assert held.wait(5)
+            for i, sock in enumerate(socks):
+                sock.sendall(request(f"/{i}"))
+            wait_until(
+                lambda: all(unacknowledged(sock) == 0 for sock in socks),
+                "the server's kernel to hold every request",
+            )
+            release.set()
+            raws = [until_closed(sock) for sock in socks]
+        finally:
+            release.set()
+            for sock in socks:
+                sock.close()
+    assert sorted(status_of(raw) for raw in raws) == [200, 200, 200, 503]
+    [refused] = [raw for raw in raws if status_of(raw) == 503]
+    assert b"connection: close" in refused
+    assert len(seen) == 3
+
+
+def test_limit_max_requests_over_http2(serve: Serve) -> None:
+    """HTTP/2 streams count as requests: the third stream of one write, past a limit of 2,
+    is refused (REFUSED_STREAM: never processed, RFC 9113 §8.7) or left out by the GOAWAY;
+    the first two are answered."""
+    pytest.importorskip("zttp")
+    import hpack
+
+    from tests.test_http2 import H2Client
+
+    seen: list[str] = []
+    with serve(counting_app(seen), limit_max_requests=2) as srv:
+        client = H2Client(srv.port)
+        for i in range(3):  # streams 1, 3, 5, in one write
+            fields = [(":method", "GET"), (":path", f"/{i}"), (":scheme", "http")]
+            client.conn.send_headers(2 * i + 1, [*fields, (":authority", "t")], end_stream=True)
+        client.flush()
+        # (The h2 library takes a GOAWAY as the end of everything: the frames are read raw.)
+        raw = until_closed(client.sock)
+        client.close()
+    decoder = hpack.Decoder()
+    statuses: dict[int, str] = {}
+    refused: list[int] = []
+    last_stream = None
+    while raw:
+        length, kind, stream = int.from_bytes(raw[:3]), raw[3], int.from_bytes(raw[5:9])
+        payload, raw = raw[9 : 9 + length], raw[9 + length :]
+        if kind == 1:  # HEADERS (the server sends neither padding nor priority)
+            statuses[stream] = dict(decoder.decode(payload, raw=True))[b":status"].decode()
+        elif kind == 3 and int.from_bytes(payload) == 7:  # RST_STREAM REFUSED_STREAM
+            refused.append(stream)
+        elif kind == 7:  # GOAWAY
+            last_stream = int.from_bytes(payload[:4]) & 0x7FFFFFFF
+    assert statuses == {1: "200", 3: "200"}
+    assert refused == [5] or (last_stream is not None and last_stream < 5)
+    assert seen == ["/0", "/1"]
+
+
+def test_limit_max_requests_is_exact_in_each_worker() -> None:
+    """--workers 2 --limit-max-requests 3, a new connection per request: no worker serves a
+    4th request (each retires at its 3rd, and the others or its replacement take over), and
+    every request is served."""
+    from tests.apps.workers_procs import Client, Fastserve
+
+    args = ["tests.apps.workers_app:app", "--workers", "2", "--no-access-log", "--port", "0"]
+    with Fastserve([*args, "--limit-max-requests", "3"]) as server:
+        port = server.wait_running(2)
+        client = Client(port)
+        pids = collections.Counter(int(client.get("/").split()[0]) for _ in range(12))
+        server.signal(signal.SIGTERM)
+        assert server.wait() == 0
+    assert sum(pids.values()) == 12
+    assert max(pids.values()) <= 3, pids
+    assert len(pids) >= 4, pids  # twelve requests, three each
+    assert server.count("reached --limit-max-requests") >= 3

@@ -104,8 +104,27 @@ def admit(cycle: RequestCycle, state: ServerState) -> bool:
         cycle.answer(503, REFUSED)
         cycle.conn.cycle_done(cycle)
         return False
+    total = state.total_requests + 1
+    if total >= state.max_requests and not last_request(cycle, state):
+        return False
     state.in_flight += 1
-    state.total_requests += 1
+    state.total_requests = total
+    return True
+
+
+def last_request(cycle: RequestCycle, state: ServerState) -> bool:
+    """--limit-max-requests, exactly (off the hot path: admit's one compare gets here only
+    at the limit). The request that reaches it is served, with `connection: close`, and
+    starts the shutdown (a worker's retirement); one that comes after it (in the same loop
+    pass, before the listeners close) is refused with a 503 and a close, never served."""
+    if state.shutting_down:
+        cycle.answer(503, REFUSED, close=True)
+        cycle.conn.cycle_done(cycle)
+        return False
+    state.shutting_down = True  # later requests' connections close after their response
+    cycle.keep_alive = False
+    if state.on_max_requests is not None:
+        state.on_max_requests()
     return True
 
 
