@@ -53,6 +53,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 # subclasses a compiled class must be compiled too (linger, proxy_protocol: NoAppRunning).
 COMPILED = [
     "accesslog.py",
+    "counters.py",
     "protocols/connection.py",
     "protocols/cycle.py",
     "protocols/flow.py",

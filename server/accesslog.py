@@ -84,7 +84,7 @@ class AccessLog:
         # Flat pairs: text, then the duration in ms (default format) or "" (other formats).
         self.pending: list[Any] = []
         self.flush_handle: asyncio.Handle | None = None
-        self.json = config.access_log_json
+        self.json = config.access_log_json or config.log_json
         self.template = config.access_log_format
         self.fields = _template_fields(self.template) if self.template else None
         # client address -> ((target, query, method, version, status, bytes), line head)
@@ -264,6 +264,8 @@ class AccessLog:
                 prefix = ""  # one JSON object per line, nothing else
             elif isinstance(handler.formatter, ColourFormatter) and handler.formatter.use_colors:
                 prefix = "\x1b[32mINFO:     \x1b[0m"  # as ColourFormatter
+            if not self.json:
+                prefix += ColourFormatter.process_tag  # "[pid] " in a worker
             try:
                 handler.stream.write(((prefix + tail) * (len(pending) // 2)) % tuple(pending))
                 handler.stream.flush()

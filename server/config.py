@@ -173,6 +173,17 @@ class Config:
     access_log_format: str | None = opt(None, "Access log format with %(name)s fields.")
     access_log_json: bool = opt(False, "Write the access log as one JSON object per line.")
     use_colors: bool | None = opt(None, "Colour the log output (default: when on a terminal).")
+    log_json: bool = opt(
+        False, "Write the error log (fastserve.error) as one JSON object per line too."
+    )
+    # -- metrics (docs/metrics.md) -----------------------------------------------------------
+    metrics: bool = opt(
+        False, "Serve Prometheus metrics on --metrics-address:--metrics-port (/metrics)."
+    )
+    # Loopback by default: metrics tell an outsider the traffic and the version run.
+    metrics_address: str = opt("127.0.0.1", "Address the metrics listener binds to.")
+    # granian's --metrics-port default; Prometheus exporters each take a port of their own.
+    metrics_port: int = opt(9090, "Port of the metrics listener (0 picks a free one).")
     h11_max_incomplete_event_size: int | None = opt(
         None, "Accepted for uvicorn compatibility: caps the request head size."
     )

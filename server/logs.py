@@ -15,12 +15,10 @@ import logging.config
 import os
 import platform
 import sys
-from typing import TYPE_CHECKING, Any, TextIO
+import time
+from typing import Any, TextIO
 
 from .config import Config, ConfigError
-
-if TYPE_CHECKING:
-    from .state import ServerState
 
 TRACE = 5
 logging.addLevelName(TRACE, "TRACE")
@@ -54,6 +52,9 @@ class FastStreamHandler(logging.StreamHandler[TextIO]):
 
 
 class ColourFormatter(logging.Formatter):
+    # "[pid] " in a worker of --workers (set after the fork: worker.run_worker): each
+    # worker's lines say which process wrote them, after the level.
+    process_tag = ""
     COLOURS = {
         logging.DEBUG: "\x1b[36m",
         logging.INFO: "\x1b[32m",
@@ -72,8 +73,28 @@ class ColourFormatter(logging.Formatter):
         prefix = (record.levelname + ":").ljust(10)
         if self.use_colors:
             prefix = self.COLOURS.get(record.levelno, "") + prefix + "\x1b[0m"
-        record.__dict__["levelprefix"] = prefix
+        record.__dict__["levelprefix"] = prefix + ColourFormatter.process_tag
         return super().formatMessage(record)
+
+
+class JsonFormatter(logging.Formatter):
+    """--log-json: one JSON object per line (a traceback goes in "exc_info", escaped, so
+    the line stays one line): timestamp (RFC 3339, UTC), level, logger, message, pid."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+        data: dict[str, Any] = {
+            "timestamp": f"{stamp}.{int(record.msecs * 1000):06d}Z",
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+            "pid": record.process,
+        }
+        if record.exc_info:
+            data["exc_info"] = self.formatException(record.exc_info)
+        elif record.exc_text:
+            data["exc_info"] = record.exc_text
+        return json.dumps(data)
 
 
 def configure_logging(config: Config) -> None:
@@ -88,9 +109,11 @@ def configure_logging(config: Config) -> None:
             logger = logging.getLogger(name)
             logger.handlers.clear()
             handler = FastStreamHandler(stream)
-            if name == "fastserve.access" and config.access_log_json:
+            if name == "fastserve.access" and (config.access_log_json or config.log_json):
                 # One JSON object per line and nothing else: no level prefix.
                 handler.setFormatter(logging.Formatter("%(message)s"))
+            elif config.log_json:
+                handler.setFormatter(JsonFormatter())
             else:
                 handler.setFormatter(ColourFormatter("%(levelprefix)s%(message)s", use_colors))
             logger.addHandler(handler)
@@ -237,33 +260,39 @@ class AccessFormatter(DefaultFormatter):
         return super().formatMessage(record)
 
 
-def banner(config: Config, state: ServerState, workers: int | None = None) -> str:
-    """One startup line: what runs, and how it was built.
+def version() -> str:
+    # The package is imported before any of its modules; `from . import __version__` would
+    # be an import cycle through main as tests/test_imports.py reads them.
+    return str(getattr(sys.modules[__package__ or "fastserve"], "__version__", "?"))
 
-    `fastserve 1.2.0 (compiled, CPython 3.12.3), pid 4242, loop uvloop,
-    protocols HTTP/1.1 HTTP/2 WebSocket, workers 4`"""
-    # The hot path is compiled all or nothing (setup.py): where cycle.py's module comes from
-    # says which build runs (as cli.hot_path_compiled, which this module cannot import).
+
+def build_name() -> str:
+    """ "compiled" or "pure Python": which build of the hot path runs."""
+    # Compiled all or nothing (setup.py): where cycle.py's module comes from says which
+    # (as cli.hot_path_compiled, which this module cannot import).
     spec = importlib.util.find_spec("fastserve.protocols.cycle")
     origin = (spec.origin if spec is not None else None) or ""
     compiled = origin.endswith(tuple(importlib.machinery.EXTENSION_SUFFIXES))
-    build = "compiled" if compiled else "pure Python"
+    return "compiled" if compiled else "pure Python"
+
+
+def banner(config: Config, workers: int) -> str:
+    """One startup line, printed once (by the supervisor with --workers): what runs, and how.
+
+    `fastserve 1.2.0 (compiled, CPython 3.12.3), pid 4242, loop uvloop,
+    protocols HTTP/1.1 HTTP/2 WebSocket, workers 4`"""
+    from .metrics import loop_name
+    from .protocols import WS, http2_upgrade
+
     python = f"{platform.python_implementation()} {platform.python_version()}"
-    loop = "uvloop" if type(state.loop).__module__.startswith("uvloop") else "asyncio"
     protocols = ["HTTP/1.1"]
-    if state.h2_upgrade is not None:
+    if http2_upgrade(config) is not None:
         protocols.append("HTTP/2")
-    if state.ws_upgrade is not None:
+    if WS.load(config.ws) is not None:
         protocols.append("WebSocket")
-    # The package is imported before any of its modules; `from . import __version__` would
-    # be an import cycle through main as tests/test_imports.py reads them.
-    version = getattr(sys.modules[__package__ or "fastserve"], "__version__", "?")
-    count = (
-        workers if workers is not None else config.workers or os.environ.get("WEB_CONCURRENCY", "1")
-    )
     return (
-        f"fastserve {version} ({build}, {python}), pid {os.getpid()}, loop {loop}, "
-        f"protocols {' '.join(protocols)}, workers {count}"
+        f"fastserve {version()} ({build_name()}, {python}), pid {os.getpid()}, "
+        f"loop {loop_name(config)}, protocols {' '.join(protocols)}, workers {workers}"
     )
 
 
@@ -282,3 +311,75 @@ class FieldMap(dict[str, Any]):
                 if name == wanted:
                     return escape(value.decode("latin-1"))
         return "-"
+
+
+class MessageLog:
+    """--log-level debug: a line when a request starts and when it ends; trace: every ASGI
+    message too, as uvicorn's trace level shows them (bodies as their size). The app is
+    wrapped only at those levels (Server.wrap_middleware), so they cost nothing otherwise."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.log = logging.getLogger("fastserve.error")
+        self.trace = self.log.isEnabledFor(TRACE)
+        self.count = 0
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        self.count += 1
+        n = self.count
+        log, trace = self.log, self.trace
+        client = scope.get("client")
+        who = f"{client[0]}:{client[1]}" if client else "-"
+        kind = scope["type"]
+        if trace:
+            log.log(TRACE, "%s - ASGI [%d] Started scope=%s", who, n, _loggable(scope))
+        if kind != "lifespan":
+            target = escape(scope.get("raw_path", b"").decode("latin-1") or scope["path"])
+            what = f"{scope.get('method', 'WebSocket')} {target} HTTP/{scope['http_version']}"
+            log.debug("%s - %s start: %s", who, "request" if kind == "http" else kind, what)
+        status: list[Any] = [None]
+
+        async def logged_receive() -> Any:
+            message = await receive()
+            if trace:
+                log.log(TRACE, "%s - ASGI [%d] Receive %s", who, n, _loggable(message))
+            return message
+
+        async def logged_send(message: Any) -> None:
+            if trace:
+                log.log(TRACE, "%s - ASGI [%d] Send %s", who, n, _loggable(message))
+            mtype = message.get("type")
+            if mtype in ("http.response.start", "websocket.http.response.start"):
+                status[0] = message.get("status")
+            elif mtype == "websocket.accept":
+                status[0] = 101
+            await send(message)
+
+        try:
+            await self.app(scope, logged_receive, logged_send)
+        except BaseException as exc:
+            if trace:
+                log.log(TRACE, "%s - ASGI [%d] Raised %r", who, n, exc)
+            if kind != "lifespan":
+                log.debug("%s - %s end: raised %s", who, kind, type(exc).__name__)
+            raise
+        if trace:
+            log.log(TRACE, "%s - ASGI [%d] Completed", who, n)
+        if kind != "lifespan":
+            what = "request" if kind == "http" else kind
+            log.debug("%s - %s end: status %s", who, what, status[0])
+
+
+def _loggable(message: Any) -> str:
+    """A message or scope for the trace log: bodies and byte strings as their size."""
+    shown = {}
+    for key, value in dict(message).items():
+        if key in ("body", "bytes") and isinstance(value, bytes | bytearray):
+            shown[key] = f"<{len(value)} bytes>"
+        elif key == "text" and isinstance(value, str) and len(value) > 80:
+            shown[key] = f"<{len(value)} chars>"
+        elif key in ("state", "app"):
+            continue
+        else:
+            shown[key] = value
+    return escape(repr(shown))

@@ -74,6 +74,10 @@ def serve_config(config: Config) -> int:
         # rewritten config.
         config = implemented(config)
         workers = worker_count(config)
+        if config.metrics:
+            from .metrics import require_prometheus
+
+            require_prometheus()
         if config.is_ssl:
             # Checked once here, so bad TLS files are one error line, not one per worker.
             from .tls import create_ssl_context

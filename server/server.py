@@ -15,7 +15,7 @@ import signal
 import socket
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .accesslog import AccessLog
 from .config import Config
@@ -26,6 +26,9 @@ from .protocols import connection_factory, implemented
 from .sockets import bind_sockets, describe
 from .state import ServerState
 from .types import ASGIApp
+
+if TYPE_CHECKING:
+    from .metrics import ProcessMetrics
 
 log = logging.getLogger("fastserve.error")
 
@@ -71,6 +74,9 @@ class Server:
         self.exit_event: asyncio.Event | None = None
         self.app: ASGIApp | None = None
         self.on_started: Callable[[Server], None] | None = None
+        # A worker of --workers: the supervisor prints the banner and serves the metrics.
+        self.in_worker = False
+        self.metrics: ProcessMetrics | None = None  # --metrics
         # --limit-max-requests plus its jitter, drawn once per process as uvicorn does. The
         # request that reaches it calls max_requests_reached().
         self.max_requests: int | None = None
@@ -130,6 +136,11 @@ class Server:
         try:
             if self.config.install_signal_handlers:
                 self.install_signal_handlers(loop)
+            if state.metrics is not None:
+                from .metrics import ProcessMetrics
+
+                self.metrics = ProcessMetrics(state)
+                await self.metrics.start(listen=not self.in_worker)
             if self.max_requests is not None:
                 state.max_requests = self.max_requests
                 state.on_max_requests = self.max_requests_reached
@@ -139,12 +150,20 @@ class Server:
             await self.shutdown()
         finally:
             state.close()
+            if self.metrics is not None:
+                self.metrics.stop()
             if access is not None:
                 access.flush()
 
     def wrap_middleware(self, app: ASGIApp) -> ASGIApp:
         """Server-side middleware (proxy headers, CORS), outermost last."""
         config = self.config
+        if log.isEnabledFor(logging.DEBUG):
+            # --log-level debug / trace: requests and ASGI messages as the app sees them
+            # (nothing at all at other levels: the app is not wrapped).
+            from .logs import MessageLog
+
+            app = MessageLog(app)
         if config.cors_allow_origins:
             from .middleware.cors import CORSMiddleware
 
@@ -177,6 +196,10 @@ class Server:
                     factory, sock=sock, ssl=ssl_context, backlog=self.config.backlog
                 )
             self.servers.append(srv)
+        if not self.in_worker:
+            from .logs import banner
+
+            log.info("%s", banner(self.config, 1))
         scheme = "https" if ssl_context else "http"
         for sock in self.sockets:
             where = describe(sock)

@@ -6,12 +6,14 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import email.utils
+import logging
 import sys
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final
 
 from .config import Config
+from .counters import Counters
 from .protocols import WS, http2_upgrade
 from .protocols.outbox import Outbox
 from .types import ASGIApp
@@ -46,9 +48,11 @@ class ServerState:
         "limit_request_field_size",
         "limit_request_fields",
         "limit_request_line",
+        "log_connections",
         "loop",
         "max_head_size",
         "max_requests",
+        "metrics",
         "on_max_requests",
         "outbox",
         "restarting",
@@ -103,6 +107,11 @@ class ServerState:
         # number with it, and calls on_max_requests when it is reached.
         self.max_requests = NO_LIMIT
         self.on_max_requests: Callable[[], None] | None = None
+        # --metrics: what this process counts (counters.py); None costs the protocols one
+        # `is not None` test where they would count.
+        self.metrics: Counters | None = Counters() if config.metrics else None
+        # --log-level debug: connections opening and closing (one bool test each otherwise).
+        self.log_connections = logging.getLogger("fastserve.error").isEnabledFor(logging.DEBUG)
         self.shutting_down = False
         # Set by whoever stops this server to have it replaced (reload, worker recycling):
         # open WebSockets then close with 1012 "service restart" instead of 1001 "going away".

@@ -36,10 +36,11 @@ from typing import Any
 
 from .config import STARTUP_FAILURE, Config, ConfigError
 from .importer import load_app
+from .logs import banner
 from .pidfile import remove_pid, write_pid
 from .sockets import bind_sockets
 from .types import ASGIApp
-from .worker import RETIRE, Worker, run_worker
+from .worker import RETIRE, Worker, free_index, run_worker
 
 log = logging.getLogger("fastserve.error")
 
@@ -56,6 +57,10 @@ SIGNALS = (
 STOP_MARGIN = 2.0
 # A worker that dies sooner than this after its start counts towards the crash back-off.
 QUICK_DEATH = 5.0
+# Why workers are replaced (`Supervisor.restarts`, the metric fastserve_worker_restarts_total):
+# crash: died unasked; hung: killed for a silent heartbeat; max-requests: --limit-max-requests;
+# reload: SIGHUP; scale: SIGTTIN/SIGTTOU (a worker added or retired).
+RESTART_CAUSES = ("crash", "hung", "max-requests", "reload", "scale")
 
 
 def backoff(failures: int) -> float:
@@ -84,6 +89,9 @@ class Supervisor:
         self.spawn_after = 0.0
         self.rolling = False
         self.healthcheck = config.timeout_worker_healthcheck
+        self.starts = 0  # workers started
+        self.restarts = dict.fromkeys(RESTART_CAUSES, 0)  # workers replaced, by cause
+        self.metrics: Any = None  # --metrics: metrics.SupervisorMetrics
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -101,6 +109,7 @@ class Supervisor:
             return STARTUP_FAILURE
         try:
             self.install_signal_handlers()
+            log.info("%s", banner(self.config, self.target))  # once, not once per worker
             log.info("Started supervisor [%d] with %d workers", os.getpid(), self.target)
             self.loop()
         finally:
@@ -122,6 +131,10 @@ class Supervisor:
             self.sockets = bind_sockets(config)
         if config.pid:
             write_pid(config.pid)
+        if config.metrics:
+            from .metrics import SupervisorMetrics
+
+            self.metrics = SupervisorMetrics(self)
 
     def loop(self) -> None:
         self.maintain(time.monotonic())
@@ -130,6 +143,8 @@ class Supervisor:
                 key.data()
             now = time.monotonic()
             self.reap(now)
+            if self.metrics is not None:
+                self.metrics.expire(now)
             if self.stopping:
                 self.check_stop_deadline(now)
             else:
@@ -152,6 +167,8 @@ class Supervisor:
             worker.kill()
             worker.close()
         self.close_sockets()
+        if self.metrics is not None:
+            self.metrics.close()
         if self.wakeup is not None:
             signal.set_wakeup_fd(-1)
             for fd in self.wakeup:
@@ -207,7 +224,9 @@ class Supervisor:
             return
         finally:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)
+        worker.index = free_index(self.workers.values())
         self.workers[worker.pid] = worker
+        self.starts += 1
         self.selector.register(worker.fd, selectors.EVENT_READ, lambda: self.on_ping(worker))
         log.info("Started worker [%d]", worker.pid)
 
@@ -222,6 +241,7 @@ class Supervisor:
         elif RETIRE in data and not worker.outdated:
             log.info("Worker [%d] reached --limit-max-requests; replacing it", worker.pid)
             worker.outdated = True
+            self.restarts["max-requests"] += 1
 
     def reap(self, now: float) -> None:
         """Collect every exited child: our workers, and orphans when we are PID 1."""
@@ -240,8 +260,11 @@ class Supervisor:
 
     def worker_exited(self, worker: Worker, code: int, now: float) -> None:
         if worker.fd in self.selector.get_map():
+            worker.ping(now)  # its last metrics report, if still unread
             self.selector.unregister(worker.fd)
         worker.close()
+        if self.metrics is not None:
+            self.metrics.worker_exited(worker)
         if self.stopping or worker.retiring:
             log.info("Worker [%d] stopped", worker.pid)
             return
@@ -249,6 +272,8 @@ class Supervisor:
             self.startup_failed(worker, now)
             return
         how = f"was killed by {signal.Signals(-code).name}" if code < 0 else f"exited ({code})"
+        if not worker.killed:  # (killed: hung, counted then)
+            self.restarts["crash"] += 1
         log.error(
             "Worker [%d] %s; starting a new one%s", worker.pid, how, self.back_off(worker, now)
         )
@@ -293,6 +318,7 @@ class Supervisor:
                     now - worker.last_seen,
                 )
                 worker.kill()
+                self.restarts["hung"] += 1
 
     def stop(self) -> None:
         """Graceful stop: every worker drains, bounded by --timeout-graceful-shutdown."""
@@ -366,11 +392,13 @@ class Supervisor:
         log.info("Received SIGHUP: rolling restart of %d workers", len(serving))
         for worker in serving:
             worker.outdated = True
+        self.restarts["reload"] += len(serving)
         self.rolling = True
 
     def handle_sigttin(self) -> None:
         if not self.stopping:
             self.target += 1
+            self.restarts["scale"] += 1
             log.info("Received SIGTTIN: %d workers", self.target)
 
     def handle_sigttou(self) -> None:
@@ -380,6 +408,7 @@ class Supervisor:
             log.info("Received SIGTTOU: already at 1 worker")
             return
         self.target -= 1
+        self.restarts["scale"] += 1
         log.info("Received SIGTTOU: %d workers", self.target)
 
     def handle_sigchld(self) -> None:
@@ -401,6 +430,8 @@ class Supervisor:
             os.close(fd)
         if self.reserved is not None:
             self.reserved.close()
+        if self.metrics is not None:
+            self.metrics.sock.close()  # the supervisor's listener
         config = self.worker_config
         try:
             sockets = self.sockets or bind_sockets(config, reuse_port=True)

@@ -5,6 +5,8 @@ The heartbeat pipe carries one-byte messages from the worker to the supervisor:
     b"."  heartbeat (the event loop is turning)
     b"R"  listening: ready to take connections (a rolling restart waits for it)
     b"M"  --limit-max-requests reached: please start my replacement, then retire me
+    b"S" JSON b"\n"  --metrics: the worker's counts (metrics.snapshot), with every heartbeat
+                     and once more when it stops; below PIPE_BUF, so written whole or not at all
 """
 
 from __future__ import annotations
@@ -16,16 +18,17 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from .config import STARTUP_FAILURE, Config, ConfigError
+from .logs import ColourFormatter
 from .loops import get_loop_factory
 from .server import Server, StartupFailed
 from .types import ASGIApp
 
 log = logging.getLogger("fastserve.error")
 
-HEARTBEAT, READY, RETIRE = b".", b"R", b"M"
+HEARTBEAT, READY, RETIRE, REPORT = b".", b"R", b"M", b"S"
 # Seconds between closing the listeners and draining the connections (see Stopper).
 ACCEPT_GRACE = 0.1
 
@@ -42,6 +45,9 @@ class Worker:
         self.outdated = False  # to be replaced: SIGHUP or --limit-max-requests
         self.retiring = False  # SIGTERM sent
         self.killed = False  # SIGKILL sent
+        self.index = 0  # its `worker` label in the metrics: 0..N-1, the lowest free one
+        self.report: bytes | None = None  # the last metrics report (metrics.snapshot)
+        self.partial = b""  # a report cut by the end of a read
 
     @classmethod
     def start(cls, child: Callable[[int], int]) -> Worker:
@@ -75,9 +81,29 @@ class Worker:
         if not data:
             return None
         self.last_seen = now
+        if REPORT in data or self.partial:
+            data = self.take_reports(self.partial + data)
         if READY in data:
             self.ready = True
         return data
+
+    def take_reports(self, data: bytes) -> bytes:
+        """Keep the last complete metrics report; the one-byte messages around them."""
+        notices = b""
+        while data:
+            start = data.find(REPORT)
+            if start < 0:
+                notices += data
+                break
+            notices += data[:start]
+            end = data.find(b"\n", start)
+            if end < 0:
+                self.partial = data[start:]
+                return notices
+            self.report = data[start + 1 : end]
+            data = data[end + 1 :]
+        self.partial = b""
+        return notices
 
     def terminate(self, restart: bool = False) -> None:
         """Graceful: the worker stops accepting and drains (see Stopper, Server.shutdown).
@@ -123,7 +149,7 @@ class Heartbeat:
         now = loop.time()
         if now >= self.next_beat:
             self.next_beat = now + self.interval
-            self.send(HEARTBEAT)
+            self.send(HEARTBEAT + self.report())
         self.handle = loop.call_later(self.interval, self.tick)
 
     def retire(self) -> None:
@@ -136,6 +162,15 @@ class Heartbeat:
             server.state.restarting = True  # open WebSockets close with 1012 (Service Restart)
         server.stop_serving()
         self.send(RETIRE)
+
+    def report(self) -> bytes:
+        """The metrics report that goes with a heartbeat (--metrics), else nothing."""
+        state = self.server.state
+        if state is None or state.metrics is None:
+            return b""
+        from .metrics import snapshot
+
+        return REPORT + snapshot(state) + b"\n"
 
     def ready(self, _server: Server) -> None:
         self.send(READY)
@@ -153,6 +188,9 @@ class Heartbeat:
     def stop(self) -> None:
         if self.handle is not None:
             self.handle.cancel()
+        last = self.report()  # everything counted until the end (the supervisor keeps it)
+        if last:
+            self.send(last)
         os.close(self.fd)
 
 
@@ -195,8 +233,10 @@ def run_worker(
 ) -> int:
     """Serve on inherited sockets in a fresh event loop; the exit code tells the supervisor
     whether this was a startup failure (3: stop everything) or a crash (replace me)."""
+    ColourFormatter.process_tag = f"[{os.getpid()}] "
     server = Server(config.replace(install_signal_handlers=False))
     server.app = app
+    server.in_worker = True  # no banner, no metrics listener: the supervisor's
     beat = Heartbeat(
         heartbeat_fd, server, max(0.05, min(1.0, config.timeout_worker_healthcheck / 4))
     )
@@ -222,6 +262,15 @@ def run_worker(
     finally:
         beat.stop()
     return 0
+
+
+def free_index(workers: Iterable[Worker]) -> int:
+    """The lowest worker index no live worker has (a replacement reuses a dead one's)."""
+    taken = {w.index for w in workers}
+    index = 0
+    while index in taken:
+        index += 1
+    return index
 
 
 def _flush_stdio() -> None:

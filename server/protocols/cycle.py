@@ -240,9 +240,11 @@ class RequestCycle:
 
     def unfinished(self, ended: str) -> None:
         """The response will not complete: its access log line says so, and how it ended."""
-        access = self.state.access_log
-        if access is not None:
-            access.log_unfinished(self, monotonic(), ended)
+        state = self.state
+        if state.access_log is not None:
+            state.access_log.log_unfinished(self, monotonic(), ended)
+        if state.metrics is not None:
+            state.metrics.request_unfinished(self, monotonic(), ended)
 
     def send_500(self) -> None:
         self.answer(500, b"Internal Server Error", close=True)
@@ -272,10 +274,13 @@ class RequestCycle:
         self.logged()
 
     def logged(self) -> None:
-        """The last byte was handed to the channel: the exchange goes to the access log."""
-        access = self.state.access_log
-        if access is not None:
-            access.log(self, monotonic())
+        """The last byte was handed to the channel: the exchange goes to the access log
+        and the metrics."""
+        state = self.state
+        if state.access_log is not None:
+            state.access_log.log(self, monotonic())
+        if state.metrics is not None:
+            state.metrics.request_done(self, monotonic())
 
     async def receive(self) -> Message:
         if self.response_complete or self.disconnected:
@@ -350,13 +355,22 @@ class RequestCycle:
         conn = self.conn
         self.bytes_sent += len(body)
         if self.head_sent:
-            conn.send_body(self, body, final)
+            try:
+                conn.send_body(self, body, final)
+            except ClientDisconnected:
+                self.bytes_sent -= len(body)
+                if final:  # (complete already, so app_failed() would not log it)
+                    self.unfinished(CLIENT_GONE)
+                raise
         else:
             conn.start_response(self, body, final)
         if final:
-            access = self.state.access_log  # self.logged(), inlined for the common case
-            if access is not None:
-                access.log(self, monotonic())
+            # self.logged(), inlined for the common case
+            state = self.state
+            if state.access_log is not None:
+                state.access_log.log(self, monotonic())
+            if state.metrics is not None:
+                state.metrics.request_done(self, monotonic())
         if conn.must_wait():
             # The final piece too: a channel never holds more than its limit for us (an
             # HTTP/2 window smaller than the last body, a full transport buffer).
@@ -385,7 +399,11 @@ class RequestCycle:
         waiter = self.waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
-        self.conn.send_trailers(self, fields)
+        try:
+            self.conn.send_trailers(self, fields)
+        except ClientDisconnected:
+            self.unfinished(CLIENT_GONE)  # (complete already: app_failed() would not log it)
+            raise
         self.logged()
 
     def wants_trailers(self) -> bool:

@@ -176,6 +176,10 @@ class HTTP1Protocol(FlowControl, Channel):
         self.transport = transport  # type: ignore[assignment]  # uvloop's is no subclass
         state = self.state
         state.connections.add(self)
+        if state.metrics is not None:
+            state.metrics.connections += 1
+        if state.log_connections:
+            log.debug("%s:%s - connection open", *(self.client or ("-", 0)))
         if self.client is None:  # (unless a PROXY header said who it is)
             self.client = address(transport.get_extra_info("peername"))
             self.server = address(transport.get_extra_info("sockname"))
@@ -194,6 +198,9 @@ class HTTP1Protocol(FlowControl, Channel):
                 self.to_h2(b"")
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self.state.log_connections and not self.closed:
+            how = "reset" if exc is not None else "closed"
+            log.debug("%s:%s - connection %s", *(self.client or ("-", 0)), how)
         self.closed = True
         self.state.connections.discard(self)
         if self.cycle is not None:
@@ -235,6 +242,9 @@ class HTTP1Protocol(FlowControl, Channel):
     # -- bytes in --------------------------------------------------------------------------------
 
     def data_received(self, data: bytes) -> None:
+        metrics = self.state.metrics
+        if metrics is not None:
+            metrics.bytes_received += len(data)
         phase = self.phase
         if phase == IDLE:
             # A request begins: its head must arrive within --timeout-request-header.
@@ -709,6 +719,8 @@ class HTTP1Protocol(FlowControl, Channel):
             body_of.lost()
             client = self.client or ("-", 0)
             log.info("%s:%s - closed: %d %s", *client, error.status, error.reason)
+            if self.state.metrics is not None:
+                self.state.metrics.refused(error.status)
             self.close()
             return
         if self.cycle is not None:
@@ -737,6 +749,8 @@ class HTTP1Protocol(FlowControl, Channel):
 
     def send_error(self, error: RejectRequest) -> None:
         log.info("%s:%s - rejected: %d %s", *(self.client or ("-", 0)), error.status, error.reason)
+        if self.state.metrics is not None:
+            self.state.metrics.refused(error.status)
         self.flush_held()
         self.transport.write(error_response(error, self.state))
         self.linger()

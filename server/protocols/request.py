@@ -101,6 +101,8 @@ def admit(cycle: RequestCycle, state: ServerState) -> bool:
     written through its channel like any response, and its app never runs (False)."""
     limit = state.limit_concurrency
     if limit is not None and state.in_flight >= limit:
+        if state.metrics is not None:
+            state.metrics.refused(503)
         cycle.answer(503, REFUSED)
         cycle.conn.cycle_done(cycle)
         return False

@@ -223,6 +223,9 @@ class WebSocketProtocol(FlowControl, Channel):
     # -- bytes in ----------------------------------------------------------------------------
 
     def data_received(self, data: bytes) -> None:
+        metrics = self.state.metrics
+        if metrics is not None:
+            metrics.bytes_received += len(data)
         phase = self.phase
         if phase == OPEN or phase == CLOSING:  # noqa: SIM109 (cheaper than a tuple test)
             ws = self.ws
@@ -348,6 +351,9 @@ class WebSocketProtocol(FlowControl, Channel):
             ws.close_sent = close
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self.state.log_connections:
+            client = self.http_scope["client"] or ("-", 0)
+            log.debug("%s:%s - WebSocket connection closed", *client)
         self.phase = CLOSED
         self.state.connections.discard(self)
         for timer in (self.ping_timer, self.close_timer):
@@ -367,6 +373,11 @@ class WebSocketProtocol(FlowControl, Channel):
         if self.disconnect is None:
             self.disconnect = {"type": "websocket.disconnect", "code": int(code), "reason": reason}
             self.wake()
+            metrics = self.state.metrics
+            # (Accepted: the handshake was answered with 101, not with an HTTP response.)
+            accepted = self.handshake is None and self.http.status == 0 and bool(self.scope)
+            if metrics is not None and accepted:
+                metrics.ws_closed(int(code))
 
     # -- flow control and closing --------------------------------------------------------------
 
@@ -503,6 +514,9 @@ class WebSocketProtocol(FlowControl, Channel):
         message = messages.popleft()
         if self.read_paused and len(messages) <= self.max_queue // 2 and self.phase >= OPEN:
             self.resume_reading()
+        metrics = self.state.metrics
+        if metrics is not None and message is not CONNECT:
+            metrics.ws_received += 1
         return message
 
     async def send(self, message: SendMessage) -> None:
@@ -516,6 +530,9 @@ class WebSocketProtocol(FlowControl, Channel):
             else:
                 raise RuntimeError("websocket.send needs one of 'bytes' or 'text'")
             self.transport.write(frame.serialize(mask=False, extensions=self.ws.extensions))
+            metrics = self.state.metrics
+            if metrics is not None:
+                metrics.ws_sent += 1
             if self.write_paused:
                 await self.drain()
         else:
@@ -561,6 +578,8 @@ class WebSocketProtocol(FlowControl, Channel):
         self.transport.write(switching_head(headers, self.state))
         self.phase = OPEN
         self.log_access(101, 0)
+        if self.state.metrics is not None:
+            self.state.metrics.ws_connections += 1
         self.schedule_ping()
         if self.pending:
             data = b"".join(self.pending)
