@@ -5,6 +5,7 @@ so `uvicorn` can be replaced by `fastserve` in a command line."""
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
 import importlib.machinery
 import platform
 import sys
@@ -67,6 +68,68 @@ def option_for(f: dataclasses.Field[Any]) -> Callable[[Any], Any]:
     return click.option(name, f.name, default=default, **kwargs)
 
 
+# `--help` shows the options in these groups, in this order. A field belongs to the first
+# group with a pattern (fnmatch, on the field name) that matches it; a new field that matches
+# none lands in OTHER, which tests/test_cli.py refuses: its author picks a group here.
+HELP_GROUPS: list[tuple[str, tuple[str, ...]]] = [
+    ("Binding", ("host", "port", "uds", "fd", "backlog", "reuse_port")),
+    (
+        "Application",
+        ("app_dir", "factory", "interface", "lifespan", "root_path", "env_file", "reset_*"),
+    ),
+    ("Protocols", ("loop", "http", "http2*", "ws", "ws_*", "h11_*", "eager_start")),
+    ("Response headers and CORS", ("server_header", "date_header", "headers", "cors_*")),
+    (
+        "Workers",
+        ("workers*", "preload", "pid", "listen_file", "gc_tune", "timeout_worker_*", "limit_max_*"),
+    ),
+    ("Limits and timeouts", ("limit_*", "timeout_*")),
+    ("TLS", ("ssl_*",)),
+    ("Proxies", ("proxy_*", "forwarded_*")),
+    ("Logging", ("log_*", "access_log*", "use_colors")),
+    ("Metrics", ("metrics*",)),
+    ("Development", ("reload*",)),
+    ("General", ("help", "version")),
+]
+OTHER = "Other options"
+
+ENVIRONMENT_HELP = """\b
+Environment:
+  FASTSERVE_<OPTION>  any option, e.g. FASTSERVE_PORT=9000, FASTSERVE_ACCESS_LOG=false
+                      (a repeatable option: values separated by spaces); APP: FASTSERVE_APP
+  UVICORN_<OPTION>    the same, for a deployment configured for uvicorn: read when the
+                      FASTSERVE_ one is not set (UVICORN_APP, UVICORN_PORT...)
+  WEB_CONCURRENCY     the number of workers when --workers is not given (else 1)
+A command-line option wins over both. docs/migrating-from-uvicorn.md: every uvicorn option."""
+
+
+def help_place(name: str) -> tuple[str, int]:
+    """The --help group of the option for the Config field (or click parameter) `name`, and
+    the index of the pattern that put it there (the order within the group)."""
+    for title, patterns in HELP_GROUPS:
+        for index, pattern in enumerate(patterns):
+            if fnmatch.fnmatchcase(name, pattern):
+                return title, index
+    return OTHER, 0
+
+
+class GroupedCommand(click.Command):
+    """A command whose --help lists its options by HELP_GROUPS (click has no option groups)."""
+
+    def format_options(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        sections: dict[str, list[tuple[int, tuple[str, str]]]] = {t: [] for t, _ in HELP_GROUPS}
+        for param in self.get_params(ctx):
+            record = param.get_help_record(ctx)
+            if record is None or isinstance(param, click.Argument):
+                continue
+            title, index = help_place("help" if "--help" in param.opts else param.name or "")
+            sections.setdefault(title, []).append((index, record))
+        for title, rows in sections.items():
+            if rows:
+                with formatter.section(title):  # sorted() is stable: declaration order next
+                    formatter.write_dl([record for _, record in sorted(rows, key=lambda r: r[0])])
+
+
 def hot_path_compiled() -> bool:
     """Whether the protocol modules run compiled (a wheel built with mypyc, see setup.py)."""
     from .protocols import http1
@@ -102,8 +165,10 @@ def build_command() -> click.Command:
     )(cmd)
     cmd = click.argument("app", envvar=["FASTSERVE_APP", "UVICORN_APP"])(cmd)
     built: click.Command = click.command(
+        cls=GroupedCommand,
         context_settings={"show_default": True},
         help="Serve the ASGI application APP ('module:attribute').",
+        epilog=ENVIRONMENT_HELP,
     )(cmd)
     return built
 

@@ -12,6 +12,7 @@ import dataclasses
 import os
 import re
 import socket
+import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -38,7 +39,8 @@ def internal(default: Any = None) -> Any:
     return field(default=default, metadata={"internal": True})
 
 
-LoopName = Literal["auto", "uvloop", "asyncio", "proactor"]
+# zuvloop, none: uvicorn's names (loops/__init__.py says what runs for them).
+LoopName = Literal["auto", "uvloop", "asyncio", "proactor", "zuvloop", "none"]
 LifespanMode = Literal["auto", "on", "off"]
 InterfaceName = Literal["auto", "asgi3", "asgi2", "wsgi"]
 
@@ -65,9 +67,16 @@ class Config:
     lifespan: LifespanMode = opt("auto", "Lifespan protocol.", choices=["auto", "on", "off"])
     root_path: str = opt("", "ASGI root_path: the prefix the app is mounted under.")
     env_file: str | None = opt(None, "Read environment variables from this file first.")
+    # uvicorn's opt-in (CPython issue 140947): context variables set before serving (at import,
+    # by instrumentation) are hidden from requests. Off, a request starts from a copy of the
+    # server's context; the lifespan's and other requests' variables never reach it either way.
+    reset_contextvars: bool = opt(False, "Run each request in a new, empty contextvars.Context.")
     # -- event loop and protocols ----------------------------------------------------------------
     loop: LoopName = opt(
-        "auto", "Event loop implementation.", choices=["auto", "uvloop", "asyncio", "proactor"]
+        "auto",
+        "Event loop implementation ('zuvloop' runs uvloop, with a warning; 'none': the asyncio "
+        "policy's loop).",
+        choices=["auto", "uvloop", "asyncio", "proactor", "zuvloop", "none"],
     )
     # The names are the registry's (protocols/__init__.py), which checks them at startup.
     http: str = opt("auto", "HTTP implementation ('h11' runs httptools, with a warning).")
@@ -124,7 +133,9 @@ class Config:
         30.0, "Replace a worker whose loop is blocked this long."
     )
     # -- processes ---------------------------------------------------------------------------
-    workers: str | None = opt(None, "Number of worker processes, or 'auto' (2 x CPUs + 1).")
+    workers: str | None = opt(
+        None, "Number of worker processes, or 'auto' (2 x CPUs + 1); default $WEB_CONCURRENCY or 1."
+    )
     gc_tune: bool = opt(
         True, "Freeze the startup heap (gc.freeze) and run gen-0 collections 10x less often."
     )
@@ -140,6 +151,21 @@ class Config:
     reload_dirs: list[str] = opt(
         [], "Directories to watch with --reload.", cli="--reload-dir", multiple=True
     )
+    # uvicorn's patterns and defaults (reload.py): '*.py' in, '.*', '.py[cod]', '.sw.*', '~*' out.
+    reload_includes: list[str] = opt(
+        [],
+        "Glob of files whose changes restart (repeatable; '*.py' is always in unless excluded).",
+        cli="--reload-include",
+        multiple=True,
+    )
+    reload_excludes: list[str] = opt(
+        [],
+        "Glob or directory whose changes are ignored (repeatable; default '.*', '.py[cod]', "
+        "'.sw.*', '~*').",
+        cli="--reload-exclude",
+        multiple=True,
+    )
+    reload_delay: float = opt(0.25, "Seconds changes are gathered before a --reload restart.")
     # -- proxies ------------------------------------------------------------------------------
     proxy_headers: bool = opt(
         False, "Trust X-Forwarded-* / Forwarded headers from --forwarded-allow-ips."
@@ -154,6 +180,11 @@ class Config:
     ssl_keyfile_password: str | None = opt(None, "Password of the TLS private key.")
     ssl_ca_certs: str | None = opt(None, "CA bundle to verify client certificates.")
     ssl_cert_reqs: int = opt(0, "Client certificate: 0 none, 1 optional, 2 required (mTLS).")
+    # uvicorn's: an ssl.PROTOCOL_* number; 17 (PROTOCOL_TLS_SERVER) and 2 (PROTOCOL_TLS) are
+    # TLS 1.2 and 1.3, 5 (PROTOCOL_TLSv1_2) TLS 1.2 only; 3/4 (TLS 1.0/1.1): see tls.py.
+    ssl_version: int = opt(
+        int(ssl.PROTOCOL_TLS_SERVER), "ssl.PROTOCOL_* number: 17/2 TLS 1.2+, 5 TLS 1.2 only."
+    )
     # None keeps Python's list (ECDHE/DHE with AES-GCM/ChaCha20 only); TLS 1.3 suites are fixed.
     ssl_ciphers: str | None = opt(None, "OpenSSL cipher string for TLS 1.2 (default: Python's).")
     # -- CORS ---------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ from typing import Any
 
 from .config import STARTUP_FAILURE, Config, ConfigError, load_env_file
 from .logs import configure_logging
+from .loops import implemented as implemented_loop
 from .pidfile import write_pid
 from .protocols import implemented
 from .server import Server, StartupFailed
@@ -72,7 +73,7 @@ def serve_config(config: Config) -> int:
         # Once, here: an unknown --http/--ws is an error before anything starts, and the
         # warning for a substituted name is one line, as workers and reload children get the
         # rewritten config.
-        config = implemented(config)
+        config = implemented_loop(implemented(config))
         workers = worker_count(config)
         if config.metrics:
             from .metrics import require_prometheus
@@ -80,9 +81,10 @@ def serve_config(config: Config) -> int:
             require_prometheus()
         if config.is_ssl:
             # Checked once here, so bad TLS files are one error line, not one per worker.
-            from .tls import create_ssl_context
+            from .tls import create_ssl_context, without_obsolete_version
 
             create_ssl_context(config)
+            config = without_obsolete_version(config)
         if config.reload:
             from .reload import run_with_reload
 

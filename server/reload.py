@@ -4,8 +4,17 @@ The parent binds the socket once and hands it to each child by file descriptor, 
 keeps its port across restarts and a connection arriving mid-restart waits in the listen queue
 instead of being refused. Each child is a new interpreter (`sys.executable`), not a fork, so
 it imports every module afresh: changed code is what it serves. The parent itself never
-imports the app. File events come from watchfiles (inotify on Linux); with the default
-`PythonFilter`, `__pycache__`, `.git`, virtualenvs and non-Python files are ignored.
+imports the app. File events come from watchfiles (inotify on Linux).
+
+Which changes restart, as uvicorn's --reload-include/--reload-exclude say (`ReloadFilter`):
+a file whose path matches an include glob ('*.py', plus --reload-include) and no exclude glob
+('.*', '.py[cod]', '.sw.*', '~*', plus --reload-exclude; a default named in the other list is
+dropped from its own), outside every directory given to --reload-exclude. Globs match from the
+right, as pathlib's `PurePath.match` (uvicorn's too): '*.html' and 'templates/*' both work.
+Whatever is included, watchfiles' usual noise stays out: `__pycache__`, `.git`, `.venv`,
+`node_modules`..., editor swap and backup files. --reload-delay (0.25 s) is how long the
+watcher waits for the changes to stop before restarting: a `git checkout` or a formatter run
+is one restart, not one per file.
 """
 
 from __future__ import annotations
@@ -51,6 +60,11 @@ def run_with_reload(config: Config) -> int:
             raise ConfigError(f"--reload-dir {directory}: no such directory")
     if config.workers not in (None, "1"):
         log.warning("--reload runs one server process: --workers is ignored")
+    if config.reload_delay < 0:
+        raise ConfigError("--reload-delay must be 0 or more seconds")
+    # watchfiles' `step`: how long no new change must come before a batch is yielded;
+    # `debounce` (its default 1.6 s, or longer) caps the wait while changes keep coming.
+    step = max(1, round(config.reload_delay * 1000))
     sockets = bind_sockets(config)
     stop = threading.Event()
     previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in STOP_SIGNALS}
@@ -59,9 +73,11 @@ def run_with_reload(config: Config) -> int:
     try:
         for changes in watchfiles.watch(
             *dirs,
-            watch_filter=watchfiles.PythonFilter(),
+            watch_filter=ReloadFilter(config.reload_includes, config.reload_excludes),
             stop_event=stop,
             raise_interrupt=False,
+            step=step,
+            debounce=max(1600, step),
         ):
             names = sorted({Path(path).name for _, path in changes})
             log.warning("Changes detected in %s; restarting", ", ".join(names))
@@ -77,6 +93,32 @@ def run_with_reload(config: Config) -> int:
 
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+# uvicorn's defaults (its FileFilter), which an explicit pattern in the other list removes.
+DEFAULT_INCLUDES = ("*.py",)
+DEFAULT_EXCLUDES = (".*", ".py[cod]", ".sw.*", "~*")
+
+
+class ReloadFilter:
+    """Which changed paths restart the server (the module docstring says how); a watchfiles
+    `watch_filter`. (watchfiles is optional: imported when --reload runs, not with this module.)"""
+
+    def __init__(self, includes: list[str], excludes: list[str]) -> None:
+        from watchfiles import DefaultFilter
+
+        dirs = [Path(e).resolve() for e in excludes if os.path.isdir(e)]
+        patterns = [e for e in excludes if not os.path.isdir(e)]
+        self.includes = [p for p in DEFAULT_INCLUDES if p not in excludes] + list(includes)
+        self.excludes = [p for p in DEFAULT_EXCLUDES if p not in includes] + patterns
+        self.noise = DefaultFilter(ignore_paths=dirs)
+
+    def __call__(self, change: Any, path: str) -> bool:
+        p = Path(path)
+        return (
+            any(p.match(pattern) for pattern in self.includes)
+            and not any(p.match(pattern) for pattern in self.excludes)
+            and self.noise(change, path)
+        )
 
 
 def start_child(config: Config, sockets: list[socket.socket]) -> subprocess.Popen[bytes]:

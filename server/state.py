@@ -55,6 +55,7 @@ class ServerState:
         "metrics",
         "on_max_requests",
         "outbox",
+        "reset_contextvars",
         "restarting",
         "root_path",
         "shutting_down",
@@ -98,7 +99,11 @@ class ServerState:
         self.eager = config.eager_start and sys.version_info >= (3, 12)
         # The context the server runs in: each request's task gets a copy of it (protocol
         # callbacks run in it; tasks started from another request's task must not inherit).
-        self.context = contextvars.copy_context()
+        # --reset-contextvars: an empty one, copied for every request (request.start).
+        self.reset_contextvars = config.reset_contextvars
+        self.context = (
+            contextvars.Context() if config.reset_contextvars else contextvars.copy_context()
+        )
         self.connections: set[Closable] = set()
         self.tasks: set[asyncio.Task[None]] = set()
         self.in_flight = 0

@@ -14,10 +14,13 @@ exits with code 3 instead of a traceback.
 
 from __future__ import annotations
 
+import logging
 import ssl
 from typing import Any
 
 from .config import Config, ConfigError
+
+log = logging.getLogger("fastserve.error")
 
 # ssl.TLSVersion values are the protocol numbers the ASGI TLS extension asks for (0x0303...).
 _VERSIONS = {"TLSv1.2": 0x0303, "TLSv1.3": 0x0304}
@@ -37,6 +40,7 @@ def create_ssl_context(config: Config) -> ServerSSLContext:
         raise ConfigError("--ssl-cert-reqs must be 0 (none), 1 (optional) or 2 (required)")
     ctx = ServerSSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.maximum_version = _maximum_version(config.ssl_version)
     ctx.options |= ssl.OP_NO_RENEGOTIATION
     _load_chain(ctx, config)
     if config.ssl_ca_certs:
@@ -63,6 +67,41 @@ def create_ssl_context(config: Config) -> ServerSSLContext:
     # OpenSSL's cipher ids are 0x0300XXXX, XXXX being the IANA number the extension wants.
     ctx.cipher_ids = {c["name"]: c["id"] & 0xFFFF for c in ctx.get_ciphers()}
     return ctx
+
+
+# --ssl-version (uvicorn's, an ssl.PROTOCOL_* number) -> the highest version offered.
+_SSL_VERSIONS = {
+    int(ssl.PROTOCOL_TLS_SERVER): ssl.TLSVersion.MAXIMUM_SUPPORTED,
+    int(ssl.PROTOCOL_TLS): ssl.TLSVersion.MAXIMUM_SUPPORTED,
+    int(ssl.PROTOCOL_TLSv1_2): ssl.TLSVersion.TLSv1_2,  # TLS 1.2 only, as uvicorn pins it
+}
+# TLS 1.0 and 1.1 are never offered (RFC 8996); uvicorn would serve that one version.
+_OBSOLETE = {int(ssl.PROTOCOL_TLSv1): "TLS 1.0", int(ssl.PROTOCOL_TLSv1_1): "TLS 1.1"}
+
+
+def without_obsolete_version(config: Config) -> Config:
+    """`config` with an obsolete --ssl-version replaced by what is served instead, once its
+    warning is logged: workers and --reload children get this one and do not warn again."""
+    if config.ssl_version in _OBSOLETE:
+        return config.replace(ssl_version=int(ssl.PROTOCOL_TLS_SERVER))
+    return config
+
+
+def _maximum_version(ssl_version: int) -> ssl.TLSVersion:
+    if ssl_version in _SSL_VERSIONS:
+        return _SSL_VERSIONS[ssl_version]
+    if ssl_version in _OBSOLETE:
+        log.warning(
+            "--ssl-version %d (%s only) is not served: TLS 1.0 and 1.1 are deprecated "
+            "(RFC 8996); serving TLS 1.2 and 1.3 instead",
+            ssl_version,
+            _OBSOLETE[ssl_version],
+        )
+        return ssl.TLSVersion.MAXIMUM_SUPPORTED
+    raise ConfigError(
+        f"--ssl-version {ssl_version}: not a server protocol (17 or 2: TLS 1.2 and 1.3; "
+        "5: TLS 1.2 only)"
+    )
 
 
 def _load_chain(ctx: ssl.SSLContext, config: Config) -> None:

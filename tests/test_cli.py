@@ -4,14 +4,17 @@ exit codes, and what they print. (Stopping and signals: test_cli_shutdown.py.)""
 from __future__ import annotations
 
 import asyncio
+import functools
 import importlib.util
 import os
 import platform
 import re
 import signal
 import socket
+import ssl
 import subprocess
 import sys
+import typing
 from importlib.machinery import EXTENSION_SUFFIXES
 from pathlib import Path
 from typing import Any
@@ -22,9 +25,12 @@ import pytest
 
 import fastserve
 import fastserve.protocols
-from fastserve.cli import hot_path_compiled
+from fastserve import loops
+from fastserve.cli import HELP_GROUPS, OTHER, GroupedCommand, help_place, hot_path_compiled
 from fastserve.cli import main as cli_main
-from fastserve.config import config_fields
+from fastserve.config import Config, ConfigError, config_fields
+from fastserve.loops import get_loop_factory
+from fastserve.protocols import implemented
 from tests.apps.cli_procs import (
     BIN,
     HELLO,
@@ -35,6 +41,7 @@ from tests.apps.cli_procs import (
     run_cli,
 )
 from tests.apps.core_apps import core_app
+from tests.helpers import until_closed
 
 # -- starting ---------------------------------------------------------------------------------
 
@@ -233,26 +240,23 @@ def test_every_option_reads_fastserve_name_from_the_environment(
     assert not missed, f"options not read from FASTSERVE_<NAME>: {missed}"
 
 
-# uvicorn options fastserve deliberately does not accept, and why.
-NOT_SUPPORTED = {
-    "--http2": "uvicorn's HTTP/2 needs its own 'zttp' implementation; not part of fastserve",
-    "--reset-contextvars": "not needed: every request already starts from a clean context "
-    "(the server's, never the lifespan's or a previous request's)",
-    "--ssl-version": "the context is PROTOCOL_TLS_SERVER with TLS 1.2 as the minimum; "
-    "pinning a protocol constant is deprecated in Python's ssl module",
-    "--reload-include": "--reload watches Python files (watchfiles' PythonFilter) only",
-    "--reload-exclude": "--reload already skips __pycache__, .git and virtualenvs",
-    "--reload-delay": "--reload restarts on watchfiles' own debounced batches",
-}
+# uvicorn options fastserve deliberately does not accept, and why: none (every one is accepted,
+# with uvicorn's meaning or one warning line saying what runs instead).
+NOT_SUPPORTED: dict[str, str] = {}
 
 
-def uvicorn_options() -> set[str]:
+@functools.cache
+def uvicorn_help() -> str:
     result = subprocess.run(
         [str(BIN / "uvicorn"), "--help"], capture_output=True, text=True, timeout=20
     )
     assert result.returncode == 0
+    return result.stdout
+
+
+def uvicorn_options() -> set[str]:
     options: set[str] = set()
-    for line in result.stdout.splitlines():
+    for line in uvicorn_help().splitlines():
         stripped = line.strip()
         if stripped.startswith("--"):
             # "--access-log / --no-access-log  Enable..." or "--port INTEGER  Bind..."
@@ -396,3 +400,198 @@ def test_import_server_does_not_work_outside_the_repo(tmp_path: Path) -> None:
     failed = python("import server")
     assert failed.returncode != 0
     assert "ModuleNotFoundError" in failed.stderr
+
+
+# -- uvicorn's values, the grouped --help, --reset-contextvars, --ssl-version (issue 15) --------
+
+# uvicorn's Literal types (uvicorn/config.py) per option: they also hold values its --help
+# leaves out (`--loop none`, `--ws none`).
+UVICORN_LITERALS = {
+    "--loop": "LoopFactoryType",
+    "--http": "HTTPProtocolType",
+    "--ws": "WSProtocolType",
+    "--lifespan": "LifespanType",
+    "--interface": "InterfaceType",
+}
+
+
+def uvicorn_choices() -> dict[str, set[str]]:
+    """Every value uvicorn accepts for an option with a fixed set of values: those its --help
+    shows ("--loop [auto|asyncio|uvloop|zuvloop]", "--ws-per-message-deflate BOOLEAN") and
+    those of its types."""
+    import uvicorn.config
+
+    choices: dict[str, set[str]] = {}
+    for line in uvicorn_help().splitlines():
+        if m := re.match(r"\s*(--[a-z0-9-]+) \[([a-z0-9|-]+)\]", line):
+            choices[m[1]] = set(m[2].split("|"))
+        elif m := re.match(r"\s*(--[a-z0-9-]+) BOOLEAN", line):
+            choices[m[1]] = {"true", "false", "1", "0"}
+    for option, name in UVICORN_LITERALS.items():
+        choices.setdefault(option, set()).update(typing.get_args(getattr(uvicorn.config, name)))
+    choices["--log-level"] |= set(uvicorn.config.LOG_LEVELS)
+    assert {"zttp", "h11"} <= choices["--http"] and {"zuvloop", "none"} <= choices["--loop"]
+    assert "wsproto" in choices["--ws"] and "BOOLEAN" not in str(choices)
+    return choices
+
+
+def test_every_uvicorn_choice_value_is_accepted() -> None:
+    """Not only the names: each value is parsed, makes a Config, and names an implementation
+    fastserve runs (a substitute's warning is test_uvicorn_substitutes_warn_once...)."""
+    refused: list[str] = []
+    for option, values in sorted(uvicorn_choices().items()):
+        for value in sorted(values):
+            try:
+                ctx = cli_main.make_context("fastserve", [HELLO, option, value])
+                params: dict[str, Any] = {
+                    k: list(v) if isinstance(v, tuple) else v for k, v in ctx.params.items()
+                }
+                config = loops.implemented(implemented(Config(**params)))
+                get_loop_factory(config.loop)().close()
+            except (click.UsageError, ConfigError, ImportError) as exc:
+                refused.append(f"{option} {value}: {exc}")
+    assert not refused
+
+
+def test_uvicorn_substitutes_warn_once_and_serve() -> None:
+    """`--http zttp --loop zuvloop --ws wsproto` from a uvicorn 0.54 command line: served
+    (HTTP/1.1 and h2c, on uvloop), with one warning line each, not one per worker."""
+    cmd = fastserve_cmd(HELLO, "--port", "0", "--workers", "2", "--http", "zttp")
+    cmd += ["--loop", "zuvloop", "--ws", "wsproto", "--no-access-log"]
+    with ServerProcess(cmd) as server:
+        url = server.url()
+        assert httpx.get(url).text == "Hello, world!"
+        with httpx.Client(http1=False, http2=True) as h2c:
+            response = h2c.get(url)
+        assert response.http_version == "HTTP/2" and response.text == "Hello, world!"
+        assert server.stop() == 0
+    warnings = [line for line in server.err if line.startswith("WARNING")]
+    expected = [
+        "--http zttp is not implemented in fastserve; running httptools instead",
+        "--loop zuvloop is not implemented in fastserve; running uvloop instead",
+        "--ws wsproto is not implemented in fastserve; running websockets-sansio instead",
+    ]
+    assert sorted(w.split(None, 1)[1] for w in warnings) == expected, server.err
+
+
+def test_loop_none_runs_the_policy_loop() -> None:
+    """uvicorn's `--loop none`: the loop asyncio's policy makes, whatever that is."""
+
+    class Marked(asyncio.SelectorEventLoop):
+        pass
+
+    class Policy(asyncio.DefaultEventLoopPolicy):
+        def new_event_loop(self) -> asyncio.AbstractEventLoop:
+            return Marked()
+
+    old = asyncio.get_event_loop_policy()
+    asyncio.set_event_loop_policy(Policy())
+    try:
+        loop = get_loop_factory("none")()
+        assert isinstance(loop, Marked)
+        loop.close()
+    finally:
+        asyncio.set_event_loop_policy(old)
+
+
+def help_sections(text: str) -> dict[str, list[str]]:
+    """--help's options by section heading ("Binding:" ...), in order."""
+    sections: dict[str, list[str]] = {}
+    current: list[str] = []
+    for line in text.splitlines():
+        if m := re.fullmatch(r"(\S[^:]*):", line):
+            current = sections.setdefault(m[1], [])
+        elif m := re.match(r"  (--[a-z0-9-]+)", line):
+            current.append(m[1])
+    return sections
+
+
+def test_help_is_grouped_and_names_the_environment() -> None:
+    result = run_cli("--help")
+    assert result.returncode == 0
+    sections = help_sections(result.stdout)
+    titles = [title for title, _ in HELP_GROUPS]
+    assert list(sections) == [t for t in titles if sections.get(t)], list(sections)
+    for f in config_fields():
+        name = f.metadata.get("cli", "--" + f.name.replace("_", "-"))
+        assert name in sections[help_place(f.name)[0]], f.name
+    assert OTHER not in sections
+    assert sections["Binding"][:2] == ["--host", "--port"] and "--help" in sections["General"]
+    for words in ("FASTSERVE_<OPTION>", "UVICORN_<OPTION>", "WEB_CONCURRENCY", "FASTSERVE_APP"):
+        assert words in result.stdout
+
+
+def test_every_option_is_in_a_named_help_group() -> None:
+    """A new Config field must be given a group (cli.HELP_GROUPS), not left in OTHER."""
+    unplaced = [f.name for f in config_fields() if help_place(f.name)[0] == OTHER]
+    assert not unplaced, f"add these fields to a group in cli.HELP_GROUPS: {unplaced}"
+
+
+def test_an_option_of_no_group_is_still_shown() -> None:
+    command = GroupedCommand("x", params=[click.Option(["--brand-new"], help="Not grouped.")])
+    text = command.get_help(click.Context(command))
+    assert help_sections(text) == {"Other options": ["--brand-new"], "General": ["--help"]}
+
+
+@pytest.mark.parametrize("reset", [False, True])
+def test_reset_contextvars(reset: bool) -> None:
+    """Each request's context: never the lifespan's or a previous request's (pipelined or
+    not, HTTP/1.1 or HTTP/2); what was set before serving (at import) unless
+    --reset-contextvars, which starts each request from an empty context (uvicorn's)."""
+    app = "tests.apps.contextvar_app:app"
+    cmd = fastserve_cmd(app, "--port", "0", "--lifespan", "on", "--no-access-log")
+    with ServerProcess(cmd + (["--reset-contextvars"] if reset else [])) as server:
+        url = server.url()
+        with httpx.Client() as client:
+            seen = [client.get(url).text for _ in range(2)]
+        with httpx.Client(http1=False, http2=True) as h2c:
+            seen += [h2c.get(url).text for _ in range(2)]
+        port = int(url.rsplit(":", 1)[1])
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+            get = b"GET / HTTP/1.1\r\nHost: x\r\n"
+            sock.sendall(get + b"\r\n" + get + b"Connection: close\r\n\r\n")  # pipelined
+            raw = until_closed(sock)
+        assert server.stop() == 0
+    seen += [body.decode() for body in re.findall(rb"\r\n\r\n([^\r\n]*?)(?=HTTP/1.1|$)", raw)]
+    assert seen == ["- - -" if reset else "import - -"] * 6, seen
+
+
+def test_ssl_version_is_uvicorns(tmp_path: Path) -> None:
+    """--ssl-version 5 (PROTOCOL_TLSv1_2) serves TLS 1.2 only; 3 (TLS 1.0) is one warning
+    line for all workers and TLS 1.2+; a client protocol (16) is one error line, exit 3."""
+    import trustme
+
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1")
+    certfile, keyfile = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert.cert_chain_pems[0].write_to_path(str(certfile))
+    cert.private_key_pem.write_to_path(str(keyfile))
+    tls = ["--ssl-certfile", str(certfile), "--ssl-keyfile", str(keyfile), "--port", "0"]
+
+    def negotiated(port: int, version: ssl.TLSVersion) -> str | None:
+        ctx = ssl.create_default_context()
+        ca.configure_trust(ctx)
+        ctx.minimum_version = ctx.maximum_version = version
+        try:
+            sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+            with ctx.wrap_socket(sock, server_hostname="127.0.0.1") as s:
+                return s.version()
+        except ssl.SSLError:
+            return None
+
+    v12, v13 = ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3
+    for version, expected in [("17", ["TLSv1.2", "TLSv1.3"]), ("5", ["TLSv1.2", None])]:
+        with ServerProcess(fastserve_cmd(HELLO, *tls, "--ssl-version", version)) as server:
+            port = int(server.url().rsplit(":", 1)[1])
+            assert [negotiated(port, v12), negotiated(port, v13)] == expected, version
+            assert server.stop() == 0
+    with ServerProcess(fastserve_cmd(HELLO, *tls, "--ssl-version", "3", "--workers", "2")) as s:
+        port = int(s.url().rsplit(":", 1)[1])
+        assert negotiated(port, v13) == "TLSv1.3"
+        assert s.stop() == 0
+    warnings = [line for line in s.err if line.startswith("WARNING")]
+    assert len(warnings) == 1 and "--ssl-version 3 (TLS 1.0 only)" in warnings[0], s.err
+    result = run_cli(HELLO, *tls, "--ssl-version", "16")
+    assert result.returncode == 3 and "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("ERROR")]
+    assert len(errors) == 1 and "--ssl-version 16: not a server protocol" in errors[0]

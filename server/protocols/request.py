@@ -142,8 +142,11 @@ def start(
     - Otherwise Task() itself: what create_task() does without a factory, minus a call.
     `fresh_context`: started from another request's task (pipelining), the task gets a copy
     of the server's own context, so that request's context variables stay out of this one.
+    With --reset-contextvars every request does, and that context is empty (not eager then).
     """
     loop = state.loop
+    if state.reset_contextvars:
+        fresh_context = True
     context = state.context.copy() if fresh_context else None
     if loop.get_task_factory() is not None:
         cycle.task = loop.create_task(run(cycle, state), context=context)
