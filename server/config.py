@@ -136,6 +136,13 @@ class Config:
     workers: str | None = opt(
         None, "Number of worker processes, or 'auto' (2 x CPUs + 1); default $WEB_CONCURRENCY or 1."
     )
+    # granian's options (recycling.py): leaking apps are recycled, the replacement first.
+    workers_max_rss: int | None = opt(
+        None, "Replace a worker whose resident memory exceeds this many MiB (Linux)."
+    )
+    workers_lifetime: float | None = opt(
+        None, "Replace each worker after this many seconds (each gets up to 10 % more)."
+    )
     gc_tune: bool = opt(
         True, "Freeze the startup heap (gc.freeze) and run gen-0 collections 10x less often."
     )
@@ -147,11 +154,6 @@ class Config:
     )
     preload: bool = opt(False, "Import the app in the supervisor before forking workers.")
     pid: str | None = opt(None, "Write the supervisor's pid to this file.")
-    # Read by the container image's HEALTHCHECK (server/healthcheck.py): the port, scheme and
-    # address the server really uses, whichever way they were set.
-    listen_file: str | None = opt(
-        None, "Write the URLs the server listens on to this file, one a line (health checks)."
-    )
     reload: bool = opt(False, "Restart when Python files change (development).")
     reload_dirs: list[str] = opt(
         [], "Directories to watch with --reload.", cli="--reload-dir", multiple=True
@@ -172,25 +174,11 @@ class Config:
     )
     reload_delay: float = opt(0.25, "Seconds changes are gathered before a --reload restart.")
     # -- proxies ------------------------------------------------------------------------------
-    # On, trusting loopback only, as uvicorn (docs/production.md: each decision and why).
     proxy_headers: bool = opt(
-        True, "Take the client's address and scheme from X-Forwarded-For/-Proto of trusted peers."
+        False, "Trust X-Forwarded-* / Forwarded headers from --forwarded-allow-ips."
     )
-    # None: $FORWARDED_ALLOW_IPS, else loopback (uvicorn's default and variable); resolved in
-    # __post_init__, so the field holds a string from then on.
     forwarded_allow_ips: str = opt(
-        None,
-        "Comma-separated IPs/CIDRs, 'unix' or '*' whose proxy headers are trusted "
-        "(default: $FORWARDED_ALLOW_IPS, else 127.0.0.1,::1).",
-    )
-    # Off, as uvicorn (which never reads them) and Werkzeug's ProxyFix (x_host=0): a proxy that
-    # does not set X-Forwarded-Host passes the client's own on, which would then replace Host.
-    forwarded_host: bool = opt(
-        False, "Also take Host and port from X-Forwarded-Host/-Port of trusted peers."
-    )
-    # Off, as uvicorn: nginx and most proxies pass a client's Forwarded header on untouched.
-    forwarded_rfc7239: bool = opt(
-        False, "Also read RFC 7239 Forwarded from trusted peers (when no X-Forwarded-For)."
+        "127.0.0.1,::1", "Comma-separated IPs/CIDRs (or '*') whose proxy headers are trusted."
     )
     proxy_protocol: bool = opt(False, "Expect a PROXY protocol v1/v2 header from trusted peers.")
     # -- TLS ----------------------------------------------------------------------------------
@@ -245,12 +233,6 @@ class Config:
         # Checked here so a bad value is a ConfigError at startup, not when serving begins.
         for item in self.headers:
             parse_header(item)
-        allowed: Any = self.forwarded_allow_ips
-        if allowed is None:  # uvicorn's variable, read when the Config is made (as uvicorn)
-            allowed = os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1,::1")
-        elif not isinstance(allowed, str):  # uvicorn also takes a list
-            allowed = ",".join(allowed)
-        object.__setattr__(self, "forwarded_allow_ips", allowed)
 
     def replace(self, **changes: Any) -> Config:
         return dataclasses.replace(self, **changes)

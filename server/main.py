@@ -93,7 +93,9 @@ def serve_config(config: Config) -> int:
         # it reaps orphaned processes, which a lone server cannot do without stealing the exit
         # statuses of the app's own subprocesses.
         as_init = os.getpid() == 1 and config.install_signal_handlers
-        if workers > 1 or (config.workers is not None and config.pid) or as_init:
+        # Recycling replaces a worker with a new one first: a single process cannot.
+        recycles = config.workers_max_rss is not None or config.workers_lifetime is not None
+        if workers > 1 or (config.workers is not None and config.pid) or as_init or recycles:
             from .supervisor import Supervisor
 
             return Supervisor(config, workers).run()

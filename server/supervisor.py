@@ -24,6 +24,7 @@ so capacity never drops during a rolling restart.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import selectors
@@ -36,8 +37,9 @@ from typing import Any
 from .config import STARTUP_FAILURE, Config, ConfigError
 from .importer import load_app
 from .logs import banner
-from .pidfile import remove_listen_file, remove_pid, write_listen_file, write_pid
-from .sockets import bind_error, bind_sockets, url
+from .pidfile import remove_pid, write_pid
+from .recycling import Recycler
+from .sockets import bind_sockets
 from .types import ASGIApp
 from .worker import RETIRE, Worker, free_index, run_worker
 
@@ -58,8 +60,9 @@ STOP_MARGIN = 2.0
 QUICK_DEATH = 5.0
 # Why workers are replaced (`Supervisor.restarts`, the metric fastserve_worker_restarts_total):
 # crash: died unasked; hung: killed for a silent heartbeat; max-requests: --limit-max-requests;
-# reload: SIGHUP; scale: SIGTTIN/SIGTTOU (a worker added or retired).
-RESTART_CAUSES = ("crash", "hung", "max-requests", "reload", "scale")
+# reload: SIGHUP; scale: SIGTTIN/SIGTTOU (a worker added or retired); max-rss, lifetime:
+# --workers-max-rss, --workers-lifetime (recycling.py).
+RESTART_CAUSES = ("crash", "hung", "max-requests", "reload", "scale", "max-rss", "lifetime")
 
 
 def backoff(failures: int) -> float:
@@ -75,7 +78,6 @@ class Supervisor:
         self.target = max(1, workers)
         self.workers: dict[int, Worker] = {}
         self.sockets: list[socket.socket] = []
-        self.listen_urls: list[str] = []  # what --listen-file holds
         self.reserved: socket.socket | None = None  # --reuse-port: holds the port, never listens
         self.worker_config = config
         self.app: ASGIApp | None = None
@@ -89,6 +91,7 @@ class Supervisor:
         self.spawn_after = 0.0
         self.rolling = False
         self.healthcheck = config.timeout_worker_healthcheck
+        self.recycler = Recycler(config.workers_max_rss, config.workers_lifetime)
         self.starts = 0  # workers started
         self.restarts = dict.fromkeys(RESTART_CAUSES, 0)  # workers replaced, by cause
         self.metrics: Any = None  # --metrics: metrics.SupervisorMetrics
@@ -135,10 +138,6 @@ class Supervisor:
             from .metrics import SupervisorMetrics
 
             self.metrics = SupervisorMetrics(self)
-        if config.listen_file:
-            held = self.sockets or ([self.reserved] if self.reserved else [])
-            self.listen_urls = [url(sock, config.is_ssl) for sock in held]
-            write_listen_file(config.listen_file, self.listen_urls)
 
     def loop(self) -> None:
         self.maintain(time.monotonic())
@@ -153,6 +152,7 @@ class Supervisor:
                 self.check_stop_deadline(now)
             else:
                 self.check_health(now)
+                self.recycle(now)
                 self.maintain(now)
 
     def next_timeout(self, now: float) -> float | None:
@@ -162,6 +162,9 @@ class Supervisor:
             deadlines = [] if self.stop_deadline is None else [self.stop_deadline]
         elif self.spawn_after > now:
             deadlines.append(self.spawn_after)
+        recycle_at = None if self.stopping else self.recycler.next_deadline(self.workers.values())
+        if recycle_at is not None:
+            deadlines.append(recycle_at)
         if not deadlines:
             return None
         return max(0.0, min(deadlines) - now)
@@ -183,8 +186,6 @@ class Supervisor:
         self.selector.close()
         if self.config.pid:
             remove_pid(self.config.pid)
-        if self.config.listen_file:
-            remove_listen_file(self.config.listen_file, self.listen_urls)
 
     def close_sockets(self) -> None:
         """Once stopping, the kernel should refuse new connections, not queue them for nobody."""
@@ -235,10 +236,25 @@ class Supervisor:
         self.starts += 1
         self.selector.register(worker.fd, selectors.EVENT_READ, lambda: self.on_ping(worker))
         log.info("Started worker [%d]", worker.pid)
+        self.recycler.started(worker)
 
     def retire(self, worker: Worker, why: str, restart: bool = False) -> None:
         log.info("Retiring worker [%d] (%s)", worker.pid, why)
         worker.terminate(restart)
+
+    def recycle(self, now: float) -> None:
+        """--workers-max-rss, --workers-lifetime: `maintain` starts the worker's successor,
+        then retires it."""
+        for worker, cause, why in self.recycler.due(self.workers.values(), now):
+            worker.outdated = True
+            self.restarts[cause] += 1
+            log.info(
+                "Worker [%d] %s; replacing it (%s: %d so far)",
+                worker.pid,
+                why,
+                cause,
+                self.restarts[cause],
+            )
 
     def on_ping(self, worker: Worker) -> None:
         data = worker.ping(time.monotonic())
@@ -458,7 +474,8 @@ def _reserve_port(host: str, port: int) -> socket.socket:
         sock.bind((host, port))
     except OSError as exc:
         sock.close()
-        raise bind_error(host, port, exc) from None
+        reason = "address already in use" if exc.errno == errno.EADDRINUSE else exc.strerror
+        raise ConfigError(f"cannot bind {host}:{port}: {reason}") from None
     return sock
 
 

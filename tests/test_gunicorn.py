@@ -181,16 +181,16 @@ def test_a_killed_worker_is_replaced_and_serving_continues() -> None:
 
 
 def test_max_requests_retires_the_worker() -> None:
-    """--max-requests 20: a worker stops after about 20 requests (checked every 0.1 s) and
-    gunicorn starts another; no request fails meanwhile (the next ones wait in the queue)."""
+    """--max-requests 20: a worker stops after its 20th request and gunicorn starts another;
+    no request fails meanwhile (the next ones wait in the listen queue)."""
     with Gunicorn("-w", "1", "--max-requests", "20", "--max-requests-jitter", "0") as server:
         server.wait_running(1)
         pids: list[int] = []
         while len(set(pids)) < 3:
             assert len(pids) < 2000, f"no worker retired after {len(pids)} requests"
             pids.append(int(get(server.port).split()[0]))
-        first = pids.count(pids[0])
-        assert first >= 20, f"the first worker retired after {first} requests"
+        # Exact (request.admit counts every request): the 20th is the worker's last.
+        assert pids.count(pids[0]) == 20 and pids.count(pids[20]) == 20, pids
         assert server.count("Maximum request limit of 20 reached") >= 2
         server.stop()
 
@@ -305,11 +305,13 @@ def test_tls_from_gunicorn_settings(tmp_path: Path) -> None:
 
 def test_lifespan_startup_failure_stops_gunicorn() -> None:
     """The worker exits with gunicorn's "failed to boot" code: the arbiter stops (code 3)
-    instead of restarting workers in a loop."""
-    with Gunicorn("-w", "2", env={"WORKERS_APP_FAIL_STARTUP": "1"}) as server:
+    instead of restarting workers in a loop. One worker: when two fail to boot at once,
+    gunicorn 27's arbiter itself exits 1 with a traceback (its halt() reaps the second one and
+    raises HaltServer again)."""
+    with Gunicorn("-w", "1", env={"WORKERS_APP_FAIL_STARTUP": "1"}) as server:
         assert server.wait(20) == 3, server.log()
-        assert server.count("application startup failed") >= 1
-        assert server.count("Booting worker") <= 2
+        assert server.count("application startup failed") == 1
+        assert server.count("Booting worker") == 1
 
 
 # -- the mapping, on gunicorn's own Config ---------------------------------------------------
