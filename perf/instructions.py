@@ -99,7 +99,7 @@ class MemoryTransport(asyncio.Transport):
         return (16384, 65536)
 
 
-def make_config(app: Any, gc_tune: bool) -> Any:
+def make_config(app: Any, gc_tune: bool, metrics: bool = False) -> Any:
     """A Config as the CLI would build it for the harness; only fields this revision has
     (the same script drives older builds)."""
     from fastserve.config import Config
@@ -110,6 +110,7 @@ def make_config(app: Any, gc_tune: bool) -> Any:
         "lifespan": "off",
         "access_log": False,
         "gc_tune": gc_tune,
+        "metrics": metrics,  # --metrics: the counters only (no listener in-process)
         # Long enough that no deadline passes while valgrind runs (it is ~50x slower).
         "timeout_keep_alive": 3600,
         "timeout_request_header": 3600,
@@ -118,14 +119,16 @@ def make_config(app: Any, gc_tune: bool) -> Any:
     return Config(**{k: v for k, v in wanted.items() if k in names})
 
 
-async def drive(requests: int, connections: int, gc_tune: bool) -> None:
+async def drive(requests: int, connections: int, gc_tune: bool, metrics: bool = False) -> None:
     from fastserve.protocols.http1 import HTTP1Protocol
     from fastserve.server import tune_gc
     from fastserve.state import ServerState
     from perf.apps import app  # the app every server of the harness serves
 
     loop = asyncio.get_running_loop()
-    config = make_config(app, gc_tune)
+    config = make_config(app, gc_tune, metrics)
+    if metrics and not getattr(config, "metrics", False):
+        raise SystemExit("--metrics: this build has no metrics")
     if gc_tune:
         tune_gc()
     state = ServerState(config, app, loop, {}, None)
@@ -169,7 +172,7 @@ def worker(args: argparse.Namespace) -> int:
     from fastserve.cli import build_info
 
     print(f"WORKER build {build_info()}", flush=True)
-    uvloop.run(drive(args.requests, args.connections, args.gc_tune))
+    uvloop.run(drive(args.requests, args.connections, args.gc_tune, args.metrics))
     return 0
 
 
@@ -190,9 +193,12 @@ def per_request(low: int, high: int, requests: int) -> float:
     return (high - low) / requests
 
 
-def count(env: venv.BenchEnv, requests: int, args: argparse.Namespace, tmp: Path) -> int:
+def count(
+    env: venv.BenchEnv, requests: int, args: argparse.Namespace, tmp: Path, metrics: bool = False
+) -> int:
     """Total instructions of one worker run under callgrind."""
-    out_file = tmp / f"callgrind-{env.root.name}-{requests}.out"
+    tag = "-metrics" if metrics else ""
+    out_file = tmp / f"callgrind-{env.root.name}{tag}-{requests}.out"
     argv = [
         "valgrind",
         "--tool=callgrind",
@@ -205,6 +211,7 @@ def count(env: venv.BenchEnv, requests: int, args: argparse.Namespace, tmp: Path
         "--connections",
         str(args.connections),
         *(["--gc-tune"] if args.gc_tune else []),
+        *(["--metrics"] if metrics else []),
     ]
     # A fixed hash seed: set and dict layouts, and so the work they cost, repeat run to run.
     child_env = dict(os.environ, PYTHONHASHSEED="0")
@@ -213,6 +220,9 @@ def count(env: venv.BenchEnv, requests: int, args: argparse.Namespace, tmp: Path
         tail = (proc.stdout + proc.stderr).strip()[-1500:]
         raise SystemExit(f"{env.root.name}: worker failed ({proc.returncode}):\n{tail}")
     return callgrind_total(out_file)
+
+
+METERED = " --metrics"  # the label suffix of a build counted with --metrics on
 
 
 def measure(builds: dict[str, venv.BenchEnv], args: argparse.Namespace) -> dict[str, Any]:
@@ -226,7 +236,10 @@ def measure(builds: dict[str, venv.BenchEnv], args: argparse.Namespace) -> dict[
     ):
         where = args.keep or Path(tmp)
         where.mkdir(parents=True, exist_ok=True)
-        futures = {job: pool.submit(count, builds[job[0]], job[1], args, where) for job in jobs}
+        futures = {
+            job: pool.submit(count, builds[job[0]], job[1], args, where, job[0].endswith(METERED))
+            for job in jobs
+        }
         totals = {job: future.result() for job, future in futures.items()}
     out: dict[str, Any] = {}
     for label, env in builds.items():
@@ -252,6 +265,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=1_000, help="requests before those (1000)")
     p.add_argument("--connections", type=int, default=100, help="fake connections (100)")
     p.add_argument("--gc-tune", action="store_true", help="run the server's tune_gc() first")
+    p.add_argument(
+        "--metrics",
+        action="store_true",
+        help="also count the (first) build with --metrics on (its counters; no listener)",
+    )
     p.add_argument("--json", type=Path, help="also write the counts to this file")
     p.add_argument(
         "--keep",
@@ -277,6 +295,8 @@ def main(argv: list[str] | None = None) -> int:
         args.python, reinstall_fastserve=not args.no_install, peers=False, fastserve_rev=rev
     )
     builds = {f"fastserve@{rev[:7]}" if rev else "fastserve": env}
+    if args.metrics:
+        builds[next(iter(builds)) + METERED] = env
     if args.baseline:
         full, short = venv.resolve_rev(args.baseline)
         builds[f"fastserve@{short}"] = venv.prepare_baseline(args.python, full)

@@ -613,6 +613,13 @@ class SupervisorMetrics:
     def expire(self, now: float) -> None:
         self.listener.expire(now)
 
+    def close_in_worker(self) -> None:
+        """In a forked worker: the supervisor's sockets closed (a scrape's connection kept
+        open by a worker's copy of it would never see its end)."""
+        self.sock.close()
+        for client in self.listener.clients.values():
+            client.sock.close()
+
     def close(self) -> None:
         self.listener.close()
 

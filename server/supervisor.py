@@ -453,7 +453,7 @@ class Supervisor:
         if self.reserved is not None:
             self.reserved.close()
         if self.metrics is not None:
-            self.metrics.sock.close()  # the supervisor's listener
+            self.metrics.close_in_worker()
         config = self.worker_config
         try:
             sockets = self.sockets or bind_sockets(config, reuse_port=True)

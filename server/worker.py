@@ -173,7 +173,7 @@ class Heartbeat:
         return REPORT + snapshot(state) + b"\n"
 
     def ready(self, _server: Server) -> None:
-        self.send(READY)
+        self.send(READY + self.report())  # (its metrics labels appear at once)
 
     def send(self, message: bytes) -> None:
         try:

@@ -69,6 +69,15 @@ def total(found: Samples, name: str, **labels: str) -> float:
     return sum(v for (n, lbls), v in found.items() if n == name and wanted <= set(lbls))
 
 
+def pids_of(found: Samples) -> set[int]:
+    return set(labelled_pids(found).values())
+
+
+def labelled_pids(found: Samples) -> dict[str, int]:
+    """worker label -> pid, from fastserve_worker_pid."""
+    return {dict(k)["worker"]: int(v) for (n, k), v in found.items() if n == "fastserve_worker_pid"}
+
+
 def is_counter(name: str) -> bool:
     return name.endswith(("_total", "_bucket", "_count", "_sum"))
 
@@ -116,33 +125,53 @@ def test_workers_sum_and_keep_the_counts_of_a_killed_worker() -> None:
         )
         assert value(first, "fastserve_event_loop_lag_seconds_count") > 0
 
-        # Under load again: one worker is killed; its counts stay in the sums.
-        victim = int(value(first, "fastserve_worker_pid", worker="1"))
+        # The busiest worker is killed: the sum keeps its counts, to the request.
+        busiest = max(load.pids, key=lambda pid: load.pids[pid])
+        label = next(i for i in "012" if value(first, "fastserve_worker_pid", worker=i) == busiest)
+        os.kill(busiest, signal.SIGKILL)
+        wait_until(
+            lambda: value(samples(mport), "fastserve_worker_restarts_total", cause="crash") == 1,
+            "the crash counted",
+        )
+        kept = samples(mport)
+        assert total(kept, "fastserve_requests_total") == 120
+        assert value(kept, "fastserve_request_duration_seconds_count") == 120
+        assert_monotonic(first, kept)
+
+        # Under load, another one is killed: nothing goes down.
+        victim = int(value(first, "fastserve_worker_pid", worker="1" if label != "1" else "2"))
         with Load(port, threads=4, max_requests=5_000, seconds=20, pause=0.002) as load:
             load.wait_requests(50)
             before = samples(mport)
             os.kill(victim, signal.SIGKILL)
-            server.wait_for(r"was killed by SIGKILL", timeout=10)
+            server.wait_for(r"was killed by SIGKILL", 2, timeout=10)
 
             def replaced() -> bool:
                 now = samples(mport)
                 return (
-                    value(now, "fastserve_worker_restarts_total", cause="crash") == 1
-                    and value(now, "fastserve_worker_starts_total") == 4
+                    value(now, "fastserve_worker_restarts_total", cause="crash") == 2
+                    and value(now, "fastserve_worker_starts_total") == 5
                     and value(now, "fastserve_workers_alive") == 3
-                    and value(now, "fastserve_worker_pid", worker="1") not in (0, victim)
+                    and victim not in pids_of(now)
                 )
 
-            wait_until(replaced, "the crash counted and worker 1 replaced")
+            wait_until(replaced, "the second crash counted and the worker replaced")
             during = samples(mport)
             assert_monotonic(before, during)
             load.wait_requests(load.ok + 100)
+        wait_until(
+            lambda: total(samples(mport), "fastserve_requests_total") >= 120 + 100,
+            "the requests since the second kill counted",
+        )
         after = samples(mport)
         assert_monotonic(during, after)
-        assert total(after, "fastserve_requests_total") >= 120 + 50
-        # The replacement took the dead worker's label; its gauges are gone with it.
-        labels = {dict(k[1]).get("worker") for k in after if k[0] == "fastserve_worker_pid"}
-        assert labels == {"0", "1", "2"}
+        # The replacements took the dead workers' labels (a worker reports once it listens).
+
+        def relabelled() -> bool:
+            pids = labelled_pids(samples(mport))
+            return set(pids) == {"0", "1", "2"} and not {busiest, victim} & set(pids.values())
+
+        wait_until(relabelled, "workers 0, 1 and 2 reporting, the killed ones gone")
         assert value(after, "fastserve_worker_restarts_total", cause="hung") == 0
         server.signal(signal.SIGTERM)
         assert server.wait() == 0, server.log()

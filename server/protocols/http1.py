@@ -178,11 +178,11 @@ class HTTP1Protocol(FlowControl, Channel):
         state.connections.add(self)
         if state.metrics is not None:
             state.metrics.connections += 1
-        if state.log_connections:
-            log.debug("%s:%s - connection open", *(self.client or ("-", 0)))
         if self.client is None:  # (unless a PROXY header said who it is)
             self.client = address(transport.get_extra_info("peername"))
             self.server = address(transport.get_extra_info("sockname"))
+        if state.log_connections:
+            log.debug("%s:%s - connection open", *(self.client or ("-", 0)))
         # CPython 3.12.0-3.12.8 and 3.13.0-3.13.1: asyncio's socket transport never pauses
         # the protocol in writelines() (gh-127655, PSF-2024-14), so a client that does not
         # read would make a streaming response buffer without bound. write() pauses it.
