@@ -23,6 +23,7 @@ import logging
 import os
 import selectors
 import socket
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -633,10 +634,14 @@ class ProcessMetrics:
         self.state = state
         self.lag = LoopLag(state.metrics)
         self.listener: asyncio.Server | None = None
+        self.reporter: Reporter | None = None
 
     async def start(self, listen: bool) -> None:
         self.lag.start(self.state.loop)
-        if listen:
+        if report_fd is not None:  # a --reload server process: the reloader listens
+            self.reporter = Reporter(self.state, report_fd)
+            self.reporter.start()
+        elif listen:
             self.listener = await serve_single(self.state)
 
     @property
@@ -650,3 +655,116 @@ class ProcessMetrics:
         self.lag.stop()
         if self.listener is not None:
             self.listener.close()
+        if self.reporter is not None:
+            self.reporter.stop()
+
+
+# -- --reload: the reloader process serves the metrics of its successive server processes -------
+
+# Set in a --reload server process (reload.child_config): the pipe its reports go to.
+report_fd: int | None = None
+REPORT_INTERVAL = 1.0
+
+
+class Reporter:
+    """A --reload server process's side: its counts to the reloader once a second, and a last
+    time when it stops (as a worker's heartbeat carries them to the supervisor)."""
+
+    def __init__(self, state: ServerState, fd: int) -> None:
+        self.state = state
+        self.fd = fd
+        self.handle: asyncio.TimerHandle | None = None
+        os.set_blocking(fd, False)
+
+    def start(self) -> None:
+        self.tick()
+
+    def tick(self) -> None:
+        self.send()
+        self.handle = self.state.loop.call_later(REPORT_INTERVAL, self.tick)
+
+    def send(self) -> None:
+        try:
+            os.write(self.fd, b"S" + snapshot(self.state) + b"\n")
+        except OSError:  # (full: the next one; EPIPE: the reloader is gone)
+            pass
+
+    def stop(self) -> None:
+        if self.handle is not None:
+            self.handle.cancel()
+            self.handle = None
+        self.send()
+        os.close(self.fd)
+
+
+class ReloadMetrics:
+    """The reloader's listener, in a thread of its own (the reloader's main thread waits on
+    file changes; it starts its children with fork + exec, which a thread does not upset):
+    the reports of the current server process, plus those of the ones before it."""
+
+    def __init__(self, config: Config) -> None:
+        from .worker import Worker
+
+        self.config = config
+        self.worker_class = Worker
+        self.departed = Departed()
+        self.selector = selectors.DefaultSelector()
+        self.lock = threading.Lock()
+        self.current: Any = None  # worker.Worker of the running server process
+        self.starts = 0
+        self.sock = bind(config)
+        self.listener = SelectorListener(self.sock, self.selector, self.render)
+        self.wake_r, self.wake_w = os.pipe()
+        os.set_blocking(self.wake_r, False)
+        self.selector.register(self.wake_r, selectors.EVENT_READ, self.on_wake)
+        self.pending: list[tuple[int, int]] = []
+        self.stopping = False
+        self.thread = threading.Thread(target=self.run, name="fastserve-metrics", daemon=True)
+        self.thread.start()
+
+    def child_started(self, pid: int, fd: int) -> None:
+        """A new server process reports on `fd` (the read end of its pipe)."""
+        with self.lock:
+            self.pending.append((pid, fd))
+        os.write(self.wake_w, b".")
+
+    def on_wake(self) -> None:
+        os.read(self.wake_r, 512)
+        with self.lock:
+            pending, self.pending = self.pending, []
+        for pid, fd in pending:
+            os.set_blocking(fd, False)
+            worker = self.worker_class(pid, fd, time.monotonic())
+            self.current = worker
+            self.starts += 1
+            self.selector.register(fd, selectors.EVENT_READ, lambda w=worker: self.on_report(w))
+
+    def on_report(self, worker: Any) -> None:
+        if worker.ping(time.monotonic()) is None:  # the process ended: its counts are kept
+            self.selector.unregister(worker.fd)
+            worker.close()
+            self.departed.worker_exited(worker.report)
+            worker.report = None
+            if self.current is worker:
+                self.current = None
+
+    def render(self) -> tuple[bytes, str]:
+        current = self.current
+        live = [] if current is None else [(0, current.pid, current.report)]
+        restarts = {"reload": max(0, self.starts - 1)}
+        return exposition(lambda: self.departed.view(self.config, live, self.starts, restarts))
+
+    def run(self) -> None:
+        while not self.stopping:
+            for key, _ in self.selector.select(1.0):
+                key.data()
+            self.listener.expire(time.monotonic())
+
+    def close(self) -> None:
+        self.stopping = True
+        os.write(self.wake_w, b".")
+        self.thread.join(5)
+        self.listener.close()
+        self.selector.close()
+        for fd in (self.wake_r, self.wake_w):
+            os.close(fd)

@@ -66,10 +66,15 @@ def run_with_reload(config: Config) -> int:
     # `debounce` (its default 1.6 s, or longer) caps the wait while changes keep coming.
     step = max(1, round(config.reload_delay * 1000))
     sockets = bind_sockets(config)
+    metrics = None
+    if config.metrics:  # served by this process: the counts outlive each server process
+        from .metrics import ReloadMetrics
+
+        metrics = ReloadMetrics(config)
     stop = threading.Event()
     previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in STOP_SIGNALS}
     log.info("Started reloader [%d], watching %s", os.getpid(), ", ".join(dirs))
-    child = start_child(config, sockets)
+    child = start_child(config, sockets, metrics)
     try:
         for changes in watchfiles.watch(
             *dirs,
@@ -82,9 +87,11 @@ def run_with_reload(config: Config) -> int:
             names = sorted({Path(path).name for _, path in changes})
             log.warning("Changes detected in %s; restarting", ", ".join(names))
             stop_child(child, config)
-            child = start_child(config, sockets)
+            child = start_child(config, sockets, metrics)
     finally:
         stop_child(child, config)
+        if metrics is not None:
+            metrics.close()
         for sock in sockets:
             sock.close()
         for sig, handler in previous.items():
@@ -121,10 +128,27 @@ class ReloadFilter:
         )
 
 
-def start_child(config: Config, sockets: list[socket.socket]) -> subprocess.Popen[bytes]:
+def start_child(
+    config: Config, sockets: list[socket.socket], metrics: Any = None
+) -> subprocess.Popen[bytes]:
+    """`metrics` (--metrics): a metrics.ReloadMetrics, which reads the child's reports."""
     fds = [sock.fileno() for sock in sockets]
-    payload = child_payload(config, fds)
-    return subprocess.Popen([sys.executable, "-c", CHILD_CODE, payload], pass_fds=fds)
+    if metrics is None:
+        payload = child_payload(config, fds)
+        return subprocess.Popen([sys.executable, "-c", CHILD_CODE, payload], pass_fds=fds)
+    read_fd, write_fd = os.pipe()
+    payload = child_payload(config, fds, metrics_fd=write_fd)
+    try:
+        child = subprocess.Popen(
+            [sys.executable, "-c", CHILD_CODE, payload], pass_fds=[*fds, write_fd]
+        )
+    except BaseException:
+        os.close(read_fd)
+        raise
+    finally:
+        os.close(write_fd)
+    metrics.child_started(child.pid, read_fd)
+    return child
 
 
 def stop_child(child: subprocess.Popen[bytes], config: Config) -> None:
@@ -141,7 +165,7 @@ def stop_child(child: subprocess.Popen[bytes], config: Config) -> None:
         child.wait()
 
 
-def child_payload(config: Config, fds: list[int]) -> str:
+def child_payload(config: Config, fds: list[int], metrics_fd: int | None = None) -> str:
     """The child's Config as JSON: every CLI-settable field (plain data), minus the reload."""
     values: dict[str, Any] = {}
     for f in dataclasses.fields(Config):
@@ -149,6 +173,8 @@ def child_payload(config: Config, fds: list[int]) -> str:
             values[f.name] = getattr(config, f.name)
     values.update(reload=False, workers="1", pid=None, fd=None, uds=None, env_file=None)
     values["_fds"] = fds
+    if metrics_fd is not None:
+        values["_metrics_fd"] = metrics_fd
     return json.dumps(values)
 
 
@@ -156,4 +182,9 @@ def child_config(payload: str) -> Config:
     """The server process's Config, from `child_payload`'s JSON (`python -c CHILD_CODE JSON`)."""
     values = json.loads(payload)
     sockets = [socket.socket(fileno=fd) for fd in values.pop("_fds")]
+    metrics_fd = values.pop("_metrics_fd", None)
+    if metrics_fd is not None:  # its metrics go to the reloader (metrics.Reporter)
+        from . import metrics
+
+        metrics.report_fd = metrics_fd
     return Config(**values, sockets=sockets)

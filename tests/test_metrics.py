@@ -425,3 +425,39 @@ def test_loop_lag_is_sampled(metered: Single) -> None:
         lambda: value(metered.samples(), "fastserve_event_loop_lag_seconds_count") >= 2,
         "two loop-lag samples",
     )
+
+
+@pytest.mark.timeout(90)
+def test_counts_survive_reload(tmp_path: Path) -> None:
+    """--reload: the reloader serves the metrics, so a new server process adds to the
+    counts of the one before it."""
+    from tests.apps.workers_procs import write_app
+
+    module = tmp_path / "metered_app.py"
+    write_app(module, "v1")
+    args = ["metered_app:app", "--reload", "--reload-dir", str(tmp_path), "--app-dir"]
+    args += [str(tmp_path), "--port", "0", "--lifespan", "off", "--no-access-log"]
+    args += ["--metrics", "--metrics-port", "0"]
+    with Fastserve(args) as server:
+        port = server.wait_running()
+        match = METRICS.search(server.log())
+        assert match is not None
+        mport = int(match.group(1))
+        with Load(port, threads=2, max_requests=20) as load:
+            load.wait_requests(40)
+        first_process = set(load.pids)
+        wait_until(lambda: total(samples(mport), "fastserve_requests_total") == 40, "40 requests")
+        first = samples(mport)
+        write_app(module, "v2")
+        server.wait_for("Changes detected in metered_app.py; restarting")
+        server.wait_running(2)
+        with Load(port, threads=2, max_requests=5) as load:
+            load.wait_requests(10)
+        assert set(load.pids).isdisjoint(first_process)  # served by the new process
+        wait_until(lambda: total(samples(mport), "fastserve_requests_total") == 50, "50 requests")
+        after = samples(mport)
+        assert_monotonic(first, after)
+        assert value(after, "fastserve_worker_restarts_total", cause="reload") == 1
+        assert value(after, "fastserve_worker_starts_total") == 2
+        server.signal(signal.SIGTERM)
+        assert server.wait() == 0, server.log()
