@@ -20,7 +20,8 @@ turns its events into ASGI requests, and owns time, memory and limits:
 - the priority rules zttp 0.0.35 does not check (RFC 9113 §5.3.1: a stream cannot depend on
   itself; §6.3: no PRIORITY on stream 0), found by walking the frame headers of what is read;
 - rapid reset (CVE-2023-44487): streams the client resets count against a budget that refills
-  with time; past it, GOAWAY ENHANCE_YOUR_CALM;
+  with time; past it, GOAWAY ENHANCE_YOUR_CALM; so do empty DATA frames (CVE-2019-9518), which
+  zttp takes without limit (its own guards end CONTINUATION, header-block and PING floods);
 - shutdown: GOAWAY NO_ERROR with the last stream taken, in-flight streams finish; an idle
   connection closes after --timeout-keep-alive with GOAWAY NO_ERROR.
 """
@@ -54,8 +55,10 @@ REFUSED_STREAM: Final = 0x7
 CANCEL: Final = 0x8
 ENHANCE_YOUR_CALM: Final = 0xB
 
+DATA: Final = 0x0
 HEADERS: Final = 0x1
 PRIORITY: Final = 0x2
+END_STREAM: Final = 0x1
 PADDED: Final = 0x8
 PRIORITY_FLAG: Final = 0x20
 
@@ -71,6 +74,12 @@ HIGH_WATER: Final = 64 * 1024
 # second (CVE-2023-44487).
 RESET_BURST: Final = 200.0
 RESET_RATE: Final = 50.0
+
+# Empty DATA frames that do not end their stream (CVE-2019-9518, "empty frames flood": each
+# costs a parse and carries nothing): a budget of EMPTY_BURST refilled by EMPTY_RATE a second.
+# A client has no reason to send one; Netty allows 2 in a row (maxConsecutiveEmptyFrames).
+EMPTY_BURST: Final = 100.0
+EMPTY_RATE: Final = 10.0
 
 # Streams one connection takes before it is retired with GOAWAY NO_ERROR (clients open a new
 # one, as after nginx's keepalive_requests). zttp 0.0.35 ends a connection after 4,096 streams
@@ -212,6 +221,8 @@ class H2Protocol(FlowControl):
         "carry",
         "client",
         "closed",
+        "empty",
+        "empty_at",
         "flush_handle",
         "frame_skip",
         "going_away",
@@ -249,7 +260,8 @@ class H2Protocol(FlowControl):
         self.idle_timer: asyncio.TimerHandle | None = None
         self.body_timer: asyncio.TimerHandle | None = None
         self.resets = RESET_BURST
-        self.resets_at = monotonic()
+        self.resets_at = self.empty_at = monotonic()
+        self.empty = EMPTY_BURST
         # The frame walk (check_priorities): bytes until the next frame header (the client's
         # 24-byte preface comes first), the start of a frame cut by the end of a read, and the
         # streams named by a frame that makes them depend on themselves (by frame type).
@@ -389,8 +401,9 @@ class H2Protocol(FlowControl):
     def check_priorities(self, data: bytes) -> bool:
         """RFC 9113's priority rules that zttp 0.0.35 lets through: a HEADERS or PRIORITY
         frame making a stream depend on itself (§5.3.1) and a PRIORITY frame on stream 0
-        (§6.3, a connection error: False). Walks the frame headers of what was read, before
-        zttp parses it: a few byte reads per frame, none per byte."""
+        (§6.3, a connection error: False), and empty DATA frames counted. Walks the frame
+        headers of what was read, before zttp parses it: a few byte reads per frame, none per
+        byte."""
         at = self.frame_skip
         if self.carry:
             data = self.carry + data
@@ -399,7 +412,15 @@ class H2Protocol(FlowControl):
         while at + 9 <= end:
             length = (data[at] << 16) | (data[at + 1] << 8) | data[at + 2]
             kind = data[at + 3]
-            if kind in (HEADERS, PRIORITY):
+            if kind == DATA:
+                if length == 0 and not data[at + 4] & END_STREAM:
+                    now = monotonic()
+                    self.empty = spend(self.empty, self.empty_at, now, EMPTY_BURST, EMPTY_RATE)
+                    self.empty_at = now
+                    if self.empty < 0:
+                        self.calm("empty DATA frames")
+                        return False
+            elif kind in (HEADERS, PRIORITY):
                 flags = data[at + 4]
                 start = at + 9
                 if kind == HEADERS:
@@ -449,6 +470,13 @@ class H2Protocol(FlowControl):
         if stream is not None and stream.cycle is not None:
             stream.cycle.lost()
         self.reset(stream_id, PROTOCOL_ERROR)
+
+    def calm(self, why: str) -> None:
+        """A flood: GOAWAY ENHANCE_YOUR_CALM, then close."""
+        peer = self.client or ("-", 0)
+        log.warning("%s:%s - HTTP/2 %s: GOAWAY ENHANCE_YOUR_CALM", *peer, why)
+        self.h2.close(ENHANCE_YOUR_CALM, self.highest)
+        self.close()
 
     def connection_error(self, why: str) -> None:
         """GOAWAY PROTOCOL_ERROR naming the last stream taken, then close (§5.4.1)."""
@@ -509,14 +537,10 @@ class H2Protocol(FlowControl):
                 stream.cycle.lost()  # the app's receive() gets http.disconnect
             stream.wake()
         now = monotonic()
-        self.resets = min(RESET_BURST, self.resets + (now - self.resets_at) * RESET_RATE) - 1
+        self.resets = spend(self.resets, self.resets_at, now, RESET_BURST, RESET_RATE)
         self.resets_at = now
         if self.resets < 0:
-            peer = self.client or ("-", 0)
-            log.warning("%s:%s - HTTP/2 rapid reset: GOAWAY ENHANCE_YOUR_CALM", *peer)
-            self.h2.close(ENHANCE_YOUR_CALM, self.highest)
-            self.flush()
-            self.close()
+            self.calm("rapid reset")
         elif not self.streams:
             self.arm_idle()
 
@@ -676,6 +700,12 @@ class H2Protocol(FlowControl):
             if stream.cycle is not None and stream.cycle.task is not None:
                 stream.cycle.task.cancel()
         self.close()
+
+
+def spend(level: float, since: float, now: float, burst: float, rate: float) -> float:
+    """A budget of `burst` that refills by `rate` a second, `level` at `since`: what is left
+    after spending one now (below 0: spent)."""
+    return min(burst, level + (now - since) * rate) - 1
 
 
 def join_cookies(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
