@@ -249,6 +249,20 @@ def test_requests_by_status_class_and_version(metered: Single) -> None:
     assert not any(k[0].startswith("fastserve_workers_alive") for k in found)
 
 
+def test_http2_requests_and_connections(metered: Single) -> None:
+    import httpx
+
+    with httpx.Client(http1=False, http2=True, timeout=5) as http:
+        for path in ("/200", "/404"):
+            response = http.get(metered.srv.url + path)
+            assert response.http_version == "HTTP/2"
+    found = metered.samples()
+    assert value(found, "fastserve_requests_total", http_version="2", status_class="2xx") == 1
+    assert value(found, "fastserve_requests_total", http_version="2", status_class="4xx") == 1
+    assert value(found, "fastserve_connections_total", protocol="h2") == 1
+    assert value(found, "fastserve_received_bytes_total") > 24  # the preface at least
+
+
 def test_refusals_by_status(serve: Serve) -> None:
     with serve(app, metrics=True, metrics_port=0, limit_request_line=100) as srv:
         assert srv.server.metrics is not None

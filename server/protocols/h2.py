@@ -275,6 +275,8 @@ class H2Protocol(FlowControl):
         self.transport = transport  # type: ignore[assignment]  # uvloop's is no subclass
         state = self.state
         state.connections.add(self)
+        if state.metrics is not None:
+            state.metrics.h2_connections += 1
         self.scope_base = connection_scope(state, "2", transport, self.client, self.server)
         h2 = self.h2
         h2.initiate_connection()
@@ -302,6 +304,9 @@ class H2Protocol(FlowControl):
     # -- frames in ---------------------------------------------------------------------------
 
     def data_received(self, data: bytes) -> None:
+        metrics = self.state.metrics
+        if metrics is not None:
+            metrics.bytes_received += len(data)
         h2 = self.h2
         if not self.check_priorities(data):
             return
@@ -392,6 +397,8 @@ class H2Protocol(FlowControl):
         error = request_limits(headers, state)
         if error is not None:
             status, reason = error
+            if state.metrics is not None:
+                state.metrics.refused(status)
             cycle.answer(status, reason.encode())
             self.stream_done(stream)
             return
