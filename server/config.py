@@ -174,11 +174,25 @@ class Config:
     )
     reload_delay: float = opt(0.25, "Seconds changes are gathered before a --reload restart.")
     # -- proxies ------------------------------------------------------------------------------
+    # On, trusting loopback only, as uvicorn (docs/production.md: each decision and why).
     proxy_headers: bool = opt(
-        False, "Trust X-Forwarded-* / Forwarded headers from --forwarded-allow-ips."
+        True, "Take the client's address and scheme from X-Forwarded-For/-Proto of trusted peers."
     )
+    # None: $FORWARDED_ALLOW_IPS, else loopback (uvicorn's default and variable); resolved in
+    # __post_init__, so the field holds a string from then on.
     forwarded_allow_ips: str = opt(
-        "127.0.0.1,::1", "Comma-separated IPs/CIDRs (or '*') whose proxy headers are trusted."
+        None,
+        "Comma-separated IPs/CIDRs, 'unix' or '*' whose proxy headers are trusted "
+        "(default: $FORWARDED_ALLOW_IPS, else 127.0.0.1,::1).",
+    )
+    # Off, as uvicorn (which never reads them) and Werkzeug's ProxyFix (x_host=0): a proxy that
+    # does not set X-Forwarded-Host passes the client's own on, which would then replace Host.
+    forwarded_host: bool = opt(
+        False, "Also take Host and port from X-Forwarded-Host/-Port of trusted peers."
+    )
+    # Off, as uvicorn: nginx and most proxies pass a client's Forwarded header on untouched.
+    forwarded_rfc7239: bool = opt(
+        False, "Also read RFC 7239 Forwarded from trusted peers (when no X-Forwarded-For)."
     )
     proxy_protocol: bool = opt(False, "Expect a PROXY protocol v1/v2 header from trusted peers.")
     # -- TLS ----------------------------------------------------------------------------------
@@ -233,6 +247,12 @@ class Config:
         # Checked here so a bad value is a ConfigError at startup, not when serving begins.
         for item in self.headers:
             parse_header(item)
+        allowed: Any = self.forwarded_allow_ips
+        if allowed is None:  # uvicorn's variable, read when the Config is made (as uvicorn)
+            allowed = os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1,::1")
+        elif not isinstance(allowed, str):  # uvicorn also takes a list
+            allowed = ",".join(allowed)
+        object.__setattr__(self, "forwarded_allow_ips", allowed)
 
     def replace(self, **changes: Any) -> Config:
         return dataclasses.replace(self, **changes)

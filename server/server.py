@@ -168,10 +168,6 @@ class Server:
             from .middleware.cors import CORSMiddleware
 
             app = CORSMiddleware(app, config)
-        if config.proxy_headers:
-            from .middleware.proxy_headers import ProxyHeadersMiddleware
-
-            app = ProxyHeadersMiddleware(app, config.forwarded_allow_ips)
         return app
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from .config import Config
 from .counters import Counters
+from .middleware.proxy_headers import ProxyHeaders
 from .protocols import WS, http2_upgrade
 from .protocols.outbox import Outbox
 from .types import ASGIApp
@@ -55,6 +56,7 @@ class ServerState:
         "metrics",
         "on_max_requests",
         "outbox",
+        "proxy",
         "reset_contextvars",
         "restarting",
         "root_path",
@@ -89,6 +91,12 @@ class ServerState:
         self.limit_concurrency = config.limit_concurrency
         self.max_head_size = config.max_head_size
         self.root_path = config.root_path
+        # --proxy-headers: what is believed from which peers (request.py applies it).
+        self.proxy: ProxyHeaders | None = None
+        if config.proxy_headers:
+            self.proxy = ProxyHeaders(
+                config.forwarded_allow_ips, config.forwarded_host, config.forwarded_rfc7239
+            )
         self.app = app
         self.loop = loop
         self.lifespan_state = lifespan_state

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Iterable
+from typing import Any
 
 from .config import ConfigError
 
@@ -58,3 +59,10 @@ class TrustedPeers:
         if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
             ip = ip.ipv4_mapped  # a dual-stack socket's view of an IPv4 peer
         return any(ip in net for net in self.networks)
+
+
+class TrustedConnection(dict[str, Any]):
+    """The scope base (protocols/request.connection_scope) of a connection whose peer is in
+    --forwarded-allow-ips, with --proxy-headers on: make_scope reads the proxy headers of its
+    requests. A dict of its own type, so that the decision is made once per connection and
+    the protocols carry it without knowing; `copy()` of it is a plain dict, the ASGI scope."""

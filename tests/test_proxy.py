@@ -10,11 +10,17 @@ import time
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from fastserve.config import ConfigError
-from fastserve.middleware.proxy_headers import TrustedPeers, parse_forwarded
+from fastserve.middleware.proxy_headers import (
+    ProxyHeadersMiddleware,
+    TrustedPeers,
+    parse_forwarded,
+)
 from fastserve.protocols.proxy_protocol import ProxyHeaderError, parse_header
+from tests.apps.cli_procs import ServerProcess, clean_env, fastserve_cmd
 from tests.conftest import run_server
 from tests.helpers import Serve, Wire, fetch, request, sent_and_read, until_closed
 
@@ -46,10 +52,112 @@ def ask(srv: Any, headers: str = "") -> dict[str, Any]:
 # -- X-Forwarded-* and Forwarded ---------------------------------------------------------------
 
 
-def test_headers_are_ignored_without_proxy_headers(serve: Serve) -> None:
-    with serve(where_app) as srv:
+def test_headers_are_ignored_with_no_proxy_headers(serve: Serve) -> None:
+    with serve(where_app, proxy_headers=False) as srv:
         seen = ask(srv, "X-Forwarded-For: 1.2.3.4\r\nX-Forwarded-Proto: https\r\n")
     assert seen["client"][0] == "127.0.0.1" and seen["scheme"] == "http"
+
+
+def test_by_default_loopback_is_trusted_for_address_and_scheme_only(serve: Serve) -> None:
+    """uvicorn's defaults: --proxy-headers on, loopback trusted, X-Forwarded-For and -Proto
+    read. A local nginx's client is the client. Host is not taken from X-Forwarded-Host (nginx
+    passes a client's own on), nor anything from RFC 7239 Forwarded (nor passed on untouched):
+    Django's USE_X_FORWARDED_HOST=False keeps its meaning."""
+    with serve(where_app) as srv:
+        seen = ask(srv, "X-Forwarded-For: 203.0.113.7\r\nX-Forwarded-Proto: https\r\n")
+        host = ask(
+            srv,
+            "X-Forwarded-Host: evil.example\r\nX-Forwarded-Port: 8443\r\n"
+            "Forwarded: for=6.6.6.6;proto=https;host=evil.example\r\n",
+        )
+    assert seen["client"] == ["203.0.113.7", 0] and seen["scheme"] == "https"
+    assert host["host"] == ["test"] and host["scheme"] == "http"
+    assert host["client"][0] == "127.0.0.1"
+    assert host["server"][0] == "127.0.0.1" and host["server"][1] != 8443
+
+
+def test_forwarded_allow_ips_comes_from_the_environment(
+    serve: Serve, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """$FORWARDED_ALLOW_IPS (uvicorn's variable) when the option is not given."""
+    monkeypatch.setenv("FORWARDED_ALLOW_IPS", "10.0.0.1")
+    with serve(where_app) as srv:
+        untrusted = ask(srv, "X-Forwarded-For: 203.0.113.7\r\n")
+    monkeypatch.setenv("FORWARDED_ALLOW_IPS", "10.0.0.1, 127.0.0.1")
+    with serve(where_app) as srv:
+        trusted = ask(srv, "X-Forwarded-For: 203.0.113.7\r\n")
+    with serve(where_app, forwarded_allow_ips=["10.0.0.2"]) as srv:  # a list, as uvicorn's
+        listed = ask(srv, "X-Forwarded-For: 203.0.113.7\r\n")
+    assert untrusted["client"][0] == "127.0.0.1"
+    assert trusted["client"][0] == "203.0.113.7"
+    assert listed["client"][0] == "127.0.0.1"
+
+
+def test_the_environment_variables_of_the_command_line() -> None:
+    """The option's own variables (FASTSERVE_, then UVICORN_) come before
+    $FORWARDED_ALLOW_IPS, which comes before the loopback default."""
+    cases = [
+        ({"FORWARDED_ALLOW_IPS": "10.0.0.1"}, "127.0.0.1"),
+        ({"FORWARDED_ALLOW_IPS": "10.0.0.1", "UVICORN_FORWARDED_ALLOW_IPS": "*"}, "203.0.113.7"),
+        (
+            {"UVICORN_FORWARDED_ALLOW_IPS": "*", "FASTSERVE_FORWARDED_ALLOW_IPS": "10.0.0.1"},
+            "127.0.0.1",
+        ),
+        ({}, "203.0.113.7"),
+    ]
+    for env, client in cases:
+        cmd = fastserve_cmd("tests.test_proxy:where_app", "--port", "0", "--lifespan", "off")
+        with ServerProcess(cmd, env=clean_env(**env)) as server:
+            url = server.url()
+            response = httpx.get(url, headers={"X-Forwarded-For": "203.0.113.7"}, timeout=10)
+            server.stop()
+        assert response.json()["client"][0] == client, env
+
+
+@pytest.mark.parametrize(
+    ("headers", "scheme"),
+    [
+        ("X-Forwarded-Proto: https\r\n", "https"),
+        # A list without a chain to align it with: not attributable to our proxy, ignored (as
+        # uvicorn ignores any list): the connection's own scheme.
+        ("X-Forwarded-Proto: https, http\r\n", "http"),
+        ("X-Forwarded-Proto: http, https\r\n", "http"),
+        ("X-Forwarded-Proto: http\r\nX-Forwarded-Proto: https\r\n", "http"),
+        ("X-Forwarded-For: 198.51.100.2\r\nX-Forwarded-Proto: http, https\r\n", "http"),
+        # One entry per hop: the one aligned with the client's, written by our proxy.
+        ("X-Forwarded-For: 198.51.100.2, 127.0.0.1\r\nX-Forwarded-Proto: https, http\r\n", "https"),
+        ("X-Forwarded-For: 6.6.6.6, 198.51.100.2\r\nX-Forwarded-Proto: https, http\r\n", "http"),
+    ],
+)
+def test_which_x_forwarded_proto_counts(serve: Serve, headers: str, scheme: str) -> None:
+    with serve(where_app) as srv:
+        assert ask(srv, headers)["scheme"] == scheme
+
+
+def test_http2_streams_get_the_proxy_headers(serve: Serve) -> None:
+    """HTTP/2 requests are read through the same scope builder as HTTP/1.1 ones."""
+    pytest.importorskip("zttp")
+    from tests.test_http2 import H2Client
+
+    with serve(where_app) as srv:
+        client = H2Client(srv.port)
+        headers = [("x-forwarded-for", "203.0.113.9"), ("x-forwarded-proto", "https")]
+        seen = json.loads(client.response(client.request("/", headers=headers))[1])
+        client.close()
+    with serve(where_app, forwarded_allow_ips="10.0.0.1") as srv:
+        client = H2Client(srv.port)
+        untrusted = json.loads(client.response(client.request("/", headers=headers))[1])
+        client.close()
+    assert seen["client"] == ["203.0.113.9", 0] and seen["scheme"] == "https"
+    assert untrusted["client"][0] == "127.0.0.1" and untrusted["scheme"] == "http"
+
+
+def test_the_asgi_middleware_for_apps_that_wrap_themselves(serve: Serve) -> None:
+    """ProxyHeadersMiddleware, with uvicorn's name and arguments (app, trusted_hosts)."""
+    app = ProxyHeadersMiddleware(where_app, trusted_hosts="127.0.0.1")
+    with serve(app, proxy_headers=False) as srv:
+        seen = ask(srv, "X-Forwarded-For: 203.0.113.8\r\nX-Forwarded-Proto: https\r\n")
+    assert seen["client"] == ["203.0.113.8", 0] and seen["scheme"] == "https"
 
 
 def test_headers_from_an_untrusted_peer_are_ignored(serve: Serve) -> None:
@@ -63,8 +171,8 @@ def test_headers_from_an_untrusted_peer_are_ignored(serve: Serve) -> None:
     assert seen["scheme"] == "http" and seen["host"] == ["test"]
 
 
-def test_x_forwarded_from_a_trusted_peer(serve: Serve) -> None:
-    with serve(where_app, proxy_headers=True) as srv:  # loopback is trusted by default
+def test_x_forwarded_host_when_asked(serve: Serve) -> None:
+    with serve(where_app, forwarded_host=True) as srv:  # loopback is trusted by default
         seen = ask(
             srv,
             "X-Forwarded-For: 203.0.113.7\r\nX-Forwarded-Proto: https\r\n"
@@ -98,7 +206,8 @@ def test_the_chain_is_walked_from_the_right(serve: Serve) -> None:
 
 def test_rfc7239_forwarded(serve: Serve) -> None:
     trusted = "127.0.0.1,192.0.2.43"
-    with serve(where_app, proxy_headers=True, forwarded_allow_ips=trusted) as srv:
+    options = {"forwarded_rfc7239": True, "forwarded_host": True}
+    with serve(where_app, forwarded_allow_ips=trusted, **options) as srv:
         seen = ask(
             srv,
             'Forwarded: for=6.6.6.6, for="[2001:db8:cafe::17]:4711";proto=https;'
@@ -114,13 +223,13 @@ def test_rfc7239_forwarded(serve: Serve) -> None:
 
 
 def test_x_forwarded_for_wins_over_forwarded(serve: Serve) -> None:
-    with serve(where_app, proxy_headers=True) as srv:
+    with serve(where_app, forwarded_rfc7239=True) as srv:
         seen = ask(srv, "Forwarded: for=6.6.6.6\r\nX-Forwarded-For: 198.51.100.9\r\n")
     assert seen["client"][0] == "198.51.100.9"
 
 
 def test_hostile_values_are_ignored(serve: Serve) -> None:
-    with serve(where_app, proxy_headers=True, forwarded_allow_ips="*") as srv:
+    with serve(where_app, forwarded_allow_ips="*", forwarded_host=True) as srv:
         seen = ask(
             srv,
             "X-Forwarded-Proto: javascript\r\nX-Forwarded-Host: a b/c\r\n"

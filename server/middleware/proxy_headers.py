@@ -1,18 +1,24 @@
-"""--proxy-headers: the client's address, scheme and host as a trusted reverse proxy saw them.
+"""--proxy-headers: the client's address and scheme as a trusted reverse proxy saw them.
 
 Only a peer in --forwarded-allow-ips is believed, and a chain is walked from the right:
 each proxy appends the address it received the request from, so the rightmost entries were
 written by our own proxies and the first untrusted address found from the right is the
 client. Anything to its left was written by the client itself and could be forged.
 
-Two header families exist. `X-Forwarded-For` (with `-Proto`, `-Host`, `-Port`) is what
-nginx, HAProxy, AWS ALB and most others send; RFC 7239 `Forwarded` carries the same
-in one field. When both are present X-Forwarded-For wins: most proxies set it but pass a
-client's `Forwarded` through untouched. (A proxy that only sets `Forwarded` should drop
-incoming X-Forwarded-* headers.)
+By default exactly what uvicorn reads: `X-Forwarded-For` and `X-Forwarded-Proto` (nginx,
+HAProxy, AWS ALB, Traefik and Caddy all send them). Two more things only when asked, because
+a proxy that does not set them passes a client's own values through:
 
-The scope's `client`, `scheme` and `server` are rewritten, and `X-Forwarded-Host` /
-`host=` replaces the Host header, since that is what apps build URLs from.
+- --forwarded-host: `X-Forwarded-Host` replaces the Host header and, with `X-Forwarded-Port`,
+  sets the scope's `server` (Werkzeug's ProxyFix has the same switch, x_host, off by default;
+  on by default it would defeat Django's USE_X_FORWARDED_HOST=False);
+- --forwarded-rfc7239: RFC 7239 `Forwarded` (`for=`, `proto=`, and `host=` with
+  --forwarded-host), read when there is no `X-Forwarded-For`.
+
+The server applies this where it builds each request's scope (protocols/request.py), for
+connections from a trusted peer only: HTTP/1.1, HTTP/2 streams and WebSocket handshakes alike,
+and no middleware frame per request. ProxyHeadersMiddleware does the same as an ASGI
+middleware, for apps that wrap themselves (uvicorn's has the same name and arguments).
 """
 
 from __future__ import annotations
@@ -27,21 +33,24 @@ _HOST_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ012
 _SCHEMES = {"http": "http", "https": "https", "ws": "http", "wss": "https"}
 
 
-class ProxyHeadersMiddleware:
-    def __init__(
-        self, app: ASGIApp, forwarded_allow_ips: str | Iterable[str] = "127.0.0.1"
-    ) -> None:
-        self.app = app
-        self.trusted = TrustedPeers(forwarded_allow_ips)
+class ProxyHeaders:
+    """What is believed from a trusted proxy, and how (see the module docstring)."""
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] in ("http", "websocket"):
-            client = scope.get("client")
-            if (client[0] if client else None) in self.trusted:
-                hop = self.find_hop(scope["headers"])
-                if hop is not None:
-                    apply_hop(scope, hop)
-        await self.app(scope, receive, send)
+    def __init__(
+        self,
+        forwarded_allow_ips: str | Iterable[str] = "127.0.0.1,::1",
+        forwarded_host: bool = False,
+        forwarded_rfc7239: bool = False,
+    ) -> None:
+        self.trusted = TrustedPeers(forwarded_allow_ips)
+        self.host = forwarded_host
+        self.rfc7239 = forwarded_rfc7239
+
+    def apply(self, scope: Scope) -> None:
+        """Rewrite the scope of a request whose peer is trusted."""
+        hop = self.find_hop(scope["headers"])
+        if hop is not None:
+            apply_hop(scope, hop, self.host)
 
     def find_hop(self, headers: Iterable[tuple[bytes, bytes]]) -> dict[str, str] | None:
         """What the proxy nearest to the client recorded: `for`, `proto`, `host`, `port`."""
@@ -53,27 +62,28 @@ class ProxyHeadersMiddleware:
                 xff += _list(value)
             elif name in _X_FIELDS:
                 fields.setdefault(name, []).extend(_list(value))
-            elif name == b"forwarded":
+            elif name == b"forwarded" and self.rfc7239:
                 forwarded.append(value.decode("latin-1"))
         if xff:
             hops = [{"for": entry} for entry in xff]
             index = self.pick(hops)
             hop = hops[index]
             for name, key in _X_FIELDS.items():
-                values = fields.get(name)
-                if values:
-                    # Aligned with X-Forwarded-For when every proxy appended; else the last
-                    # value, which our own proxy wrote.
-                    hop[key] = values[index] if len(values) == len(xff) else values[-1]
+                entry = _entry(fields.get(name), index, len(xff))
+                if entry:
+                    hop[key] = entry
             return hop
         if forwarded:
             elements = parse_forwarded(",".join(forwarded))
             if elements:
                 return elements[self.pick(elements)]
-        # No chain, but a proxy may still tell the scheme or host (X-Forwarded-Proto alone).
-        if fields:
-            return {key: fields[name][-1] for name, key in _X_FIELDS.items() if fields.get(name)}
-        return None
+        # No chain, but a proxy may still tell the scheme (X-Forwarded-Proto alone).
+        alone: dict[str, str] = {}
+        for name, key in _X_FIELDS.items():
+            entry = _entry(fields.get(name), 0, 1)
+            if entry:
+                alone[key] = entry
+        return alone or None
 
     def pick(self, hops: list[dict[str, str]]) -> int:
         """Walk from the right past our trusted proxies; the first other address is the
@@ -84,6 +94,42 @@ class ProxyHeadersMiddleware:
         return 0
 
 
+def _entry(values: list[str] | None, index: int, chain: int) -> str:
+    """The entry of an X-Forwarded-Proto/-Host/-Port list that belongs to the hop at `index`
+    of an X-Forwarded-For chain `chain` long. One value: the proxy's. As many values as the
+    chain has entries: every proxy appended one to each, and the one at `index` was written by
+    the same trusted proxy as the chosen `for`. Any other list (`https, http` without a chain
+    to align with) cannot be attributed to a proxy we trust: ignored, as uvicorn ignores every
+    list (it keeps the connection's own scheme)."""
+    if not values:
+        return ""
+    if len(values) == 1:
+        return values[0]
+    return values[index] if len(values) == chain else ""
+
+
+class ProxyHeadersMiddleware:
+    """--proxy-headers as an ASGI middleware (the server itself does not need it)."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        trusted_hosts: str | Iterable[str] = "127.0.0.1,::1",
+        forwarded_host: bool = False,
+        forwarded_rfc7239: bool = False,
+    ) -> None:
+        self.app = app
+        self.proxy = ProxyHeaders(trusted_hosts, forwarded_host, forwarded_rfc7239)
+        self.trusted = self.proxy.trusted
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] in ("http", "websocket"):
+            client = scope.get("client")
+            if (client[0] if client else None) in self.trusted:
+                self.proxy.apply(scope)
+        await self.app(scope, receive, send)
+
+
 _X_FIELDS = {
     b"x-forwarded-proto": "proto",
     b"x-forwarded-host": "host",
@@ -91,7 +137,7 @@ _X_FIELDS = {
 }
 
 
-def apply_hop(scope: Scope, hop: dict[str, str]) -> None:
+def apply_hop(scope: Scope, hop: dict[str, str], with_host: bool) -> None:
     addr = hop.get("for")
     if addr:
         host, port = _split_host_port(addr)
@@ -106,6 +152,8 @@ def apply_hop(scope: Scope, hop: dict[str, str]) -> None:
             scope["scheme"] = "wss" if secure else "ws"
         else:
             scope["scheme"] = "https" if secure else "http"
+    if not with_host:
+        return
     port = _port(hop.get("port", ""))
     authority = hop.get("host", "")
     if authority and all(ch in _HOST_CHARS for ch in authority):
@@ -195,4 +243,4 @@ def _unquote(text: str) -> str:
     return "".join(out)
 
 
-__all__ = ["ProxyHeadersMiddleware", "TrustedPeers", "parse_forwarded"]
+__all__ = ["ProxyHeaders", "ProxyHeadersMiddleware", "TrustedPeers", "parse_forwarded"]

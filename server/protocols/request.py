@@ -14,6 +14,7 @@ import asyncio
 from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import unquote
 
+from ..trust import TrustedConnection
 from .connection import Address
 from .cycle import RequestCycle
 
@@ -59,6 +60,9 @@ def connection_scope(
         from ..tls import tls_extension
 
         base["extensions"] = {**base["extensions"], "tls": tls_extension(transport)}
+    proxy = state.proxy
+    if proxy is not None and (client[0] if client else None) in proxy.trusted:
+        return TrustedConnection(base)  # --proxy-headers: see make_scope
     return base
 
 
@@ -93,6 +97,14 @@ def make_scope(
     scope["query_string"] = query
     scope["headers"] = headers
     scope["state"] = state.lifespan_state.copy()
+    if type(base) is not dict and state.proxy is not None:
+        # A trusted proxy's connection (connection_scope): X-Forwarded-For/-Proto and the
+        # rest (--proxy-headers, middleware/proxy_headers.py) say who the client is. Other
+        # connections pay the type test only.
+        for name, _ in headers:
+            if name.startswith(b"x-forwarded-") or name == b"forwarded":
+                state.proxy.apply(scope)
+                break
     return scope
 
 
