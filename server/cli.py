@@ -100,7 +100,9 @@ Environment:
   UVICORN_<OPTION>    the same, for a deployment configured for uvicorn: read when the
                       FASTSERVE_ one is not set (UVICORN_APP, UVICORN_PORT...)
   WEB_CONCURRENCY     the number of workers when --workers is not given (else 1)
-A command-line option wins over both. docs/migrating-from-uvicorn.md: every uvicorn option."""
+  FORWARDED_ALLOW_IPS the default of --forwarded-allow-ips (else 127.0.0.1,::1)
+A command-line option wins over all of them. Coming from uvicorn:
+docs/migrating-from-uvicorn.md (every uvicorn option, variable and API)."""
 
 
 def help_place(name: str) -> tuple[str, int]:

@@ -517,7 +517,8 @@ def test_help_is_grouped_and_names_the_environment() -> None:
         assert name in sections[help_place(f.name)[0]], f.name
     assert OTHER not in sections
     assert sections["Binding"][:2] == ["--host", "--port"] and "--help" in sections["General"]
-    for words in ("FASTSERVE_<OPTION>", "UVICORN_<OPTION>", "WEB_CONCURRENCY", "FASTSERVE_APP"):
+    variables = ("FASTSERVE_<OPTION>", "UVICORN_<OPTION>", "WEB_CONCURRENCY", "FORWARDED_ALLOW_IPS")
+    for words in (*variables, "FASTSERVE_APP"):
         assert words in result.stdout
 
 
@@ -595,3 +596,40 @@ def test_ssl_version_is_uvicorns(tmp_path: Path) -> None:
     assert result.returncode == 3 and "Traceback" not in result.stderr
     errors = [line for line in result.stderr.splitlines() if line.startswith("ERROR")]
     assert len(errors) == 1 and "--ssl-version 16: not a server protocol" in errors[0]
+
+
+EMBEDDED_RUN = """
+import fastserve
+from tests.apps.core_apps import core_app
+for loop in ("zuvloop", "none"):
+    config = fastserve.Config(app=core_app, port=0, loop=loop, lifespan="off")
+    server = fastserve.Server(config)
+    server.on_started = lambda s: setattr(s, "should_exit", True)
+    server.run()
+    print(loop, "served")
+"""
+
+
+def test_embedded_server_run_takes_uvicorns_loop_names() -> None:
+    """`Server(Config(loop="zuvloop")).run()` (no CLI in between): one warning, uvloop."""
+    result = subprocess.run(
+        [sys.executable, "-c", EMBEDDED_RUN],
+        cwd=REPO,
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split("\n") == ["zuvloop served", "none served", ""]
+    warnings = [line for line in result.stderr.splitlines() if "--loop" in line]
+    assert warnings == ["--loop zuvloop is not implemented in fastserve; running uvloop instead"]
+
+
+def test_the_migration_guide_has_a_row_for_every_uvicorn_option() -> None:
+    """docs/migrating-from-uvicorn.md: one row per option of the installed uvicorn."""
+    text = (REPO / "docs" / "migrating-from-uvicorn.md").read_text()
+    first_cells = re.findall(r"^\| ([^|]*) \|", text, re.MULTILINE)
+    documented = {name for cell in first_cells for name in re.findall(r"--[a-z0-9-]+", cell)}
+    missing = uvicorn_options() - documented
+    assert not missing, f"no row in docs/migrating-from-uvicorn.md for {sorted(missing)}"
