@@ -85,6 +85,10 @@ def serve_config(config: Config) -> int:
 
             create_ssl_context(config)
             config = without_obsolete_version(config)
+        if not config.reload and (
+            config.reload_dirs or config.reload_includes or config.reload_excludes
+        ):  # as uvicorn, which says so too
+            log.warning("--reload-dir, --reload-include, --reload-exclude: need --reload")
         if config.reload:
             from .reload import run_with_reload
 

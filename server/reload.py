@@ -54,7 +54,7 @@ def run_with_reload(config: Config) -> int:
         import watchfiles
     except ImportError:
         raise ConfigError("--reload needs watchfiles: pip install 'fastserve[standard]'") from None
-    dirs = [str(Path(d).resolve()) for d in (config.reload_dirs or [os.getcwd()])]
+    dirs = [str(Path(d).resolve()) for d in (as_list(config.reload_dirs) or [os.getcwd()])]
     for directory in dirs:
         if not os.path.isdir(directory):
             raise ConfigError(f"--reload-dir {directory}: no such directory")
@@ -78,7 +78,9 @@ def run_with_reload(config: Config) -> int:
     try:
         for changes in watchfiles.watch(
             *dirs,
-            watch_filter=ReloadFilter(config.reload_includes, config.reload_excludes),
+            watch_filter=ReloadFilter(
+                as_list(config.reload_includes), as_list(config.reload_excludes)
+            ),
             stop_event=stop,
             raise_interrupt=False,
             step=step,
@@ -100,6 +102,12 @@ def run_with_reload(config: Config) -> int:
 
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def as_list(value: list[str] | str) -> list[str]:
+    """uvicorn's Config also takes one string for reload_dirs/_includes/_excludes."""
+    return [value] if isinstance(value, str) else list(value)
+
 
 # uvicorn's defaults (its FileFilter), which an explicit pattern in the other list removes.
 DEFAULT_INCLUDES = ("*.py",)
@@ -172,6 +180,8 @@ def child_payload(config: Config, fds: list[int], metrics_fd: int | None = None)
         if f.name not in ("sockets", "install_signal_handlers"):
             values[f.name] = getattr(config, f.name)
     values.update(reload=False, workers="1", pid=None, fd=None, uds=None, env_file=None)
+    # The watching is the parent's (and main warns about these options without --reload).
+    values.update(reload_dirs=[], reload_includes=[], reload_excludes=[])
     values["_fds"] = fds
     if metrics_fd is not None:
         values["_metrics_fd"] = metrics_fd

@@ -22,6 +22,7 @@ from .config import Config
 from .importer import load_app
 from .lifespan import Lifespan, LifespanFailed
 from .loops import get_loop_factory
+from .loops import implemented as implemented_loop
 from .protocols import connection_factory, implemented
 from .sockets import bind_sockets, describe
 from .state import ServerState
@@ -89,6 +90,7 @@ class Server:
 
     def run(self) -> None:
         """Run `serve()` on a new event loop of the configured kind."""
+        self.config = implemented_loop(self.config)  # `zuvloop`: after serve_config, a no-op
         with asyncio.Runner(loop_factory=get_loop_factory(self.config.loop)) as runner:
             runner.run(self.serve())
 

@@ -78,7 +78,7 @@ def test_reload_filter_follows_uvicorns_patterns(tmp_path: Path) -> None:
     watchfiles' noise (__pycache__, .venv...) out whatever the patterns say."""
     from watchfiles import Change
 
-    from fastserve.reload import ReloadFilter
+    from fastserve.reload import ReloadFilter, as_list
 
     skipped = tmp_path / "skipped"
     skipped.mkdir()
@@ -98,6 +98,17 @@ def test_reload_filter_follows_uvicorns_patterns(tmp_path: Path) -> None:
     assert not restarts("test_app.py", excludes=["test_*.py"]) and restarts("app.py")
     assert not restarts("skipped/mod.py", excludes=[str(skipped)])
     assert restarts("other/mod.py", excludes=[str(skipped)])
+    assert as_list("*.txt") == ["*.txt"]  # uvicorn's Config takes one pattern as a string
+
+
+def test_reload_options_without_reload_warn_once() -> None:
+    """As uvicorn: --reload-include and co. without --reload say they do nothing."""
+    args = ["examples.hello:app", "--port", "0", "--reload-include", "*.txt", "--workers", "2"]
+    with Fastserve(args) as server:
+        server.wait_running(2)
+        server.signal(signal.SIGTERM)
+        assert server.wait() == 0
+    assert server.count("WARNING.*--reload-include.*need --reload") == 1, server.log()
 
 
 def reload_args(tmp_path: Path, *extra: str) -> list[str]:
@@ -137,6 +148,7 @@ def test_reload_include_and_exclude(tmp_path: Path) -> None:
         server.signal(signal.SIGTERM)
         assert server.wait() == 0
     assert server.count("Changes detected") == 2, server.log()
+    assert server.count("need --reload") == 0  # the server processes get none of them
 
 
 @pytest.mark.timeout(60)
