@@ -154,6 +154,11 @@ class Config:
     )
     preload: bool = opt(False, "Import the app in the supervisor before forking workers.")
     pid: str | None = opt(None, "Write the supervisor's pid to this file.")
+    # Read by the container image's HEALTHCHECK (server/healthcheck.py): the port, scheme and
+    # address the server really uses, whichever way they were set.
+    listen_file: str | None = opt(
+        None, "Write the URLs the server listens on to this file, one a line (health checks)."
+    )
     reload: bool = opt(False, "Restart when Python files change (development).")
     reload_dirs: list[str] = opt(
         [], "Directories to watch with --reload.", cli="--reload-dir", multiple=True

@@ -23,8 +23,9 @@ from .importer import load_app
 from .lifespan import Lifespan, LifespanFailed
 from .loops import get_loop_factory
 from .loops import implemented as implemented_loop
+from .pidfile import remove_listen_file, write_listen_file
 from .protocols import connection_factory, implemented
-from .sockets import bind_sockets, describe
+from .sockets import bind_sockets, url
 from .state import ServerState
 from .types import ASGIApp
 
@@ -72,6 +73,7 @@ class Server:
         self.state: ServerState | None = None
         self.servers: list[asyncio.Server] = []
         self.sockets: list[socket.socket] = []
+        self.listen_urls: list[str] = []  # what --listen-file holds
         self.exit_event: asyncio.Event | None = None
         self.app: ASGIApp | None = None
         self.on_started: Callable[[Server], None] | None = None
@@ -156,9 +158,12 @@ class Server:
                 self.metrics.stop()
             if access is not None:
                 access.flush()
+            if self.listen_urls and self.config.listen_file:
+                remove_listen_file(self.config.listen_file, self.listen_urls)
 
     def wrap_middleware(self, app: ASGIApp) -> ASGIApp:
-        """Server-side middleware (proxy headers, CORS), outermost last."""
+        """Server-side middleware (CORS; --proxy-headers is applied where the scope is built,
+        protocols/request.py), outermost last."""
         config = self.config
         if log.isEnabledFor(logging.DEBUG):
             # --log-level debug / trace: requests and ASGI messages as the app sees them
@@ -198,11 +203,13 @@ class Server:
             from .logs import banner
 
             log.info("%s", banner(self.config, 1))
-        scheme = "https" if ssl_context else "http"
-        for sock in self.sockets:
-            where = describe(sock)
-            url = where if where.startswith("unix:") else f"{scheme}://{where}"
-            log.info("fastserve running on %s (press CTRL+C to quit)", url)
+        urls = [url(sock, ssl_context is not None) for sock in self.sockets]
+        # The process that bound the sockets owns the file (a supervisor's workers do not).
+        if sockets is None and self.config.listen_file:
+            self.listen_urls = urls
+            write_listen_file(self.config.listen_file, urls)
+        for where in urls:
+            log.info("fastserve running on %s (press CTRL+C to quit)", where)
         self.started = True
         if self.on_started is not None:
             self.on_started(self)

@@ -167,8 +167,10 @@ def config_from_gunicorn(cfg: Any, access_log: bool, **extra: Any) -> tuple[Conf
     ws_max = _setting(cfg, "websocket_max_message_size", None)
     if ws_max:
         options["ws_max_size"] = ws_max
-    if "h2" in str(_setting(cfg, "http_protocols", "")).split(","):
-        options["http2"] = True
+    protocols = _setting(cfg, "http_protocols", None)  # gunicorn 24+: ["h1"] unless told
+    if protocols is not None:
+        names = protocols.split(",") if isinstance(protocols, str) else protocols
+        options["http2"] = "h2" in [str(name).strip() for name in names]
     proxy_protocol = _setting(cfg, "proxy_protocol", False)
     if proxy_protocol not in (False, None, "off"):
         options["proxy_protocol"] = True

@@ -337,6 +337,10 @@ def test_defaults_map_to_gunicorns_meaning() -> None:
     assert config.backlog == 2048
     assert config.proxy_headers is True
     assert config.access_log is False
+    if "http_protocols" in GunicornConfig().settings:  # gunicorn 24+: "h1" unless told
+        assert config.http2 is False
+        h2, _ = config_from_gunicorn(gunicorn_config(["--http-protocols", "h2,h1"]), False)
+        assert h2.http2 is True
 
 
 def test_limits_follow_gunicorns_rules() -> None:

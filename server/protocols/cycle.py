@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import stat
 import time
 from typing import TYPE_CHECKING, Any, Final
 
@@ -18,6 +20,7 @@ from mypy_extensions import trait
 
 from ..accesslog import APP_ERROR, CANCELLED, CLIENT_GONE
 from ..types import ClientDisconnected, Message, Scope, SendMessage
+from .sendfile import copy
 
 if TYPE_CHECKING:
     from ..state import ServerState
@@ -85,6 +88,12 @@ class Channel:
     def send_trailers(self, cycle: RequestCycle, fields: list[tuple[bytes, bytes]]) -> None:
         """End a response whose body is out with trailer fields (none: just end it)."""
         raise NotImplementedError
+
+    async def send_file(self, cycle: RequestCycle, fd: int, offset: int, count: int) -> None:
+        """`count` bytes of the file `fd` from `offset` as body (not the last piece: the
+        cycle ends the response). By default read and sent piece by piece (send_body); a
+        channel that can hand the file to the kernel does (HTTP/1.1 on plain TCP)."""
+        await copy(cycle, self, fd, offset, count)
 
     def body_consumed(self, cycle: RequestCycle) -> None:
         """The app took the buffered body: reading (or window credit) may resume."""
@@ -334,7 +343,10 @@ class RequestCycle:
         if self.response_complete:
             raise RuntimeError(f"{mtype!r} sent after the response was complete")
         if mtype != "http.response.body" or self.trailers == TRAILERS_NEXT:
-            self.send_trailers(msg, mtype)
+            if mtype == "http.response.pathsend" and self.trailers != TRAILERS_NEXT:
+                await self.send_path(msg)
+            else:
+                self.send_trailers(msg, mtype)
             return
         body: bytes = msg.get("body", b"")
         final = not msg.get("more_body", False)
@@ -405,6 +417,57 @@ class RequestCycle:
             self.unfinished(CLIENT_GONE)  # (complete already: app_failed() would not log it)
             raise
         self.logged()
+
+    async def send_path(self, message: dict[str, Any]) -> None:
+        """ASGI's `http.response.pathsend` extension: the body is the file at `path` (an
+        absolute path), sent whole by the channel (sendfile.py: zero-copy where it can). A
+        response without a Content-Length gets the file's size as its length."""
+        if self.head_sent:
+            raise RuntimeError("'http.response.pathsend' after the body started")
+        path = message.get("path")
+        if type(path) is not str or not os.path.isabs(path):
+            raise RuntimeError(f"'http.response.pathsend' needs an absolute path, got {path!r}")
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode):
+                raise RuntimeError(f"'http.response.pathsend': {path!r} is not a file")
+            size = info.st_size
+            length = self.expected_length
+            if length is None and not self.no_body:
+                self.headers = [*self.headers, (b"content-length", b"%d" % size)]
+                self.expected_length = length = size
+            if length is not None and length != size and not self.no_body:
+                raise RuntimeError(
+                    f"the file's size ({size}) is not the response's Content-Length ({length})"
+                )
+            if self.no_body or size == 0:
+                # Nothing to send but the head: the plain body path frames it.
+                os.close(fd)
+                fd = -1
+                await self.send({"type": "http.response.body", "body": b""})
+                return
+            conn = self.conn
+            conn.start_response(self, b"", False)
+            await conn.send_file(self, fd, 0, size)
+        finally:
+            if fd >= 0:
+                os.close(fd)
+        if self.trailers:
+            self.trailers = TRAILERS_NEXT  # the response ends with its trailers
+            return
+        self.response_complete = True
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+        try:
+            conn.send_body(self, b"", True)
+        except ClientDisconnected:
+            self.unfinished(CLIENT_GONE)  # (complete already: app_failed() would not log it)
+            raise
+        self.logged()
+        if conn.must_wait():
+            await conn.wait_writable()
 
     def wants_trailers(self) -> bool:
         for name, value in self.scope["headers"]:

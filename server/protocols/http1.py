@@ -52,6 +52,7 @@ from .http1_rules import (
 )
 from .linger import IDLE_LINGER_SECONDS, LINGER_SECONDS, Lingering
 from .request import admit, connection_scope, make_scope, start, start_eagerly
+from .sendfile import CAN_ZERO_COPY, copy, zero_copy
 
 if TYPE_CHECKING:
     from ..state import ServerState
@@ -609,6 +610,22 @@ class HTTP1Protocol(FlowControl, Channel):
             self.transport.write(last_chunk(fields))
         if not cycle.keep_alive:
             self.keep_alive = False
+
+    async def send_file(self, cycle: RequestCycle, fd: int, offset: int, count: int) -> None:
+        """A file into the socket by the kernel (os.sendfile), where the connection is plain
+        TCP; under TLS it goes through the process like any body (Channel's default)."""
+        transport = self.transport
+        sock = None
+        if CAN_ZERO_COPY and transport.get_extra_info("sslcontext") is None:
+            sock = transport.get_extra_info("socket")
+        if sock is None:
+            await copy(cycle, self, fd, offset, count)
+            return
+        try:
+            await zero_copy(cycle, transport, sock.fileno(), fd, offset, count)
+        except ClientDisconnected:
+            self.abort()  # part of the body is out: the connection cannot carry another
+            raise
 
     def must_wait(self) -> bool:
         return self.write_paused

@@ -54,7 +54,11 @@ def connection_scope(
         "server": server,
         "state": {},
         # ASGI extensions every connection serves (the TLS one is added below).
-        "extensions": {"http.response.early_hint": {}, "http.response.trailers": {}},
+        "extensions": {
+            "http.response.early_hint": {},
+            "http.response.trailers": {},
+            "http.response.pathsend": {},
+        },
     }
     if tls:
         from ..tls import tls_extension
