@@ -40,13 +40,33 @@ def _bind_tcp(host: str, port: int, backlog: int, reuse_port: bool) -> socket.so
         sock.bind((host, port))
     except OSError as exc:
         sock.close()
-        if exc.errno == errno.EADDRINUSE:
-            raise ConfigError(f"cannot bind {host}:{port}: address already in use") from None
-        raise ConfigError(f"cannot bind {host}:{port}: {exc.strerror}") from None
+        raise bind_error(host, port, exc) from None
     sock.listen(backlog)
     sock.setblocking(False)
     sock.set_inheritable(True)
     return sock
+
+
+def bind_error(host: str, port: int, exc: OSError) -> ConfigError:
+    """The one line for a TCP bind that failed. EACCES is nearly always a port below the
+    kernel's net.ipv4.ip_unprivileged_port_start (1024) and a process without
+    CAP_NET_BIND_SERVICE: a container's non-root user under podman's and Kubernetes' defaults
+    (Docker lowers the limit to 0 in its containers)."""
+    if exc.errno == errno.EADDRINUSE:
+        return ConfigError(f"cannot bind {host}:{port}: address already in use")
+    if exc.errno == errno.EACCES:
+        try:
+            with open("/proc/sys/net/ipv4/ip_unprivileged_port_start", encoding="ascii") as fh:
+                lowest = int(fh.read())
+        except (OSError, ValueError):
+            lowest = 1024
+        if port < lowest:
+            return ConfigError(
+                f"cannot bind {host}:{port}: permission denied: ports below {lowest} need root"
+                f" or CAP_NET_BIND_SERVICE, and this process runs as uid {os.getuid()};"
+                f" use a port >= {lowest} (the container image listens on 8000)"
+            )
+    return ConfigError(f"cannot bind {host}:{port}: {exc.strerror}")
 
 
 def _bind_unix(path: str, backlog: int) -> socket.socket:
@@ -64,6 +84,12 @@ def _bind_unix(path: str, backlog: int) -> socket.socket:
     sock.setblocking(False)
     sock.set_inheritable(True)
     return sock
+
+
+def url(sock: socket.socket, tls: bool) -> str:
+    """What the startup line and --listen-file say: http(s)://host:port or unix:path."""
+    where = describe(sock)
+    return where if where.startswith("unix:") else f"{'https' if tls else 'http'}://{where}"
 
 
 def describe(sock: socket.socket) -> str:

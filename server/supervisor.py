@@ -24,7 +24,6 @@ so capacity never drops during a rolling restart.
 
 from __future__ import annotations
 
-import errno
 import logging
 import os
 import selectors
@@ -37,9 +36,9 @@ from typing import Any
 from .config import STARTUP_FAILURE, Config, ConfigError
 from .importer import load_app
 from .logs import banner
-from .pidfile import remove_pid, write_pid
+from .pidfile import remove_listen_file, remove_pid, write_listen_file, write_pid
 from .recycling import Recycler
-from .sockets import bind_sockets
+from .sockets import bind_error, bind_sockets, url
 from .types import ASGIApp
 from .worker import RETIRE, Worker, free_index, run_worker
 
@@ -78,6 +77,7 @@ class Supervisor:
         self.target = max(1, workers)
         self.workers: dict[int, Worker] = {}
         self.sockets: list[socket.socket] = []
+        self.listen_urls: list[str] = []  # what --listen-file holds
         self.reserved: socket.socket | None = None  # --reuse-port: holds the port, never listens
         self.worker_config = config
         self.app: ASGIApp | None = None
@@ -138,6 +138,10 @@ class Supervisor:
             from .metrics import SupervisorMetrics
 
             self.metrics = SupervisorMetrics(self)
+        if config.listen_file:
+            held = self.sockets or ([self.reserved] if self.reserved else [])
+            self.listen_urls = [url(sock, config.is_ssl) for sock in held]
+            write_listen_file(config.listen_file, self.listen_urls)
 
     def loop(self) -> None:
         self.maintain(time.monotonic())
@@ -186,6 +190,8 @@ class Supervisor:
         self.selector.close()
         if self.config.pid:
             remove_pid(self.config.pid)
+        if self.config.listen_file:
+            remove_listen_file(self.config.listen_file, self.listen_urls)
 
     def close_sockets(self) -> None:
         """Once stopping, the kernel should refuse new connections, not queue them for nobody."""
@@ -474,8 +480,7 @@ def _reserve_port(host: str, port: int) -> socket.socket:
         sock.bind((host, port))
     except OSError as exc:
         sock.close()
-        reason = "address already in use" if exc.errno == errno.EADDRINUSE else exc.strerror
-        raise ConfigError(f"cannot bind {host}:{port}: {reason}") from None
+        raise bind_error(host, port, exc) from None
     return sock
 
 
