@@ -162,7 +162,8 @@ class Server:
                 remove_listen_file(self.config.listen_file, self.listen_urls)
 
     def wrap_middleware(self, app: ASGIApp) -> ASGIApp:
-        """Server-side middleware (proxy headers, CORS), outermost last."""
+        """Server-side middleware (CORS; --proxy-headers is applied where the scope is built,
+        protocols/request.py), outermost last."""
         config = self.config
         if log.isEnabledFor(logging.DEBUG):
             # --log-level debug / trace: requests and ASGI messages as the app sees them
