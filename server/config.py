@@ -8,11 +8,14 @@ Loading the app, binding sockets and building TLS contexts are plain functions t
 
 from __future__ import annotations
 
+import configparser
 import dataclasses
 import os
 import re
 import socket
 import ssl
+import types
+import typing
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -22,8 +25,12 @@ from .types import ASGIApp
 STARTUP_FAILURE = 3  # exit code for "could not start": bad app, port in use, lifespan failed
 
 
-class ConfigError(Exception):
+class ConfigError(ValueError):
     """A user mistake in the configuration (bad APP string, port in use...). No traceback."""
+
+
+class ConfigTypeError(ConfigError, TypeError):
+    """A setting of the wrong type, given from Python (`Config(port="80")`)."""
 
 
 def opt(default: Any, help: str, **cli: Any) -> Any:
@@ -222,10 +229,14 @@ class Config:
     cors_allow_credentials: bool = opt(False, "Allow credentials in CORS requests.")
     cors_max_age: int = opt(600, "Seconds browsers may cache a preflight answer.")
     # -- logging ------------------------------------------------------------------------------
-    log_level: str = opt(
+    # From Python also a number (logging.INFO), as uvicorn takes.
+    log_level: str | int = opt(
         "info", "Log level.", choices=["critical", "error", "warning", "info", "debug", "trace"]
     )
-    log_config: str | None = opt(None, "Logging configuration: dictConfig JSON/YAML or INI file.")
+    # From Python also a dictConfig dict or a configparser.RawConfigParser, as uvicorn takes.
+    log_config: str | dict[str, Any] | None = opt(
+        None, "Logging configuration: dictConfig JSON/YAML or INI file."
+    )
     access_log: bool = opt(True, "Write one access log line per request.")
     access_log_format: str | None = opt(None, "Access log format with %(name)s fields.")
     access_log_json: bool = opt(False, "Write the access log as one JSON object per line.")
@@ -249,7 +260,11 @@ class Config:
     install_signal_handlers: bool = internal(True)
 
     def __post_init__(self) -> None:
-        # Checked here so a bad value is a ConfigError at startup, not when serving begins.
+        # Checked here so a bad value is a ConfigError at startup, not when serving begins;
+        # the values uvicorn's Config takes become this Config's (header pairs, os.PathLike
+        # paths, an int workers count...).
+        for name, value in normalised(self).items():
+            object.__setattr__(self, name, value)
         for item in self.headers:
             parse_header(item)
         allowed: Any = self.forwarded_allow_ips
@@ -298,6 +313,111 @@ def parse_header(item: str) -> tuple[bytes, bytes]:
     if not _FIELD_VALUE.fullmatch(value):
         raise ConfigError(f"--header {item!r}: the value has a control or non-Latin-1 character")
     return name.lower().encode("ascii"), value.encode("latin-1")
+
+
+_NO_VALUE = object()
+_HINTS: dict[str, Any] = {}
+
+
+def normalised(config: Config) -> dict[str, Any]:
+    """Each field checked against its annotation; the fields whose value changes form (a
+    uvicorn-typed value: `headers=[("X-A", "1")]`, `workers=4`, a pathlib.Path...), with the
+    value this Config holds. A wrong type is a ConfigTypeError, a wrong value a ConfigError,
+    both naming the field."""
+    if not _HINTS:
+        _HINTS.update(typing.get_type_hints(Config))
+    changed: dict[str, Any] = {}
+    for f in dataclasses.fields(Config):
+        if f.name in ("app", "sockets"):
+            continue
+        value = getattr(config, f.name)
+        new = _special(f.name, value)
+        if new is _NO_VALUE:
+            new = _check(f.name, value, _HINTS[f.name])
+        choices = f.metadata.get("choices")
+        if choices and isinstance(new, str) and new not in choices:
+            listed = ", ".join(repr(c) for c in choices)
+            raise ConfigError(f"Config {f.name}: {new!r} is not one of {listed}")
+        if new is not value:
+            changed[f.name] = new
+    return changed
+
+
+def _special(name: str, value: Any) -> Any:
+    """The fields whose uvicorn forms need more than the annotation says."""
+    if name == "headers" and isinstance(value, list | tuple):
+        # uvicorn: (name, value) pairs; here: "Name: value" strings (the --header form).
+        out = []
+        for item in value:
+            if isinstance(item, tuple | list) and len(item) == 2:
+                item = f"{_text(name, item[0])}: {_text(name, item[1])}"
+            out.append(_text(name, item))
+        return out
+    if name in ("reload_dirs", "reload_includes", "reload_excludes", "cors_allow_origins"):
+        if value is None:
+            return []
+        if isinstance(value, str | os.PathLike):
+            return [os.fspath(value)]
+    if name == "workers" and isinstance(value, int) and not isinstance(value, bool):
+        return str(value)  # uvicorn's is an int; "auto" is fastserve's
+    if name == "log_level":
+        if value is None:  # uvicorn's "leave the levels alone"
+            return "info"
+        if isinstance(value, str) and value.lower() != value:
+            return _check(name, value.lower(), _HINTS[name])
+    if name == "log_config" and isinstance(value, configparser.RawConfigParser):
+        return value
+    if name == "forwarded_allow_ips":
+        return value  # resolved in __post_init__ (None: $FORWARDED_ALLOW_IPS)
+    if name == "ssl_version" and isinstance(value, int) and not isinstance(value, bool):
+        return int(value)  # ssl.PROTOCOL_* is an IntEnum
+    return _NO_VALUE
+
+
+def _text(name: str, value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    raise ConfigTypeError(f"Config {name}: expected text, got {type(value).__name__} {value!r}")
+
+
+def _check(name: str, value: Any, hint: Any) -> Any:
+    """`value` as a `hint` (maybe converted: a path to str, an int to float), or an error."""
+    origin = typing.get_origin(hint)
+    options = typing.get_args(hint) if origin in (typing.Union, types.UnionType) else (hint,)
+    literals = [
+        a for o in options if typing.get_origin(o) is typing.Literal for a in typing.get_args(o)
+    ]
+    if value is None:
+        if type(None) in options:
+            return value
+    elif literals and value in literals:
+        return value
+    for option in options:
+        if option is bool and isinstance(value, bool):
+            return value
+        if option is int and isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if option is float and isinstance(value, int | float) and not isinstance(value, bool):
+            return value
+        if option is str and isinstance(value, str | os.PathLike):
+            return os.fspath(value)
+        if typing.get_origin(option) is list and isinstance(value, list | tuple):
+            return [_check(name, item, typing.get_args(option)[0]) for item in value]
+        if typing.get_origin(option) is dict and isinstance(value, dict):
+            return value
+    if literals:
+        choices = ", ".join(repr(a) for a in literals)
+        raise ConfigError(f"Config {name}: {value!r} is not one of {choices}")
+    wanted = " or ".join(_type_name(o) for o in options)
+    raise ConfigTypeError(f"Config {name}: expected {wanted}, got {type(value).__name__} {value!r}")
+
+
+def _type_name(hint: Any) -> str:
+    if hint is type(None):
+        return "None"
+    if typing.get_origin(hint) is not None:
+        return str(hint).replace("typing.", "")
+    return getattr(hint, "__name__", str(hint))
 
 
 def config_fields() -> list[dataclasses.Field[Any]]:

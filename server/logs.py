@@ -7,6 +7,7 @@ accesslog.py.
 from __future__ import annotations
 
 import configparser
+import copy
 import importlib.machinery
 import importlib.util
 import json
@@ -97,8 +98,15 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(data)
 
 
+# Whether configure_logging has run in this process: an embedded Server (built by the program,
+# not by the command line) sets logging up itself only when nothing did (Server.serve).
+configured = False
+
+
 def configure_logging(config: Config) -> None:
     """Install fastserve's handlers, or the user's --log-config."""
+    global configured
+    configured = True
     if config.log_config:
         _load_log_config(config.log_config)
     else:
@@ -118,38 +126,31 @@ def configure_logging(config: Config) -> None:
                 handler.setFormatter(ColourFormatter("%(levelprefix)s%(message)s", use_colors))
             logger.addHandler(handler)
             logger.propagate = False
-    level = LEVELS[config.log_level]
+    level = config.log_level if isinstance(config.log_level, int) else LEVELS[config.log_level]
     logging.getLogger("fastserve").setLevel(level)
     logging.getLogger("fastserve.error").setLevel(level)
     logging.getLogger("fastserve.access").setLevel(level)
 
 
-def _load_log_config(path: str) -> None:
+def _load_log_config(source: str | dict[str, Any] | configparser.RawConfigParser) -> None:
     """A dictConfig in JSON or YAML (by extension), else an INI fileConfig. Whatever is wrong
-    with the file (syntax, unknown handler class...) is one ConfigError line, no traceback."""
-    try:
-        with open(path, encoding="utf-8") as fh:
-            text = fh.read()
-    except OSError as exc:
-        raise ConfigError(f"cannot read --log-config {path}: {exc.strerror}") from None
+    with the file (syntax, unknown handler class...) is one ConfigError line, no traceback.
+    From Python (uvicorn's Config takes them too): a dictConfig dict, or a parsed INI."""
+    label = source if isinstance(source, str) else f"(a {type(source).__name__})"
     mapped: list[str] = []
     try:
-        if path.endswith((".json", ".yaml", ".yml")):
-            if path.endswith(".json"):
-                data = json.loads(text)
-            else:
-                import yaml
-
-                data = yaml.safe_load(text)
-            logging.config.dictConfig(_from_uvicorn_dict(data, mapped))
-        else:
-            parser = configparser.ConfigParser()
-            parser.read_string(text, path)
-            _from_uvicorn_ini(parser, mapped)
-            logging.config.fileConfig(parser, disable_existing_loggers=False)
+        if isinstance(source, str):
+            source = _read_log_config(source)
+        if isinstance(source, configparser.RawConfigParser):
+            _from_uvicorn_ini(source, mapped)
+            logging.config.fileConfig(source, disable_existing_loggers=False)
+        else:  # (a copy: dictConfig consumes parts of it, and a Config may be used again)
+            logging.config.dictConfig(_from_uvicorn_dict(copy.deepcopy(source), mapped))
+    except ConfigError:
+        raise
     except Exception as exc:  # the file is the user's: any failure is a config error
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise ConfigError(f"cannot use --log-config {path}: {reason}") from None
+        raise ConfigError(f"cannot use --log-config {label}: {reason}") from None
     # dictConfig disables every existing logger the file does not name (unless it says
     # "disable_existing_loggers": false): a file that names none of fastserve's (or uvicorn's)
     # loggers would silence the server. Its records go to the file's root handlers instead.
@@ -157,8 +158,26 @@ def _load_log_config(path: str) -> None:
         logging.getLogger(name).disabled = False
     if mapped:
         logging.getLogger("fastserve.error").info(
-            "--log-config %s: uvicorn's names used as fastserve's: %s", path, ", ".join(mapped)
+            "--log-config %s: uvicorn's names used as fastserve's: %s", label, ", ".join(mapped)
         )
+
+
+def _read_log_config(path: str) -> Any:
+    """The file's dictConfig (JSON, YAML) or its parsed INI."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            text = fh.read()
+    except OSError as exc:
+        raise ConfigError(f"cannot read --log-config {path}: {exc.strerror}") from None
+    if path.endswith(".json"):
+        return json.loads(text)
+    if path.endswith((".yaml", ".yml")):
+        import yaml
+
+        return yaml.safe_load(text)
+    parser = configparser.ConfigParser()
+    parser.read_string(text, path)
+    return parser
 
 
 # A --log-config written for uvicorn configures these loggers and formatters. fastserve
@@ -207,7 +226,7 @@ def _from_uvicorn_dict(data: Any, mapped: list[str]) -> Any:
     return data
 
 
-def _from_uvicorn_ini(parser: configparser.ConfigParser, mapped: list[str]) -> None:
+def _from_uvicorn_ini(parser: configparser.RawConfigParser, mapped: list[str]) -> None:
     """The same for an INI file: loggers by their `qualname`, formatters by their `class`."""
     taken = {parser.get(s, "qualname", fallback="", raw=True) for s in parser.sections()}
     for section in parser.sections():

@@ -105,7 +105,11 @@ def serve_config(config: Config) -> int:
             return Supervisor(config, workers).run()
         if config.pid:
             write_pid(config.pid)
-        Server(config).run()
+        server = Server(config)
+        # A SIGTERM that stopped it is not raised again into its default action (the end of
+        # the process by that signal, uvicorn's exit status 143): a clean stop exits 0.
+        server.reraise_to_default = False
+        server.run()
     except (ConfigError, StartupFailed) as exc:
         log.error("%s", exc)
         return STARTUP_FAILURE

@@ -8,15 +8,17 @@ the supervisor bound.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
 import random
 import signal
 import socket
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
+from . import logs
 from .accesslog import AccessLog
 from .config import Config
 from .importer import load_app
@@ -51,6 +53,10 @@ def tune_gc() -> None:
     gc.freeze()
     threshold0, threshold1, threshold2 = gc.get_threshold()
     gc.set_threshold(max(threshold0, 7000), threshold1, threshold2)
+
+
+def _nothing() -> None:
+    pass
 
 
 class StartupFailed(Exception):
@@ -89,14 +95,31 @@ class Server:
         # What reaching it does: None stops this server; a worker sets it to have the
         # supervisor start a replacement first (worker.Heartbeat).
         self.on_max_requests: Callable[[], None] | None = None
+        # The signals that stopped serve(), raised again after it (capture_signals); where the
+        # handler they meet is the default action (SIGTERM's: end the process), the command
+        # line leaves them out: it exits 0 after a clean stop.
+        self.captured_signals: list[int] = []
+        self.reraise_to_default = True
 
-    def run(self) -> None:
+    def run(self, sockets: list[socket.socket] | None = None) -> None:
         """Run `serve()` on a new event loop of the configured kind."""
         self.config = implemented_loop(self.config)  # `zuvloop`: after serve_config, a no-op
         with asyncio.Runner(loop_factory=get_loop_factory(self.config.loop)) as runner:
-            runner.run(self.serve())
+            runner.run(self.serve(sockets))
 
     async def serve(self, sockets: list[socket.socket] | None = None) -> None:
+        """Serve until `should_exit`, on `sockets` if given (else it binds its own). With
+        `config.install_signal_handlers` (the default), SIGINT and SIGTERM stop it while it
+        runs, and the program's own handlers are back afterwards (capture_signals)."""
+        self.loop = asyncio.get_running_loop()
+        if not logs.configured and not logging.getLogger("fastserve.error").handlers:
+            # Embedded: logging as configured (log_level, log_config...), as uvicorn's Config
+            # does; not over what the program (or a gunicorn worker) set up for our loggers.
+            logs.configure_logging(self.config)
+        with self.capture_signals():
+            await self._serve(sockets)
+
+    async def _serve(self, sockets: list[socket.socket] | None) -> None:
         # First: an unknown --http/--ws name is a config error before the app is even loaded.
         # After serve_config() (CLI, run(), workers, reload) this is a no-op.
         self.config = implemented(self.config)
@@ -138,8 +161,6 @@ class Server:
         access = AccessLog(self.config, loop) if self.config.access_log else None
         self.state = state = ServerState(self.config, app, loop, lifespan_state, access)
         try:
-            if self.config.install_signal_handlers:
-                self.install_signal_handlers(loop)
             if state.metrics is not None:
                 from .metrics import ProcessMetrics
 
@@ -271,14 +292,52 @@ class Server:
         if self.exit_event is not None:
             self.exit_event.set()
 
-    def install_signal_handlers(self, loop: asyncio.AbstractEventLoop) -> None:
-        if threading.current_thread() is not threading.main_thread():
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        """While the server runs, SIGINT and SIGTERM stop it (install_signal_handlers). Then
+        the handlers the program had are put back, and a signal that stopped the server is
+        raised again (the last first), so that they see it, as uvicorn does: a host program's
+        own SIGTERM handler runs, a SIGINT becomes the KeyboardInterrupt asyncio.run() raises.
+        Only in the main thread (the only one Python delivers signals to)."""
+        if (
+            not self.config.install_signal_handlers
+            or threading.current_thread() is not threading.main_thread()
+        ):
+            yield
             return
+        previous = {sig: signal.getsignal(sig) for sig in HANDLED_SIGNALS}
+        self.captured_signals = []
+        self.install_signal_handlers()
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                if handler is not None:  # (None: set from C; Python cannot put it back)
+                    signal.signal(sig, handler)
+        for number in reversed(self.captured_signals):
+            if (
+                previous.get(signal.Signals(number)) is signal.SIG_DFL
+                and not self.reraise_to_default
+            ):
+                continue
+            signal.raise_signal(number)
+
+    def install_signal_handlers(self) -> None:
+        """SIGINT and SIGTERM call handle_exit. signal.signal, not loop.add_signal_handler:
+        the handler it replaces can be put back, and one a host program registered on its loop
+        stays registered underneath. A subclass may make this do nothing (uvicorn's classic
+        `def install_signal_handlers(self): pass`): the server then ignores signals."""
         for sig in HANDLED_SIGNALS:
-            try:
-                loop.add_signal_handler(sig, self.handle_exit, sig, None)
-            except NotImplementedError:  # Windows
-                signal.signal(sig, self.handle_exit)
+            signal.signal(sig, self.signal_received)
+
+    def signal_received(self, sig: int, frame: Any) -> None:
+        self.captured_signals.append(sig)
+        self.handle_exit(sig, frame)
+        loop = self.loop
+        if loop is not None and not loop.is_closed():
+            # The handler runs between two bytecodes, maybe inside the loop's select(), which
+            # would go back to sleep: the self-pipe wakes it to see the exit.
+            loop.call_soon_threadsafe(_nothing)
 
     async def shutdown(self) -> None:
         """Stop accepting, close idle connections, let busy ones finish (bounded), cancel."""
