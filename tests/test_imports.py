@@ -77,8 +77,8 @@ def imported(path: Path, known: set[str]) -> set[str]:
                 anchor = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
                 base = f"{anchor}.{base}" if base else anchor
             # `from . import x`: the submodule x if there is one, else the package.
-            found.update(f"{base}.{a.name}" for a in node.names if f"{base}.{a.name}" in known)
-            found.add(base)
+            submodules = {f"{base}.{a.name}" for a in node.names} & known
+            found.update(submodules or {base})
     return {name for name in found if name in known and name != this}
 
 
