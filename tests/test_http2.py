@@ -10,6 +10,7 @@ GOAWAY on shutdown and when idle, and rapid reset.
 from __future__ import annotations
 
 import asyncio
+import select
 import shutil
 import socket
 import subprocess
@@ -26,7 +27,15 @@ import httpx
 import pytest
 
 from tests.apps.core_apps import App, Probe, Receive, Scope, Send, read_body
-from tests.helpers import Serve, until_closed, wait_until
+from tests.helpers import (
+    Serve,
+    sent_and_read,
+    settle,
+    until_closed,
+    until_closed_cleanly,
+    wait_until,
+)
+from tests.test_http2_frames import ACK, DATA, GOAWAY, PING, Frames, RawH2, frame
 
 pytest.importorskip("zttp")
 
@@ -332,6 +341,17 @@ def test_a_client_that_does_not_read_holds_the_app_at_its_window(serve: Serve) -
         client.close()
 
 
+def goaways(raw: bytes) -> list[int]:
+    """The last-stream ids of the GOAWAY frames in `raw`, whole frames from the server."""
+    found = []
+    while raw:
+        length, kind = int.from_bytes(raw[:3]), raw[3]
+        if kind == 0x7:
+            found.append(int.from_bytes(raw[9:13]) & 0x7FFFFFFF)
+        raw = raw[9 + length :]
+    return found
+
+
 def test_shutdown_sends_goaway_and_lets_streams_finish(serve: Serve) -> None:
     release = threading.Event()
 
@@ -347,18 +367,68 @@ def test_shutdown_sends_goaway_and_lets_streams_finish(serve: Serve) -> None:
         stream = client.request("/slow")
         wait_until(lambda: srv.server.state is not None and srv.server.state.in_flight == 1, "app")
         srv.loop.call_soon_threadsafe(srv.server.handle_exit)
-        goaway = client.until(h2.events.ConnectionTerminated)
+        goaway = client.until(h2.events.ConnectionTerminated)  # (its PING is answered)
         assert goaway.error_code == h2.errors.ErrorCodes.NO_ERROR
-        assert goaway.last_stream_id == stream
+        assert goaway.last_stream_id == 2**31 - 1  # the first of two (RFC 9113 §6.8)
         release.set()
-        # h2 (the client library) takes a GOAWAY as the end: read the rest as raw bytes. The
-        # response's DATA frame is plain text; then the server closes.
-        rest = b""
-        client.sock.settimeout(5)
-        while chunk := client.sock.recv(65536):
-            rest += chunk
+        # h2 (the client library) takes a GOAWAY as the end: read the rest as raw bytes: the
+        # second GOAWAY, naming our stream, and the response (its DATA frame is plain text);
+        # then the server closes.
+        rest = until_closed_cleanly(client.sock)
+        assert goaways(rest) == [stream]
         assert b"finished" in rest
         client.close()
+
+
+def test_goaway_in_two_steps_serves_a_stream_opened_in_between(serve: Serve) -> None:
+    """RFC 9113 §6.8: a PING and GOAWAY(2^31-1) first; a stream that was on its way (opened
+    before the client read the GOAWAY) is served; once the PING is acknowledged, the second
+    GOAWAY names it as the last stream, and a stream after that is refused."""
+    release = threading.Event()
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            while scope["path"] == "/slow" and not release.is_set():
+                await asyncio.sleep(0.005)
+            await send({"type": "http.response.start", "status": 200})
+            await send({"type": "http.response.body", "body": scope["path"].encode()})
+
+    with serve(app) as srv:
+        raw = RawH2(srv.port)
+        frames = Frames()
+        raw.send(frames.get(1, "/slow"))
+        wait_until(lambda: srv.server.state is not None and srv.server.state.in_flight == 1, "app")
+        srv.loop.call_soon_threadsafe(srv.server.handle_exit)
+        ping = raw.until(PING)[3]
+        first = raw.until(GOAWAY)[3]
+        assert int.from_bytes(first[:4]) == 2**31 - 1
+        raw.send(frames.get(3, "/between"))  # the client had not read the GOAWAY yet
+        assert raw.until(DATA, 3)[3] == b"/between"
+        sent_and_read(raw.sock, frame(PING, ACK, 0, ping))
+        settle(srv, 5)  # the ACK's answer is out: the fallback (1 s later) is not what sent it
+        assert select.select([raw.sock], [], [], 0)[0], "no second GOAWAY after the ACK"
+        second = raw.until(GOAWAY)[3]
+        assert (int.from_bytes(second[:4]), int.from_bytes(second[4:])) == (3, 0)
+        raw.send(frames.get(5, "/late"))
+        assert raw.reset_code(5) == h2.errors.ErrorCodes.REFUSED_STREAM
+        release.set()
+        assert raw.until(DATA, 1)[3] == b"/slow"
+        until_closed_cleanly(raw.sock)
+        raw.close()
+
+
+def test_the_second_goaway_comes_without_the_ping_ack(serve: Serve) -> None:
+    """A client that does not answer the PING gets the second GOAWAY after a second (the
+    round trip RFC 9113 §6.8 asks to allow for) and the connection closes."""
+    with serve(echo_app()) as srv:
+        raw = RawH2(srv.port)
+        raw.send(Frames().get(1, "/x"))
+        raw.until(DATA, 1)
+        srv.loop.call_soon_threadsafe(srv.server.handle_exit)
+        assert int.from_bytes(raw.until(GOAWAY)[3][:4]) == 2**31 - 1
+        assert int.from_bytes(raw.until(GOAWAY)[3][:4]) == 1
+        until_closed_cleanly(raw.sock)
+        raw.close()
 
 
 def test_an_idle_connection_closes_with_goaway(serve: Serve) -> None:

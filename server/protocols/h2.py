@@ -22,8 +22,9 @@ turns its events into ASGI requests, and owns time, memory and limits:
 - rapid reset (CVE-2023-44487): streams the client resets count against a budget that refills
   with time; past it, GOAWAY ENHANCE_YOUR_CALM; so do empty DATA frames (CVE-2019-9518), which
   zttp takes without limit (its own guards end CONTINUATION, header-block and PING floods);
-- shutdown: GOAWAY NO_ERROR with the last stream taken, in-flight streams finish; an idle
-  connection closes after --timeout-keep-alive with GOAWAY NO_ERROR.
+- shutdown: GOAWAY NO_ERROR in RFC 9113 §6.8's two steps (a PING and stream 2^31-1, then
+  the last stream taken once the PING comes back), in-flight streams finish; the same when
+  an idle connection closes after --timeout-keep-alive or a connection is retired.
 """
 
 from __future__ import annotations
@@ -89,6 +90,18 @@ STREAMS_PER_CONNECTION: Final = 4000
 # ... at its first idle moment (a GOAWAY after the last response: some clients, the h2
 # library among them, take a GOAWAY as the end of every stream); at once past this many.
 STREAMS_HARD_LIMIT: Final = 4080
+
+# Graceful GOAWAY (RFC 9113 §6.8): the first names the highest stream id there is ("no new
+# streams soon": those already on their way are still served); its ACK, one round trip
+# later, says the client has read the GOAWAY, so the streams it opened before are in. The
+# second GOAWAY names the last stream taken then, or after GOAWAY_WAIT seconds if no ACK
+# comes (RFC 9113: "at least one round-trip time"). The PING goes just before the GOAWAY, in
+# the same write, not after it: the `h2` library (httpx's HTTP/2) takes any frame after a
+# GOAWAY but another GOAWAY as a protocol error, and would fail a response it had read whole.
+MAX_STREAM_ID: Final = 2**31 - 1
+GOAWAY_PING: Final = b"fs-drain"
+GOAWAY_PING_FRAME: Final = b"\x00\x00\x08\x06\x00\x00\x00\x00\x00" + GOAWAY_PING
+GOAWAY_WAIT: Final = 1.0
 
 # Response header fields that are connection-specific in HTTP/1.1 and forbidden in HTTP/2
 # (RFC 9113 §8.2.2): an app written for HTTP/1.1 may send them; they are dropped.
@@ -221,10 +234,12 @@ class H2Protocol(FlowControl):
         "carry",
         "client",
         "closed",
+        "draining",
         "empty",
         "empty_at",
         "flush_handle",
         "frame_skip",
+        "goaway_timer",
         "going_away",
         "h2",
         "highest",
@@ -252,7 +267,9 @@ class H2Protocol(FlowControl):
         self.write_paused = False
         self.drain_waiter: asyncio.Future[None] | None = None
         self.closed = False
-        self.going_away = False
+        self.draining = False  # the first GOAWAY is out (go_away)
+        self.going_away = False  # no more streams: the last GOAWAY, ours or the client's
+        self.goaway_timer: asyncio.TimerHandle | None = None
         self.highest = 0  # the highest stream id taken
         self.taken = 0  # streams taken on this connection
         self.body_buffered = 0
@@ -290,7 +307,7 @@ class H2Protocol(FlowControl):
             if stream.cycle is not None:
                 stream.cycle.lost()
             stream.wake()
-        for handle in (self.flush_handle, self.idle_timer, self.body_timer):
+        for handle in (self.flush_handle, self.idle_timer, self.body_timer, self.goaway_timer):
             if handle is not None:
                 handle.cancel()
         self.wake_drain()
@@ -329,6 +346,9 @@ class H2Protocol(FlowControl):
                     self.on_reset(event)  # type: ignore[arg-type]
                 elif kind is zttp.WindowUpdate:
                     self.on_window_update(event)  # type: ignore[arg-type]
+                elif kind is zttp.Ping:
+                    if event.ack and event.data == GOAWAY_PING:  # type: ignore[union-attr]
+                        self.last_goaway()
                 elif kind is zttp.GoAway:
                     self.going_away = True
                     if not self.streams:
@@ -351,13 +371,13 @@ class H2Protocol(FlowControl):
         self.taken += 1  # (every stream counts toward zttp's limit, refused ones too)
         self.take(event)
         if self.taken >= STREAMS_HARD_LIMIT:
-            self.go_away()  # (the streams taken so far finish; later ones are refused)
+            self.last_goaway()  # at once (the streams taken so far finish; later are refused)
 
     def take(self, event: zttp.Request) -> None:
         state = self.state
         stream_id = event.stream_id
         self.highest = max(self.highest, stream_id)
-        if self.going_away or state.shutting_down:
+        if self.going_away or (state.shutting_down and not self.draining):
             self.reset(stream_id, REFUSED_STREAM)  # after our GOAWAY: never processed
             return
         if self.self_dependent and self.self_dependent.pop(stream_id, 0):
@@ -609,10 +629,11 @@ class H2Protocol(FlowControl):
             if self.read_paused and self.body_buffered <= HIGH_WATER:
                 self.resume_reading()
         if not self.streams:
-            if self.going_away or self.state.shutting_down:
-                self.flush()
+            if self.going_away:
                 self.close()
-            elif self.taken >= STREAMS_PER_CONNECTION:
+            elif self.draining:
+                pass  # the last GOAWAY closes
+            elif self.state.shutting_down or self.taken >= STREAMS_PER_CONNECTION:
                 self.go_away()  # retired (see STREAMS_PER_CONNECTION)
             else:
                 self.arm_idle()
@@ -660,8 +681,22 @@ class H2Protocol(FlowControl):
             self.go_away()
 
     def go_away(self) -> None:
-        """GOAWAY NO_ERROR naming the last stream taken (RFC 9113 §6.8); close once the
-        streams up to it are done."""
+        """A PING and the first GOAWAY NO_ERROR (MAX_STREAM_ID); last_goaway follows."""
+        if self.closed or self.draining or self.going_away:
+            return
+        self.draining = True
+        h2 = self.h2
+        before = h2.data_to_send()  # (responses queued: they go first)
+        h2.close(NO_ERROR, MAX_STREAM_ID)
+        self.transport.write(before + GOAWAY_PING_FRAME + h2.data_to_send())
+        self.goaway_timer = self.state.loop.call_later(GOAWAY_WAIT, self.last_goaway)
+
+    def last_goaway(self) -> None:
+        """GOAWAY NO_ERROR naming the last stream taken: later ones are refused; close once
+        the streams up to it are done."""
+        if self.goaway_timer is not None:
+            self.goaway_timer.cancel()
+            self.goaway_timer = None
         if not self.going_away and not self.closed:
             self.going_away = True
             self.h2.close(NO_ERROR, self.highest)
