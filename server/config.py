@@ -98,6 +98,12 @@ class Config:
     http2_max_concurrent_streams: int = opt(
         100, "HTTP/2 streams open at once per connection (more are refused: REFUSED_STREAM)."
     )
+    # RFC 9113's default window; more lets an upload run further ahead of WINDOW_UPDATEs on a
+    # long round trip. Not below it: zttp credits request bodies as they arrive (docs/http2.md).
+    http2_initial_window_size: int = opt(
+        65535,
+        "HTTP/2 receive window of each stream and of the connection, in bytes (65535-2^31-1).",
+    )
     ws_max_size: int = opt(16 * 1024 * 1024, "Largest WebSocket message accepted, in bytes.")
     ws_max_queue: int = opt(32, "Incoming WebSocket messages buffered before reading pauses.")
     ws_ping_interval: float | None = opt(20.0, "Seconds between WebSocket keepalive pings.")
@@ -267,6 +273,11 @@ class Config:
             object.__setattr__(self, name, value)
         for item in self.headers:
             parse_header(item)
+        if not 65535 <= self.http2_initial_window_size <= 2**31 - 1:
+            raise ConfigError(
+                f"--http2-initial-window-size {self.http2_initial_window_size}: "
+                "from 65535 to 2147483647 (RFC 9113 §6.9.2)"
+            )
         allowed: Any = self.forwarded_allow_ips
         if allowed is None:  # uvicorn's variable, read when the Config is made (as uvicorn)
             allowed = os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1,::1")

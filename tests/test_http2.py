@@ -677,3 +677,44 @@ def test_a_header_option_replaces_the_default_of_that_name(serve: Serve, name: s
     fields = [n for n, _ in head.headers]
     assert (name, "mine/1.0") in head.headers and fields.count(name) == 1
     assert fields.count(other) == 1
+
+
+@pytest.mark.parametrize("window", [65535, 2**20, 2**31 - 1])
+def test_initial_window_size(serve: Serve, window: int) -> None:
+    """--http2-initial-window-size: SETTINGS_INITIAL_WINDOW_SIZE for each stream and a
+    WINDOW_UPDATE for the connection, so a client may send that much of a body before any
+    credit comes back (the h2 client refuses to send past its window: the first 1 MiB goes
+    out only if the server granted it up front)."""
+    probe = Probe()
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            probe.put(len(await read_body(receive)))
+            await send({"type": "http.response.start", "status": 204})
+            await send({"type": "http.response.body"})
+
+    with serve(app, http2_initial_window_size=window) as srv:
+        client = H2Client(srv.port)
+        settings = client.until(h2.events.RemoteSettingsChanged)
+        changed = settings.changed_settings.get(h2.settings.SettingCodes.INITIAL_WINDOW_SIZE)
+        assert (changed.new_value if changed else 65535) == window
+        if window > 65535:
+            client.until(h2.events.WindowUpdated)  # the connection's (stream 0)
+        stream = client.request("/up", "POST", open_body=True)
+        assert client.conn.local_flow_control_window(stream) == window
+        size = min(window, 2**20)
+        for at in range(0, size, 16384):
+            client.conn.send_data(stream, b"u" * min(16384, size - at))
+        client.conn.end_stream(stream)
+        client.flush()
+        assert client.response(stream)[0][":status"] == "204"
+        client.close()
+    assert probe.get() == size
+
+
+@pytest.mark.parametrize("window", [65534, 2**31])
+def test_initial_window_size_out_of_range_is_a_config_error(window: int) -> None:
+    from fastserve.config import Config, ConfigError
+
+    with pytest.raises(ConfigError, match="--http2-initial-window-size"):
+        Config(app="x:y", http2_initial_window_size=window)

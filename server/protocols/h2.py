@@ -64,6 +64,8 @@ PADDED: Final = 0x8
 PRIORITY_FLAG: Final = 0x20
 
 SETTINGS_MAX_CONCURRENT_STREAMS: Final = 0x3
+SETTINGS_INITIAL_WINDOW_SIZE: Final = 0x4
+DEFAULT_WINDOW: Final = 65535  # RFC 9113 §6.9.2
 SETTINGS_ENABLE_CONNECT_PROTOCOL: Final = 0x8
 
 # Request body bytes buffered for the apps of one connection before reading stops (as
@@ -781,7 +783,10 @@ def request_limits(
 
 def own_settings(frames: bytes, state: ServerState) -> bytes:
     """zttp's first SETTINGS frame with our values: MAX_CONCURRENT_STREAMS from the config,
-    and no ENABLE_CONNECT_PROTOCOL (RFC 8441 is not served: advertise only what works)."""
+    no ENABLE_CONNECT_PROTOCOL (RFC 8441 is not served: advertise only what works), and
+    --http2-initial-window-size as INITIAL_WINDOW_SIZE and, by a WINDOW_UPDATE, as the
+    connection's window (RFC 9113 §6.9.2: SETTINGS does not change that one). zttp credits
+    DATA as it arrives whatever the window, so it takes the larger window as it is."""
     if len(frames) < 9 or frames[3] != 0x4:
         return frames
     length = int.from_bytes(frames[0:3], "big")
@@ -791,13 +796,20 @@ def own_settings(frames: bytes, state: ServerState) -> bytes:
         ident = int.from_bytes(payload[at : at + 2], "big")
         if ident == SETTINGS_ENABLE_CONNECT_PROTOCOL:
             continue
-        if ident == SETTINGS_MAX_CONCURRENT_STREAMS:
+        if ident in (SETTINGS_MAX_CONCURRENT_STREAMS, SETTINGS_INITIAL_WINDOW_SIZE):
             continue
         entries.append(payload[at : at + 6])
-    limit = state.config.http2_max_concurrent_streams
+    config = state.config
+    limit = config.http2_max_concurrent_streams
     entries.append(SETTINGS_MAX_CONCURRENT_STREAMS.to_bytes(2, "big") + limit.to_bytes(4, "big"))
+    window = config.http2_initial_window_size
+    grow = b""
+    if window != DEFAULT_WINDOW:
+        entries.append(SETTINGS_INITIAL_WINDOW_SIZE.to_bytes(2, "big") + window.to_bytes(4, "big"))
+        increment = (window - DEFAULT_WINDOW).to_bytes(4, "big")
+        grow = b"\x00\x00\x04\x08\x00\x00\x00\x00\x00" + increment  # WINDOW_UPDATE, stream 0
     new = b"".join(entries)
-    return len(new).to_bytes(3, "big") + frames[3:9] + new + frames[9 + length :]
+    return len(new).to_bytes(3, "big") + frames[3:9] + new + frames[9 + length :] + grow
 
 
 def upgrade_to_h2(
