@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import select
 import shutil
+import signal
 import socket
 import subprocess
 import threading
@@ -35,7 +36,7 @@ from tests.helpers import (
     until_closed_cleanly,
     wait_until,
 )
-from tests.test_http2_frames import ACK, DATA, GOAWAY, PING, Frames, RawH2, frame
+from tests.test_http2_frames import ACK, DATA, END_STREAM, GOAWAY, PING, Frames, RawH2, frame
 
 pytest.importorskip("zttp")
 
@@ -718,3 +719,43 @@ def test_initial_window_size_out_of_range_is_a_config_error(window: int) -> None
 
     with pytest.raises(ConfigError, match="--http2-initial-window-size"):
         Config(app="x:y", http2_initial_window_size=window)
+
+
+def test_a_worker_retiring_under_an_h2_client() -> None:
+    """--workers 2 --limit-max-requests 3, one h2c connection: the worker that holds it
+    takes a slow request and two quick ones, then retires: the client gets the two GOAWAYs
+    (RFC 9113 §6.8) while the slow stream is in flight, the slow stream completes, the
+    connection closes cleanly, and a new connection is served (by the other worker or the
+    replacement)."""
+    from tests.apps.workers_procs import Fastserve
+
+    args = ["tests.apps.workers_app:app", "--workers", "2", "--no-access-log", "--port", "0"]
+    with Fastserve([*args, "--limit-max-requests", "3"]) as server:
+        port = server.wait_running(2)
+        raw = RawH2(port)
+        frames = Frames()
+        raw.send(frames.get(1, "/slow?3"))
+        server.wait_for("slow request started")
+        raw.send(frames.get(3, "/") + frames.get(5, "/"))  # the 3rd starts the retirement
+        raw.send(frame(PING, ACK, 0, raw.until(PING)[3]))
+        while raw.frames[-1][:3] != (DATA, END_STREAM, 1):
+            raw.until(DATA, 1)
+        until_closed_cleanly(raw.sock)
+        raw.close()
+        kinds = [(kind, stream) for kind, _, stream, _ in raw.frames]
+        goaways = [int.from_bytes(f[3][:4]) for f in raw.frames if f[0] == GOAWAY]
+        assert goaways == [2**31 - 1, 5]
+        assert kinds.index((GOAWAY, 0)) < kinds.index((DATA, 1))  # the slow one in flight
+        bodies = {
+            s: b"".join(f[3] for f in raw.frames if f[:1] == (DATA,) and f[2] == s)
+            for s in (1, 3, 5)
+        }
+        pid = bodies[3].decode()
+        assert bodies == {1: f"{pid} slow done".encode(), 3: bodies[3], 5: bodies[3]}
+        server.wait_for("reached --limit-max-requests")
+        again = RawH2(port)
+        answer = again.served(Frames(), 1)
+        again.close()
+        assert answer.isdigit() and answer.decode() != pid
+        server.signal(signal.SIGTERM)
+        assert server.wait() == 0
