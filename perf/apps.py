@@ -12,6 +12,9 @@ canned bytes, no framework. Routes:
   slow reader (flow control) or the server's memory grows.
 - `POST /upload?rate=B`: reads the body at most B bytes/s, then answers the byte count; the
   server must stop reading from a fast writer meanwhile.
+- `GET /static`: a 100 MiB file (STATIC_FILE, written once) as Starlette's FileResponse sends
+  it: with the `http.response.pathsend` extension where the server offers it, else read and
+  sent in 64 KiB pieces.
 - websocket `/ws`: echoes every message (text or bytes).
 """
 
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import parse_qsl
@@ -98,6 +102,37 @@ async def _send_pieces(send: Send, size: int, piece: bytes) -> None:
     await send({"type": "http.response.body", "body": piece[:rest]})
 
 
+STATIC_SIZE = 100 * 1024 * 1024
+STATIC_FILE = os.path.join(os.environ.get("TMPDIR", "/tmp"), "fastserve-perf-static.bin")
+
+
+def static_file() -> str:
+    """The file /static serves, written on first use (random bytes: nothing compresses or
+    dedups it)."""
+    if not os.path.exists(STATIC_FILE) or os.path.getsize(STATIC_FILE) != STATIC_SIZE:
+        part = f"{STATIC_FILE}.{os.getpid()}"
+        with open(part, "wb") as f:
+            for _ in range(STATIC_SIZE // (4 * 1024 * 1024)):
+                f.write(os.urandom(4 * 1024 * 1024))
+        os.replace(part, STATIC_FILE)
+    return STATIC_FILE
+
+
+async def static(scope: Scope, receive: Receive, send: Send) -> None:
+    path = static_file()
+    head = [OCTETS, (b"content-length", b"%d" % STATIC_SIZE)]
+    await send({"type": "http.response.start", "status": 200, "headers": head})
+    if "http.response.pathsend" in scope.get("extensions", {}):
+        await send({"type": "http.response.pathsend", "path": path})
+        return
+    with open(path, "rb") as f:  # (Starlette reads in a thread; the bytes are the same)
+        more = True
+        while more:
+            piece = f.read(PIECE)
+            more = len(piece) == PIECE
+            await send({"type": "http.response.body", "body": piece, "more_body": more})
+
+
 async def upload(scope: Scope, receive: Receive, send: Send) -> None:
     """Consume the body no faster than `rate` bytes/s: the server must stop reading meanwhile."""
     rate = float(_query(scope).get("rate", 0)) or None
@@ -158,6 +193,7 @@ ROUTES: dict[str, Callable[[Scope, Receive, Send], Awaitable[None]]] = {
     "/stream": stream,
     "/download": download,
     "/upload": upload,
+    "/static": static,
 }
 
 
