@@ -448,6 +448,20 @@ STREAM_ERRORS: list[tuple[str, Case, int, int]] = [
         1,
         PROTOCOL_ERROR,
     ),
+    (
+        "8.5 extended CONNECT (RFC 8441: not offered)",
+        lambda f: f.fields(
+            [(":method", "CONNECT"), (":protocol", "websocket"), *REQUEST[1:]], END_HEADERS
+        ),
+        1,
+        PROTOCOL_ERROR,
+    ),
+    (
+        "8.5 a plain CONNECT",
+        lambda f: f.fields([(":method", "CONNECT"), (":authority", "x:443")], END_HEADERS),
+        1,
+        PROTOCOL_ERROR,
+    ),
 ]
 
 # Frames to ignore (or answer): the connection serves the next request as if they had not come.
