@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 # Request duration, head received to last byte handed to the connection, in seconds. Fixed
 # (every worker counts into the same buckets, the supervisor adds them up): prometheus-client's
 # default buckets, which span a cached hit to a slow report, with 1 ms added below them.
-DURATION_BUCKETS: Final = (
+DURATION_BUCKETS = (
     0.001,
     0.005,
     0.01,
@@ -38,14 +38,18 @@ DURATION_BUCKETS: Final = (
 # Event-loop lag: how late the loop ran a timer (the heartbeat's own tick), in seconds. A
 # healthy loop is within a millisecond; seconds mean a blocked one (--timeout-worker-healthcheck
 # kills it at 30 s by default).
-LAG_BUCKETS: Final = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+LAG_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 # Label values, by index. A request's status class is status // 100 ("none": no response
 # was started, the client left or the server stopped first; 6xx-9xx, which ASGI apps may
 # send, are "other").
-VERSIONS: Final = ("1.0", "1.1", "2")
-STATUS_CLASSES: Final = ("none", "1xx", "2xx", "3xx", "4xx", "5xx", "other")
-N_CLASSES: Final = 7
+# (Plain globals, not Final: compiled, a Final tuple is rebuilt at each use, and metrics.py,
+# which is not compiled, reads these from the module.)
+VERSIONS = ("1.0", "1.1", "2")
+STATUS_CLASSES = ("none", "1xx", "2xx", "3xx", "4xx", "5xx", "other")
+N_CLASSES = 7
+_CLASSES: Final = 7  # (the same, inlined where requests are counted)
+_BUCKETS: Final = 16  # len(DURATION_BUCKETS) + 1 (+Inf)
 
 
 class Counters:
@@ -54,10 +58,11 @@ class Counters:
     __slots__ = (
         "bytes_received",
         "connections",
-        "duration",
+        "duration_bounds",
         "duration_sum",
         "h2_connections",
         "lag",
+        "lag_bounds",
         "lag_sum",
         "rejected",
         "requests",
@@ -70,12 +75,19 @@ class Counters:
     )
 
     def __init__(self) -> None:
-        # requests[version * N_CLASSES + status class]
-        self.requests = [0] * (len(VERSIONS) * N_CLASSES)
-        # Histograms: one count per bucket (not cumulative), the last one for +Inf.
-        self.duration = [0] * (len(DURATION_BUCKETS) + 1)
+        # Requests by version, status class and duration bucket, in one list: one increment
+        # a request (each list increment is a new int object: ~0.25k instructions), the
+        # index `(version * N_CLASSES + status class) * BUCKETS + bucket`; `requests()` and
+        # `duration()` sum it up. Histogram buckets are not cumulative here, the last one is
+        # +Inf.
+        self.requests = [0] * (len(VERSIONS) * _CLASSES * _BUCKETS)
         self.duration_sum = 0.0
+        # The bounds as lists of this object's: compiled, a loop over a Final tuple of floats
+        # builds that tuple (and a float object for each bound) on every call: ~1.5k
+        # instructions a request (perf/instructions.py --metrics).
+        self.duration_bounds = list(DURATION_BUCKETS)
         self.lag = [0] * (len(LAG_BUCKETS) + 1)
+        self.lag_bounds = list(LAG_BUCKETS)
         self.lag_sum = 0.0
         self.response_bytes = 0
         self.bytes_received = 0
@@ -93,21 +105,34 @@ class Counters:
 
     def request_done(self, cycle: RequestCycle, now: float) -> None:
         """A response ended (its last byte went to the connection, or it never will)."""
-        version = cycle.scope["http_version"]
+        version: str = cycle.scope["http_version"]  # (typed: a str compare, not a generic one)
         row = 1 if version == "1.1" else 2 if version == "2" else 0
         status_class = cycle.status // 100
-        if status_class >= N_CLASSES:
-            status_class = N_CLASSES - 1
-        self.requests[row * N_CLASSES + status_class] += 1
+        if status_class >= _CLASSES:
+            status_class = _CLASSES - 1
         duration = now - cycle.start_time
         self.duration_sum += duration
         bucket = 0
-        for bound in DURATION_BUCKETS:  # fast requests stop at the first compare
+        for bound in self.duration_bounds:  # fast requests stop at the first compare
             if duration <= bound:
                 break
             bucket += 1
-        self.duration[bucket] += 1
+        self.requests[(row * _CLASSES + status_class) * _BUCKETS + bucket] += 1
         self.response_bytes += cycle.bytes_sent
+
+    def by_class(self) -> list[int]:
+        """Requests by `version * N_CLASSES + status class`."""
+        out = [0] * (len(VERSIONS) * _CLASSES)
+        for i, n in enumerate(self.requests):
+            out[i // _BUCKETS] += n
+        return out
+
+    def duration(self) -> list[int]:
+        """The duration histogram's buckets (not cumulative; the last one is +Inf)."""
+        out = [0] * _BUCKETS
+        for i, n in enumerate(self.requests):
+            out[i % _BUCKETS] += n
+        return out
 
     def request_unfinished(self, cycle: RequestCycle, now: float, ended: str) -> None:
         self.unfinished[ended] = self.unfinished.get(ended, 0) + 1
@@ -125,7 +150,7 @@ class Counters:
     def loop_lag(self, lag: float) -> None:
         self.lag_sum += lag
         bucket = 0
-        for bound in LAG_BUCKETS:
+        for bound in self.lag_bounds:
             if lag <= bound:
                 break
             bucket += 1

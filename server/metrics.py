@@ -73,8 +73,8 @@ def require_prometheus() -> None:
 def counts(c: Counters) -> dict[str, Any]:
     """The monotonic counts of one process (summed across processes by `add`)."""
     return {
-        "requests": list(c.requests),
-        "duration": list(c.duration),
+        "requests": c.by_class(),
+        "duration": c.duration(),
         "duration_sum": c.duration_sum,
         "lag": list(c.lag),
         "lag_sum": c.lag_sum,

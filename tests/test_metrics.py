@@ -431,6 +431,9 @@ def test_histogram_buckets_hold_values_up_to_their_bound() -> None:
     assert counters.lag[1] == 1
     assert counters.lag[len(LAG_BUCKETS)] == 1  # +Inf
     assert counters.lag_sum == pytest.approx(30.003)
+    from fastserve.counters import _BUCKETS, DURATION_BUCKETS  # the request list's layout
+
+    assert len(DURATION_BUCKETS) + 1 == _BUCKETS
 
 
 def test_loop_lag_is_sampled(metered: Single) -> None:
