@@ -57,7 +57,7 @@ class Scenario:
     servers: tuple[str, ...] = PEERS
     # What every response must be (wrk_json.lua checks each one): a fast wrong answer is
     # not fast. None: the body's length is not checked.
-    expect_status: int = 200
+    expect_status: int | None = 200  # None: no check by the script (wrk's own status count)
     expect_length: int | None = len(apps.PLAIN)
     # HTTP/2 (kind "h2load", or "idle" with http "2"): streams in flight per connection
     # (h2load -m), and TLS with ALPN h2 instead of prior-knowledge h2c.
@@ -119,7 +119,11 @@ SCENARIOS: list[Scenario] = [
         "wrk",
         "/static",
         connections=4,
-        expect_length=100 * MIB,
+        # Not checked by the script: it copies each body into Lua, and at 100 MiB that caps
+        # wrk near 60-90 MB/s whatever the server (measured). wrk still counts statuses >= 400
+        # and a wrong Content-Length breaks its parsing of the connection.
+        expect_status=None,
+        expect_length=None,
     ),
     Scenario("idle10k", "RSS with 10k idle keep-alive conns", "idle"),
     Scenario("download", "slow reader: large download", "transfer", "/download"),
