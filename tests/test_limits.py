@@ -338,8 +338,8 @@ def test_requests_past_the_limit_in_the_same_loop_pass_are_refused(serve: Serve)
 
 def test_limit_max_requests_over_http2(serve: Serve) -> None:
     """HTTP/2 streams count as requests: the third stream of one write, past a limit of 2,
-    is refused (REFUSED_STREAM: never processed, RFC 9113 §8.7) or left out by the GOAWAY;
-    the first two are answered."""
+    is refused (REFUSED_STREAM: never processed, RFC 9113 §8.7, or a 503) or left out by the
+    GOAWAY; the first two are answered."""
     pytest.importorskip("zttp")
     import hpack
 
@@ -368,8 +368,14 @@ def test_limit_max_requests_over_http2(serve: Serve) -> None:
             refused.append(stream)
         elif kind == 7:  # GOAWAY
             last_stream = int.from_bytes(payload[:4]) & 0x7FFFFFFF
-    assert statuses == {1: "200", 3: "200"}
-    assert refused == [5] or (last_stream is not None and last_stream < 5)
+    assert statuses[1] == statuses[3] == "200"
+    # Stream 5 never reaches the app: refused before it is taken (RST_STREAM REFUSED_STREAM),
+    # left out by the GOAWAY, or (taken before stream 3 was admitted: Python 3.12+'s eager
+    # start admits the streams of one read after taking them all) answered 503.
+    if 5 in statuses:
+        assert statuses[5] == "503"
+    else:
+        assert refused == [5] or (last_stream is not None and last_stream < 5)
     assert seen == ["/0", "/1"]
 
 
