@@ -210,9 +210,30 @@ def evaluate_goals(results: dict[str, Any], me: str = "fastserve") -> list[Goal]
         )
     )
     goals += h2_goals(results, me)
+    goals += beyond_hello_goals(results, me)
     before = before_after_goal(results, me)
     if before is not None:
         goals.insert(0, before)
+    return goals
+
+
+def beyond_hello_goals(results: dict[str, Any], me: str = "fastserve") -> list[Goal]:
+    """Issue 18's goals past hello-world: bodies, connection churn, WebSockets, static files
+    (server CPU per request: a 100 MiB file is bound by the client, not by req/s)."""
+    goals = []
+    for name, scenario, peer, target in (
+        ("POST echo 64 KiB vs granian", "post64k", "granian", 1.2),
+        ("1 MiB streamed vs uvicorn", "stream1m", "uvicorn", 1.8),
+        ("Connection: close vs uvicorn", "close", "uvicorn", 1.8),
+        ("1,000 conns vs uvicorn", "conns1000", "uvicorn", 2.0),
+        ("WebSocket echo 32 B vs uvicorn", "ws_small", "uvicorn", 1.5),
+        ("WebSocket echo 64 KiB vs uvicorn", "ws_64k", "uvicorn", 1.5),
+    ):
+        goal = _at_least(name, _ratio(results, scenario, me, peer), target)
+        goals.append(replace(goal, by_cpu=_cpu_speedup(results, scenario, me, peer)))
+    for peer, target in (("uvicorn", 1 / 3), ("granian", 1.0)):
+        ratio = _ratio(results, "static", me, peer, "cpu_us")
+        goals.append(_at_most(f"static 100 MiB CPU/request vs {peer}", ratio, target, "x", ".2f"))
     return goals
 
 
