@@ -454,9 +454,10 @@ def test_every_uvicorn_choice_value_is_accepted() -> None:
 
 
 def test_uvicorn_substitutes_warn_once_and_serve() -> None:
-    """`--http zttp --loop zuvloop --ws wsproto` from a uvicorn 0.54 command line: served
-    (HTTP/1.1 and h2c, on uvloop), with one warning line each, not one per worker."""
-    cmd = fastserve_cmd(HELLO, "--port", "0", "--workers", "2", "--http", "zttp")
+    """`--http zttp --http2 --loop zuvloop --ws wsproto` from a uvicorn 0.54 command line
+    (its HTTP/2 needs both): served (HTTP/1.1 and h2c, on uvloop), with one warning line each,
+    not one per worker."""
+    cmd = fastserve_cmd(HELLO, "--port", "0", "--workers", "2", "--http", "zttp", "--http2")
     cmd += ["--loop", "zuvloop", "--ws", "wsproto", "--no-access-log"]
     with ServerProcess(cmd) as server:
         url = server.url()
