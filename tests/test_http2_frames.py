@@ -310,6 +310,15 @@ CONNECTION_ERRORS: list[tuple[str, Case, int]] = [
         FLOW_CONTROL_ERROR,
     ),
     (
+        "6.9.2 INITIAL_WINDOW_SIZE pushing a stream window past 2^31-1",
+        lambda f: (
+            f.post(OPEN)
+            + frame(WINDOW_UPDATE, 0, OPEN, u32(2**31 - 1 - 65535))
+            + frame(SETTINGS, 0, 0, setting(4, 65536))
+        ),
+        FLOW_CONTROL_ERROR,
+    ),
+    (
         "6.10 CONTINUATION after END_HEADERS",
         lambda f: f.get(1, "/hold") + frame(CONTINUATION, 4, 1, f.block()),
         PROTOCOL_ERROR,
