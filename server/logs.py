@@ -17,6 +17,8 @@ import os
 import platform
 import sys
 import time
+import traceback
+from types import TracebackType
 from typing import Any, TextIO
 
 from .config import Config, ConfigError
@@ -48,6 +50,38 @@ def escape(text: str) -> str:
     return text.translate(_ESCAPES)
 
 
+# A compiled module's traceback entries name it `fastserve/protocols/cycle.py` (setup.py: mypyc
+# keeps the path it was given); the installed file is that path under the directory holding the
+# package. Tracebacks this module formats name that file, whose source line is then shown too.
+PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+ExcInfo = tuple[type[BaseException], BaseException, TracebackType | None] | tuple[None, None, None]
+
+
+def format_exception(ei: ExcInfo) -> str:
+    """`logging.Formatter.formatException`, with compiled modules' entries at their installed
+    paths."""
+    if ei[1] is None:
+        return logging.Formatter().formatException(ei)
+    te = traceback.TracebackException(type(ei[1]), ei[1], ei[2], lookup_lines=False)
+    _installed_paths(te, set())
+    return "".join(te.format()).rstrip("\n")
+
+
+def _installed_paths(te: traceback.TracebackException, seen: set[int]) -> None:
+    if id(te) in seen:
+        return
+    seen.add(id(te))
+    for frame in te.stack:
+        if frame.filename.startswith("fastserve/"):
+            path = os.path.join(PACKAGE_PARENT, frame.filename)
+            if os.path.isfile(path):
+                frame.filename = path
+    for other in (te.__cause__, te.__context__, *(getattr(te, "exceptions", None) or ())):
+        if other is not None:
+            _installed_paths(other, seen)
+
+
 class FastStreamHandler(logging.StreamHandler[TextIO]):
     """Marks the handler the access log may bypass with one batched write."""
 
@@ -70,6 +104,9 @@ class ColourFormatter(logging.Formatter):
         super().__init__(fmt, datefmt, style)
         self.use_colors = use_colors
 
+    def formatException(self, ei: ExcInfo) -> str:
+        return format_exception(ei)
+
     def formatMessage(self, record: logging.LogRecord) -> str:
         prefix = (record.levelname + ":").ljust(10)
         if self.use_colors:
@@ -81,6 +118,9 @@ class ColourFormatter(logging.Formatter):
 class JsonFormatter(logging.Formatter):
     """--log-json: one JSON object per line (a traceback goes in "exc_info", escaped, so
     the line stays one line): timestamp (RFC 3339, UTC), level, logger, message, pid."""
+
+    def formatException(self, ei: ExcInfo) -> str:
+        return format_exception(ei)
 
     def format(self, record: logging.LogRecord) -> str:
         stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))

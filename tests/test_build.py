@@ -132,18 +132,25 @@ def test_pip_install_of_the_sdist_compiles(sdist: Sdist, tmp_path: Path) -> None
     pip("install", "--target", target, sdist.path, env={"CC": compiler(tmp_path)})
     assert list(target.glob("fastserve__mypyc.*"))
     assert build_of(target) == "compiled"
-    # A traceback through compiled code names the module as installed, `fastserve/...` (a
-    # path under the site directory), not the build's temporary directory.
+    # A traceback through compiled code names the module's installed file (with its source
+    # line), not the build's temporary directory: mypyc records `fastserve/protocols/cycle.py`,
+    # the error log puts the site directory in front (logs.format_exception).
     frames = compiled_frames_of_an_app_error(target, tmp_path)
-    assert frames, "no traceback entry from a compiled module"
-    for name in frames:  # an interpreted module's absolute path, or a compiled one's
-        assert (target / name).is_file(), frames  # (target / an absolute path) is that path
-    assert "fastserve/protocols/cycle.py" in frames  # send(), where the app's mistake is found
+    assert frames, "no traceback entry from fastserve"
+    for name, _ in frames:
+        assert Path(name).is_absolute() and Path(name).is_file(), frames
+        assert Path(name).is_relative_to(target), frames
+    cycle = str(target / "fastserve" / "protocols" / "cycle.py")
+    # send(), where the app's mistake is found, compiled: the line is read from the .py file.
+    assert (
+        cycle,
+        "raise RuntimeError(f\"expected 'http.response.start', got {mtype!r}\")",
+    ) in frames
 
 
-def compiled_frames_of_an_app_error(target: Path, tmp_path: Path) -> list[str]:
-    """The file names of fastserve's frames in the traceback the server logs for an app that
-    sends a body before the response start (cycle.py's send() raises, compiled)."""
+def compiled_frames_of_an_app_error(target: Path, tmp_path: Path) -> list[tuple[str, str]]:
+    """(file, source line) of fastserve's frames in the traceback the server logs for an app
+    that sends a body before the response start (cycle.py's send() raises, compiled)."""
     (tmp_path / "bad_order.py").write_text(
         "async def app(scope, receive, send):\n"
         "    await send({'type': 'http.response.body', 'body': b'x'})\n"
@@ -157,7 +164,12 @@ def compiled_frames_of_an_app_error(target: Path, tmp_path: Path) -> list[str]:
             assert conn.recv(100).startswith(b"HTTP/1.1 500 ")
         server.wait_for("^RuntimeError: expected 'http.response.start'")
         assert server.stop() == 0
-    return [m[1] for line in server.err if (m := re.match(r'  File "(.*fastserve[^"]*)"', line))]
+    lines = server.err
+    return [
+        (m[1], lines[i + 1].strip())
+        for i, line in enumerate(lines[:-1])
+        if (m := re.match(r'  File "([^"]*fastserve/[^"]*)"', line))
+    ]
 
 
 @needs_a_compiler

@@ -318,3 +318,34 @@ def test_bad_logging_settings_are_one_line_and_exit_3(tmp_path: Path) -> None:
             case,
             lines,
         )
+
+
+def test_tracebacks_name_compiled_modules_by_their_installed_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A compiled module's traceback entry says `fastserve/protocols/cycle.py` (what mypyc was
+    given, setup.py); the error log's formatter shows the installed file and its line, for
+    chained exceptions too. (The real compiled case: tests/test_build.py.)"""
+    from fastserve import logs
+
+    installed = tmp_path / "fastserve" / "protocols" / "cycle.py"
+    installed.parent.mkdir(parents=True)
+    installed.write_text("def send():\n    raise RuntimeError('from compiled code')\n")
+    monkeypatch.setattr(logs, "PACKAGE_PARENT", str(tmp_path))
+    namespace: dict[str, Any] = {}
+    # A code object named as mypyc names a compiled module's (its file is not found as is).
+    exec(compile(installed.read_text(), "fastserve/protocols/cycle.py", "exec"), namespace)
+    try:
+        try:
+            namespace["send"]()
+        except RuntimeError as exc:
+            raise ValueError("while handling it") from exc
+    except ValueError:
+        ei = sys.exc_info()
+    text = logs.DefaultFormatter("%(message)s").formatException(ei)
+    entry = f"  File \"{installed}\", line 2, in send\n    raise RuntimeError('from compiled code')"
+    assert entry in text, text
+    assert 'File "fastserve/' not in text
+    assert text.endswith("ValueError: while handling it")
+    json_text = logs.JsonFormatter().formatException(ei)
+    assert entry in json_text
