@@ -102,10 +102,10 @@ def mypyc_extensions(work: str) -> list[Any]:
     shutil.copytree(os.path.join(HERE, "server"), source, ignore=ignore, dirs_exist_ok=True)
     # The paths are given relative to `work`, from `work`: mypyc writes each path as it got it
     # into the C code, as the file name of the compiled functions' traceback entries. So a
-    # traceback names `fastserve/protocols/cycle.py`, which Python's linecache finds on
-    # sys.path (the wheel ships the .py files beside the compiled ones) to print the source
-    # line, instead of this build's temporary directory, which exists on no user's machine.
-    # (The absolute installed path is not known when the wheel is built.)
+    # traceback names `fastserve/protocols/cycle.py`, not this build's temporary directory,
+    # which exists on no user's machine; the installed path is not known when the wheel is
+    # built, and the error log's formatter (logs.format_exception) puts it in front, which also
+    # shows the source line (the wheel ships the .py files beside the compiled ones).
     # --python-version: the interpreter building the wheel, not pyproject's 3.11 (mypy would
     # otherwise compile the `sys.version_info >= (3, 12)` branches away). --config-file "":
     # not the project's mypy settings; --cache-dir: not the checkout's .mypy_cache.
