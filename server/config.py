@@ -278,6 +278,8 @@ class Config:
                 f"--http2-initial-window-size {self.http2_initial_window_size}: "
                 "from 65535 to 2147483647 (RFC 9113 §6.9.2)"
             )
+        if self.env_file:  # as uvicorn's Config: before $FORWARDED_ALLOW_IPS is read
+            load_env_file(self.env_file)
         allowed: Any = self.forwarded_allow_ips
         if allowed is None:  # uvicorn's variable, read when the Config is made (as uvicorn)
             allowed = os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1,::1")

@@ -634,3 +634,20 @@ def test_the_migration_guide_has_a_row_for_every_uvicorn_option() -> None:
     documented = {name for cell in first_cells for name in re.findall(r"--[a-z0-9-]+", cell)}
     missing = uvicorn_options() - documented
     assert not missing, f"no row in docs/migrating-from-uvicorn.md for {sorted(missing)}"
+
+
+def test_env_file_is_read_when_the_config_is_made(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As uvicorn's Config: --env-file's variables are there for what the Config reads from
+    the environment ($FORWARDED_ALLOW_IPS); a variable already set wins (python-dotenv's)."""
+    environ = {k: v for k, v in os.environ.items() if k != "FORWARDED_ALLOW_IPS"}
+    monkeypatch.setattr(os, "environ", environ)
+    env_file = tmp_path / ".env"
+    env_file.write_text("# proxies\nexport FORWARDED_ALLOW_IPS='10.1.2.3'\nALREADY=file\n")
+    environ["ALREADY"] = "process"
+    config = Config(app=HELLO, env_file=str(env_file))
+    assert config.forwarded_allow_ips == "10.1.2.3"
+    assert environ["ALREADY"] == "process"
+    with pytest.raises(ConfigError, match="cannot read --env-file"):
+        Config(app=HELLO, env_file=str(tmp_path / "missing"))
