@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import importlib
 import importlib.util
 import os
 import platform
@@ -651,3 +652,17 @@ def test_env_file_is_read_when_the_config_is_made(
     assert environ["ALREADY"] == "process"
     with pytest.raises(ConfigError, match="cannot read --env-file"):
         Config(app=HELLO, env_file=str(tmp_path / "missing"))
+
+
+def test_every_uvicorn_environment_variable_is_read() -> None:
+    """uvicorn reads UVICORN_<PARAMETER NAME> for every option (click's auto_envvar_prefix):
+    fastserve reads the same names, from its parameters' names, which are uvicorn's."""
+    uvicorn_command: click.Command = importlib.import_module("uvicorn.main").main
+    theirs = {
+        f"UVICORN_{p.name.upper()}"
+        for p in uvicorn_command.params
+        if p.name and isinstance(p, click.Option) and not p.is_eager  # not --version, --help
+    }
+    theirs.add("UVICORN_APP")
+    ours = {var for p in cli_main.params for var in (p.envvar or ())}
+    assert len(theirs) > 40 and not theirs - ours, sorted(theirs - ours)
