@@ -89,15 +89,18 @@ class H2Client:
         body: bytes | None = None,
         headers: list[tuple[str, str]] | None = None,
         open_body: bool = False,
+        send: bool = True,
     ) -> int:
-        """Open a stream; `body` ends it, `open_body` leaves it open for DATA to come."""
+        """Open a stream; `body` ends it, `open_body` leaves it open for DATA to come;
+        `send=False` leaves the frames for a later flush()."""
         stream_id: int = self.conn.get_next_available_stream_id()
         fields = [(":method", method), (":path", path), (":scheme", "http")]
         fields += [(":authority", "test"), *(headers or [])]
         self.conn.send_headers(stream_id, fields, end_stream=body is None and not open_body)
         if body is not None:
             self.conn.send_data(stream_id, body, end_stream=True)
-        self.flush()
+        if send:
+            self.flush()
         return stream_id
 
     def read(self, timeout: float = 5.0) -> None:
@@ -447,8 +450,8 @@ def test_rapid_reset_gets_enhance_your_calm_and_others_are_served(serve: Serve) 
     """CVE-2023-44487: streams opened and reset at once, thousands of them."""
     with serve(echo_app()) as srv:
         attacker = H2Client(srv.port)
-        for _ in range(2000):
-            stream = attacker.request("/", "POST", open_body=True)
+        for _ in range(2000):  # (one write: the server may close before a later one)
+            stream = attacker.request("/", "POST", open_body=True, send=False)
             attacker.conn.reset_stream(stream, h2.errors.ErrorCodes.CANCEL)
         try:
             attacker.flush()
