@@ -215,3 +215,23 @@ def test_a_bad_value_from_run_is_one_line_and_exit_code_3(tmp_path: Path) -> Non
     with ServerProcess([sys.executable, str(path)], env=clean_env(), cwd=REPO) as proc:
         assert proc.wait(20) == 3
     assert proc.err == ["ERROR:    Config port: expected int, got str '80'"]
+
+
+def test_the_check_of_annotations_config_has_no_field_of_yet() -> None:
+    """A field added later with another kind of annotation is checked as it says, not
+    refused whatever its value (a class, a callable, Any)."""
+    from collections.abc import Callable
+
+    from fastserve.config import _check
+
+    def callback() -> None:
+        pass
+
+    assert _check("f", callback, Callable[[], None] | None) is callback
+    assert _check("f", None, Callable[[], None] | None) is None
+    assert _check("f", Path("/a"), Path) == Path("/a")
+    assert _check("f", object, Any) is object
+    with pytest.raises(ConfigTypeError, match="Config f: expected Path, got str 'a'"):
+        _check("f", "a", Path)
+    with pytest.raises(ConfigTypeError, match="Config f: expected int, got bool True"):
+        _check("f", True, int)
