@@ -34,7 +34,13 @@ from perf.scenarios import SCENARIOS, RunConfig, Scenario
 
 RESULTS = venv.PERF_DIR / "results"
 QUICK = RunConfig(
-    rounds=2, duration=1, warmup=1, idle_conns=1000, transfer_size=64 << 20, transfer_rate=256 << 20
+    rounds=2,
+    duration=1,
+    warmup=1,
+    idle_conns=1000,
+    transfer_size=64 << 20,
+    transfer_rate=256 << 20,
+    soak_requests=(50_000, 150_000),
 )
 
 

@@ -1,5 +1,6 @@
-"""Memory scenarios: RSS with many idle keep-alive connections, and peak RSS during a large
-transfer through a slow peer (flow control). One server at a time, each freshly started.
+"""Memory scenarios: RSS with many idle keep-alive connections, peak RSS during a large
+transfer through a slow peer (flow control), and RSS growth over millions of requests (soak).
+One server at a time, each freshly started.
 
 RSS is VmRSS from /proc/PID/status summed over the server's process tree (granian and hypercorn
 run their worker as a child). "Idle" is measured after the server has answered a request and
@@ -93,6 +94,46 @@ def measure_idle(
         "open_seconds": ready.get("seconds"),
         # Every connection must be open and still held by the server when RSS is read.
         "flagged": opened < count or fds < opened * 0.99 or server.proc.poll() is not None,
+    }
+
+
+def measure_soak(scenario: Scenario, server: servers.Running, cfg: RunConfig) -> dict[str, Any]:
+    """Requests in 5 s wrk runs until the first count of cfg.soak_requests (warm-up: lazily
+    built state, caches, the allocator's arenas), RSS; on to the second count, RSS again.
+    What a long-running worker must show: no growth between the two."""
+    from . import apps
+
+    done = 0
+    failed = False
+    readings: list[tuple[int, int]] = []
+    for target in cfg.soak_requests:
+        while done < target:
+            try:
+                result = wrk.run(
+                    server.url + scenario.path,
+                    connections=scenario.connections,
+                    duration=5.0,
+                    close=scenario.close,
+                    cpu=CLIENT_CPU,
+                    expect_status=200,
+                    expect_length=len(apps.PLAIN),
+                )
+            except wrk.WrkError as exc:
+                return {"flagged": True, "error": str(exc)[:300], "requests": done}
+            done += result.requests
+            failed = failed or result.failed
+            if server.proc.poll() is not None or result.requests == 0:
+                return {"flagged": True, "error": "server died or stalled", "requests": done}
+        readings.append((done, settle_rss(server)))
+    (n1, rss1), (n2, rss2) = readings
+    return {
+        "requests_1": n1,
+        "rss_1_kib": rss1,
+        "requests_2": n2,
+        "rss_2_kib": rss2,
+        "growth_pct": (rss2 - rss1) / rss1 * 100,
+        "kib_per_million": (rss2 - rss1) / ((n2 - n1) / 1e6),
+        "flagged": failed,
     }
 
 
@@ -198,6 +239,8 @@ def run_memory(
     count = scenario.connections if h2 else cfg.idle_conns
     if scenario.kind == "idle":
         result["params"]["count"] = count
+    elif scenario.kind == "soak":
+        result["params"]["requests"] = list(cfg.soak_requests)
     else:
         result["params"].update(size=cfg.transfer_size, rate=cfg.transfer_rate)
     for name in names:
@@ -210,6 +253,8 @@ def run_memory(
         try:
             if scenario.kind == "idle":
                 entry = measure_idle(server, env, count, h2)
+            elif scenario.kind == "soak":
+                entry = measure_soak(scenario, server, cfg)
             else:
                 entry = measure_transfer(scenario, server, env, cfg)
         finally:
@@ -231,6 +276,12 @@ def describe(entry: dict[str, Any]) -> str:
         text = (
             f"peak {entry['peak_above_idle_kib'] / 1024:.1f} MiB above idle, "
             f"{moved:.0f} MiB in {entry.get('seconds')} s"
+        )
+    elif "growth_pct" in entry:
+        text = (
+            f"RSS {entry['rss_1_kib'] / 1024:.1f} MiB at {entry['requests_1']:,} requests, "
+            f"{entry['rss_2_kib'] / 1024:.1f} MiB at {entry['requests_2']:,} "
+            f"({entry['growth_pct']:+.2f} %)"
         )
     else:
         text = entry.get("error", "?")

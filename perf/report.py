@@ -88,6 +88,33 @@ def cpu_table(results: dict[str, Any]) -> list[str]:
     return lines if len(lines) > 2 else []
 
 
+def soak_table(results: dict[str, Any]) -> list[str]:
+    """RSS at the two request counts of each soak scenario, and the growth between them."""
+    lines = [_row(["soak", "server", "RSS 1 (MiB)", "RSS 2 (MiB)", "growth", "KiB per 1M"])]
+    lines.append(_row(["---", "---", "---:", "---:", "---:", "---:"]))
+    for key, scenario in results.get("scenarios", {}).items():
+        if scenario.get("kind") != "soak":
+            continue
+        for name, e in scenario.get("servers", {}).items():
+            if "growth_pct" not in e:
+                lines.append(_row([key, name, "-", "-", e.get("error", "?")[:60], "-"]))
+                continue
+            note = " !" if e.get("flagged") else ""
+            lines.append(
+                _row(
+                    [
+                        f"{key} ({e['requests_1']:,} -> {e['requests_2']:,} requests)",
+                        name,
+                        f"{e['rss_1_kib'] / 1024:.1f}",
+                        f"{e['rss_2_kib'] / 1024:.1f}",
+                        f"{e['growth_pct']:+.2f} %{note}",
+                        f"{e['kib_per_million']:,.0f}",
+                    ]
+                )
+            )
+    return lines if len(lines) > 2 else []
+
+
 def memory_table(results: dict[str, Any]) -> list[str]:
     """RSS figures: idle vs 10k idle connections, and peaks of the slow transfers."""
     scenarios = results.get("scenarios", {})
@@ -305,6 +332,9 @@ def render(results: dict[str, Any], goals: list[Goal]) -> str:
     memory = memory_table(results)
     if memory:
         out += [*memory, ""]
+    soak = soak_table(results)
+    if soak:
+        out += [*soak, ""]
     deaths = [
         f"- {name} exited ({entry['died'].get('exit')}) during {scenario['title']}: "
         f"{(entry['died'].get('log_tail') or ['(no output)'])[-1][:200]}"

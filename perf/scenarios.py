@@ -48,7 +48,8 @@ CLIENT_CPU = 1
 class Scenario:
     key: str
     title: str
-    kind: str  # "wrk", "ws", "h2load" (interleaved rounds) or "idle", "transfer" (memory.py)
+    # "wrk", "ws", "h2load" (interleaved rounds) or "idle", "transfer", "soak" (memory.py)
+    kind: str
     path: str = "/plaintext"
     connections: int = 100
     method: str = "GET"
@@ -126,6 +127,20 @@ SCENARIOS: list[Scenario] = [
         expect_length=None,
     ),
     Scenario("idle10k", "RSS with 10k idle keep-alive conns", "idle"),
+    # RSS growth between two request counts (RunConfig.soak_requests), access log on.
+    Scenario(
+        "soak",
+        "RSS growth, keep-alive, access log on",
+        "soak",
+        servers=("fastserve+log", "uvicorn+log"),
+    ),
+    Scenario(
+        "soak_close",
+        "RSS growth, a connection per request, access log on",
+        "soak",
+        close=True,
+        servers=("fastserve+log", "uvicorn+log"),
+    ),
     Scenario("download", "slow reader: large download", "transfer", "/download"),
     Scenario("upload", "slow consumer: large upload", "transfer", "/upload", method="POST"),
     Scenario(
@@ -200,6 +215,8 @@ class RunConfig:
     idle_conns: int = 10_000
     transfer_size: int = 1 << 30
     transfer_rate: float = 128 * (1 << 20)
+    # soak: RSS after this many requests (warm), and after this many (the issue: 1M and 3M)
+    soak_requests: tuple[int, int] = (1_000_000, 3_000_000)
 
 
 def measure_wrk(scenario: Scenario, server: Running, duration: float) -> dict[str, Any]:

@@ -234,6 +234,10 @@ def beyond_hello_goals(results: dict[str, Any], me: str = "fastserve") -> list[G
     for peer, target in (("uvicorn", 1 / 3), ("granian", 1.0)):
         ratio = _ratio(results, "static", me, peer, "cpu_us")
         goals.append(_at_most(f"static 100 MiB CPU/request vs {peer}", ratio, target, "x", ".2f"))
+    for key, label in (("soak", "keep-alive"), ("soak_close", "new connections")):
+        entry = _servers(results, key).get(f"{me}+log", {})
+        growth = None if entry.get("flagged") else entry.get("growth_pct")
+        goals.append(_at_most(f"RSS growth over a soak, {label}", growth, 1.0, " %", ".2f"))
     return goals
 
 
