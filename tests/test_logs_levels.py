@@ -51,6 +51,21 @@ def test_banner_once_with_workers_and_every_worker_line_names_its_pid() -> None:
         assert server.wait() == 0
 
 
+def test_worker_access_lines_carry_the_worker_pid() -> None:
+    cmd = fastserve_cmd("examples.hello:app", "--port", "0", "--workers", "2")
+    with ServerProcess(cmd) as server:
+        host, port = server.url().split("//")[1].rsplit(":", 1)
+        with socket.create_connection((host, int(port)), timeout=5) as sock:
+            sock.sendall(request("/"))
+            assert sock.recv(100).startswith(b"HTTP/1.1 200")
+        line = server.wait_for(r'"GET / HTTP/1\.1" 200', server.out)
+        match = re.match(r"INFO:     \[(\d+)\] 127\.0\.0\.1:\d+ - ", line)
+        assert match is not None, line
+        workers = [int(m.group(1)) for x in server.err if (m := re.search(r"worker \[(\d+)\]", x))]
+        assert int(match.group(1)) in workers, (line, server.err)
+        assert server.stop() == 0
+
+
 async def hello(scope: dict[str, Any], receive: Any, send: Any) -> None:
     if scope["type"] != "http":
         return
