@@ -15,8 +15,10 @@ import pytest
 
 from fastserve.config import ConfigError
 from fastserve.middleware.proxy_headers import (
+    ProxyHeaders,
     ProxyHeadersMiddleware,
     TrustedPeers,
+    apply_hop,
     parse_forwarded,
 )
 from fastserve.protocols.proxy_protocol import ProxyHeaderError, parse_header
@@ -472,3 +474,48 @@ def test_parse_header_unit() -> None:
     for bad in (b"GET / HTTP/1.1\r\n", b"PROXY TCP4 1.2.3.4 5.6.7.8 01 2\r\n", V2[:11] + b"X"):
         with pytest.raises(ProxyHeaderError):
             parse_header(bad)
+
+
+def effect(proxy: ProxyHeaders, hop: dict[str, str] | None) -> dict[str, Any]:
+    """The scope a hop makes of a plain request's."""
+    scope: dict[str, Any] = {
+        "type": "http",
+        "scheme": "http",
+        "client": ("127.0.0.1", 1),
+        "server": ("127.0.0.1", 80),
+        "headers": [(b"host", b"x")],
+    }
+    if hop:
+        apply_hop(scope, hop, proxy.host)
+    return scope
+
+
+def test_the_single_proxy_shortcut_agrees_with_the_full_walk() -> None:
+    """ProxyHeaders.single_hop (what one proxy sends, the common case) gives find_hop's
+    answer wherever it answers, and leaves every other shape to find_hop."""
+    fields = {
+        "xff": [b"203.0.113.7", b" 198.51.100.2:4711 ", b"", b"6.6.6.6, 203.0.113.7", b"[::1]:80"],
+        "xfp": [b"https", b"HTTP", b" wss ", b"", b"https, http"],
+    }
+    for host, rfc7239 in ((False, False), (True, True)):
+        proxy = ProxyHeaders("127.0.0.1", forwarded_host=host, forwarded_rfc7239=rfc7239)
+        answered = 0
+        for xff in [None, *fields["xff"]]:
+            for xfp in [None, *fields["xfp"]]:
+                for extra in ([], [(b"x-forwarded-host", b"h")], [(b"forwarded", b"for=1.1.1.1")]):
+                    headers = [(b"host", b"x"), *extra]
+                    if xff is not None:
+                        headers.append((b"x-forwarded-for", xff))
+                    if xfp is not None:
+                        headers.append((b"x-forwarded-proto", xfp))
+                    quick = proxy.single_hop(headers)
+                    if quick is not None:
+                        answered += 1
+                        full = proxy.find_hop(headers)
+                        assert effect(proxy, quick) == effect(proxy, full), headers
+        assert answered > 20
+    # Two fields of one name, a list, or what the options make it read: the full walk.
+    proxy = ProxyHeaders("127.0.0.1")
+    assert proxy.single_hop([(b"x-forwarded-for", b"a"), (b"x-forwarded-for", b"b")]) is None
+    assert proxy.single_hop([(b"x-forwarded-proto", b"https, http")]) is None
+    assert ProxyHeaders("*", forwarded_host=True).single_hop([(b"x-forwarded-host", b"h")]) is None
