@@ -97,6 +97,22 @@ def test_debug_shows_connections_and_requests(serve: Serve) -> None:
     assert not messages(records, 5), "trace lines at debug level"
 
 
+def test_debug_shows_http2_connections(serve: Serve) -> None:
+    import httpx
+
+    with serve(hello, log_level="debug") as srv, error_log() as records:
+        with httpx.Client(http1=False, http2=True, timeout=5) as http:
+            assert http.get(srv.url + "/h2").status_code == 201
+        wait_until(
+            lambda: any("HTTP/2 connection closed" in m for m in messages(records)),
+            "the HTTP/2 close line",
+        )
+    lines = messages(records, logging.DEBUG)
+    assert any(re.search(r" - connection open$", m) for m in lines), lines
+    assert any(re.search(r" - request start: GET /h2 HTTP/2$", m) for m in lines), lines
+    assert any(re.search(r" - request end: status 201$", m) for m in lines), lines
+
+
 def test_trace_shows_asgi_messages(serve: Serve) -> None:
     with serve(hello, log_level="trace") as srv, error_log() as records:
         assert fetch(srv, request("/t", "POST", "Content-Length: 3\r\n", b"abc"), "POST").status

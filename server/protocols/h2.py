@@ -303,6 +303,9 @@ class H2Protocol(FlowControl):
         self.arm_idle()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self.state.log_connections and not self.closed:
+            how = "reset" if exc is not None else "closed"
+            log.debug("%s:%s - HTTP/2 connection %s", *(self.client or ("-", 0)), how)
         self.closed = True
         self.state.connections.discard(self)
         for stream in list(self.streams.values()):
