@@ -16,7 +16,7 @@ import socket
 import ssl
 import types
 import typing
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -264,6 +264,10 @@ class Config:
     # -- set from Python only -------------------------------------------------------------------
     sockets: Sequence[socket.socket] | None = internal(None)
     install_signal_handlers: bool = internal(True)
+    # uvicorn's: awaited every timeout_notify seconds while the server runs (uvicorn's gunicorn
+    # worker tells the arbiter it is alive this way).
+    callback_notify: Callable[[], Awaitable[None]] | None = internal(None)
+    timeout_notify: float = internal(30.0)
 
     def __post_init__(self) -> None:
         # Checked here so a bad value is a ConfigError at startup, not when serving begins;

@@ -177,7 +177,7 @@ def child_payload(config: Config, fds: list[int], metrics_fd: int | None = None)
     """The child's Config as JSON: every CLI-settable field (plain data), minus the reload."""
     values: dict[str, Any] = {}
     for f in dataclasses.fields(Config):
-        if f.name not in ("sockets", "install_signal_handlers"):
+        if f.name not in ("sockets", "install_signal_handlers", "callback_notify"):
             values[f.name] = getattr(config, f.name)
     values.update(reload=False, workers="1", pid=None, fd=None, uds=None, env_file=None)
     # The watching is the parent's (and main warns about these options without --reload).

@@ -15,7 +15,7 @@ import random
 import signal
 import socket
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from . import logs
@@ -170,8 +170,13 @@ class Server:
                 state.max_requests = self.max_requests
                 state.on_max_requests = self.max_requests_reached
             await self.startup(sockets)
+            notify = None
+            if self.config.callback_notify is not None:
+                notify = loop.create_task(self.notify(self.config.callback_notify))
             if not self.should_exit:
                 await self.exit_event.wait()
+            if notify is not None:
+                notify.cancel()
             await self.shutdown()
         finally:
             state.close()
@@ -234,6 +239,12 @@ class Server:
         self.started = True
         if self.on_started is not None:
             self.on_started(self)
+
+    async def notify(self, callback: Callable[[], Awaitable[None]]) -> None:
+        """uvicorn's callback_notify: awaited every timeout_notify seconds while serving."""
+        while True:
+            await asyncio.sleep(self.config.timeout_notify)
+            await callback()
 
     def max_requests_reached(self) -> None:
         """The request that reaches --limit-max-requests has started (request.last_request:

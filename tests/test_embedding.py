@@ -15,7 +15,7 @@ import signal
 import ssl
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import pytest
@@ -235,3 +235,20 @@ def test_the_check_of_annotations_config_has_no_field_of_yet() -> None:
         _check("f", "a", Path)
     with pytest.raises(ConfigTypeError, match="Config f: expected int, got bool True"):
         _check("f", True, int)
+
+
+def test_callback_notify_is_awaited_while_serving() -> None:
+    """uvicorn's callback_notify / timeout_notify (its gunicorn worker's heartbeat)."""
+    from tests.apps.core_apps import core_app
+    from tests.conftest import run_server
+    from tests.helpers import wait_until
+
+    calls: list[float] = []
+
+    async def notify() -> None:
+        calls.append(1.0)
+
+    with run_server(core_app, callback_notify=notify, timeout_notify=0.02):
+        wait_until(lambda: len(calls) >= 3, "three notifications")
+    with pytest.raises(ConfigTypeError, match="Config callback_notify"):
+        Config(callback_notify=cast(Any, "not callable"))
