@@ -135,9 +135,14 @@ def admit(cycle: RequestCycle, state: ServerState) -> bool:
 def last_request(cycle: RequestCycle, state: ServerState) -> bool:
     """--limit-max-requests, exactly (off the hot path: admit's one compare gets here only
     at the limit). The request that reaches it is served, with `connection: close`, and
-    starts the shutdown (a worker's retirement); one that comes after it (in the same loop
-    pass, before the listeners close) is refused with a 503 and a close, never served."""
+    starts the shutdown (a worker's retirement): no connection is accepted and no request
+    read after it. One already read (in the same loop pass, on another connection) is
+    refused with a 503 and a close by a single process; a retiring worker (`restarting`:
+    the supervisor is replacing it) serves it, as a failed request costs more than one past
+    the limit."""
     if state.shutting_down:
+        if state.restarting:
+            return True
         cycle.answer(503, REFUSED, close=True)
         cycle.conn.cycle_done(cycle)
         return False
