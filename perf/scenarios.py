@@ -109,6 +109,12 @@ SCENARIOS: list[Scenario] = [
         servers=("fastserve", "fastserve+log", "uvicorn", "uvicorn+log"),
     ),
     Scenario(
+        "observability",
+        "plaintext, access log (text, JSON) and metrics on/off",
+        "wrk",
+        servers=("fastserve", "fastserve+log", "fastserve+json", "fastserve+metrics"),
+    ),
+    Scenario(
         "ceiling",
         "plaintext, beside the lean reference path (perf/lean.py)",
         "wrk",

@@ -254,6 +254,14 @@ SPECS: dict[str, ServerSpec] = {
     ),
     "fastserve+log": ServerSpec("fastserve+log", "fastserve", _fastserve(True), True),
     "uvicorn+log": ServerSpec("uvicorn+log", "uvicorn", _uvicorn(True), True),
+    # What observability costs (issue 14): the JSON access log, and Prometheus metrics (the
+    # counters in the hot path; the listener on a port of its own, unscraped).
+    "fastserve+json": ServerSpec(
+        "fastserve+json", "fastserve", _fastserve(True, "--access-log-json"), True
+    ),
+    "fastserve+metrics": ServerSpec(
+        "fastserve+metrics", "fastserve", _fastserve(False, "--metrics", "--metrics-port", "0")
+    ),
     # Runs on uvicorn's dependencies (httptools, uvloop).
     "lean": ServerSpec("lean", "uvicorn", _lean),
 }

@@ -210,10 +210,33 @@ def evaluate_goals(results: dict[str, Any], me: str = "fastserve") -> list[Goal]
         )
     )
     goals += h2_goals(results, me)
+    goals += observability_goals(results, me)
     goals += beyond_hello_goals(results, me)
     before = before_after_goal(results, me)
     if before is not None:
         goals.insert(0, before)
+    return goals
+
+
+def observability_goals(results: dict[str, Any], me: str = "fastserve") -> list[Goal]:
+    """Issue 14's budgets, paired rounds of one run: text access log <= 10 %, JSON access log
+    <= 15 %, metrics <= 2 % of plaintext throughput."""
+    goals = []
+    for variant, label, budget in (
+        ("+log", "access log", 10.0),
+        ("+json", "JSON access log", 15.0),
+        ("+metrics", "metrics", 2.0),
+    ):
+        kept = _ratio(results, "observability", f"{me}{variant}", me)
+        cpu = _ratio(results, "observability", f"{me}{variant}", me, "cpu_us")
+        goal = _at_most(
+            f"{label} cost (observability)",
+            None if kept is None else (1 - kept) * 100,
+            budget,
+            " %",
+            ".1f",
+        )
+        goals.append(replace(goal, by_cpu=f"{(cpu - 1) * 100:+.1f} % CPU/req" if cpu else ""))
     return goals
 
 
