@@ -203,7 +203,10 @@ def _install_fastserve(py: Path, source: Path) -> None:
         wheel = str(next(Path(out).glob("fastserve-*.whl")))
         if _pip(py, ["install", "-q", "--force-reinstall", "--no-deps", wheel]) != 0:
             raise SystemExit(f"[venv] could not install {wheel}")
-        if _pip(py, ["install", "-q", wheel]) != 0:  # its dependencies, if missing
+        # Its dependencies, if missing, with the extras the scenarios use (WebSocket and
+        # HTTP/2 engines, prometheus-client for --metrics; an older revision without one of
+        # these extras gets a warning from pip, not a failure).
+        if _pip(py, ["install", "-q", f"{wheel}[standard,metrics]"]) != 0:
             raise SystemExit("[venv] could not install fastserve's dependencies")
 
 
