@@ -22,7 +22,7 @@ from tests.helpers import Serve, Wire, request, until_closed, wait_until
 
 CHUNK = b"x" * 65536
 TOTAL = 1024 * len(CHUNK)  # 64 MiB: far more than socket buffers hold
-LINE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z$")  # RFC 3339, UTC
+LINE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")  # RFC 3339, UTC, ms
 
 
 class Output:
@@ -102,8 +102,17 @@ def test_json_lines_are_json_escaped_once(serve: Serve, capsys: pytest.CaptureFi
             assert wire.response().status == 200
             wire.send(request("/third", "HEAD"))
             assert wire.response("HEAD").status == 200
+            # Alike but for the request id, then for the agent (lines of a connection share
+            # their unchanged fields: each must still say its own).
+            wire.send(request("/second", "GET", "X-Request-ID: r-43\r\n"))
+            assert wire.response().status == 200
+            wire.send(request("/second", "GET", "User-Agent: other\r\n"))
+            assert wire.response().status == 200
             port = sock.getsockname()[1]
-    first, second, third = Output(capsys).json()  # every line parses, whole
+    first, second, third, fourth, fifth = Output(capsys).json()  # every line parses, whole
+    assert (fourth["path"], fourth["request_id"], fourth["user_agent"]) == ("/second", "r-43", None)
+    assert (fifth["path"], fifth["user_agent"]) == ("/second", "other")
+    assert fifth["request_id"] not in ("r-43", second["request_id"], third["request_id"])
     assert first["user_agent"] == agent  # escaped once, by JSON
     assert first["referer"] == "https://ref.example/a"
     assert first["request_id"] == "r-42"
