@@ -268,6 +268,10 @@ class Config:
     # worker tells the arbiter it is alive this way).
     callback_notify: Callable[[], Awaitable[None]] | None = internal(None)
     timeout_notify: float = internal(30.0)
+    # uvicorn's: (config, default_factory) -> the server's SSLContext (tls.create_ssl_context).
+    ssl_context_factory: Callable[[Config, Callable[[], ssl.SSLContext]], ssl.SSLContext] | None = (
+        internal(None)
+    )
 
     def __post_init__(self) -> None:
         # Checked here so a bad value is a ConfigError at startup, not when serving begins;
@@ -301,7 +305,7 @@ class Config:
 
     @property
     def is_ssl(self) -> bool:
-        return self.ssl_certfile is not None
+        return self.ssl_certfile is not None or self.ssl_context_factory is not None
 
     @property
     def max_head_size(self) -> int:

@@ -33,7 +33,31 @@ class ServerSSLContext(ssl.SSLContext):
     cipher_ids: dict[str, int] | None = None
 
 
-def create_ssl_context(config: Config) -> ServerSSLContext:
+def create_ssl_context(config: Config) -> ssl.SSLContext:
+    """The server's context: from the --ssl-* options, or what the embedding program's
+    `ssl_context_factory(config, default_factory)` returns (uvicorn's Config API: it may
+    call `default_factory()` for the context the options describe, and change it)."""
+    factory = config.ssl_context_factory
+    if factory is None:
+        return options_context(config)
+
+    def default_factory() -> ssl.SSLContext:
+        if not config.ssl_certfile:
+            raise ConfigError(
+                "ssl_context_factory called the default factory, which needs ssl_certfile"
+            )
+        return options_context(config)
+
+    ctx = factory(config, default_factory)
+    if not isinstance(ctx, ssl.SSLContext):
+        raise ConfigError(
+            f"ssl_context_factory must return an ssl.SSLContext, not {type(ctx).__name__}"
+        )
+    return ctx
+
+
+def options_context(config: Config) -> ServerSSLContext:
+    """The context the --ssl-* options describe."""
     if not config.ssl_certfile:
         raise ConfigError("TLS needs --ssl-certfile")
     if config.ssl_cert_reqs not in (0, 1, 2):

@@ -351,3 +351,51 @@ def test_after_alpn_h2_a_bad_preface_is_a_goaway_not_a_400(certs: Certs) -> None
         data = data[9 + length :]
     goaways = [payload for kind, payload in frames if kind == 0x7]
     assert goaways and int.from_bytes(goaways[0][4:8], "big") == 0x1  # PROTOCOL_ERROR
+
+
+def test_ssl_context_factory_from_the_default(certs: Certs) -> None:
+    """uvicorn's Config(ssl_context_factory=...): the factory gets the context the options
+    describe from default_factory() and may change it; that context serves."""
+    calls: list[bool] = []
+
+    def factory(config: Any, default_factory: Any) -> ssl.SSLContext:
+        ctx: ssl.SSLContext = default_factory()
+        ctx.maximum_version = ssl.TLSVersion.TLSv1_2  # the change must show on the wire
+        calls.append(True)
+        return ctx
+
+    with run_server(scope_app(Probe()), ssl_context_factory=factory, **certs.options()) as srv:
+        with tls_socket(srv.port, certs.client_context()) as sock:
+            assert sock.version() == "TLSv1.2"
+        ctx = certs.client_context()
+        with httpx.Client(verify=ctx, timeout=5) as http:
+            assert http.get(f"https://localhost:{srv.port}/").text == "https"
+    assert calls
+
+
+def test_ssl_context_factory_without_certificate_options(certs: Certs) -> None:
+    def factory(config: Any, default_factory: Any) -> ssl.SSLContext:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(certs.certfile, certs.keyfile)
+        return ctx
+
+    with (
+        run_server(scope_app(Probe()), ssl_context_factory=factory) as srv,
+        httpx.Client(verify=certs.client_context(), timeout=5) as http,
+    ):
+        response = http.get(f"https://localhost:{srv.port}/")
+        assert response.text == "https"  # the scope's scheme: TLS is on
+
+
+@pytest.mark.parametrize("kind", ["not a context", "default without certfile"])
+def test_ssl_context_factory_misuse_is_a_config_error(kind: str) -> None:
+    from fastserve.config import ConfigError
+
+    def factory(config: Any, default_factory: Any) -> Any:
+        return "nope" if kind == "not a context" else default_factory()
+
+    with (
+        pytest.raises(ConfigError, match="ssl_context_factory"),
+        run_server(scope_app(Probe()), ssl_context_factory=factory),
+    ):
+        pass
