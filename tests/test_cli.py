@@ -666,3 +666,28 @@ def test_every_uvicorn_environment_variable_is_read() -> None:
     theirs.add("UVICORN_APP")
     ours = {var for p in cli_main.params for var in (p.envvar or ())}
     assert len(theirs) > 40 and not theirs - ours, sorted(theirs - ours)
+
+
+# Command lines as uvicorn deployments write them (Heroku/Render Procfiles, Dockerfile CMDs),
+# run with only the binary's name changed. $PORT as a Procfile runner expands it (0: a free
+# port here).
+PROCFILE_LINES = [
+    "web: uvicorn examples.hello:app --host 127.0.0.1 --port $PORT --workers 2 --proxy-headers"
+    " --forwarded-allow-ips '*' --log-level info --timeout-keep-alive 5 --no-server-header",
+    "web: uvicorn --factory tests.apps.core_apps:make_app --host=127.0.0.1 --port=$PORT"
+    " --limit-concurrency 100 --backlog 128 --no-access-log --timeout-graceful-shutdown 10",
+]
+
+
+@pytest.mark.parametrize("line", PROCFILE_LINES, ids=["workers", "factory"])
+def test_a_uvicorn_procfile_line_runs_with_only_the_name_changed(line: str) -> None:
+    command = line.removeprefix("web: ").replace("uvicorn ", f"{BIN / 'fastserve'} ", 1)
+    env = clean_env(PORT="0")
+    with ServerProcess(["sh", "-c", f"exec {command}"], env=env) as server:
+        url = server.url()
+        response = httpx.get(url, headers={"X-Forwarded-For": "203.0.113.7"})
+        assert response.status_code == 200
+        assert response.text == ("from factory" if "--factory" in line else "Hello, world!")
+        if "--no-server-header" in line:
+            assert "server" not in response.headers
+        assert server.stop() == 0
