@@ -127,6 +127,15 @@ def test_head_sends_the_length_and_no_body(serve: Serve, blob: Path) -> None:
         assert rest.endswith(b"\r\n\r\nhello")
 
 
+def test_head_of_a_pathsend_without_length_gets_the_files(serve: Serve, blob: Path) -> None:
+    with serve(pathsend_app(str(blob))) as srv:
+        raw = exchange(srv, request("/file", "HEAD") + CLOSING_HELLO, timeout=10)
+        head, _, rest = raw.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200 OK\r\n")
+        assert b"\r\ncontent-length: %d\r\n" % SIZE in head
+        assert rest.startswith(b"HTTP/1.1 200 OK\r\n") and rest.endswith(b"hello")
+
+
 def test_range_request(serve: Serve, blob: Path) -> None:
     """Starlette answers ranges with body messages: pathsend offered changes nothing there."""
     with serve(starlette_app(blob)) as srv, httpx.Client(base_url=srv.url, timeout=10) as http:

@@ -434,7 +434,8 @@ class RequestCycle:
                 raise RuntimeError(f"'http.response.pathsend': {path!r} is not a file")
             size = info.st_size
             length = self.expected_length
-            if length is None and not self.no_body:
+            if length is None and self.status not in NO_BODY_STATUSES:
+                # (A HEAD too: its head says what a GET would get, RFC 9110 §9.3.2.)
                 self.headers = [*self.headers, (b"content-length", b"%d" % size)]
                 self.expected_length = length = size
             if length is not None and length != size and not self.no_body:
