@@ -163,12 +163,17 @@ def test_length_added_and_pipelined_request_after(serve: Serve, blob: Path) -> N
         assert after.endswith(b"hello") and after.count(b"hello") == 2
 
 
-@pytest.mark.parametrize("bad", ["relative/path.bin", "/no/such/file", "<dir>", "<length>"])
-def test_wrong_path_is_a_500(serve: Serve, blob: Path, bad: str) -> None:
+@pytest.mark.parametrize(
+    "bad", ["relative/path.bin", "/no/such/file", "<dir>", "<fifo>", "<length>"]
+)
+def test_wrong_path_is_a_500(serve: Serve, blob: Path, bad: str, tmp_path: Path) -> None:
     start: dict[str, Any] = {}
     path = bad
     if bad == "<dir>":
         path = str(blob.parent)
+    elif bad == "<fifo>":  # opening it must not wait for a writer (with the loop blocked)
+        path = str(tmp_path / "fifo")
+        os.mkfifo(path)
     elif bad == "<length>":  # a Content-Length that is not the file's size
         path = str(blob)
         start = {"headers": [(b"content-length", b"10")]}

@@ -427,7 +427,9 @@ class RequestCycle:
         path = message.get("path")
         if type(path) is not str or not os.path.isabs(path):
             raise RuntimeError(f"'http.response.pathsend' needs an absolute path, got {path!r}")
-        fd = os.open(path, os.O_RDONLY)
+        # O_NONBLOCK: a FIFO would block the loop in open() until a writer came (a regular
+        # file ignores it); S_ISREG below refuses it then.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
         try:
             info = os.fstat(fd)
             if not stat.S_ISREG(info.st_mode):
