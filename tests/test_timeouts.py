@@ -209,3 +209,25 @@ def test_a_slow_app_is_not_timed_out(serve: Serve) -> None:
         wire = Wire(sock)
         wire.send(request("/slow", "POST", "Content-Length: 1\r\n", b"x"))
         assert wire.response("POST", timeout=10).status == 200
+
+
+def test_a_connection_accepted_before_shutdown_gets_its_first_request_served(
+    serve: Serve,
+) -> None:
+    """Shutdown (or a worker's retirement) can come between a connection's accept and its
+    first request: that request is served, with `connection: close`. An EOF on a new
+    connection is an error clients do not retry (seen as a flaky failure of
+    test_limit_max_requests_replaces_the_worker_first)."""
+    from tests.apps.core_apps import core_app
+    from tests.helpers import wait_until
+
+    with serve(core_app) as srv, srv.connect() as sock:
+        state = srv.server.state
+        assert state is not None
+        wait_until(lambda: len(state.connections) == 1, "the connection accepted")
+        srv.loop.call_soon_threadsafe(srv.server.handle_exit)
+        wait_until(lambda: state.shutting_down, "the shutdown to start")
+        sock.sendall(request("/"))
+        raw = until_closed(sock, timeout=10)
+        assert raw.startswith(b"HTTP/1.1 200 "), raw
+        assert b"\r\nconnection: close\r\n" in raw.lower()

@@ -866,10 +866,19 @@ class HTTP1Protocol(FlowControl, Channel):
         return self.cycle.task if self.cycle is not None else None
 
     def shutdown(self) -> None:
-        """Graceful stop: idle connections close now, busy ones after their response."""
+        """Graceful stop: idle connections close now, busy ones after their response.
+
+        A connection that has not sent a byte yet gets IDLE_LINGER_SECONDS to send its first
+        request, which is served (then the connection closes): it was accepted just before
+        the listener closed, and its client may be sending that request now. Closed at once,
+        the client would read an EOF on a new connection, which clients do not retry (they
+        do on a reused one)."""
         self.keep_alive = False
         if self.cycle is None:
-            self.close_idle()
+            if self.head_bytes == 0 and self.phase == IDLE:  # (0 until the first read)
+                self.set_deadline(IDLE, IDLE_LINGER_SECONDS)
+            else:
+                self.close_idle()
 
     def cancel(self) -> None:
         """The graceful timeout passed: cancel the running app, drop the connection."""
