@@ -17,7 +17,7 @@ import logging
 import os
 import secrets
 import time
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from .config import Config, ConfigError
 from .logs import ColourFormatter, FastStreamHandler, FieldMap, escape
@@ -173,7 +173,7 @@ class AccessLog:
             client = scope["client"]
             known = self.heads.get(client)
             if known is None or known[0] != key:
-                known = self.remember_head(client, key)
+                known = remember(self.heads, client, (key, default_head(client, key)))
             self.pending += (known[1], (now - start) * 1000.0)
         elif self.json:
             self.pending += (self.json_line(scope, status, sent, now - start, None), "")
@@ -183,15 +183,6 @@ class AccessLog:
             self.pending += (self.template % FieldMap(values, scope), "")
         if self.flush_handle is None:
             self.flush_handle = self.loop.call_later(FLUSH_DELAY, self.flush)
-
-    def remember_head(
-        self, client: tuple[str, int] | None, key: tuple[Any, ...]
-    ) -> tuple[tuple[Any, ...], str]:
-        known = (key, default_head(client, key))
-        if len(self.heads) >= 4096:  # bounded: clients come and go
-            self.heads.clear()
-        self.heads[client] = known
-        return known
 
     def json_line(
         self, scope: dict[str, Any], status: int, sent: int, duration: float, ended: str | None
@@ -224,19 +215,11 @@ class AccessLog:
         client = scope.get("client")
         known = self.json_parts.get(client)
         if known is None or known[0] != key:
-            known = (key, *json_parts(client, key, self.pid))
-            if len(self.json_parts) >= 4096:  # bounded: clients come and go
-                self.json_parts.clear()
-            self.json_parts[client] = known
-        if given is not None:
-            request_id = given.decode("latin-1")
-        else:
-            self.id_count += 1
-            request_id = f"{self.id_prefix}-{self.id_count}"
+            known = remember(self.json_parts, client, (key, *json_parts(client, key, self.pid)))
         micros = int(duration * 1_000_000)
         return JSON_LINE % (
             self.timestamp(),
-            _json_string(request_id),
+            _json_string(self.request_id(given)),
             known[1],
             micros // 1000,  # duration_ms, as integer arithmetic (a float's %f is slower)
             micros % 1000,
@@ -248,12 +231,11 @@ class AccessLog:
         self, scope: dict[str, Any], status: int, sent: int, duration: float
     ) -> dict[str, Any]:
         values = access_fields(scope, status, sent, duration)
-        values["request_id"] = escape(self.request_id(dict(scope["headers"])))
+        values["request_id"] = escape(self.request_id(dict(scope["headers"]).get(b"x-request-id")))
         return values
 
-    def request_id(self, headers: dict[bytes, bytes]) -> str:
+    def request_id(self, given: bytes | None) -> str:
         """The request's X-Request-ID (a proxy's or the client's), else a generated one."""
-        given = headers.get(b"x-request-id")
         if given is not None:
             return given.decode("latin-1")
         self.id_count += 1
@@ -307,6 +289,18 @@ class AccessLog:
             tail = tail[:-1]  # logging adds the line break
             for i in range(0, len(pending), 2):
                 logger.info(tail % (pending[i], pending[i + 1]))
+
+
+_T = TypeVar("_T")
+
+
+def remember(cache: dict[Any, _T], client: tuple[str, int] | None, known: _T) -> _T:
+    """Keep `known` (the texts made for a client's last line) for the client's next line;
+    bounded: clients come and go."""
+    if len(cache) >= 4096:
+        cache.clear()
+    cache[client] = known
+    return known
 
 
 def json_parts(client: tuple[str, int] | None, key: tuple[Any, ...], pid: int) -> tuple[str, str]:

@@ -250,10 +250,11 @@ class RequestCycle:
     def unfinished(self, ended: str) -> None:
         """The response will not complete: its access log line says so, and how it ended."""
         state = self.state
+        now = monotonic()  # (one reading: the log line and the histogram agree)
         if state.access_log is not None:
-            state.access_log.log_unfinished(self, monotonic(), ended)
+            state.access_log.log_unfinished(self, now, ended)
         if state.metrics is not None:
-            state.metrics.request_unfinished(self, monotonic(), ended)
+            state.metrics.request_unfinished(self, now, ended)
 
     def send_500(self) -> None:
         self.answer(500, b"Internal Server Error", close=True)
@@ -286,10 +287,11 @@ class RequestCycle:
         """The last byte was handed to the channel: the exchange goes to the access log
         and the metrics."""
         state = self.state
+        now = monotonic()  # (one reading: the log line and the histogram agree)
         if state.access_log is not None:
-            state.access_log.log(self, monotonic())
+            state.access_log.log(self, now)
         if state.metrics is not None:
-            state.metrics.request_done(self, monotonic())
+            state.metrics.request_done(self, now)
 
     async def receive(self) -> Message:
         if self.response_complete or self.disconnected:
@@ -377,12 +379,9 @@ class RequestCycle:
         else:
             conn.start_response(self, body, final)
         if final:
-            # self.logged(), inlined for the common case
             state = self.state
-            if state.access_log is not None:
-                state.access_log.log(self, monotonic())
-            if state.metrics is not None:
-                state.metrics.request_done(self, monotonic())
+            if state.access_log is not None or state.metrics is not None:
+                self.logged()
         if conn.must_wait():
             # The final piece too: a channel never holds more than its limit for us (an
             # HTTP/2 window smaller than the last body, a full transport buffer).
