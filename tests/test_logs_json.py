@@ -363,3 +363,41 @@ def test_uvicorn_log_config_configures_fastserve(tmp_path: Path, kind: str) -> N
     assert "Logging error" not in "\n".join(server.err), server.err
     assert "Traceback" not in "\n".join(server.err), server.err
     assert len(text.splitlines()) == 1, text
+
+
+def test_json_access_lines_through_a_log_config_handler(tmp_path: Path) -> None:
+    """With a --log-config handler of its own on the access logger (not fastserve's stream
+    handler), each JSON line is one logging record: the handler's format wraps each one."""
+    log = tmp_path / "access.log"
+    config = tmp_path / "logging.json"
+    settings = {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"rec": {"format": "REC %(message)s"}},
+        "handlers": {
+            "file": {"formatter": "rec", "class": "logging.FileHandler", "filename": str(log)},
+            "err": {"class": "logging.StreamHandler", "stream": "ext://sys.stderr"},
+        },
+        "loggers": {
+            "fastserve.error": {"handlers": ["err"], "level": "INFO", "propagate": False},
+            "fastserve.access": {"handlers": ["file"], "level": "INFO", "propagate": False},
+        },
+    }
+    config.write_text(json.dumps(settings))
+    command = fastserve_cmd("tests.apps.core_apps:core_app", "--port", "0", "--lifespan", "off")
+    with ServerProcess([*command, "--access-log-json", "--log-config", str(config)]) as server:
+        host, port = server.url().removeprefix("http://").rsplit(":", 1)
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=10) as sock:
+            # Pipelined: the three lines land in one batch of the access log.
+            sock.sendall(b"".join(request(f"/hello?n={n}") for n in range(3)))
+            received = b""
+            while received.count(b"hello") < 3:
+                data = sock.recv(65536)
+                assert data, "closed before three responses"
+                received += data
+        text = wait_for_text(log, r"(?:^REC .*\n){3}")
+        assert server.stop() == 0
+    lines = text.splitlines()
+    assert len(lines) == 3 and all(line.startswith("REC {") for line in lines), lines
+    entries = [json.loads(line.removeprefix("REC ")) for line in lines]
+    assert [entry["query"] for entry in entries] == ["n=0", "n=1", "n=2"]
