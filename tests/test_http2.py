@@ -233,8 +233,10 @@ def test_streams_past_the_limit_are_refused_and_the_connection_lives_on(serve: S
         settings = client.until(h2.events.RemoteSettingsChanged)
         limit = settings.changed_settings[h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS]
         assert limit.new_value == 2
-        # No RFC 8441 (extended CONNECT) offered: it is not served over HTTP/2.
-        assert h2.settings.SettingCodes.ENABLE_CONNECT_PROTOCOL not in settings.changed_settings
+        # RFC 8441 (WebSockets over HTTP/2) is offered: WebSockets are on by default
+        # (tests/test_http2_websocket.py; without them, tests/test_http2_frames.py).
+        offered = settings.changed_settings[h2.settings.SettingCodes.ENABLE_CONNECT_PROTOCOL]
+        assert offered.new_value == 1
         reset = client.until(h2.events.StreamReset, third)
         assert reset.error_code == h2.errors.ErrorCodes.REFUSED_STREAM
         release.set()

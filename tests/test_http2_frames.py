@@ -458,10 +458,16 @@ STREAM_ERRORS: list[tuple[str, Case, int, int]] = [
         PROTOCOL_ERROR,
     ),
     (
-        "8.5 extended CONNECT (RFC 8441: not offered)",
+        "RFC 8441 §4 a :protocol other than websocket",
         lambda f: f.fields(
-            [(":method", "CONNECT"), (":protocol", "websocket"), *REQUEST[1:]], END_HEADERS
+            [(":method", "CONNECT"), (":protocol", "webtransport"), *REQUEST[1:]], END_HEADERS
         ),
+        1,
+        PROTOCOL_ERROR,
+    ),
+    (
+        "RFC 8441 §4 :protocol websocket on a GET",
+        lambda f: f.fields([*REQUEST, (":protocol", "websocket")], END_HEADERS),
         1,
         PROTOCOL_ERROR,
     ),
@@ -509,6 +515,26 @@ def test_ignored_frames(client: RawH2, case: Case) -> None:
     client.send(case(frames))
     assert client.served(frames, 11) == b"ok /ok"
     assert not [f for f in client.frames if f[0] in (GOAWAY, RST_STREAM)]
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_extended_connect_without_websockets(loop: str) -> None:
+    """--ws none: SETTINGS_ENABLE_CONNECT_PROTOCOL is not offered, and an extended CONNECT is
+    malformed (RFC 8441 §4, RFC 9113 §8.5): RST_STREAM PROTOCOL_ERROR, the connection lives
+    on. (With WebSockets on, it is one: tests/test_http2_websocket.py.)"""
+    with run_server(app, loop=loop, ws="none") as srv:
+        raw = RawH2(srv.port)
+        settings = raw.until(SETTINGS)[3]
+        offered = [
+            int.from_bytes(settings[at : at + 2], "big") for at in range(0, len(settings), 6)
+        ]
+        assert 0x3 in offered and 0x8 not in offered  # MAX_CONCURRENT_STREAMS, not 8441's
+        frames = Frames()
+        connect = [(":method", "CONNECT"), (":protocol", "websocket"), *REQUEST[1:]]
+        raw.send(frames.fields(connect, END_HEADERS))
+        assert raw.reset_code(1) == PROTOCOL_ERROR
+        assert raw.served(frames, 3) == b"ok /ok"
+        raw.close()
 
 
 def test_the_first_frame_must_be_settings(srv: RunningServer) -> None:

@@ -10,8 +10,11 @@ turns its events into ASGI requests, and owns time, memory and limits:
 - how a connection arrives: http1.py hands it over on the HTTP/2 preface (prior knowledge,
   h2c) or when ALPN chose h2 (TLS); an `Upgrade: h2c` request is served as HTTP/1.1;
 - SETTINGS_MAX_CONCURRENT_STREAMS is --http2-max-concurrent-streams (zttp's own SETTINGS
-  frame is rewritten before it leaves: it says 128, and offers RFC 8441 extended CONNECT,
-  which fastserve does not serve over HTTP/2); streams beyond it get REFUSED_STREAM;
+  frame is rewritten before it leaves: it says 128); streams beyond it get REFUSED_STREAM;
+- WebSockets (RFC 8441): SETTINGS_ENABLE_CONNECT_PROTOCOL is offered when WebSockets are on
+  (--ws); an extended CONNECT with `:protocol websocket` is then a WebSocket on its stream
+  (H2WebSocket: websocket.py's protocol, DATA frames carrying RFC 6455 frames). Any other
+  `:protocol`, or one when not offered, is a malformed request (RFC 8441 §4: PROTOCOL_ERROR);
 - flow control: send() waits while a stream's bytes are parked for window credit or the
   transport's buffer is full, so a peer that stops reading holds at most a window per stream.
   zttp credits received DATA at once, so what bounds request bodies is reading: the socket is
@@ -208,6 +211,202 @@ class H2Stream(Channel):
         lives on)."""
         self.conn.reset(self.stream_id, INTERNAL_ERROR)
 
+    # The connection's events for a stream that has no request cycle (H2WebSocket's).
+
+    def lost(self) -> None:
+        """The stream was reset, or the connection is gone."""
+        if self.cycle is not None:
+            self.cycle.lost()  # the app's receive() gets http.disconnect
+
+    def deliver(self, data: bytes) -> None:
+        pass
+
+    def peer_ended(self) -> None:
+        pass
+
+    def shutdown(self) -> None:
+        pass  # a request finishes (see H2Protocol.go_away)
+
+
+class H2WebSocket(H2Stream):
+    """An extended CONNECT stream carrying a WebSocket (RFC 8441): the channel of its
+    handshake's HTTP exchange (a 200, or a response in its place), and, through its
+    WebSocketTransport, the transport of websocket.py's protocol. No request cycle."""
+
+    __slots__ = ("ended", "gone", "holding", "transport", "ws")
+
+    def __init__(self, conn: H2Protocol, stream_id: int) -> None:
+        super().__init__(conn, stream_id)
+        # websocket.WebSocketProtocol (imported only when WebSockets are on: the websockets
+        # library is optional).
+        self.ws: Any = None
+        self.transport = WebSocketTransport(self)
+        self.ended = False  # our END_STREAM is queued (or the stream was reset)
+        self.gone = False  # the WebSocket's connection_lost is on its way
+        self.holding = False  # the WebSocket stopped reading: so does the connection
+
+    def open(self, scope: dict[str, Any], end_stream: bool) -> None:
+        from .websocket import websocket_over_h2
+
+        self.ws = ws = websocket_over_h2(self.conn.state, scope, self.transport, self)
+        ws.start(b"", False)
+        if end_stream:
+            self.peer_ended()
+
+    # -- the transport side (WebSocketTransport delegates here) ------------------------------
+
+    def write(self, data: bytes) -> None:
+        conn = self.conn
+        if self.gone or self.ended or conn.closed:
+            return
+        try:
+            conn.h2.stream(self.stream_id).send_data(data)
+        except zttp.ProtocolError:
+            return  # closed under us: its reset is on its way
+        conn.want_flush()
+        if self.must_wait():
+            self.ws.pause_writing()  # its send() waits for the window (wake)
+
+    def close(self) -> None:
+        """Our side is done: END_STREAM (after what the window still holds back). The stream
+        is the WebSocket's no more: what the client still sends on it is dropped, as bytes
+        after a TCP close would be."""
+        if self.gone:
+            return
+        if not self.ended:
+            self.ended = True
+            try:
+                self.conn.h2.stream(self.stream_id).end_message()
+            except zttp.ProtocolError:
+                pass
+            self.conn.want_flush()
+        self.finish()
+
+    def abort_stream(self) -> None:
+        if not self.gone:
+            self.ended = True
+            self.conn.reset(self.stream_id, CANCEL)
+            self.finish()
+
+    def hold(self, paused: bool) -> None:
+        if paused != self.holding and not self.gone:
+            self.holding = paused
+            self.conn.hold_reading(paused)
+
+    def finish(self) -> None:
+        """The WebSocket's connection_lost, soon (as asyncio calls a protocol's); the stream
+        leaves the connection."""
+        conn = self.conn
+        if self.holding:
+            self.holding = False
+            conn.hold_reading(False)
+        self.gone = True
+        conn.stream_done(self)
+        if self.ws is not None:
+            conn.state.loop.call_soon(self.ws.connection_lost, None)
+
+    # -- the connection's events -------------------------------------------------------------
+
+    def deliver(self, data: bytes) -> None:
+        metrics = self.conn.state.metrics
+        if metrics is not None:
+            metrics.bytes_received -= len(data)  # the connection counted them (frames too)
+        if not self.gone:
+            self.ws.data_received(data)
+
+    def peer_ended(self) -> None:
+        """END_STREAM from the client: its EOF; we close our side (as a transport closes
+        after eof_received)."""
+        if not self.gone:
+            self.ws.eof_received()
+            self.close()
+
+    def shutdown(self) -> None:
+        if self.ws is not None:
+            self.ws.shutdown()  # (1001, or 1012 on a restart, as over HTTP/1.1)
+
+    def lost(self) -> None:
+        if not self.gone:
+            self.ended = True
+            self.finish()
+
+    def wake(self) -> None:
+        super().wake()  # a denial response's body waiting for the window
+        ws = self.ws
+        if ws is not None and ws.write_paused and not self.must_wait():
+            ws.resume_writing()
+
+    # -- the channel of the handshake's HTTP exchange (a response instead of the 200) -------
+
+    def start_response(self, cycle: RequestCycle, body: bytes, final: bool) -> None:
+        super().start_response(cycle, body, final)
+        if final:
+            self.responded()
+
+    def send_body(self, cycle: RequestCycle, body: bytes, final: bool) -> None:
+        super().send_body(cycle, body, final)
+        if final:
+            self.responded()
+
+    def send_trailers(self, cycle: RequestCycle, fields: list[tuple[bytes, bytes]]) -> None:
+        self.send_body(cycle, b"", True)  # as on HTTP/1.1: a denial's trailers are not sent
+
+    def responded(self) -> None:
+        self.ended = True
+        if self.ws is not None:
+            self.ws.responded()  # -> close(): the stream leaves the connection
+        else:
+            self.finish()  # (refused before the WebSocket was made: request_limits)
+
+    def send_continue(self) -> None:
+        pass
+
+    def send_informational(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
+        pass
+
+    def body_consumed(self, cycle: RequestCycle) -> None:
+        pass
+
+    def cycle_done(self, cycle: RequestCycle) -> None:
+        pass  # the stream ends with the WebSocket (finish)
+
+    def abort(self) -> None:
+        if self.ws is not None:
+            self.ws.abort()  # -> abort_stream()
+        else:
+            self.abort_stream()
+
+
+class WebSocketTransport(asyncio.Transport):
+    """The part of asyncio.Transport a WebSocketProtocol uses, on an HTTP/2 stream."""
+
+    __slots__ = ("stream",)
+
+    def __init__(self, stream: H2WebSocket) -> None:
+        super().__init__()
+        self.stream = stream
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self.stream.write(bytes(data))
+
+    def close(self) -> None:
+        self.stream.close()
+
+    def abort(self) -> None:
+        self.stream.abort_stream()
+
+    def is_closing(self) -> bool:
+        return self.stream.gone or self.stream.ended
+
+    def pause_reading(self) -> None:
+        self.stream.hold(True)
+
+    def resume_reading(self) -> None:
+        self.stream.hold(False)
+
+    def can_write_eof(self) -> bool:
+        return False
+
 
 def response_headers(
     cycle: RequestCycle, body: bytes, final: bool, state: ServerState
@@ -244,6 +443,7 @@ class H2Protocol(FlowControl):
         "goaway_timer",
         "going_away",
         "h2",
+        "held",
         "highest",
         "idle_timer",
         "resets",
@@ -255,6 +455,7 @@ class H2Protocol(FlowControl):
         "streams",
         "taken",
         "transport",
+        "websockets",
     )
 
     def __init__(self, state: ServerState, client: Address | None, server: Address | None) -> None:
@@ -275,6 +476,9 @@ class H2Protocol(FlowControl):
         self.highest = 0  # the highest stream id taken
         self.taken = 0  # streams taken on this connection
         self.body_buffered = 0
+        self.held = 0  # WebSockets whose app lags (their queue is full): reading stops
+        # RFC 8441 is offered (own_settings) and served when WebSockets are on (--ws).
+        self.websockets = state.ws_upgrade is not None
         self.flush_handle: asyncio.Handle | None = None
         self.idle_timer: asyncio.TimerHandle | None = None
         self.body_timer: asyncio.TimerHandle | None = None
@@ -309,8 +513,7 @@ class H2Protocol(FlowControl):
         self.closed = True
         self.state.connections.discard(self)
         for stream in list(self.streams.values()):
-            if stream.cycle is not None:
-                stream.cycle.lost()
+            stream.lost()
             stream.wake()
         for handle in (self.flush_handle, self.idle_timer, self.body_timer, self.goaway_timer):
             if handle is not None:
@@ -345,8 +548,11 @@ class H2Protocol(FlowControl):
                     self.on_data(event)  # type: ignore[arg-type]
                 elif kind is zttp.EndOfMessage:
                     stream = self.streams.get(event.stream_id)  # type: ignore[union-attr]
-                    if stream is not None and stream.cycle is not None:
-                        stream.cycle.end_body()
+                    if stream is not None:
+                        if stream.cycle is not None:
+                            stream.cycle.end_body()
+                        else:
+                            stream.peer_ended()  # a WebSocket's
                 elif kind is zttp.RstStream:
                     self.on_reset(event)  # type: ignore[arg-type]
                 elif kind is zttp.WindowUpdate:
@@ -391,15 +597,19 @@ class H2Protocol(FlowControl):
         if len(self.streams) >= state.config.http2_max_concurrent_streams:
             self.reset(stream_id, REFUSED_STREAM)  # RFC 9113 §5.1.2
             return
-        if event.protocol is not None:
-            # Extended CONNECT (RFC 8441) is not offered: a :protocol is malformed (§8.5).
+        websocket = event.protocol is not None
+        if websocket and not (
+            self.websockets and event.protocol == b"websocket" and event.method == b"CONNECT"
+        ):
+            # RFC 8441 §4: a :protocol when extended CONNECT is not offered (--ws none) is
+            # malformed (RFC 9113 §8.5); the only protocol served is WebSocket (§5).
             self.reset(stream_id, PROTOCOL_ERROR)
             return
         headers = event.headers
         if type(headers) is not list:
             headers = headers.to_list()  # type: ignore[union-attr]
         headers = join_cookies(headers)
-        stream = H2Stream(self, stream_id)
+        stream = H2WebSocket(self, stream_id) if websocket else H2Stream(self, stream_id)
         self.streams[stream_id] = stream
         if self.idle_timer is not None:
             self.idle_timer.cancel()
@@ -413,13 +623,16 @@ class H2Protocol(FlowControl):
             event.query,
             headers,
         )
+        error = request_limits(headers, state)
+        if websocket and error is None:
+            stream.open(scope, event.end_stream)  # type: ignore[attr-defined]
+            return
         cycle = RequestCycle(scope, stream, state, True, event.expect_continue)
         stream.cycle = cycle
         if event.end_stream:
             cycle.more_body = False  # a GET: one http.request with an empty body
-        else:
+        elif not websocket:
             self.arm_body_check()
-        error = request_limits(headers, state)
         if error is not None:
             status, reason = error
             if state.metrics is not None:
@@ -499,8 +712,8 @@ class H2Protocol(FlowControl):
         peer = self.client or ("-", 0)
         log.info("%s:%s - HTTP/2 stream %d: %s", *peer, stream_id, why)
         stream = self.streams.get(stream_id)
-        if stream is not None and stream.cycle is not None:
-            stream.cycle.lost()
+        if stream is not None:
+            stream.lost()
         self.reset(stream_id, PROTOCOL_ERROR)
 
     def calm(self, why: str) -> None:
@@ -519,9 +732,12 @@ class H2Protocol(FlowControl):
 
     def on_data(self, event: zttp.Data) -> None:
         stream = self.streams.get(event.stream_id)
-        if stream is None or stream.cycle is None:
+        if stream is None:
             return
         cycle = stream.cycle
+        if cycle is None:
+            stream.deliver(event.data)  # a WebSocket's frames
+            return
         if cycle.disconnected:
             return  # refused already (too large), or reset
         data = event.data
@@ -559,14 +775,28 @@ class H2Protocol(FlowControl):
         self.body_buffered = sum(
             s.cycle.body_size for s in self.streams.values() if s.cycle is not None
         )
-        if self.read_paused and self.body_buffered <= HIGH_WATER:
+        if self.read_paused and self.body_buffered <= HIGH_WATER and not self.held:
+            self.resume_reading()
+
+    def hold_reading(self, paused: bool) -> None:
+        """A WebSocket's app lags (its queue is full) or caught up. zttp credits DATA as it
+        arrives, so the only way to stop a stream's bytes is to stop reading the connection:
+        every stream of it waits then, as for request bodies past HIGH_WATER."""
+        self.held += 1 if paused else -1
+        if paused:
+            self.pause_reading()
+        elif (
+            self.read_paused
+            and not self.held
+            and not self.write_paused
+            and self.body_buffered <= HIGH_WATER
+        ):
             self.resume_reading()
 
     def on_reset(self, event: zttp.RstStream) -> None:
         stream = self.streams.pop(event.stream_id, None)
         if stream is not None:
-            if stream.cycle is not None:
-                stream.cycle.lost()  # the app's receive() gets http.disconnect
+            stream.lost()  # the app's receive() gets http.disconnect (websocket.disconnect)
             stream.wake()
         now = monotonic()
         self.resets = spend(self.resets, self.resets_at, now, RESET_BURST, RESET_RATE)
@@ -619,7 +849,7 @@ class H2Protocol(FlowControl):
 
     def resume_writing(self) -> None:
         super().resume_writing()
-        if self.body_buffered <= HIGH_WATER:
+        if self.body_buffered <= HIGH_WATER and not self.held:
             self.resume_reading()
         for stream in self.streams.values():
             stream.wake()
@@ -631,7 +861,7 @@ class H2Protocol(FlowControl):
             del self.streams[stream.stream_id]
         if stream.cycle is not None:
             self.body_buffered -= stream.cycle.body_size
-            if self.read_paused and self.body_buffered <= HIGH_WATER:
+            if self.read_paused and self.body_buffered <= HIGH_WATER and not self.held:
                 self.resume_reading()
         if not self.streams:
             if self.going_away:
@@ -740,6 +970,8 @@ class H2Protocol(FlowControl):
         return None
 
     def shutdown(self) -> None:
+        for stream in list(self.streams.values()):
+            stream.shutdown()  # a WebSocket's close frame goes before the GOAWAY
         self.go_away()
 
     def cancel(self) -> None:
@@ -786,7 +1018,8 @@ def request_limits(
 
 def own_settings(frames: bytes, state: ServerState) -> bytes:
     """zttp's first SETTINGS frame with our values: MAX_CONCURRENT_STREAMS from the config,
-    no ENABLE_CONNECT_PROTOCOL (RFC 8441 is not served: advertise only what works), and
+    ENABLE_CONNECT_PROTOCOL (RFC 8441 §3) only when WebSockets are on (uvicorn offers it and
+    then hands the app an http scope: offer only what works), and
     --http2-initial-window-size as INITIAL_WINDOW_SIZE and, by a WINDOW_UPDATE, as the
     connection's window (RFC 9113 §6.9.2: SETTINGS does not change that one). zttp credits
     DATA as it arrives whatever the window, so it takes the larger window as it is."""
@@ -797,11 +1030,15 @@ def own_settings(frames: bytes, state: ServerState) -> bytes:
     entries = []
     for at in range(0, len(payload) - 5, 6):
         ident = int.from_bytes(payload[at : at + 2], "big")
-        if ident == SETTINGS_ENABLE_CONNECT_PROTOCOL:
-            continue
-        if ident in (SETTINGS_MAX_CONCURRENT_STREAMS, SETTINGS_INITIAL_WINDOW_SIZE):
+        if ident in (
+            SETTINGS_ENABLE_CONNECT_PROTOCOL,
+            SETTINGS_MAX_CONCURRENT_STREAMS,
+            SETTINGS_INITIAL_WINDOW_SIZE,
+        ):
             continue
         entries.append(payload[at : at + 6])
+    if state.ws_upgrade is not None:
+        entries.append(SETTINGS_ENABLE_CONNECT_PROTOCOL.to_bytes(2, "big") + b"\x00\x00\x00\x01")
     config = state.config
     limit = config.http2_max_concurrent_streams
     entries.append(SETTINGS_MAX_CONCURRENT_STREAMS.to_bytes(2, "big") + limit.to_bytes(4, "big"))

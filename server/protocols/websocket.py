@@ -1,7 +1,18 @@
 """WebSockets (RFC 6455) for ASGI apps, on the `websockets` library's sans-I/O ServerProtocol.
 
 `http1.py` parses the handshake request with httptools and, for `Upgrade: websocket`, calls
-`upgrade_to_websocket`, which switches the transport to a `WebSocketProtocol`.
+`upgrade_to_websocket`, which switches the transport to a `WebSocketProtocol`. Over HTTP/2
+(RFC 8441: an extended CONNECT with `:protocol websocket`), `h2.py` calls `websocket_over_h2`
+with the stream's own transport.
+
+The stream a WebSocket runs on is whatever implements the few `asyncio.Transport` methods used
+here: `write`, `close` (our side is done), `abort`, `pause_reading`/`resume_reading`; and calls
+back `data_received`, `eof_received`, `connection_lost`, `pause_writing`/`resume_writing`. An
+HTTP/1.1 connection's transport is one (nothing in between: the hot path is unchanged); an
+HTTP/2 stream is another (h2.WebSocketTransport: DATA frames, END_STREAM, RST_STREAM, the
+stream and connection windows). What differs on HTTP/2 is the handshake (RFC 8441 §5: no
+Sec-WebSocket-Key/Accept, a 200 instead of a 101) and the channel that writes an HTTP
+response in its place (403, 500, a denial): the stream's HEADERS and DATA, not an HTTP/1.1 head.
 
 Who does what:
 - the library does the wire: handshake validation and negotiation (`accept`), frame parsing and
@@ -85,6 +96,18 @@ _utf8_decoder = codecs.getincrementaldecoder("utf-8")
 _DEFLATE = enable_server_permessage_deflate(None)
 
 
+# The fields the library's RFC 6455 handshake check requires and RFC 8441 §5 leaves out on
+# HTTP/2: given to it so that it validates and negotiates the rest (version, subprotocols,
+# extensions) as on HTTP/1.1. The key is any valid one: no Sec-WebSocket-Accept is sent back.
+H2_HANDSHAKE_FIELDS = [
+    ("Upgrade", "websocket"),
+    ("Connection", "Upgrade"),
+    ("Sec-WebSocket-Key", "AAAAAAAAAAAAAAAAAAAAAA=="),
+]
+# The library's 101 fields that an HTTP/2 200 does not carry (RFC 8441 §5, RFC 9113 §8.2.2).
+NOT_ON_H2 = frozenset([b"upgrade", b"connection", b"sec-websocket-accept"])
+
+
 def upgrade_to_websocket(
     state: ServerState,
     scope: dict[str, Any],
@@ -98,6 +121,14 @@ def upgrade_to_websocket(
     ws = WebSocketProtocol(state, scope, transport, write_paused)
     transport.set_protocol(ws)
     ws.start(rest, read_paused)
+
+
+def websocket_over_h2(
+    state: ServerState, scope: dict[str, Any], transport: asyncio.Transport, channel: Channel
+) -> WebSocketProtocol:
+    """A WebSocket on an HTTP/2 stream (RFC 8441), to be start()ed: `scope` is the extended
+    CONNECT's HTTP scope, `transport` the stream's, `channel` writes an HTTP response on it."""
+    return WebSocketProtocol(state, scope, transport, False, channel)
 
 
 class WebSocketProtocol(FlowControl, Channel):
@@ -115,6 +146,7 @@ class WebSocketProtocol(FlowControl, Channel):
         "http_scope",
         "max_queue",
         "messages",
+        "over_h2",
         "pending",
         "phase",
         "ping_payload",
@@ -134,6 +166,7 @@ class WebSocketProtocol(FlowControl, Channel):
         http_scope: dict[str, Any],
         transport: asyncio.Transport,
         write_paused: bool,
+        channel: Channel | None = None,
     ) -> None:
         config = state.config
         self.state = state
@@ -164,8 +197,10 @@ class WebSocketProtocol(FlowControl, Channel):
         self.ping_payload: bytes | None = None
         self.close_timer: asyncio.TimerHandle | None = None
         # The handshake's own HTTP exchange, for a response in its place (a refused handshake,
-        # a denial, a 403 or 500): written by the same cycle and head writer as any response.
-        self.http = RequestCycle(http_scope, self, state, False, False)
+        # a denial, a 403 or 500): written by the same cycle and head writer as any response,
+        # through this protocol (HTTP/1.1) or the HTTP/2 stream's channel.
+        self.over_h2 = channel is not None
+        self.http = RequestCycle(http_scope, channel or self, state, False, False)
         self.chunked = False
 
     def start(self, rest: bytes, read_paused: bool) -> None:
@@ -176,17 +211,19 @@ class WebSocketProtocol(FlowControl, Channel):
         scope = self.http_scope
         query = scope["query_string"]
         target = scope["raw_path"] + b"?" + query if query else scope["raw_path"]
+        method, version = scope["method"], "HTTP/" + scope["http_version"]
         try:
-            headers = Headers(
-                [(n.decode("latin-1"), v.decode("latin-1")) for n, v in scope["headers"]]
-            )
+            fields = [(n.decode("latin-1"), v.decode("latin-1")) for n, v in scope["headers"]]
+            if self.over_h2:
+                fields = [f for f in fields if f[0] != "sec-websocket-key"]
+                fields += H2_HANDSHAKE_FIELDS
+                method, version = "GET", "HTTP/1.1"
+            headers = Headers(fields)
         except InvalidHeader as exc:  # a value httptools let through (a control character)
             response = self.ws.reject(400, "Invalid header value\n")
             self.ws.handshake_exc = exc
         else:
-            request = Request(
-                target.decode("latin-1"), headers, scope["method"], "HTTP/" + scope["http_version"]
-            )
+            request = Request(target.decode("latin-1"), headers, method, version)
             response = self.ws.accept(request)
         if response.status_code != 101:
             # Not a valid handshake (key, version, method...): the app never sees it.
@@ -575,9 +612,12 @@ class WebSocketProtocol(FlowControl, Channel):
             check_field(name, value)  # the same check as any response's
             headers.append((name, value))
         self.handshake = None
-        self.transport.write(switching_head(headers, self.state))
+        if self.over_h2:
+            self.accept_h2(headers)
+        else:
+            self.transport.write(switching_head(headers, self.state))
         self.phase = OPEN
-        self.log_access(101, 0)
+        self.log_access(200 if self.over_h2 else 101, 0)
         if self.state.metrics is not None:
             self.state.metrics.ws_connections += 1
         self.schedule_ping()
@@ -588,6 +628,14 @@ class WebSocketProtocol(FlowControl, Channel):
             self.data_received(data)
         if self.state.shutting_down:
             self.shutdown()
+
+    def accept_h2(self, headers: list[tuple[bytes, bytes]]) -> None:
+        """RFC 8441 §5: a 200 whose stream stays open, through the stream's channel (which
+        lower-cases names and adds the default fields)."""
+        head = RequestCycle(self.http_scope, self.http.conn, self.state, False, False)
+        head.status = 200
+        head.headers = [(n, v) for n, v in headers if n.lower() not in NOT_ON_H2]
+        self.http.conn.start_response(head, b"", False)
 
     # -- an HTTP response instead of the handshake ------------------------------------------------
 
