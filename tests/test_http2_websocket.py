@@ -12,8 +12,10 @@ SETTINGS that offer it only when WebSockets are on.
 
 from __future__ import annotations
 
+import asyncio
 import re
 import ssl
+import threading
 
 import h2.errors
 import h2.events
@@ -21,13 +23,16 @@ import h2.settings
 import pytest
 from h2.connection import ConnectionState
 from websockets.client import ClientProtocol
+from websockets.extensions.permessage_deflate import ClientPerMessageDeflateFactory
 from websockets.frames import Close, Frame, Opcode
+from websockets.headers import build_extension, parse_extension
 from websockets.protocol import State
 from websockets.uri import parse_uri
 
+from fastserve.protocols.h2 import H2Protocol
 from tests.apps import ws_apps
 from tests.apps.core_apps import App, Probe, Receive, Scope, Send
-from tests.conftest import run_server
+from tests.conftest import RunningServer, run_server
 from tests.helpers import Serve, wait_until
 from tests.test_http2 import H2Client, echo_app
 from tests.test_http2_frames import DATA, frame
@@ -119,6 +124,11 @@ class WS:
     def send_close(self, code: int, reason: str = "") -> None:
         self.ws.send_close(code, reason)
         self.send(b"".join(self.ws.data_to_send()))
+
+    def end(self) -> None:
+        """END_STREAM from the client."""
+        self.client.conn.end_stream(self.stream_id)
+        self.client.flush()
 
     def answer(self) -> None:
         """What the client library answers by itself: a pong, the echo of a close."""
@@ -328,8 +338,7 @@ def test_an_end_stream_without_a_close_frame_is_1006(serve: Serve) -> None:
         client = H2Client(srv.port)
         ws = WS(client)
         probe.get()
-        client.conn.end_stream(ws.stream_id)
-        client.flush()
+        ws.end()
         assert probe.get() == {"type": "websocket.disconnect", "code": 1006, "reason": ""}
         ws.until_ended()  # our side ends too
         client.close()
@@ -371,17 +380,20 @@ def test_a_close_before_accept_is_a_403_and_a_denial_its_response(serve: Serve) 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
         await (denial if scope["path"] == "/deny" else ws_apps.reject_app)(scope, receive, send)
 
-    with serve(with_http(app)) as srv:
+    # One stream at a time: a stream whose response is out must leave the connection (the
+    # client ends its side: the h2 library counts the stream until then).
+    with serve(with_http(app), http2_max_concurrent_streams=1) as srv:
         client = H2Client(srv.port)
         ws = WS(client, "/close")
         head, body = client.response(ws.stream_id)
         assert head[":status"] == "403"
         assert body == b"Forbidden"
+        ws.end()
         denied = WS(client, "/deny")
         head, body = client.response(denied.stream_id)
         assert (head[":status"], head["x-denied"]) == ("401", "1")
         assert body == b"who are you"
-        # The connection serves on.
+        denied.end()
         again = WS(client, "/close")
         assert client.response(again.stream_id)[0][":status"] == "403"
         client.close()
@@ -455,11 +467,87 @@ def test_keepalive_pings_go_over_the_stream(serve: Serve) -> None:
         client.close()
 
 
-def test_permessage_deflate_is_negotiated(serve: Serve) -> None:
-    with serve(ws_echo()) as srv:
+@pytest.mark.parametrize("deflate", [True, False])
+def test_permessage_deflate(serve: Serve, deflate: bool) -> None:
+    """Negotiated as over HTTP/1.1 (RFC 7692), and the messages are compressed both ways;
+    --ws-per-message-deflate false declines it."""
+    factory = ClientPerMessageDeflateFactory()
+    offer = build_extension([(factory.name, factory.get_request_params())])
+    text = "compress me " * 1000
+    with serve(ws_echo(), ws_per_message_deflate=deflate) as srv:
         client = H2Client(srv.port)
-        ws = WS(client, headers=[("sec-websocket-extensions", "permessage-deflate")])
-        assert ws.head()["sec-websocket-extensions"].startswith("permessage-deflate")
+        ws = WS(client, headers=[("sec-websocket-extensions", offer)])
+        answer = ws.head().get("sec-websocket-extensions")
+        if not deflate:
+            assert answer is None
+            return
+        assert answer is not None
+        [(name, params)] = parse_extension(answer)
+        assert name == factory.name
+        ws.ws.extensions = [factory.process_response_params(params, [])]
+        ws.send_text(text)
+        sent = client.conn.outbound_flow_control_window
+        assert ws.message().data == text.encode()
+        # Compressed on the wire both ways: far fewer bytes than the text.
+        received = sum(
+            e.flow_controlled_length
+            for e in client.events
+            if isinstance(e, h2.events.DataReceived) and e.stream_id == ws.stream_id
+        )
+        assert received < len(text) // 10
+        assert 65535 - sent < len(text) // 10
+        client.close()
+
+
+def test_an_app_that_reads_slowly_stops_the_reading_and_gets_every_message(serve: Serve) -> None:
+    """--ws-max-queue: past it the connection is not read (zttp credits DATA as it comes), and
+    reading resumes as the app catches up: every message arrives, in order."""
+    release = threading.Event()
+    probe = Probe()
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        await receive()
+        await send({"type": "websocket.accept"})
+        while not release.is_set():
+            await asyncio.sleep(0.005)
+        texts: list[str] = []
+        while len(texts) < 200:
+            texts.append((await receive())["text"])
+        probe.put(texts)
+        await send({"type": "websocket.send", "text": str(len(texts))})
+
+    with serve(with_http(app), ws_max_queue=4) as srv:
+        client = H2Client(srv.port)
+        ws = WS(client)
+        ws.head()
+        for i in range(200):
+            if i == 20:  # the app's queue is full: the connection is not read
+                wait_until(lambda: h2_reading_paused(srv), "the connection to stop reading")
+                release.set()
+            ws.send_text(f"m{i:03d}" + "x" * 1000)
+        assert ws.message().data == b"200"
+        assert probe.get() == [f"m{i:03d}" + "x" * 1000 for i in range(200)]
+        client.close()
+
+
+def h2_reading_paused(srv: RunningServer) -> bool:
+    state = srv.server.state
+    assert state is not None
+    return any(isinstance(c, H2Protocol) and c.read_paused for c in list(state.connections))
+
+
+def test_root_path_and_proxy_headers_as_over_http11(serve: Serve) -> None:
+    probe = Probe()
+    options = {"root_path": "/api", "proxy_headers": True, "forwarded_allow_ips": "127.0.0.1"}
+    with serve(ws_echo(probe), **options) as srv:
+        client = H2Client(srv.port)
+        forwarded = [("x-forwarded-for", "10.1.2.3"), ("x-forwarded-proto", "https")]
+        WS(client, "/a%20b", headers=forwarded).head()
+        scope = probe.get()
+        assert scope["path"] == "/api/a b"
+        assert scope["root_path"] == "/api"
+        assert scope["client"][0] == "10.1.2.3"
+        assert scope["scheme"] == "wss"
         client.close()
 
 
