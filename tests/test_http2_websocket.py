@@ -57,6 +57,18 @@ class TLSH2Client(H2Client):
         super().flush()
 
 
+class CountingClient(H2Client):
+    """H2Client that counts the bytes it sends."""
+
+    sent = 0
+
+    def flush(self) -> None:
+        data = self.conn.data_to_send()
+        if data:
+            self.sent += len(data)
+            self.sock.sendall(data)
+
+
 def settings_of(client: H2Client) -> dict[int, int]:
     """The server's first SETTINGS, as the client read them."""
     changed = client.until(h2.events.RemoteSettingsChanged).changed_settings
@@ -574,17 +586,24 @@ def test_a_protocol_other_than_websocket_is_a_protocol_error(serve: Serve) -> No
 
 def test_websocket_metrics_and_access_log(serve: Serve, capsys: pytest.CaptureFixture[str]) -> None:
     with serve(ws_echo(), access_log=True, log_level="info", metrics=True) as srv:
-        client = H2Client(srv.port)
+        client = CountingClient(srv.port)
         ws = WS(client, "/logged?x=1")
         ws.head()
-        ws.send_text("one")
-        ws.message()
-        ws.send_close(1000)
-        ws.until_ended()
         state = srv.server.state
         assert state is not None and state.metrics is not None
         metrics = state.metrics
+        before = (metrics.bytes_received, client.sent)
+        ws.send_text("one" * 10000)
+        ws.message()
+        # The WebSocket's bytes are counted once (as the connection's), not again as frames.
+        wait_until(
+            lambda: metrics.bytes_received - before[0] == client.sent - before[1],
+            "the server to count what the client sent",
+        )
+        ws.send_close(1000)
+        ws.until_ended()
         wait_until(lambda: metrics.ws_closes, "the close to be counted")
+        assert metrics.ws_closes == {"1000": 1}
         assert metrics.ws_connections == 1
         assert (metrics.ws_received, metrics.ws_sent) == (1, 1)
         client.close()
