@@ -82,6 +82,11 @@ def misuse_cases(tmp: Path) -> dict[str, tuple[list[Message], int | str, str]]:
     blob = tmp / "blob.bin"  # (10 bytes, written by the test)
     trailers_start = {**START, "trailers": True}
     return {
+        "body-before-start": (
+            [{"type": "http.response.body", "body": b"never"}],
+            500,
+            "expected 'http.response.start', got 'http.response.body'",
+        ),
         "trailers-not-announced": (
             [START, {"type": "http.response.trailers", "headers": []}],
             500,
@@ -252,6 +257,40 @@ def test_a_request_cancelled_at_shutdown_is_one_warning(serve: Serve) -> None:
     assert [r for r in records if r.levelno >= logging.ERROR] == []
 
 
+def test_a_message_after_the_complete_response_is_an_error_logged(serve: Serve) -> None:
+    done = {"type": "http.response.body", "body": b"done"}
+    with serve(script(START, done, done)) as srv, srv.connect() as sock, error_log() as records:
+        wire = Wire(sock)
+        wire.send(request("/"))
+        assert wire.response().body == b"done"  # complete: it stands
+        wait_until(lambda: bool(records), "the error logged")
+    (exc,) = app_errors(records)
+    assert str(exc) == "'http.response.body' sent after the response was complete"
+
+
+def test_send_after_the_client_left_raises_an_oserror_saying_so(serve: Serve) -> None:
+    probe = Probe()
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        try:
+            await send(START)
+        except OSError as exc:
+            probe.put(exc)
+
+    with serve(app) as srv:
+        sock = srv.connect()
+        sock.sendall(request("/"))
+        wait_until(
+            lambda: srv.server.state is not None and srv.server.state.in_flight == 1,
+            "the request to reach the app",
+        )
+        abort(sock)
+        exc = probe.get()
+    assert isinstance(exc, ClientDisconnected) and str(exc) == "client disconnected"
+
+
 # -- the server's own answers --------------------------------------------------------------------
 
 
@@ -386,7 +425,8 @@ def test_status_999_is_a_final_status(serve: Serve) -> None:
     with serve(app) as srv, srv.connect() as sock:
         wire = Wire(sock)
         wire.send(request("/"))
-        assert wire.response().status == 999
+        response = wire.response()
+    assert (response.status, response.body) == (999, b"")  # (a body message without "body")
 
 
 def test_a_header_name_never_seen_before_is_checked_and_sent(serve: Serve) -> None:
@@ -628,6 +668,41 @@ def test_a_tiny_file_by_pathsend(serve: Serve, files: Path, name: str, method: s
     assert records == []
     after = os.fstat(1)
     assert (after.st_dev, after.st_ino) == (stdout.st_dev, stdout.st_ino)
+
+
+def holds(fd: int, path: Path) -> bool:
+    """Whether descriptor `fd` is open on the file at `path`."""
+    try:
+        return os.fstat(fd).st_ino == path.stat().st_ino
+    except OSError:
+        return False
+
+
+def test_pathsend_closes_a_file_that_got_descriptor_0(serve: Serve, files: Path) -> None:
+    """A server started with stdin closed (`fastserve ... <&-`): the file it opens for a
+    pathsend may get descriptor 0, which must be closed after the response like any other."""
+    probe = Probe()
+    path = files / "one"
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        probe.put("started")
+        await probe.wait_release()
+        await send(START)
+        await send({"type": "http.response.pathsend", "path": str(path)})
+
+    stdin = os.dup(0)
+    try:
+        with serve(app) as srv, srv.connect() as sock:
+            wire = Wire(sock)
+            wire.send(request("/"))
+            assert probe.get() == "started"
+            os.close(0)  # (everything is open already: the file is the next descriptor)
+            probe.release.set()
+            assert wire.response().body == b"1"  # (its last byte may come before the close)
+            wait_until(lambda: not holds(0, path), "descriptor 0 closed")
+    finally:
+        os.dup2(stdin, 0)
+        os.close(stdin)
 
 
 def test_pathsend_then_trailers(serve: Serve, files: Path) -> None:
