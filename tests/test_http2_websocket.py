@@ -356,6 +356,29 @@ def test_an_end_stream_without_a_close_frame_is_1006(serve: Serve) -> None:
         client.close()
 
 
+def test_end_stream_before_the_app_answers_is_a_reset_and_a_disconnect(serve: Serve) -> None:
+    release = threading.Event()
+    probe = Probe()
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        probe.put(await receive())
+        while not release.is_set():
+            await asyncio.sleep(0.005)
+        probe.put(await receive())
+
+    with serve(with_http(app)) as srv:
+        client = H2Client(srv.port)
+        ws = WS(client)
+        assert probe.get() == {"type": "websocket.connect"}
+        ws.end()
+        # No response was sent: the stream cannot end with one; CANCEL (RFC 9113 §8.1).
+        assert ws.until_reset() == h2.errors.ErrorCodes.CANCEL
+        release.set()
+        assert probe.get() == {"type": "websocket.disconnect", "code": 1006, "reason": ""}
+        assert client.response(client.request("/after"))[1] == b"2 GET /after 0"
+        client.close()
+
+
 def test_two_websockets_and_a_request_on_one_connection(serve: Serve) -> None:
     with serve(ws_echo()) as srv:
         client = H2Client(srv.port)

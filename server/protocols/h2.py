@@ -233,7 +233,7 @@ class H2WebSocket(H2Stream):
     handshake's HTTP exchange (a 200, or a response in its place), and, through its
     WebSocketTransport, the transport of websocket.py's protocol. No request cycle."""
 
-    __slots__ = ("ended", "gone", "holding", "transport", "ws")
+    __slots__ = ("answered", "ended", "gone", "holding", "transport", "ws")
 
     def __init__(self, conn: H2Protocol, stream_id: int) -> None:
         super().__init__(conn, stream_id)
@@ -241,11 +241,13 @@ class H2WebSocket(H2Stream):
         # library is optional).
         self.ws: Any = None
         self.transport = WebSocketTransport(self)
+        self.answered = False  # our HEADERS are out (the 200, or a response in its place)
         self.ended = False  # our END_STREAM is queued (or the stream was reset)
         self.gone = False  # the WebSocket's connection_lost is on its way
         self.holding = False  # the WebSocket stopped reading: so does the connection
 
     def open(self, scope: dict[str, Any], end_stream: bool) -> None:
+        # (Every --ws entry but `none` is websocket.py: protocols/__init__.py's WS registry.)
         from .websocket import websocket_over_h2
 
         self.ws = ws = websocket_over_h2(self.conn.state, scope, self.transport, self)
@@ -272,6 +274,10 @@ class H2WebSocket(H2Stream):
         is the WebSocket's no more: what the client still sends on it is dropped, as bytes
         after a TCP close would be."""
         if self.gone:
+            return
+        if not self.answered:
+            # The client ended its stream before the app answered: nothing to end ours with.
+            self.abort_stream()
             return
         if not self.ended:
             self.ended = True
@@ -339,11 +345,16 @@ class H2WebSocket(H2Stream):
     # -- the channel of the handshake's HTTP exchange (a response instead of the 200) -------
 
     def start_response(self, cycle: RequestCycle, body: bytes, final: bool) -> None:
+        if self.gone:
+            return  # (the app answers a stream that is gone: its sends fail from here on)
+        self.answered = True
         super().start_response(cycle, body, final)
         if final:
             self.responded()
 
     def send_body(self, cycle: RequestCycle, body: bytes, final: bool) -> None:
+        if self.gone:
+            raise ClientDisconnected("client disconnected")  # (a denial's body)
         super().send_body(cycle, body, final)
         if final:
             self.responded()
