@@ -6,7 +6,8 @@ its WebSocket frames are made and read by the websockets library's sans-I/O Clie
 (which masks them, as a client must). The tests check what the app received and what the
 client sees: the 200 and its fields, echoes both ways, a message larger than the client's
 window, subprotocols, close codes both ways, resets, several WebSockets and a request on one
-connection, the limits (--ws-max-size, --limit-concurrency), a denial, shutdown, and the
+connection, the limits (--ws-max-size, --ws-max-queue, --limit-concurrency, header limits),
+permessage-deflate, proxy headers, a denial, shutdown, metrics and the access log, and the
 SETTINGS that offer it only when WebSockets are on.
 """
 
@@ -451,6 +452,16 @@ def test_a_handshake_without_sec_websocket_version_is_a_400(serve: Serve) -> Non
         head, body = client.response(sid)
         assert head[":status"] == "400"
         assert b"Sec-WebSocket-Version" in body
+        client.close()
+
+
+def test_header_limits_apply_to_the_handshake(serve: Serve) -> None:
+    with serve(ws_echo(), limit_request_fields=8, http2_max_concurrent_streams=1) as srv:
+        client = H2Client(srv.port)
+        many = WS(client, headers=[(f"x-{i}", "1") for i in range(8)])
+        assert client.response(many.stream_id)[0][":status"] == "431"
+        many.end()
+        assert WS(client).head()[":status"] == "200"  # (the refused stream left)
         client.close()
 
 
