@@ -366,8 +366,7 @@ class H2WebSocket(H2Stream):
         self.ended = True
         if self.ws is not None:
             self.ws.responded()  # -> close(): the stream leaves the connection
-        else:
-            self.finish()  # (refused before the WebSocket was made: request_limits)
+        # (Else refused by request_limits before the WebSocket was made: take() ends it.)
 
     def send_continue(self) -> None:
         pass
@@ -613,7 +612,9 @@ class H2Protocol(FlowControl):
             self.websockets and event.protocol == b"websocket" and event.method == b"CONNECT"
         ):
             # RFC 8441 §4: a :protocol when extended CONNECT is not offered (--ws none) is
-            # malformed (RFC 9113 §8.5); the only protocol served is WebSocket (§5).
+            # malformed (RFC 9113 §8.5); the only protocol served is WebSocket (§5). (zttp
+            # 0.0.35 resets a :protocol on another method than CONNECT itself: checked here
+            # too, so that an engine that passes it on does not make it a WebSocket.)
             self.reset(stream_id, PROTOCOL_ERROR)
             return
         headers = event.headers
