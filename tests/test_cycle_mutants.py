@@ -87,6 +87,22 @@ def misuse_cases(tmp: Path) -> dict[str, tuple[list[Message], int | str, str]]:
             500,
             "expected 'http.response.start', got 'http.response.body'",
         ),
+        "longer-than-its-length": (
+            [
+                {**START, "headers": [(b"content-length", b"2")]},
+                {"type": "http.response.body", "body": b"abc"},
+            ],
+            500,
+            "response body longer than its Content-Length",
+        ),
+        "shorter-than-its-length": (
+            [
+                {**START, "headers": [(b"content-length", b"2")]},
+                {"type": "http.response.body", "body": b"a"},
+            ],
+            500,
+            "response body shorter than its Content-Length",
+        ),
         "trailers-not-announced": (
             [START, {"type": "http.response.trailers", "headers": []}],
             500,
@@ -366,7 +382,8 @@ def test_a_refused_websocket_handshake_has_one_date(serve: Serve) -> None:
 
 
 def test_the_servers_own_answers_are_counted(serve: Serve, tmp_path: Path) -> None:
-    """--metrics counts a 500 the server wrote, and responses ended by trailers or a file."""
+    """--metrics counts a 500 the server wrote, and responses ended by trailers, a file or
+    a body."""
     blob = tmp_path / "blob.bin"
     blob.write_bytes(b"file")
 
@@ -379,20 +396,23 @@ def test_the_servers_own_answers_are_counted(serve: Serve, tmp_path: Path) -> No
         elif path == "/file":
             await send(START)
             await send({"type": "http.response.pathsend", "path": str(blob)})
+        elif path == "/plain":
+            await send(START)
+            await send({"type": "http.response.body", "body": b"hello"})
         else:
             raise RuntimeError("boom")
 
     with serve(app, metrics=True, metrics_port=0) as srv:
         metrics = srv.server.metrics
         assert metrics is not None
-        for path in ("/raise", "/trailers", "/file"):
+        for path in ("/raise", "/trailers", "/file", "/plain"):
             with srv.connect() as sock:
                 sock.sendall(request(path, headers="Connection: close\r\n"))
                 assert status_of(until_closed(sock)) == (500 if path == "/raise" else 200)
         found = samples(metrics.port)
     assert value(found, "fastserve_requests_total", http_version="1.1", status_class="5xx") == 1
-    assert value(found, "fastserve_requests_total", http_version="1.1", status_class="2xx") == 2
-    assert value(found, "fastserve_response_body_bytes_total") == 21 + 1 + 4
+    assert value(found, "fastserve_requests_total", http_version="1.1", status_class="2xx") == 3
+    assert value(found, "fastserve_response_body_bytes_total") == 21 + 1 + 4 + 5
     assert value(found, "fastserve_requests_unfinished_total", ended="app error") == 0
 
 
@@ -415,6 +435,34 @@ def test_an_unfinished_response_is_counted_by_how_it_ended(serve: Serve) -> None
         found = samples(metrics.port)
     assert value(found, "fastserve_requests_total", http_version="1.1", status_class="2xx") == 1
     assert value(found, "fastserve_response_body_bytes_total") == len(b"partial")
+
+
+def test_a_client_gone_before_any_response_is_counted(serve: Serve) -> None:
+    async def long_poll(scope: Scope, receive: Receive, send: Send) -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+
+    with serve(long_poll, metrics=True, metrics_port=0) as srv:
+        metrics = srv.server.metrics
+        assert metrics is not None
+        sock = srv.connect()
+        sock.sendall(request("/"))
+        wait_until(
+            lambda: srv.server.state is not None and srv.server.state.in_flight == 1,
+            "the request to reach the app",
+        )
+        abort(sock)
+        wait_until(
+            lambda: (
+                value(
+                    samples(metrics.port),
+                    "fastserve_requests_unfinished_total",
+                    ended="client gone",
+                )
+                == 1
+            ),
+            "the abandoned request counted",
+        )
 
 
 # -- the app's headers ----------------------------------------------------------------------------
