@@ -34,7 +34,8 @@ HTTP/1.1 passes one on to a WebSocket (`websocket.upgrade_to_websocket`). So:
    `transport.get_extra_info("ssl_object").selected_alpn_protocol()` in `connection_made` and
    hands over at once, no bytes to sniff.
 4. WebSockets over HTTP/2 (RFC 8441, extended CONNECT) run on a stream, not a connection:
-   they need a `WS` entry of their own kind, chosen by the same `--ws` name.
+   `h2.py` offers them when the `--ws` entry is on (`state.ws_upgrade is not None`) and gives
+   `websocket.websocket_over_h2` the stream's own transport (`h2.WebSocketTransport`).
 """
 
 from __future__ import annotations
