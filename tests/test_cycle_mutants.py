@@ -33,8 +33,10 @@ from tests.helpers import (
     error_log,
     request,
     sent_and_read,
+    settle,
     stalled,
     status_of,
+    unacknowledged,
     unread_by_server,
     until_closed,
     wait_until,
@@ -486,6 +488,21 @@ def test_a_header_name_never_seen_before_is_checked_and_sent(serve: Serve) -> No
         assert wire.response().header(name) == b"v"
 
 
+def test_an_apps_field_named_like_a_header_default_goes_alongside_it(serve: Serve) -> None:
+    """--header adds default fields; an app's field of the same name does not replace it (as
+    uvicorn's default headers): only Server and Date are the app's to replace."""
+    app = script(
+        {**START, "headers": [(b"x-policy", b"app")]},
+        {"type": "http.response.body", "body": b"ok"},
+    )
+    with serve(app, headers=["X-Policy: default"]) as srv, srv.connect() as sock:
+        wire = Wire(sock)
+        wire.send(request("/"))
+        response = wire.response()
+    assert response.all(b"x-policy") == [b"app", b"default"]
+    assert len(response.all(b"date")) == 1 and len(response.all(b"server")) == 1
+
+
 def test_the_apps_connection_close_closes_once(serve: Serve) -> None:
     with serve(core_app) as srv, srv.connect() as sock:
         sock.sendall(request("/close") + request("/hello"))
@@ -586,6 +603,32 @@ def test_unread_body_pieces_add_up_to_the_pause(serve: Serve) -> None:
         assert unread == len(piece)
         probe.release.set()
         assert Wire(sock).response("POST").body == b"%d" % (3 * len(piece))
+
+
+def test_a_receive_after_the_half_close_reports_the_disconnect(serve: Serve) -> None:
+    """The client's FIN came while the app was busy, not waiting in receive(): the next
+    receive() after the body says http.disconnect at once (it will never be woken)."""
+    probe = Probe()
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        while (await receive())["more_body"]:
+            pass
+        probe.put("body read")
+        await probe.wait_release()
+        probe.put((await asyncio.wait_for(receive(), 5))["type"])
+        await send(START)
+        await send({"type": "http.response.body", "body": b"still here"})
+
+    with serve(app) as srv, srv.connect() as sock:
+        sock.sendall(request("/"))
+        assert probe.get() == "body read"
+        sock.shutdown(socket.SHUT_WR)
+        wait_until(lambda: unacknowledged(sock) == 0, "the FIN acknowledged")
+        settle(srv)  # the server's loop went round: it has seen the FIN
+        probe.release.set()
+        assert probe.get() == "http.disconnect"
+        raw = until_closed(sock)
+    assert status_of(raw) == 200 and raw.endswith(b"still here"), raw
 
 
 def test_100_continue_is_sent_once(serve: Serve) -> None:
@@ -762,10 +805,12 @@ def test_pathsend_then_trailers(serve: Serve, files: Path) -> None:
     with serve(app) as srv, srv.connect() as sock, error_log() as records:
         wire = Wire(sock)
         sock.settimeout(5)
-        wire.send(request("/", headers="TE: trailers\r\n"))
-        body, trailers = chunked_response(wire)
-    # The file set the length: the body is framed by it, so the trailers have no place.
-    assert (body, trailers, records) == (b"1", [], [])
+        for _ in range(2):  # (the second: the first ended cleanly, trailers included)
+            wire.send(request("/", headers="TE: trailers\r\n"))
+            body, trailers = chunked_response(wire)
+            # The file set the length: the body is framed by it, the trailers have no place.
+            assert (body, trailers) == (b"1", [])
+    assert records == []
 
 
 def test_pathsend_wakes_a_receive_waiting_in_another_task(serve: Serve, files: Path) -> None:
