@@ -41,7 +41,7 @@ from tests.helpers import (
     until_closed,
     wait_until,
 )
-from tests.test_metrics import samples, value
+from tests.test_metrics import samples, total, value
 
 Message = dict[str, Any]
 START: Message = {"type": "http.response.start", "status": 200, "headers": []}
@@ -465,6 +465,10 @@ def test_a_client_gone_before_any_response_is_counted(serve: Serve) -> None:
             ),
             "the abandoned request counted",
         )
+        found = samples(metrics.port)
+    # With the requests, by status class (none sent: 0), and in the duration histogram.
+    assert total(found, "fastserve_requests_total") == 1
+    assert value(found, "fastserve_request_duration_seconds_count") == 1
 
 
 # -- the app's headers ----------------------------------------------------------------------------
