@@ -212,6 +212,21 @@ def test_an_app_mistake_is_a_500_or_an_abort_with_its_reason_logged(
     assert str(exc) == reason
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="send_trailers() says trailers are expected whenever they were announced, "
+    "even before the body",
+)
+def test_trailers_before_the_body_name_the_body_as_expected(serve: Serve) -> None:
+    app = script({**START, "trailers": True}, {"type": "http.response.trailers"})
+    with serve(app) as srv, srv.connect() as sock, error_log() as records:
+        sock.sendall(request("/"))
+        assert status_of(until_closed(sock)) == 500
+        wait_until(lambda: bool(records), "the error logged")
+    (exc,) = app_errors(records)
+    assert str(exc) == "expected 'http.response.body', got 'http.response.trailers'"
+
+
 def test_an_app_that_returns_early_is_logged_as_such(serve: Serve) -> None:
     streamed = {"type": "http.response.body", "body": b"partial", "more_body": True}
     with serve(script()) as srv, srv.connect() as sock, error_log() as records:
