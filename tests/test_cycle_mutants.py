@@ -3,7 +3,8 @@ found unchecked: every test here failed against at least one mutant the rest of 
 live. Over real sockets on both loops where the rule shows on the wire (the 500 or the abort,
 the reason logged, the headers, flow control); by direct calls where it is pure logic (header
 validation) or where only a race would reach it through a socket (a channel that finds the
-client gone while the response ends). The strict xfails record two bugs found on the way.
+client gone while the response ends). Two bugs found on the way are fixed: a refused
+WebSocket handshake's two Date fields, and the error for trailers sent before the body.
 """
 
 from __future__ import annotations
@@ -206,11 +207,6 @@ def test_an_app_mistake_is_a_500_or_an_abort_with_its_reason_logged(
     assert str(exc) == reason
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="send_trailers() says trailers are expected whenever they were announced, "
-    "even before the body",
-)
 def test_trailers_before_the_body_name_the_body_as_expected(serve: Serve) -> None:
     app = script({**START, "trailers": True}, {"type": "http.response.trailers"})
     with serve(app) as srv, srv.connect() as sock, error_log() as records:
@@ -380,10 +376,6 @@ def test_a_refused_websocket_handshake_keeps_the_plain_text_type(serve: Serve) -
     assert head.count(b"\r\ncontent-type: text/plain; charset=utf-8\r\n") == 1, raw
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="answer() adds the server's Date to the library's own (own_defaults=False)",
-)
 def test_a_refused_websocket_handshake_has_one_date(serve: Serve) -> None:
     """Date is a singleton field (RFC 9110 §5.3, §6.6.1)."""
     with serve(core_app) as srv, srv.connect() as sock:

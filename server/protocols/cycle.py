@@ -273,7 +273,9 @@ class RequestCycle:
         if headers:
             self.headers += headers
         self.expected_length = None
-        self.own_defaults = False
+        # Extra fields (a WebSocket library's refusal has its own Date): the defaults they
+        # name are left out, as for an app's (RFC 9110 §6.6.1: one Date).
+        self.own_defaults = bool(headers)
         self.no_body = self.is_head
         if close:
             self.keep_alive = False
@@ -393,7 +395,9 @@ class RequestCycle:
         (`te: trailers`, RFC 9110 §10.1.4) and the framing can carry them (chunked HTTP/1.1,
         HTTP/2); otherwise they are dropped and the response ends all the same."""
         if mtype != "http.response.trailers" or self.trailers != TRAILERS_NEXT:
-            expected = "http.response.trailers" if self.trailers else "http.response.body"
+            expected = (
+                "http.response.trailers" if self.trailers == TRAILERS_NEXT else "http.response.body"
+            )
             raise RuntimeError(f"expected {expected!r}, got {mtype!r}")
         fields = list(message.get("headers", ()))
         for name, value in fields:
