@@ -364,7 +364,8 @@ class Server:
         deadline = None if timeout is None else loop.time() + timeout
         while (state.connections or state.tasks) and not self.force_exit:
             if deadline is not None and loop.time() >= deadline:
-                log.warning("graceful shutdown timed out: cancelling %d tasks", len(state.tasks))
+                busy = len(self.busy_tasks())
+                log.warning("graceful shutdown timed out: cancelling %d tasks", busy)
                 break
             await self.wait_briefly()
         for conn in list(state.connections):
@@ -378,15 +379,20 @@ class Server:
                 break
             await asyncio.sleep(0.05)
 
-    async def wait_briefly(self) -> None:
-        """Wait for the next task or connection to end (or 0.1 s), whichever comes first."""
+    def busy_tasks(self) -> set[asyncio.Task[None]]:
+        """The tasks still running: the server's own and the connections' (their apps)."""
         state = self.state
         assert state is not None
-        tasks = set(state.tasks)
+        tasks = {task for task in state.tasks if not task.done()}
         for conn in state.connections:
             task = conn.task
-            if task is not None:
+            if task is not None and not task.done():
                 tasks.add(task)
+        return tasks
+
+    async def wait_briefly(self) -> None:
+        """Wait for the next task or connection to end (or 0.1 s), whichever comes first."""
+        tasks = self.busy_tasks()
         if tasks:
             await asyncio.wait(tasks, timeout=0.1, return_when=asyncio.FIRST_COMPLETED)
         else:

@@ -277,6 +277,7 @@ def test_a_request_cancelled_at_shutdown_is_one_warning(serve: Serve) -> None:
         sock.close()
     lines = [(r.levelno, r.getMessage()) for r in records]
     assert (logging.WARNING, "request cancelled (server shutting down)") in lines, lines
+    assert (logging.WARNING, "graceful shutdown timed out: cancelling 1 tasks") in lines, lines
     assert [r for r in records if r.levelno >= logging.ERROR] == []
 
 
