@@ -99,7 +99,9 @@ class MemoryTransport(asyncio.Transport):
         return (16384, 65536)
 
 
-def make_config(app: Any, gc_tune: bool, metrics: bool = False) -> Any:
+def make_config(
+    app: Any, gc_tune: bool, metrics: bool = False, access_log: str | None = None
+) -> Any:
     """A Config as the CLI would build it for the harness; only fields this revision has
     (the same script drives older builds)."""
     from fastserve.config import Config
@@ -108,7 +110,8 @@ def make_config(app: Any, gc_tune: bool, metrics: bool = False) -> Any:
         "app": app,
         "loop": "uvloop",
         "lifespan": "off",
-        "access_log": False,
+        "access_log": access_log is not None,
+        "access_log_json": access_log == "json",
         "gc_tune": gc_tune,
         "metrics": metrics,  # --metrics: the counters only (no listener in-process)
         # Long enough that no deadline passes while valgrind runs (it is ~50x slower).
@@ -119,19 +122,34 @@ def make_config(app: Any, gc_tune: bool, metrics: bool = False) -> Any:
     return Config(**{k: v for k, v in wanted.items() if k in names})
 
 
-async def drive(requests: int, connections: int, gc_tune: bool, metrics: bool = False) -> None:
+async def drive(
+    requests: int,
+    connections: int,
+    gc_tune: bool,
+    metrics: bool = False,
+    access_log: str | None = None,
+) -> None:
     from fastserve.protocols.http1 import HTTP1Protocol
     from fastserve.server import tune_gc
     from fastserve.state import ServerState
     from perf.apps import app  # the app every server of the harness serves
 
     loop = asyncio.get_running_loop()
-    config = make_config(app, gc_tune, metrics)
+    config = make_config(app, gc_tune, metrics, access_log)
     if metrics and not getattr(config, "metrics", False):
         raise SystemExit("--metrics: this build has no metrics")
+    log = None
+    if access_log is not None:
+        from fastserve.accesslog import AccessLog
+        from fastserve.logs import configure_logging
+
+        # The lines are made and written as the server does (to stdout: the worker's is
+        # /dev/null then).
+        configure_logging(config)
+        log = AccessLog(config, loop)
     if gc_tune:
         tune_gc()
-    state = ServerState(config, app, loop, {}, None)
+    state = ServerState(config, app, loop, {}, log)
     transports = [MemoryTransport(i) for i in range(connections)]
     protocols = []
     for transport in transports:
@@ -163,6 +181,8 @@ async def drive(requests: int, connections: int, gc_tune: bool, metrics: bool = 
     short = [i for i, t in enumerate(transports) if len(t.out) < batches]
     if short:
         raise SystemExit(f"connections {short[:5]} got fewer than {batches} writes")
+    if log is not None:
+        log.flush()  # (the last batch: its lines are counted too)
     state.close()
 
 
@@ -172,7 +192,9 @@ def worker(args: argparse.Namespace) -> int:
     from fastserve.cli import build_info
 
     print(f"WORKER build {build_info()}", flush=True)
-    uvloop.run(drive(args.requests, args.connections, args.gc_tune, args.metrics))
+    if args.access_log:
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (for the rest of the process)
+    uvloop.run(drive(args.requests, args.connections, args.gc_tune, args.metrics, args.access_log))
     return 0
 
 
@@ -212,6 +234,7 @@ def count(
         str(args.connections),
         *(["--gc-tune"] if args.gc_tune else []),
         *(["--metrics"] if metrics else []),
+        *(["--access-log", args.access_log] if args.access_log else []),
     ]
     # A fixed hash seed: set and dict layouts, and so the work they cost, repeat run to run.
     child_env = dict(os.environ, PYTHONHASHSEED="0")
@@ -270,6 +293,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="store_true",
         help="also count the (first) build with --metrics on (its counters; no listener)",
     )
+    p.add_argument(
+        "--access-log",
+        choices=["text", "json"],
+        help="count every build with the access log on, in this format (lines to /dev/null)",
+    )
     p.add_argument("--json", type=Path, help="also write the counts to this file")
     p.add_argument(
         "--keep",
@@ -300,7 +328,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.baseline:
         full, short = venv.resolve_rev(args.baseline)
         builds[f"fastserve@{short}"] = venv.prepare_baseline(args.python, full)
-    print(f"[callgrind] {args.warmup} + {args.requests} requests, {args.connections} conns")
+    log = f", access log {args.access_log}" if args.access_log else ""
+    print(f"[callgrind] {args.warmup} + {args.requests} requests, {args.connections} conns{log}")
     counts = measure(builds, args)
     last = list(counts.values())[-1]["instructions_per_request"]
     print(f"\n| build | fastserve | instructions/request | vs {list(counts)[-1]} |")
@@ -314,6 +343,7 @@ def main(argv: list[str] | None = None) -> int:
             "warmup": args.warmup,
             "connections": args.connections,
             "gc_tune": args.gc_tune,
+            "access_log": args.access_log,
             "commits": {"fastserve": rev or "working tree", "baseline": args.baseline},
         }
         args.json.write_text(json.dumps({"meta": meta, "builds": counts}, indent=1) + "\n")

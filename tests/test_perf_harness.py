@@ -282,6 +282,21 @@ def test_instruction_driver_serves_right_answers_in_process() -> None:
     asyncio.run(instructions.drive(requests=200, connections=10, gc_tune=False))
 
 
+@pytest.mark.parametrize("fmt", ["text", "json"])
+def test_instruction_driver_writes_the_access_log(
+    capsys: pytest.CaptureFixture[str], fmt: str
+) -> None:
+    """`instructions.py --access-log FORMAT` counts requests whose lines are really made and
+    written: one per request."""
+    asyncio.run(instructions.drive(200, 10, gc_tune=False, access_log=fmt))
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 200
+    if fmt == "json":
+        assert {json.loads(line)["path"] for line in lines} == {"/plaintext"}
+    else:
+        assert all('"GET /plaintext HTTP/1.1" 200 13 ' in line for line in lines)
+
+
 def table_cells(lines: list[str]) -> list[dict[str, str]]:
     """A markdown table -> one {header: cell} per row (the separator line dropped)."""
 
