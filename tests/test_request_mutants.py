@@ -8,6 +8,8 @@ head) or where the wire cannot tell (a large body handed on without being copied
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
 import json
 import threading
 from typing import Any
@@ -180,6 +182,56 @@ def test_a_retiring_worker_serves_requests_past_its_limit_read_in_the_same_pass(
                 sock.close()
     assert [status_of(raw) for raw in raws] == [200] * 3, raws
     assert sorted(seen) == ["/0", "/1", "/2"]
+
+
+def test_the_answer_to_a_malformed_request_is_framed_exactly(serve: Serve) -> None:
+    """A rejected request's answer (error_response): status line, text/plain, its length,
+    `connection: close`, the default headers once, then the reason as its body."""
+    with serve(scope_app, date_header=False) as srv, srv.connect() as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: a\r\nBad Header\r\n\r\n")
+        raw = until_closed(sock)
+    head, _, body = raw.partition(b"\r\n\r\n")
+    assert head.split(b"\r\n") == [
+        b"HTTP/1.1 400 Bad Request",
+        b"content-type: text/plain; charset=utf-8",
+        b"content-length: %d" % len(body),
+        b"connection: close",
+        b"server: fastserve",
+    ], raw
+    assert body and body.isascii(), raw
+
+
+REQUEST_VAR: contextvars.ContextVar[str] = contextvars.ContextVar("request_var", default="unset")
+
+
+def test_a_pipelined_request_starts_clean_under_an_apps_task_factory(serve: Serve) -> None:
+    """With a loop task factory (instrumentation), a pipelined request is started from the
+    previous request's task: its task must still get the server's context, not a copy of
+    that request's (whose context variables would leak into it)."""
+    seen: list[tuple[str, str]] = []
+
+    def factory(loop: asyncio.AbstractEventLoop, coro: Any, **kwargs: Any) -> asyncio.Task[Any]:
+        return asyncio.Task(coro, loop=loop, **kwargs)
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            await receive()
+            asyncio.get_running_loop().set_task_factory(factory)
+            await send({"type": "lifespan.startup.complete"})
+            await receive()
+            asyncio.get_running_loop().set_task_factory(None)
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+        seen.append((scope["path"], REQUEST_VAR.get()))
+        REQUEST_VAR.set(scope["path"])
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    with serve(app, lifespan="on") as srv, srv.connect() as sock:
+        wire = Wire(sock)
+        wire.send(b"".join(request(path) for path in ("/p1", "/p2", "/p3")))
+        assert [wire.response().body for _ in range(3)] == [b"ok"] * 3
+    assert seen == [("/p1", "unset"), ("/p2", "unset"), ("/p3", "unset")]
 
 
 # -- http1_head.py: the 101 of a WebSocket handshake ---------------------------------------------
