@@ -36,6 +36,7 @@ from tests.helpers import (
     wait_until,
 )
 from tests.test_limits import counting_app
+from tests.test_proxy import where_app
 
 COMPILED = not http1_head.__file__.endswith(".py")
 
@@ -141,6 +142,22 @@ def test_an_interim_head_has_its_fields_only() -> None:
 @pytest.mark.parametrize("code", [100, 101, 103, 199, 200, 404, 599])
 def test_the_status_line_table_is_status_line(code: int) -> None:
     assert http1_head.STATUS_LINES[code] == status_line(code)
+
+
+def test_a_request_whose_only_field_is_forwarded_is_rewritten(serve: Serve) -> None:
+    """--proxy-headers with RFC 7239 on: a Forwarded field from a trusted peer sets the
+    client and scheme, also when it is the request's only header field (HTTP/1.0 needs no
+    Host), and the next request without one keeps the real peer."""
+    with serve(where_app, forwarded_rfc7239=True) as srv:
+        with srv.connect() as sock:
+            sock.sendall(b"GET / HTTP/1.0\r\nForwarded: for=198.51.100.7;proto=https\r\n\r\n")
+            raw = until_closed(sock)
+        seen = json.loads(raw.partition(b"\r\n\r\n")[2])
+        with srv.connect() as sock:
+            sock.sendall(b"GET / HTTP/1.0\r\n\r\n")
+            plain = json.loads(until_closed(sock).partition(b"\r\n\r\n")[2])
+    assert (seen["client"][0], seen["scheme"]) == ("198.51.100.7", "https"), seen
+    assert (plain["client"][0], plain["scheme"]) == ("127.0.0.1", "http"), plain
 
 
 # -- request.py: admission ---------------------------------------------------------------------
