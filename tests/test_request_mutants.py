@@ -24,7 +24,7 @@ from fastserve.protocols.http1_head import (
     last_chunk,
     status_line,
 )
-from tests.apps.core_apps import scope_app
+from tests.apps.core_apps import Probe, scope_app
 from tests.apps.ws_apps import RawWS
 from tests.helpers import (
     Serve,
@@ -35,7 +35,7 @@ from tests.helpers import (
     until_closed,
     wait_until,
 )
-from tests.test_limits import counting_app
+from tests.test_limits import counting_app, holding_app
 from tests.test_proxy import where_app
 
 COMPILED = not http1_head.__file__.endswith(".py")
@@ -73,6 +73,32 @@ def test_the_http_scope_has_exactly_the_asgi_keys_and_extensions(serve: Serve) -
                 "b=c",
             )
             assert ["content-length", "0"] in scope["headers"], scope["headers"]
+
+
+def test_limit_concurrency_counts_every_request_in_flight(serve: Serve) -> None:
+    """--limit-concurrency 2: two held requests are both counted (the third is refused),
+    and the count is back to 0 once they are answered."""
+    probe = Probe()
+    with serve(holding_app(probe), limit_concurrency=2) as srv:
+        state = srv.server.state
+        assert state is not None
+        holders = [srv.connect() for _ in range(2)]
+        try:
+            for sock in holders:
+                sock.sendall(request("/hold"))
+                assert probe.get() == "holding"
+            assert state.in_flight == 2
+            with srv.connect() as sock:
+                wire = Wire(sock)
+                wire.send(request("/quick"))
+                assert wire.response().status == 503
+            probe.release.set()
+            assert [Wire(sock).response().status for sock in holders] == [200, 200]
+            wait_until(lambda: state.in_flight == 0, "the count back to 0")
+        finally:
+            probe.release.set()
+            for sock in holders:
+                sock.close()
 
 
 # -- http1_head.py: pure framing ------------------------------------------------------------------
