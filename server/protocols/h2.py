@@ -3,9 +3,9 @@ request through the shared request layer (request.py, cycle.py).
 
 Every call into zttp is in this module. zttp parses frames, decodes HPACK, validates request
 header blocks (pseudo-headers, connection-specific fields, `te`, upper-case names: the stream
-is reset with PROTOCOL_ERROR), answers PING and SETTINGS, credits the receive windows, and
-parks response bytes that exceed the peer's send window until a WINDOW_UPDATE. This module
-turns its events into ASGI requests, and owns time, memory and limits:
+is reset with PROTOCOL_ERROR), answers PING and SETTINGS, and parks response bytes that
+exceed the peer's send window until a WINDOW_UPDATE. This module turns its events into ASGI
+requests, and owns time, memory, limits and the receive windows:
 
 - how a connection arrives: http1.py hands it over on the HTTP/2 preface (prior knowledge,
   h2c) or when ALPN chose h2 (TLS); an `Upgrade: h2c` request is served as HTTP/1.1;
@@ -15,13 +15,21 @@ turns its events into ASGI requests, and owns time, memory and limits:
   (--ws); an extended CONNECT with `:protocol websocket` is then a WebSocket on its stream
   (H2WebSocket: websocket.py's protocol, DATA frames carrying RFC 6455 frames). Any other
   `:protocol`, or one when not offered, is a malformed request (RFC 8441 §4: PROTOCOL_ERROR);
-- flow control: send() waits while a stream's bytes are parked for window credit or the
-  transport's buffer is full, so a peer that stops reading holds at most a window per stream.
-  zttp credits received DATA at once, so what bounds request bodies is reading: the socket is
-  not read while the bodies buffered for apps pass HIGH_WATER (all streams of the connection
-  wait then: the cost of an engine that does not let us credit on consumption);
+- flow control out: send() waits while a stream's bytes are parked for window credit or the
+  transport's buffer is full, so a peer that stops reading holds at most a window per stream;
+- flow control in (RFC 9113 §6.9), ours, not zttp's: zttp credits DATA as it parses it
+  (0.0.35 has no call to withhold credit), so its WINDOW_UPDATE frames are dropped from what
+  it gives us to send (own_frames, a walk of the frame headers) and the windows are
+  accounted here, on the frame headers of what is read (check_priorities: whole payloads,
+  padding too). A stream's window is credited as its app's receive() takes the bytes (a
+  WebSocket's as websockets' parser takes them; dropped bytes at once), in WINDOW_UPDATE
+  frames of at least half a window (credit); the connection's as DATA arrives
+  (grant_connection), so that a stream whose app does not read holds its own window and
+  stalls no other stream: memory is bounded by --http2-initial-window-size times
+  --http2-max-concurrent-streams. DATA past a stream's window: RST_STREAM
+  FLOW_CONTROL_ERROR (flow_errors); past the connection's: GOAWAY FLOW_CONTROL_ERROR;
 - the priority rules zttp 0.0.35 does not check (RFC 9113 §5.3.1: a stream cannot depend on
-  itself; §6.3: no PRIORITY on stream 0), found by walking the frame headers of what is read;
+  itself; §6.3: no PRIORITY on stream 0), found by the same walk of what is read;
 - rapid reset (CVE-2023-44487): streams the client resets count against a budget that refills
   with time; past it, GOAWAY ENHANCE_YOUR_CALM; so do empty DATA frames (CVE-2019-9518), which
   zttp takes without limit (its own guards end CONTINUATION, header-block and PING floods);
@@ -55,6 +63,7 @@ monotonic: Final = time.monotonic
 NO_ERROR: Final = 0x0
 PROTOCOL_ERROR: Final = 0x1
 INTERNAL_ERROR: Final = 0x2
+FLOW_CONTROL_ERROR: Final = 0x3
 REFUSED_STREAM: Final = 0x7
 CANCEL: Final = 0x8
 ENHANCE_YOUR_CALM: Final = 0xB
@@ -62,6 +71,8 @@ ENHANCE_YOUR_CALM: Final = 0xB
 DATA: Final = 0x0
 HEADERS: Final = 0x1
 PRIORITY: Final = 0x2
+RST_STREAM: Final = 0x3
+WINDOW_UPDATE: Final = 0x8
 END_STREAM: Final = 0x1
 PADDED: Final = 0x8
 PRIORITY_FLAG: Final = 0x20
@@ -70,10 +81,6 @@ SETTINGS_MAX_CONCURRENT_STREAMS: Final = 0x3
 SETTINGS_INITIAL_WINDOW_SIZE: Final = 0x4
 DEFAULT_WINDOW: Final = 65535  # RFC 9113 §6.9.2
 SETTINGS_ENABLE_CONNECT_PROTOCOL: Final = 0x8
-
-# Request body bytes buffered for the apps of one connection before reading stops (as
-# HTTP/1.1's HIGH_WATER).
-HIGH_WATER: Final = 64 * 1024
 
 # Client resets a connection may make: a budget of RESET_BURST that refills by RESET_RATE a
 # second. Browsers cancel a few streams when a page is left; an attack resets thousands a
@@ -118,7 +125,7 @@ CONNECTION_SPECIFIC: Final = frozenset(
 class H2Stream(Channel):
     """One request/response exchange on an HTTP/2 connection: the cycle's Channel."""
 
-    __slots__ = ("body_seen", "conn", "cycle", "received", "stream_id", "waiter")
+    __slots__ = ("body_seen", "conn", "cycle", "received", "stream_id", "unread", "waiter")
 
     def __init__(self, conn: H2Protocol, stream_id: int) -> None:
         self.conn = conn
@@ -127,6 +134,7 @@ class H2Stream(Channel):
         self.waiter: asyncio.Future[None] | None = None
         self.body_seen = monotonic()  # when request body last arrived (or the stream opened)
         self.received = 0  # request body bytes so far (--limit-request-body)
+        self.unread = 0  # body bytes given to the cycle and not yet taken by receive()
 
     def start_response(self, cycle: RequestCycle, body: bytes, final: bool) -> None:
         cycle.head_sent = True
@@ -201,7 +209,12 @@ class H2Stream(Channel):
         self.conn.want_flush()
 
     def body_consumed(self, cycle: RequestCycle) -> None:
-        self.conn.body_consumed()
+        """receive() took the buffered body: its window credit goes back to the client, and
+        the client's --timeout-request-body clock starts again (it may send now)."""
+        taken = self.unread - cycle.body_size
+        self.unread = cycle.body_size
+        self.body_seen = monotonic()
+        self.conn.credit(self.stream_id, taken)
 
     def cycle_done(self, cycle: RequestCycle) -> None:
         self.conn.stream_done(self)
@@ -440,11 +453,12 @@ class H2Protocol(FlowControl):
     """An HTTP/2 connection (asyncio protocol): frames in, ASGI requests out."""
 
     __slots__ = (
-        "body_buffered",
         "body_timer",
         "carry",
         "client",
         "closed",
+        "conn_owed",
+        "credits",
         "draining",
         "empty",
         "empty_at",
@@ -456,6 +470,10 @@ class H2Protocol(FlowControl):
         "held",
         "highest",
         "idle_timer",
+        "out_carry",
+        "overflowed",
+        "owed",
+        "recv_window",
         "resets",
         "resets_at",
         "scope_base",
@@ -465,7 +483,10 @@ class H2Protocol(FlowControl):
         "streams",
         "taken",
         "transport",
+        "walk_highest",
         "websockets",
+        "window",
+        "windows",
     )
 
     def __init__(self, state: ServerState, client: Address | None, server: Address | None) -> None:
@@ -485,7 +506,6 @@ class H2Protocol(FlowControl):
         self.goaway_timer: asyncio.TimerHandle | None = None
         self.highest = 0  # the highest stream id taken
         self.taken = 0  # streams taken on this connection
-        self.body_buffered = 0
         self.held = 0  # WebSockets whose app lags (their queue is full): reading stops
         # RFC 8441 is offered (own_settings) and served when WebSockets are on (--ws).
         self.websockets = state.ws_upgrade is not None
@@ -501,6 +521,23 @@ class H2Protocol(FlowControl):
         self.frame_skip = 24
         self.carry = b""
         self.self_dependent: dict[int, int] = {}
+        # Receive windows (flow control of request bodies, ours: zttp's WINDOW_UPDATE frames
+        # are dropped from its output, see own_frames). `window` is what we advertise for a
+        # stream and for the connection; `recv_window` what the client may still send on the
+        # connection, `windows` on each stream open for its DATA (as the frame walk sees
+        # them), `owed` the stream credit earned and not yet granted (and `conn_owed` the
+        # connection's), `credits` our WINDOW_UPDATE frames for the next write, `overflowed`
+        # the streams the walk saw send past their window, `walk_highest` the highest stream
+        # the walk saw open.
+        self.window: int = state.config.http2_initial_window_size
+        self.recv_window = self.window
+        self.windows: dict[int, int] = {}
+        self.owed: dict[int, int] = {}
+        self.conn_owed = 0
+        self.credits: list[bytes] = []
+        self.overflowed: list[int] = []
+        self.walk_highest = 0
+        self.out_carry = b""
 
     # -- connection lifecycle ----------------------------------------------------------------
 
@@ -513,7 +550,7 @@ class H2Protocol(FlowControl):
         self.scope_base = connection_scope(state, "2", transport, self.client, self.server)
         h2 = self.h2
         h2.initiate_connection()
-        self.transport.write(own_settings(h2.data_to_send(), state))
+        self.transport.write(own_settings(self.own_frames(h2.data_to_send()), state))
         self.arm_idle()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -579,6 +616,8 @@ class H2Protocol(FlowControl):
                     break
             if self.self_dependent:
                 self.self_dependence_errors()
+            if self.overflowed:
+                self.flow_errors()
         except zttp.ProtocolError as exc:
             # A connection error (RFC 9113 §5.4.1): zttp has queued its GOAWAY.
             peer = self.client or ("-", 0)
@@ -658,9 +697,10 @@ class H2Protocol(FlowControl):
     def check_priorities(self, data: bytes) -> bool:
         """RFC 9113's priority rules that zttp 0.0.35 lets through: a HEADERS or PRIORITY
         frame making a stream depend on itself (§5.3.1) and a PRIORITY frame on stream 0
-        (§6.3, a connection error: False), and empty DATA frames counted. Walks the frame
-        headers of what was read, before zttp parses it: a few byte reads per frame, none per
-        byte."""
+        (§6.3, a connection error: False), empty DATA frames counted, and DATA charged to the
+        receive windows (past the connection's: False; past a stream's: `overflowed`). Walks
+        the frame headers of what was read, before zttp parses it: a few byte reads per
+        frame, none per byte."""
         at = self.frame_skip
         if self.carry:
             data = self.carry + data
@@ -670,17 +710,47 @@ class H2Protocol(FlowControl):
             length = (data[at] << 16) | (data[at + 1] << 8) | data[at + 2]
             kind = data[at + 3]
             if kind == DATA:
-                if length == 0 and not data[at + 4] & END_STREAM:
+                flags = data[at + 4]
+                if flags & PADDED and length and at + 9 >= end:
+                    break  # its pad length is in the next read: keep this frame's start
+                if length == 0 and not flags & END_STREAM:
                     now = monotonic()
                     self.empty = spend(self.empty, self.empty_at, now, EMPTY_BURST, EMPTY_RATE)
                     self.empty_at = now
                     if self.empty < 0:
                         self.calm("empty DATA frames")
                         return False
+                # Flow control (RFC 9113 §6.9.1: the whole payload counts, padding too).
+                self.recv_window -= length
+                if self.recv_window < 0:
+                    self.connection_error("DATA past the connection window", FLOW_CONTROL_ERROR)
+                    return False
+                self.conn_owed += length  # (granted on receipt: see grant_connection)
+                stream_id = frame_stream(data, at)
+                left = self.windows.get(stream_id)
+                if left is not None:
+                    left -= length
+                    if left < 0 or flags & END_STREAM:
+                        self.stream_closed(stream_id)
+                        if left < 0:
+                            self.overflowed.append(stream_id)  # (reset after zttp's events)
+                    else:
+                        self.windows[stream_id] = left
+                        if flags & PADDED:
+                            self.credit(stream_id, data[at + 9] + 1)  # no app reads padding
+            elif kind == RST_STREAM:
+                self.stream_closed(frame_stream(data, at))
             elif kind in (HEADERS, PRIORITY):
                 flags = data[at + 4]
                 start = at + 9
                 if kind == HEADERS:
+                    stream_id = frame_stream(data, at)
+                    if flags & END_STREAM:
+                        self.stream_closed(stream_id)  # (a GET, or trailers)
+                    elif stream_id > self.walk_highest:
+                        self.windows[stream_id] = self.window  # a new stream
+                    if stream_id > self.walk_highest:
+                        self.walk_highest = stream_id
                     if not flags & PRIORITY_FLAG:
                         at = start + length
                         continue
@@ -688,7 +758,7 @@ class H2Protocol(FlowControl):
                         start += 1
                 if start + 4 > end and start + 4 <= at + 9 + length:
                     break  # the dependency is in the next read: keep this frame's start
-                stream_id = int.from_bytes(data[at + 5 : at + 9], "big") & 0x7FFFFFFF
+                stream_id = frame_stream(data, at)
                 if kind == PRIORITY and stream_id == 0:
                     self.connection_error("PRIORITY on stream 0")  # §6.3
                     return False
@@ -702,7 +772,50 @@ class H2Protocol(FlowControl):
             self.frame_skip = 0
         else:
             self.frame_skip = at - end
+        if self.conn_owed >= self.window >> 1:
+            self.grant_connection()
         return True
+
+    def stream_closed(self, stream_id: int) -> None:
+        """The client sends no more DATA on `stream_id` (END_STREAM, RST_STREAM, our reset):
+        it has no receive window to keep."""
+        if self.windows.pop(stream_id, None) is not None:
+            self.owed.pop(stream_id, None)
+
+    def credit(self, stream_id: int, size: int) -> None:
+        """`size` body bytes of `stream_id` were taken (by its app's receive(), or dropped):
+        the stream's window gets them back, in WINDOW_UPDATE frames of at least half a window
+        (the client always has the other half: no stall, and not a frame per DATA frame)."""
+        windows = self.windows
+        if size <= 0 or stream_id not in windows:
+            return  # ended, or reset: no more DATA comes on it
+        owed = self.owed.get(stream_id, 0) + size
+        if owed >= self.window >> 1:
+            windows[stream_id] += owed
+            self.credits.append(window_update(stream_id, owed))
+            owed = 0
+            self.want_flush()
+        self.owed[stream_id] = owed
+
+    def grant_connection(self) -> None:
+        """The connection's window is granted back as DATA arrives (each stream's own window
+        bounds what it holds): a slow reader on one stream does not stall the others."""
+        self.recv_window += self.conn_owed
+        self.credits.append(window_update(0, self.conn_owed))
+        self.conn_owed = 0
+
+    def flow_errors(self) -> None:
+        """Streams that sent DATA past their window: RST_STREAM FLOW_CONTROL_ERROR (RFC 9113
+        §6.9.1 allows a stream error), their app gets http.disconnect."""
+        overflowed = self.overflowed
+        self.overflowed = []
+        peer = self.client or ("-", 0)
+        for stream_id in overflowed:
+            log.info("%s:%s - HTTP/2 stream %d: DATA past its window", *peer, stream_id)
+            stream = self.streams.get(stream_id)
+            if stream is not None:
+                stream.lost()
+            self.reset(stream_id, FLOW_CONTROL_ERROR)
 
     def self_dependence_errors(self) -> None:
         """The self-dependent streams zttp's events did not start (take() resets those): an
@@ -735,35 +848,44 @@ class H2Protocol(FlowControl):
         self.h2.close(ENHANCE_YOUR_CALM, self.highest)
         self.close()
 
-    def connection_error(self, why: str) -> None:
-        """GOAWAY PROTOCOL_ERROR naming the last stream taken, then close (§5.4.1)."""
+    def connection_error(self, why: str, code: int = PROTOCOL_ERROR) -> None:
+        """GOAWAY `code` naming the last stream taken, then close (§5.4.1)."""
         peer = self.client or ("-", 0)
         log.info("%s:%s - HTTP/2 connection error: %s", *peer, why)
-        self.h2.close(PROTOCOL_ERROR, self.highest)
+        self.h2.close(code, self.highest)
         self.close()
 
     def on_data(self, event: zttp.Data) -> None:
-        stream = self.streams.get(event.stream_id)
+        """Body bytes for a stream: given to its app (credited as receive() takes them), to
+        its WebSocket (credited at once: --ws-max-queue bounds that side), or dropped (the
+        app is done or refused it: credited at once, the client may finish its upload)."""
+        stream_id = event.stream_id
+        data = event.data
+        stream = self.streams.get(stream_id)
         if stream is None:
+            self.credit(stream_id, len(data))
             return
         cycle = stream.cycle
         if cycle is None:
-            stream.deliver(event.data)  # a WebSocket's frames
+            stream.deliver(data)  # a WebSocket's frames
+            self.credit(stream_id, len(data))
             return
-        if cycle.disconnected:
-            return  # refused already (too large), or reset
-        data = event.data
+        if cycle.disconnected or stream_id in self.overflowed:
+            self.credit(stream_id, len(data))  # refused already (too large), or reset
+            return
         stream.received += len(data)
         limit = self.state.limit_request_body
         if limit is not None and stream.received > limit:
             self.body_too_large(stream, cycle)
+            self.credit(stream_id, len(data))
             return
         stream.body_seen = monotonic()
         before = cycle.body_size
         cycle.feed_body(data)
-        self.body_buffered += cycle.body_size - before
-        if self.body_buffered > HIGH_WATER:
-            self.pause_reading()
+        taken = cycle.body_size - before
+        stream.unread += taken
+        if taken < len(data):
+            self.credit(stream_id, len(data) - taken)  # the app answered: dropped
 
     def body_too_large(self, stream: H2Stream, cycle: RequestCycle) -> None:
         """--limit-request-body passed by DATA: the app's receive() gets http.disconnect (its
@@ -783,26 +905,14 @@ class H2Protocol(FlowControl):
         handle.end_message()
         self.want_flush()
 
-    def body_consumed(self) -> None:
-        self.body_buffered = sum(
-            s.cycle.body_size for s in self.streams.values() if s.cycle is not None
-        )
-        if self.read_paused and self.body_buffered <= HIGH_WATER and not self.held:
-            self.resume_reading()
-
     def hold_reading(self, paused: bool) -> None:
-        """A WebSocket's app lags (its queue is full) or caught up. zttp credits DATA as it
-        arrives, so the only way to stop a stream's bytes is to stop reading the connection:
-        every stream of it waits then, as for request bodies past HIGH_WATER."""
+        """A WebSocket's app lags (its queue is full) or caught up. Its DATA is credited as
+        websockets' parser takes it, so what stops its bytes is not reading the connection:
+        every stream of it waits then."""
         self.held += 1 if paused else -1
         if paused:
             self.pause_reading()
-        elif (
-            self.read_paused
-            and not self.held
-            and not self.write_paused
-            and self.body_buffered <= HIGH_WATER
-        ):
+        elif self.read_paused and not self.held and not self.write_paused:
             self.resume_reading()
 
     def on_reset(self, event: zttp.RstStream) -> None:
@@ -838,11 +948,53 @@ class H2Protocol(FlowControl):
         self.flush_handle = None
         if self.closed:
             return
-        data = self.h2.data_to_send()
+        data = self.outgoing()
         if data:
             self.transport.write(data)
 
+    def outgoing(self) -> bytes:
+        """Our WINDOW_UPDATE frames (credit earned before anything zttp queued, a reset
+        among it), then zttp's frames without its own (own_frames)."""
+        data = self.h2.data_to_send()
+        if data:
+            data = self.own_frames(data)
+        credits = self.credits
+        if credits:
+            data = b"".join(credits) + data
+            credits.clear()
+        return data
+
+    def own_frames(self, data: bytes) -> bytes:
+        """`data` without zttp's WINDOW_UPDATE frames (it grants credit as it parses DATA,
+        whatever the app has read; ours are in `credits`). A walk of the frame headers, a few
+        byte reads per frame; `data` itself when there is none to drop. zttp 0.0.35 queues
+        whole frames; a frame cut by the end of `data` would wait for the next write."""
+        if self.out_carry:
+            data = self.out_carry + data
+            self.out_carry = b""
+        end = len(data)
+        at = 0
+        kept = 0  # where the bytes not yet in `pieces` start
+        pieces: list[bytes] | None = None
+        while at + 9 <= end:
+            after = at + 9 + ((data[at] << 16) | (data[at + 1] << 8) | data[at + 2])
+            if after > end:
+                break
+            if data[at + 3] == WINDOW_UPDATE:
+                if pieces is None:
+                    pieces = []
+                pieces.append(data[kept:at])
+                kept = after
+            at = after
+        if at < end:
+            self.out_carry = data[at:]
+        if pieces is None:
+            return data if at == end else data[:at]
+        pieces.append(data[kept:at])
+        return b"".join(pieces)
+
     def reset(self, stream_id: int, code: int) -> None:
+        self.stream_closed(stream_id)
         stream = self.streams.pop(stream_id, None)
         if stream is not None:
             stream.wake()
@@ -861,7 +1013,7 @@ class H2Protocol(FlowControl):
 
     def resume_writing(self) -> None:
         super().resume_writing()
-        if self.body_buffered <= HIGH_WATER and not self.held:
+        if not self.held:
             self.resume_reading()
         for stream in self.streams.values():
             stream.wake()
@@ -871,10 +1023,9 @@ class H2Protocol(FlowControl):
     def stream_done(self, stream: H2Stream) -> None:
         if self.streams.get(stream.stream_id) is stream:
             del self.streams[stream.stream_id]
-        if stream.cycle is not None:
-            self.body_buffered -= stream.cycle.body_size
-            if self.read_paused and self.body_buffered <= HIGH_WATER and not self.held:
-                self.resume_reading()
+        if stream.unread:
+            self.credit(stream.stream_id, stream.unread)  # never read: dropped with the cycle
+            stream.unread = 0
         if not self.streams:
             if self.going_away:
                 self.close()
@@ -905,6 +1056,9 @@ class H2Protocol(FlowControl):
             cycle = stream.cycle
             if cycle is None or not cycle.more_body:
                 continue
+            if stream.unread:
+                waiting = True  # the app has not read what came: the client waits for credit
+                continue
             if now - stream.body_seen >= timeout and not self.read_paused:
                 peer = self.client or ("-", 0)
                 log.info("%s:%s - HTTP/2 stream %d: request body timeout", *peer, stream.stream_id)
@@ -933,9 +1087,9 @@ class H2Protocol(FlowControl):
             return
         self.draining = True
         h2 = self.h2
-        before = h2.data_to_send()  # (responses queued: they go first)
+        before = self.outgoing()  # (responses queued: they go first)
         h2.close(NO_ERROR, MAX_STREAM_ID)
-        self.transport.write(before + GOAWAY_PING_FRAME + h2.data_to_send())
+        self.transport.write(before + GOAWAY_PING_FRAME + self.own_frames(h2.data_to_send()))
         self.goaway_timer = self.state.loop.call_later(GOAWAY_WAIT, self.last_goaway)
 
     def last_goaway(self) -> None:
@@ -999,6 +1153,16 @@ def spend(level: float, since: float, now: float, burst: float, rate: float) -> 
     return min(burst, level + (now - since) * rate) - 1
 
 
+def frame_stream(data: bytes, at: int) -> int:
+    """The stream id of the frame whose header starts at `at`."""
+    return ((data[at + 5] & 0x7F) << 24) | (data[at + 6] << 16) | (data[at + 7] << 8) | data[at + 8]
+
+
+def window_update(stream_id: int, increment: int) -> bytes:
+    """A WINDOW_UPDATE frame (RFC 9113 §6.9)."""
+    return b"\x00\x00\x04\x08\x00" + stream_id.to_bytes(4, "big") + increment.to_bytes(4, "big")
+
+
 def join_cookies(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
     """HTTP/2 may split the cookie field into one field per crumb; an HTTP/1.1 app expects
     one, joined with "; " (RFC 9113 §8.2.3)."""
@@ -1034,7 +1198,7 @@ def own_settings(frames: bytes, state: ServerState) -> bytes:
     then hands the app an http scope: offer only what works), and
     --http2-initial-window-size as INITIAL_WINDOW_SIZE and, by a WINDOW_UPDATE, as the
     connection's window (RFC 9113 §6.9.2: SETTINGS does not change that one). zttp credits
-    DATA as it arrives whatever the window, so it takes the larger window as it is."""
+    DATA as it arrives whatever the window; our own accounting starts from this window."""
     if len(frames) < 9 or frames[3] != 0x4:
         return frames
     length = int.from_bytes(frames[0:3], "big")
