@@ -23,7 +23,7 @@ from tests.apps.core_apps import Receive, Scope, Send
 from tests.conftest import RunningServer
 from tests.helpers import Serve, sent_and_read, settle, unread_by_server, wait_until
 from tests.test_http2 import H2Client, close_clients  # noqa: F401 (the fixture)
-from tests.test_http2_frames import DATA, WINDOW_UPDATE, Frames, RawH2, frame
+from tests.test_http2_frames import DATA, END_STREAM, PADDED, WINDOW_UPDATE, Frames, RawH2, frame
 
 pytest.importorskip("zttp")
 
@@ -262,3 +262,60 @@ def test_apps_that_do_not_read_hold_a_window_each(serve: Serve) -> None:
         available(client)
         assert not any(credits(client, stream) for stream in streams)
         apps.release(srv)
+
+
+def test_padding_counts_against_the_window_and_comes_back(serve: Serve) -> None:
+    """Padded DATA (RFC 9113 §6.9.1: the whole payload counts): 37 frames of 1,256 bytes,
+    1,000 of content each, to an app that reads the content: the stream's window comes back
+    whole (the credit sent and the credit still owed, in the server's state, make up the
+    whole payloads, padding included) and the client saw the credit the server counts."""
+    apps = Apps()
+    with serve(apps) as srv:
+        raw = RawH2(srv.port)
+        frames = Frames()
+        raw.send(frames.post(1, "/read"))
+        padded = frame(DATA, PADDED, 1, bytes([255]) + b"c" * 1000 + b"\0" * 255)
+        raw.send(padded * 37)  # 46,472 bytes, 37,000 of content
+        wait_until(lambda: apps.read.get("/read") == 37000, "the app to read the content")
+        settle(srv)
+        conn = connection(srv)
+        left, owed = conn.windows[1], conn.owed.get(1, 0)
+        assert left + owed == WINDOW
+        while raw.buffer or select.select([raw.sock], [], [], 0)[0]:
+            assert raw.next_frame() is not None
+        granted = sum(int.from_bytes(f[3]) for f in raw.frames if f[:3] == (WINDOW_UPDATE, 0, 1))
+        assert granted == left - (WINDOW - 46472)
+        raw.send(frame(DATA, END_STREAM, 1))
+        assert raw.until(DATA, 1)[3] == b"37000"
+        raw.close()
+
+
+def test_the_body_timeout_waits_for_an_app_that_has_not_read(serve: Serve) -> None:
+    """--timeout-request-body measures the client: a stream whose window is full because its
+    app has not read is not reset, however long the app takes (the server's check runs
+    three times); once the app reads, the client's clock starts again."""
+    apps = Apps()
+    with serve(apps, timeout_request_body=0.2) as srv:
+        client = H2Client(srv.port)
+        stream = client.request("/gate", "POST", open_body=True)
+        wait_until(lambda: apps.gate is not None, "the app to wait")
+        window = client.conn.local_flow_control_window
+        push(client, {stream: WINDOW + 1}, lambda: window(stream) == 0)
+        conn = connection(srv)
+        timers: list[Any] = []
+
+        def checked() -> bool:
+            timer = conn.body_timer  # (a new one after each check; kept: ids are reused)
+            if timer is not None and all(timer is not seen for seen in timers):
+                timers.append(timer)
+            return len(timers) >= 4
+
+        wait_until(checked, "three body-timeout checks")
+        available(client)
+        assert not [e for e in client.events if isinstance(e, h2.events.StreamReset)]
+        assert stream in conn.streams
+        gate = apps.gate
+        assert gate is not None
+        srv.loop.call_soon_threadsafe(gate.set)
+        reset = client.until(h2.events.StreamReset, stream)  # the last byte never comes
+        assert reset.error_code == h2.errors.ErrorCodes.CANCEL
