@@ -277,6 +277,54 @@ def test_a_pipelined_request_starts_clean_under_an_apps_task_factory(serve: Serv
     assert seen == [("/p1", "unset"), ("/p2", "unset"), ("/p3", "unset")]
 
 
+BIG = 0x400A  # over COPY_LIMIT, and a chunk size with a hex letter in it
+
+
+async def pieces_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """/whole: one final body of BIG bytes; /<a>,<b>,...: a streamed body of those sizes
+    (the last piece ends it)."""
+    if scope["type"] != "http":
+        return
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    if scope["path"] == "/whole":
+        await send({"type": "http.response.body", "body": b"w" * BIG})
+        return
+    sizes = [int(n) for n in scope["path"].strip("/").split(",")]
+    for i, size in enumerate(sizes):
+        more = i < len(sizes) - 1
+        await send({"type": "http.response.body", "body": b"s" * size, "more_body": more})
+
+
+@pytest.mark.parametrize(
+    ("target", "framed"),
+    [
+        ("/whole", b"w" * BIG),
+        ("/26,0", b"1a\r\n" + b"s" * 26 + b"\r\n0\r\n\r\n"),
+        ("/16394,3", b"400a\r\n" + b"s" * BIG + b"\r\n3\r\nsss\r\n0\r\n\r\n"),
+    ],
+    ids=["large-whole", "small-first-chunk", "large-first-chunk"],
+)
+def test_the_first_piece_of_a_body_is_framed_exactly(
+    serve: Serve, target: str, framed: bytes
+) -> None:
+    """The head and the first piece of body (frame_response): a whole body gets its
+    Content-Length and nothing after it; a streamed one is chunked, the sizes in hex
+    (RFC 9112 §7.1), whether the first piece is joined into the head or written beside it
+    (from COPY_LIMIT on)."""
+    with serve(pieces_app, date_header=False) as srv, srv.connect() as sock:
+        sock.sendall(request(target, headers="Connection: close\r\n"))
+        raw = until_closed(sock)
+    head, _, body = raw.partition(b"\r\n\r\n")
+    framing = b"content-length: %d" % BIG if target == "/whole" else b"transfer-encoding: chunked"
+    assert head.split(b"\r\n") == [
+        b"HTTP/1.1 200 OK",
+        framing,
+        b"connection: close",
+        b"server: fastserve",
+    ], head
+    assert body == framed, (len(body), body[:40], body[-40:])
+
+
 # -- http1_head.py: the 101 of a WebSocket handshake ---------------------------------------------
 
 
