@@ -100,8 +100,10 @@ def test_a_continuation_flood_ends_with_enhance_your_calm(
     serve: Serve, raws: list[RawH2], fragment: bytes, most: int
 ) -> None:
     """CVE-2024-27316 (CONTINUATION flood): a header block that never ends. The server
-    keeps no more than a bounded count of frames (and bytes) of it, then GOAWAY."""
-    with serve(echo_app()) as srv:
+    keeps no more than a bounded count of frames (and bytes) of it, then GOAWAY. (Until its
+    block ends the stream is not open: the connection counts as idle, and a slow run must not
+    meet the keep-alive timeout's GOAWAY first.)"""
+    with serve(echo_app(), timeout_keep_alive=120) as srv:
         raw = RawH2(srv.port)
         raws.append(raw)
         # A literal field whose value (10 MB, declared) never completes.
