@@ -38,8 +38,6 @@ from tests.helpers import (
 from tests.test_limits import counting_app, holding_app
 from tests.test_proxy import where_app
 
-COMPILED = not http1_head.__file__.endswith(".py")
-
 
 # -- request.py: the scope ---------------------------------------------------------------------
 
@@ -75,6 +73,58 @@ def test_the_http_scope_has_exactly_the_asgi_keys_and_extensions(serve: Serve) -
             assert ["content-length", "0"] in scope["headers"], scope["headers"]
 
 
+def test_a_request_whose_only_field_is_forwarded_is_rewritten(serve: Serve) -> None:
+    """--proxy-headers with RFC 7239 on: a Forwarded field from a trusted peer sets the
+    client and scheme, also when it is the request's only header field (HTTP/1.0 needs no
+    Host), and the next request without one keeps the real peer."""
+    with serve(where_app, forwarded_rfc7239=True) as srv:
+        with srv.connect() as sock:
+            sock.sendall(b"GET / HTTP/1.0\r\nForwarded: for=198.51.100.7;proto=https\r\n\r\n")
+            raw = until_closed(sock)
+        seen = json.loads(raw.partition(b"\r\n\r\n")[2])
+        with srv.connect() as sock:
+            sock.sendall(b"GET / HTTP/1.0\r\n\r\n")
+            plain = json.loads(until_closed(sock).partition(b"\r\n\r\n")[2])
+    assert (seen["client"][0], seen["scheme"]) == ("198.51.100.7", "https"), seen
+    assert (plain["client"][0], plain["scheme"]) == ("127.0.0.1", "http"), plain
+
+
+REQUEST_VAR: contextvars.ContextVar[str] = contextvars.ContextVar("request_var", default="unset")
+
+
+def test_a_pipelined_request_starts_clean_under_an_apps_task_factory(serve: Serve) -> None:
+    """With a loop task factory (instrumentation), a pipelined request is started from the
+    previous request's task: its task must still get the server's context, not a copy of
+    that request's (whose context variables would leak into it)."""
+    seen: list[tuple[str, str]] = []
+
+    def factory(loop: asyncio.AbstractEventLoop, coro: Any, **kwargs: Any) -> asyncio.Task[Any]:
+        return asyncio.Task(coro, loop=loop, **kwargs)
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            await receive()
+            asyncio.get_running_loop().set_task_factory(factory)
+            await send({"type": "lifespan.startup.complete"})
+            await receive()
+            asyncio.get_running_loop().set_task_factory(None)
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+        seen.append((scope["path"], REQUEST_VAR.get()))
+        REQUEST_VAR.set(scope["path"])
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    with serve(app, lifespan="on") as srv, srv.connect() as sock:
+        wire = Wire(sock)
+        wire.send(b"".join(request(path) for path in ("/p1", "/p2", "/p3")))
+        assert [wire.response().body for _ in range(3)] == [b"ok"] * 3
+    assert seen == [("/p1", "unset"), ("/p2", "unset"), ("/p3", "unset")]
+
+
+# -- request.py: admission ---------------------------------------------------------------------
+
+
 def test_limit_concurrency_counts_every_request_in_flight(serve: Serve) -> None:
     """--limit-concurrency 2: two held requests are both counted (the third is refused),
     and the count is back to 0 once they are answered."""
@@ -99,6 +149,44 @@ def test_limit_concurrency_counts_every_request_in_flight(serve: Serve) -> None:
             probe.release.set()
             for sock in holders:
                 sock.close()
+
+
+def test_a_retiring_worker_serves_requests_past_its_limit_read_in_the_same_pass(
+    serve: Serve,
+) -> None:
+    """--limit-max-requests in a worker the supervisor is replacing (`restarting`): requests
+    read in the same loop pass as the last one are served, not refused (a failed request
+    costs more than one past the limit); each closes its connection."""
+    seen: list[str] = []
+    held, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        held.set()
+        release.wait(10)
+
+    with serve(counting_app(seen), limit_max_requests=2) as srv:
+        socks = [srv.connect() for _ in range(3)]
+        try:
+            state = srv.server.state
+            assert state is not None
+            wait_until(lambda: len(state.connections) == 3, "the server to take 3 connections")
+            state.restarting = True
+            srv.loop.call_soon_threadsafe(hold)
+            assert held.wait(5)
+            for i, sock in enumerate(socks):
+                sock.sendall(request(f"/{i}"))
+            wait_until(
+                lambda: all(unacknowledged(sock) == 0 for sock in socks),
+                "the server's kernel to hold every request",
+            )
+            release.set()
+            raws = [until_closed(sock) for sock in socks]
+        finally:
+            release.set()
+            for sock in socks:
+                sock.close()
+    assert [status_of(raw) for raw in raws] == [200] * 3, raws
+    assert sorted(seen) == ["/0", "/1", "/2"]
 
 
 # -- http1_head.py: pure framing ------------------------------------------------------------------
@@ -170,61 +258,7 @@ def test_the_status_line_table_is_status_line(code: int) -> None:
     assert http1_head.STATUS_LINES[code] == status_line(code)
 
 
-def test_a_request_whose_only_field_is_forwarded_is_rewritten(serve: Serve) -> None:
-    """--proxy-headers with RFC 7239 on: a Forwarded field from a trusted peer sets the
-    client and scheme, also when it is the request's only header field (HTTP/1.0 needs no
-    Host), and the next request without one keeps the real peer."""
-    with serve(where_app, forwarded_rfc7239=True) as srv:
-        with srv.connect() as sock:
-            sock.sendall(b"GET / HTTP/1.0\r\nForwarded: for=198.51.100.7;proto=https\r\n\r\n")
-            raw = until_closed(sock)
-        seen = json.loads(raw.partition(b"\r\n\r\n")[2])
-        with srv.connect() as sock:
-            sock.sendall(b"GET / HTTP/1.0\r\n\r\n")
-            plain = json.loads(until_closed(sock).partition(b"\r\n\r\n")[2])
-    assert (seen["client"][0], seen["scheme"]) == ("198.51.100.7", "https"), seen
-    assert (plain["client"][0], plain["scheme"]) == ("127.0.0.1", "http"), plain
-
-
-# -- request.py: admission ---------------------------------------------------------------------
-
-
-def test_a_retiring_worker_serves_requests_past_its_limit_read_in_the_same_pass(
-    serve: Serve,
-) -> None:
-    """--limit-max-requests in a worker the supervisor is replacing (`restarting`): requests
-    read in the same loop pass as the last one are served, not refused (a failed request
-    costs more than one past the limit); each closes its connection."""
-    seen: list[str] = []
-    held, release = threading.Event(), threading.Event()
-
-    def hold() -> None:
-        held.set()
-        release.wait(10)
-
-    with serve(counting_app(seen), limit_max_requests=2) as srv:
-        socks = [srv.connect() for _ in range(3)]
-        try:
-            state = srv.server.state
-            assert state is not None
-            wait_until(lambda: len(state.connections) == 3, "the server to take 3 connections")
-            state.restarting = True
-            srv.loop.call_soon_threadsafe(hold)
-            assert held.wait(5)
-            for i, sock in enumerate(socks):
-                sock.sendall(request(f"/{i}"))
-            wait_until(
-                lambda: all(unacknowledged(sock) == 0 for sock in socks),
-                "the server's kernel to hold every request",
-            )
-            release.set()
-            raws = [until_closed(sock) for sock in socks]
-        finally:
-            release.set()
-            for sock in socks:
-                sock.close()
-    assert [status_of(raw) for raw in raws] == [200] * 3, raws
-    assert sorted(seen) == ["/0", "/1", "/2"]
+# -- http1_head.py: heads and first pieces on the wire --------------------------------------------
 
 
 def test_the_answer_to_a_malformed_request_is_framed_exactly(serve: Serve) -> None:
@@ -242,39 +276,6 @@ def test_the_answer_to_a_malformed_request_is_framed_exactly(serve: Serve) -> No
         b"server: fastserve",
     ], raw
     assert body and body.isascii(), raw
-
-
-REQUEST_VAR: contextvars.ContextVar[str] = contextvars.ContextVar("request_var", default="unset")
-
-
-def test_a_pipelined_request_starts_clean_under_an_apps_task_factory(serve: Serve) -> None:
-    """With a loop task factory (instrumentation), a pipelined request is started from the
-    previous request's task: its task must still get the server's context, not a copy of
-    that request's (whose context variables would leak into it)."""
-    seen: list[tuple[str, str]] = []
-
-    def factory(loop: asyncio.AbstractEventLoop, coro: Any, **kwargs: Any) -> asyncio.Task[Any]:
-        return asyncio.Task(coro, loop=loop, **kwargs)
-
-    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] == "lifespan":
-            await receive()
-            asyncio.get_running_loop().set_task_factory(factory)
-            await send({"type": "lifespan.startup.complete"})
-            await receive()
-            asyncio.get_running_loop().set_task_factory(None)
-            await send({"type": "lifespan.shutdown.complete"})
-            return
-        seen.append((scope["path"], REQUEST_VAR.get()))
-        REQUEST_VAR.set(scope["path"])
-        await send({"type": "http.response.start", "status": 200, "headers": []})
-        await send({"type": "http.response.body", "body": b"ok"})
-
-    with serve(app, lifespan="on") as srv, srv.connect() as sock:
-        wire = Wire(sock)
-        wire.send(b"".join(request(path) for path in ("/p1", "/p2", "/p3")))
-        assert [wire.response().body for _ in range(3)] == [b"ok"] * 3
-    assert seen == [("/p1", "unset"), ("/p2", "unset"), ("/p3", "unset")]
 
 
 BIG = 0x400A  # over COPY_LIMIT, and a chunk size with a hex letter in it
