@@ -38,7 +38,6 @@ from tests.helpers import (
 from tests.test_limits import counting_app, holding_app
 from tests.test_proxy import where_app
 
-
 # -- request.py: the scope ---------------------------------------------------------------------
 
 SCOPE_KEYS = {
