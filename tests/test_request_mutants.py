@@ -367,10 +367,6 @@ def test_a_101_has_one_server_and_one_date(
     assert found[b"upgrade"] == [b"websocket"], ws.head
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="websocket.py accept(): the app's Date is added beside the WebSocket library's",
-)
 def test_a_101_with_the_apps_date_has_one_date(serve: Serve) -> None:
     app_date = b"Tue, 01 Dec 2026 00:00:00 GMT"
     with serve(accept_with([(b"date", app_date)])) as srv, RawWS(srv.port) as ws:

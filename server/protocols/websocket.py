@@ -608,9 +608,15 @@ class WebSocketProtocol(FlowControl, Channel):
         if subprotocol is not None:
             headers.append((b"Sec-WebSocket-Protocol", subprotocol.encode("latin-1")))
             self.ws.subprotocol = Subprotocol(subprotocol)
+        given: list[tuple[bytes, bytes]] = []
         for name, value in message.get("headers") or ():
-            check_field(name, value)  # the same check as any response's
-            headers.append((name, value))
+            lname = check_field(name, value)  # the same check as any response's
+            if lname == b"date" or lname == b"server":
+                # The app's Date or Server replaces the library's (one of each, RFC 9110
+                # §6.6.1, §10.2.4), as it replaces the server's own on any response.
+                headers = [h for h in headers if h[0].lower() != lname]
+            given.append((name, value))
+        headers += given
         self.handshake = None
         if self.over_h2:
             self.accept_h2(headers)
