@@ -1,0 +1,266 @@
+"""The HTTP/1.1 rules of server/protocols/http1.py that a mutation pass (mutmut 3,
+docs/testing.md) found unchecked: every test here failed against at least one mutant the rest
+of the suite let live. Over real sockets where the rule shows on the wire; by a call on a live
+connection, on the server's loop, where no client input reaches the code (a callback that
+fails with something other than a refusal, a transport found closing while a body is sent).
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+
+import httptools
+
+from fastserve.protocols.http1 import HTTP1Protocol
+from tests.apps.core_apps import App, Probe, Receive, Scope, Send, read_body, respond
+from tests.apps.ws_apps import echo_app, frame_bytes
+from tests.conftest import RunningServer
+from tests.helpers import (
+    Serve,
+    Wire,
+    error_log,
+    on_server_loop,
+    request,
+    settle,
+    status_of,
+    statuses_of,
+    unacknowledged,
+    unread_by_server,
+    until_closed,
+    wait_until,
+)
+
+WS_HANDSHAKE = (
+    b"GET /ws HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+    b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+)
+
+
+def connections(srv: RunningServer) -> list[HTTP1Protocol]:
+    """The server's HTTP/1.1 connections (read on its loop)."""
+
+    async def read() -> list[HTTP1Protocol]:
+        state = srv.server.state
+        assert state is not None
+        return [c for c in state.connections if isinstance(c, HTTP1Protocol)]
+
+    return on_server_loop(srv, read)
+
+
+def the_connection(srv: RunningServer) -> HTTP1Protocol:
+    wait_until(lambda: len(connections(srv)) == 1, "the connection to be made")
+    (conn,) = connections(srv)
+    return conn
+
+
+def holding_app(probe: Probe) -> App:
+    """Reports ("start", method, path), reads the body, holds until released, answers."""
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        probe.put(("start", scope["method"], scope["path"]))
+        await read_body(receive)
+        await probe.wait_release()
+        await respond(send, 200, scope["path"].encode())
+
+    return app
+
+
+# -- a callback that fails with something other than a refusal -------------------------------
+
+
+def test_a_callback_failing_unexpectedly_is_a_500_with_its_exception_logged(
+    serve: Serve,
+) -> None:
+    """callback_failed's second branch: httptools wraps what our callback raised; anything
+    but a RejectRequest is a bug of ours, logged with its traceback, and the client gets a
+    500 (no client input makes a callback raise that, so the wrapped error is handed to the
+    live connection's callback_failed on the server's loop)."""
+    cause = ValueError("a callback's bug")
+
+    async def fail(conn: HTTP1Protocol) -> None:
+        wrapped = httptools.HttpParserCallbackError("the callback failed")
+        wrapped.__context__ = cause
+        conn.callback_failed(wrapped)
+
+    with serve(respond_ok) as srv, srv.connect() as sock:
+        conn = the_connection(srv)
+        with error_log(logging.INFO) as records:
+            on_server_loop(srv, lambda: fail(conn))
+            raw = until_closed(sock)
+    assert status_of(raw) == 500
+    head, _, body = raw.partition(b"\r\n\r\n")
+    assert raw.startswith(b"HTTP/1.1 500 Internal Server Error\r\n"), raw
+    assert body == b"Internal Server Error"
+    assert b"\r\ncontent-length: 21\r\n" in head
+    errors = [r for r in records if r.levelno >= logging.ERROR]
+    assert [r.getMessage() for r in errors] == ["Exception while parsing a request"]
+    assert errors[0].exc_info is not None and errors[0].exc_info[1] is cause
+    lines = [r.getMessage() for r in records if r.levelno == logging.INFO]
+    assert any(line.endswith(" - rejected: 500 Internal Server Error") for line in lines), lines
+
+
+async def respond_ok(scope: Scope, receive: Receive, send: Send) -> None:
+    if scope["type"] == "http":
+        await respond(send, 200, b"ok")
+
+
+# -- targets ---------------------------------------------------------------------------------
+
+
+def test_an_absolute_form_target_replaces_the_host_field_only(serve: Serve) -> None:
+    """RFC 9112 §3.2.2: the target's authority replaces Host; every other field is kept."""
+    probe = Probe()
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        probe.put(scope["headers"])
+        await respond(send, 200, b"ok")
+
+    data = (
+        b"GET http://example.com:8080/p?q=1 HTTP/1.1\r\nHost: other\r\nX-One: 1\r\n"
+        b"Accept: */*\r\n\r\n"
+    )
+    with serve(app) as srv, srv.connect() as sock:
+        wire = Wire(sock)
+        wire.send(data)
+        assert wire.response().status == 200
+    assert probe.get() == [
+        (b"host", b"example.com:8080"),
+        (b"x-one", b"1"),
+        (b"accept", b"*/*"),
+    ]
+
+
+# -- Upgrade: WebSocket, CONNECT, upgrades not performed -----------------------------------
+
+
+def test_a_websocket_handshake_pipelined_behind_a_request_gets_a_400_after_its_answer(
+    serve: Serve,
+) -> None:
+    """The handshake arrives while the request before it runs: that request is answered,
+    then the handshake is refused with its reason, and the connection closes."""
+    probe = Probe()
+    with serve(holding_app(probe)) as srv, srv.connect() as sock:
+        sock.sendall(request("/first") + WS_HANDSHAKE)
+        assert probe.get() == ("start", "GET", "/first")
+        probe.release.set()
+        raw = until_closed(sock)
+    assert statuses_of(raw) == [200, 400], raw
+    assert raw.endswith(b"\r\n\r\nWebSocket upgrade pipelined behind another request"), raw
+
+
+def test_a_frame_sent_with_the_websocket_handshake_reaches_the_app(serve: Serve) -> None:
+    """What follows the handshake's head in the same read goes to the WebSocket protocol."""
+    from websockets.frames import Opcode
+
+    with serve(echo_app()) as srv, srv.connect() as sock:
+        sock.sendall(WS_HANDSHAKE + frame_bytes(Opcode.TEXT, b"early"))
+        sock.settimeout(5)
+        data = b""
+        while b"early" not in data:
+            chunk = sock.recv(65536)
+            assert chunk, f"closed after {data!r}"
+            data += chunk
+    head, _, frames = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 101 "), head
+    assert frames == bytes([0x81, 5]) + b"early"
+
+
+def test_nothing_after_a_connect_head_is_read(serve: Serve) -> None:
+    """What follows CONNECT's head is tunnel data, never requests: reading stops there (the
+    app answers, then the connection closes)."""
+    probe = Probe()
+    with serve(holding_app(probe)) as srv, srv.connect() as sock:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.sendall(b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n")
+        assert probe.get() == ("start", "CONNECT", "example.com:443")
+        tunnel = b"GET /tunnelled HTTP/1.1\r\nHost: a\r\n"
+        sock.sendall(tunnel)
+        wait_until(lambda: unacknowledged(sock) == 0, "the server's kernel to take the bytes")
+        settle(srv)
+        assert unread_by_server(sock) == len(tunnel)
+        probe.release.set()
+        raw = until_closed(sock)
+    assert statuses_of(raw) == [200], raw
+
+
+def test_two_upgrades_not_performed_one_with_a_body_then_one_without(serve: Serve) -> None:
+    """The stand-in parser of the first request's skipped body is used once: the second
+    upgrade request (no body) gets a fresh parser."""
+    probe = Probe()
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        body = await read_body(receive)
+        probe.put((scope["path"], body))
+        await respond(send, 200, body)
+
+    first = (
+        b"POST /a HTTP/1.1\r\nHost: a\r\nConnection: upgrade\r\nUpgrade: foo\r\n"
+        b"Content-Length: 3\r\n\r\nabc"
+    )
+    second = b"GET /b HTTP/1.1\r\nHost: a\r\nConnection: upgrade\r\nUpgrade: foo\r\n\r\n"
+    with serve(app) as srv, srv.connect() as sock:
+        wire = Wire(sock)
+        wire.send(first)
+        assert wire.response("POST").body == b"abc"
+        wire.send(second)
+        assert wire.response().status == 200
+        wire.send(request("/c"))
+        assert wire.response().status == 200
+    assert [probe.get() for _ in range(3)] == [("/a", b"abc"), ("/b", b""), ("/c", b"")]
+
+
+# -- the transport found closing while a body goes out ----------------------------------------
+
+
+def test_a_body_or_trailers_sent_after_the_transport_closed_raise_client_disconnected(
+    serve: Serve,
+) -> None:
+    """ASGI 2.4: send() raises an OSError once the peer is gone, also in the loop pass
+    between the transport's close and connection_lost (send_body, send_trailers)."""
+    probe = Probe()
+    box: list[RunningServer] = []
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        (conn,) = connections_now(box[0])
+        trailers = scope["path"] == "/trailers"
+        await send({"type": "http.response.start", "status": 200, "trailers": trailers})
+        # The first body goes out with the head (start_response), the next one alone.
+        await send({"type": "http.response.body", "body": b"x", "more_body": not trailers})
+        conn.transport.close()  # connection_lost() is only scheduled
+        try:
+            if trailers:
+                await send({"type": "http.response.trailers", "headers": []})
+            else:
+                await send({"type": "http.response.body", "body": b"more", "more_body": True})
+        except OSError as exc:
+            probe.put((type(exc).__name__, str(exc)))
+            raise
+
+    for path in ("/body", "/trailers"):
+        with serve(app) as srv, srv.connect() as sock:
+            box[:] = [srv]
+            sock.sendall(request(path, headers="TE: trailers\r\n"))
+            until_closed(sock)
+            assert probe.get() == ("ClientDisconnected", "client disconnected"), path
+
+
+def connections_now(srv: RunningServer) -> list[HTTP1Protocol]:
+    """connections() for code already on the server's loop."""
+    state = srv.server.state
+    assert state is not None
+    return [c for c in state.connections if isinstance(c, HTTP1Protocol)]
+
+
+# -- shutdown --------------------------------------------------------------------------------
+
+
+def test_a_silent_connection_is_closed_when_the_graceful_timeout_passes(serve: Serve) -> None:
+    """A connection that has sent nothing at shutdown is given a moment for its first
+    request; a graceful timeout shorter than that closes it (cancel() with no cycle)."""
+    with serve(respond_ok, timeout_graceful_shutdown=0) as srv, srv.connect() as sock:
+        the_connection(srv)
+        srv.stop()  # fails if the shutdown raised
+        assert until_closed(sock) == b""
