@@ -7,13 +7,26 @@ fails with something other than a refusal, a transport found closing while a bod
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import socket
+from pathlib import Path
+from typing import Any
 
 import httptools
+import pytest
 
 from fastserve.protocols.http1 import HTTP1Protocol
-from tests.apps.core_apps import App, Probe, Receive, Scope, Send, read_body, respond
+from tests.apps.core_apps import (
+    App,
+    Probe,
+    Receive,
+    Scope,
+    Send,
+    count_body,
+    read_body,
+    respond,
+)
 from tests.apps.ws_apps import echo_app, frame_bytes
 from tests.conftest import RunningServer
 from tests.helpers import (
@@ -30,6 +43,7 @@ from tests.helpers import (
     until_closed,
     wait_until,
 )
+from tests.test_metrics import samples, value
 
 WS_HANDSHAKE = (
     b"GET /ws HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
@@ -264,3 +278,197 @@ def test_a_silent_connection_is_closed_when_the_graceful_timeout_passes(serve: S
         the_connection(srv)
         srv.stop()  # fails if the shutdown raised
         assert until_closed(sock) == b""
+
+
+# -- refusals: the log line, the metrics, one answer -------------------------------------------
+
+
+def unix_connect(path: str) -> socket.socket:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(5)
+    sock.connect(path)
+    return sock
+
+
+def client_of(sock: socket.socket) -> str:
+    """How the server's log names the client: host:port, or -:0 on a UNIX socket."""
+    if sock.family == socket.AF_UNIX:
+        return "-:0"
+    host, port = sock.getsockname()[:2]
+    return f"{host}:{port}"
+
+
+@pytest.mark.parametrize("over", ["tcp", "unix"])
+def test_a_refusal_is_logged_with_the_client_status_and_reason(
+    serve: Serve, tmp_path: Path, over: str
+) -> None:
+    options: dict[str, Any] = {"uds": str(tmp_path / "s.sock")} if over == "unix" else {}
+    with serve(respond_ok, **options) as srv:
+        sock = unix_connect(options["uds"]) if over == "unix" else srv.connect()
+        with sock, error_log(logging.INFO) as records:
+            sock.sendall(b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n")
+            raw = until_closed(sock)
+            client = client_of(sock)
+    assert status_of(raw) == 400
+    lines = [r.getMessage() for r in records if r.levelno == logging.INFO]
+    assert lines == [f"{client} - rejected: 400 Several Host headers"]
+
+
+@pytest.mark.parametrize("over", ["tcp", "unix"])
+def test_a_body_over_the_limit_after_the_answer_closes_with_one_log_line(
+    serve: Serve, tmp_path: Path, over: str
+) -> None:
+    """The app answered without reading and returned; the body goes on past
+    --limit-request-body: no second answer, the connection closes, one "closed" line, and
+    the refusal is counted."""
+    options: dict[str, Any] = {"uds": str(tmp_path / "s.sock")} if over == "unix" else {}
+    head = b"POST /x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+    with serve(respond_ok, limit_request_body=100, metrics=True, metrics_port=0, **options) as srv:
+        sock = unix_connect(options["uds"]) if over == "unix" else srv.connect()
+        with sock, error_log(logging.INFO) as records:
+            sock.sendall(head + b"10\r\n" + b"a" * 16 + b"\r\n")
+            wire = Wire(sock)
+            assert wire.response("POST").status == 200
+            sock.sendall(b"80\r\n" + b"b" * 128 + b"\r\n")
+            assert until_closed(sock) == b""
+            client = client_of(sock)
+        assert srv.server.metrics is not None
+        found = samples(srv.server.metrics.port)
+    lines = [r.getMessage() for r in records if r.levelno == logging.INFO]
+    assert lines == [f"{client} - closed: 413 Request body too large"]
+    assert value(found, "fastserve_requests_rejected_total", status="413") == 1
+
+
+# -- shutdown ----------------------------------------------------------------------------------
+
+
+def stop_serving(srv: RunningServer) -> None:
+    """What a graceful shutdown does first (Server.stop_serving), without ending the test's
+    server: no new requests, idle connections close, busy ones after their response."""
+
+    async def stop() -> None:
+        srv.server.stop_serving()
+
+    on_server_loop(srv, stop)
+
+
+def test_a_response_in_flight_at_shutdown_says_the_connection_closes(serve: Serve) -> None:
+    probe = Probe()
+    with serve(holding_app(probe)) as srv, srv.connect() as sock:
+        wire = Wire(sock)
+        wire.send(request("/busy"))
+        assert probe.get() == ("start", "GET", "/busy")
+        stop_serving(srv)
+        probe.release.set()
+        response = wire.response()
+        assert wire.closed()
+    assert response.status == 200
+    assert response.header(b"connection") == b"close"
+
+
+def test_an_idle_keep_alive_connection_closes_at_once_at_shutdown(serve: Serve) -> None:
+    """Not the moment a silent new connection gets: a request sent after the shutdown is
+    not answered."""
+    with serve(respond_ok) as srv, srv.connect() as sock:
+        wire = Wire(sock)
+        wire.send(request("/first"))
+        assert wire.response().status == 200
+        stop_serving(srv)
+        try:
+            sock.sendall(request("/late"))
+        except OSError:
+            pass  # (already reset: closed, as it should be)
+        assert until_closed(sock) == b""
+
+
+def test_a_silent_new_connection_at_shutdown_is_closed_after_its_moment(serve: Serve) -> None:
+    with serve(respond_ok) as srv, srv.connect() as sock:
+        the_connection(srv)
+        stop_serving(srv)
+        assert until_closed(sock) == b""
+
+
+# -- --timeout-request-body: the timer that re-arms itself -------------------------------------
+
+
+def pending(sock: socket.socket) -> bytes:
+    """What the server has sent and we have not read (nothing: b""), without waiting."""
+    timeout = sock.gettimeout()
+    sock.setblocking(False)
+    try:
+        return sock.recv(65536, socket.MSG_PEEK)
+    except BlockingIOError:
+        return b""
+    finally:
+        sock.settimeout(timeout)
+
+
+def test_a_stalled_body_gets_its_408_on_time_after_the_timer_re_armed(serve: Serve) -> None:
+    """The timer first fires at the head's deadline (2 s) while the body is on its way:
+    --timeout-request-body (2.5 s) has not passed, so it re-arms for the rest (0.5 s), not
+    for a whole period: by 3 s on the server's clock, the 408 is out."""
+    probe = Probe()
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        probe.put("start")
+        probe.put(await count_body(receive))  # None: the 408's disconnect
+
+    with (
+        serve(app, timeout_request_header=2.0, timeout_request_body=2.5) as srv,
+        srv.connect() as sock,
+    ):
+        sock.sendall(request("/up", "POST", "Content-Length: 10\r\n", b"12345"))
+        assert probe.get() == "start"
+        on_server_loop(srv, lambda: asyncio.sleep(3.0))  # every earlier timer has fired
+        assert pending(sock).startswith(b"HTTP/1.1 408 "), pending(sock)
+    assert probe.get() is None
+
+
+def test_a_body_that_ends_after_the_timer_re_armed_leaves_the_keep_alive_timer_right(
+    serve: Serve,
+) -> None:
+    """The timer fired mid-body (the head's deadline) and re-armed for the body's
+    timeout (10 s); the body then ends, the answer goes out, and the keep-alive timeout
+    (0.5 s), earlier than the armed timer, still closes the idle connection."""
+    probe = Probe()
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        probe.put("start")
+        await respond(send, 200, await read_body(receive))
+
+    with (
+        serve(
+            app, timeout_request_header=1.0, timeout_request_body=10, timeout_keep_alive=0.5
+        ) as srv,
+        srv.connect() as sock,
+    ):
+        wire = Wire(sock)
+        wire.send(request("/up", "POST", "Content-Length: 10\r\n", b"12345"))
+        assert probe.get() == "start"
+        on_server_loop(srv, lambda: asyncio.sleep(1.2))  # the head's deadline has passed
+        wire.send(b"67890")
+        assert wire.response("POST").body == b"1234567890"
+        assert until_closed(sock, timeout=5) == b""
+
+
+def test_an_app_slower_than_the_body_timeout_is_not_timed_out_once_its_body_is_in(
+    serve: Serve,
+) -> None:
+    """The timer fires while the app runs with its body complete: no 408 (before or
+    after the answer), and the connection serves the next request."""
+    probe = Probe()
+    with (
+        serve(holding_app(probe), timeout_request_header=0.2, timeout_request_body=0.5) as srv,
+        srv.connect() as sock,
+    ):
+        wire = Wire(sock)
+        wire.send(request("/slow", "POST", "Content-Length: 3\r\n", b"abc"))
+        assert probe.get() == ("start", "POST", "/slow")
+        on_server_loop(srv, lambda: asyncio.sleep(1.5))  # both deadlines have passed
+        probe.release.set()
+        assert wire.response("POST").status == 200
+        probe.release.clear()
+        wire.send(request("/next"))
+        assert probe.get() == ("start", "GET", "/next")
+        probe.release.set()
+        assert wire.response().status == 200
