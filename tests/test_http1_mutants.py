@@ -10,13 +10,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import httptools
 import pytest
 
-from fastserve.protocols.http1 import HTTP1Protocol
+from fastserve.protocols.http1 import HIGH_WATER, HTTP1Protocol
 from tests.apps.core_apps import (
     App,
     Probe,
@@ -35,6 +37,7 @@ from tests.helpers import (
     error_log,
     on_server_loop,
     request,
+    sent_and_read,
     settle,
     status_of,
     statuses_of,
@@ -43,6 +46,7 @@ from tests.helpers import (
     until_closed,
     wait_until,
 )
+from tests.test_http2 import H2Client
 from tests.test_metrics import samples, value
 
 WS_HANDSHAKE = (
@@ -472,3 +476,103 @@ def test_an_app_slower_than_the_body_timeout_is_not_timed_out_once_its_body_is_i
         assert probe.get() == ("start", "GET", "/next")
         probe.release.set()
         assert wire.response().status == 200
+
+
+def test_a_framing_field_in_the_trailers_is_refused_with_its_reason(serve: Serve) -> None:
+    data = (
+        b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"3\r\nabc\r\n0\r\nHost: b\r\n\r\n"
+    )
+    with serve(respond_ok) as srv, srv.connect() as sock:
+        sock.sendall(data)
+        raw = until_closed(sock)
+    assert status_of(raw) == 400
+    assert raw.endswith(b"\r\n\r\nForbidden trailer field"), raw
+
+
+# -- reading-side flow control: the high-water mark ---------------------------------------------
+
+
+def test_reading_goes_on_at_exactly_the_high_water_mark(serve: Serve) -> None:
+    """Reading pauses once MORE than HIGH_WATER (64 KiB) of body waits unread by the app:
+    with exactly 64 KiB buffered the next bytes are still read."""
+    probe = Probe()
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        probe.put("start")
+        await probe.wait_release()
+        await respond(send, 200, b"%d" % len(await read_body(receive)))
+
+    with serve(app) as srv, srv.connect() as sock:
+        sent_and_read(sock, request("/up", "POST", "Content-Length: 65546\r\n"))
+        assert probe.get() == "start"
+        sent_and_read(sock, b"a" * HIGH_WATER)
+        sent_and_read(sock, b"b" * 10)  # fails (times out) if reading paused
+        probe.release.set()
+        wire = Wire(sock)
+        assert wire.response("POST").body == b"65546"
+
+
+# -- the keep-alive timer, armed once and re-armed for the rest --------------------------------
+
+
+def connected_at(srv: RunningServer) -> tuple[HTTP1Protocol, float]:
+    """The connection, and a monotonic time no earlier than when it was made."""
+    conn = the_connection(srv)
+    return conn, time.monotonic()
+
+
+def until(moment: float) -> Callable[[], Awaitable[None]]:
+    """A barrier on the server's loop: returns once `moment` (monotonic) has passed there,
+    after every timer due before it."""
+    return lambda: asyncio.sleep(max(0.0, moment - time.monotonic()))
+
+
+def test_the_keep_alive_timer_re_arms_for_a_short_rest(serve: Serve) -> None:
+    """The keep-alive timer armed at the connection's start (1.5 s) fires when the idle
+    deadline has moved on by the request served at 0.7 s: it re-arms for the rest (under a
+    second), and the connection is still open between the two."""
+    with serve(respond_ok, timeout_keep_alive=1.5) as srv, srv.connect() as sock:
+        conn, start = connected_at(srv)
+        on_server_loop(srv, until(start + 0.7))
+        wire = Wire(sock)
+        wire.send(request("/"))
+        assert wire.response().status == 200
+
+        async def open_after_first_timer() -> bool:
+            await until(start + 1.5 + 0.3)()
+            return not conn.closed
+
+        assert on_server_loop(srv, open_after_first_timer)
+        assert until_closed(sock) == b""  # and it does close, later
+
+
+def test_a_request_after_the_keep_alive_timer_re_armed_is_served(serve: Serve) -> None:
+    with serve(respond_ok, timeout_keep_alive=2.0) as srv, srv.connect() as sock:
+        _, start = connected_at(srv)
+        on_server_loop(srv, until(start + 1.0))
+        wire = Wire(sock)
+        wire.send(request("/first"))
+        assert wire.response().status == 200
+        on_server_loop(srv, until(start + 2.2))  # the first timer fired and re-armed
+        wire.send(request("/second"))
+        assert wire.response().status == 200
+
+
+# -- HTTP/2 with prior knowledge: the handover keeps the addresses ----------------------------
+
+
+def test_an_h2c_connection_keeps_the_client_and_server_addresses(serve: Serve) -> None:
+    probe = Probe()
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        probe.put((scope["client"], scope["server"]))
+        await respond(send, 200, b"ok")
+
+    with serve(app) as srv:
+        client = H2Client(srv.port)
+        stream = client.request("/")
+        assert client.response(stream)[0][":status"] == "200"
+        host, port = client.sock.getsockname()[:2]
+        client.close()
+        assert probe.get() == ((host, port), ("127.0.0.1", srv.port))
