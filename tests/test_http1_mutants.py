@@ -576,3 +576,17 @@ def test_an_h2c_connection_keeps_the_client_and_server_addresses(serve: Serve) -
         host, port = client.sock.getsockname()[:2]
         client.close()
         assert probe.get() == ((host, port), ("127.0.0.1", srv.port))
+
+
+def test_transfer_encoding_fields_are_read_as_one_list(serve: Serve) -> None:
+    """RFC 9110 §5.3: two Transfer-Encoding fields are one list, "gzip, chunked": a coding
+    we do not implement (501), not the last field's "chunked" alone."""
+    data = (
+        b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
+    )
+    with serve(respond_ok) as srv, srv.connect() as sock:
+        sock.sendall(data)
+        raw = until_closed(sock)
+    assert status_of(raw) == 501
+    assert raw.endswith(b"\r\n\r\nTransfer coding not implemented"), raw
