@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 from websockets.frames import Opcode
 
+from fastserve.config import ConfigError
 from fastserve.protocols.connection import address
 from fastserve.protocols.linger import Lingering
 from fastserve.protocols.outbox import Outbox
@@ -211,12 +212,45 @@ def test_each_refusal_of_a_proxy_header_logs_its_reason(serve: Serve) -> None:
     ]
     for options, data, reason in cases:
         with serve(where_app, **NO_DEADLINE, **options) as srv:
-            with error_log(logging.INFO) as records, srv.connect() as sock:
+            with (
+                error_log(logging.INFO) as records,
+                error_log(name="asyncio") as loop_errors,
+                srv.connect() as sock,
+            ):
                 port = sock.getsockname()[1]
                 sock.sendall(data)
                 assert until_closed(sock, timeout=10) == b""
                 wait_until(lambda: bool(closed_lines(records)), "the refusal logged")
+                settle(srv)  # (connection_lost has run: the timer is not cancelled twice)
             assert closed_lines(records) == [f"127.0.0.1:{port} - closed: {reason}"]
+            assert loop_errors == []
+
+
+def test_plain_http_from_an_untrusted_peer_is_handed_over_at_once(serve: Serve) -> None:
+    with serve(where_app, **NO_DEADLINE, forwarded_allow_ips="10.0.0.1") as srv:
+        for method, data in (
+            ("GET", request("/")),
+            ("POST", b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n"),
+            ("GET", b"\r\n" + request("/")),
+        ):
+            with srv.connect() as sock:
+                wire = Wire(sock)
+                wire.send(data)
+                seen = json.loads(wire.response(method).body)
+                assert seen["client"] == ["127.0.0.1", sock.getsockname()[1]]
+
+
+def test_proxy_protocol_and_tls_are_refused_together(tmp_path: Path) -> None:
+    import trustme
+
+    cert = trustme.CA().issue_cert("localhost")
+    certfile, keyfile = tmp_path / "c.pem", tmp_path / "k.pem"
+    cert.cert_chain_pems[0].write_to_path(str(certfile))
+    cert.private_key_pem.write_to_path(str(keyfile))
+    options = {"proxy_protocol": True, "ssl_certfile": str(certfile), "ssl_keyfile": str(keyfile)}
+    message = "^--proxy-protocol cannot be combined with --ssl-certfile$"
+    with pytest.raises(ConfigError, match=message), run_server(where_app, **options):
+        pass
 
 
 def test_a_refusal_on_a_unix_socket_logs_a_placeholder_peer(tmp_path: Path) -> None:
@@ -649,21 +683,23 @@ def test_copy_sends_the_range_in_pieces_of_256_kib(tmp_path: Path) -> None:
 # -- write back-pressure shared by concurrent senders (flow.py) --------------------------------
 
 
-def two_senders(probe: Probe, messages: int, size: int) -> Callable[..., Any]:
-    """A WebSocket app whose two tasks send at once (ASGI allows it): both wait for the same
-    drain while the client does not read, and both must be woken when it does."""
+def two_senders(done: Probe, counts: dict[bytes, int], size: int) -> Callable[..., Any]:
+    """A WebSocket app whose two tasks send at once (ASGI allows it), `counts[tag]` messages
+    each: both wait for the same drain while the client does not read, and both must be
+    woken when it does."""
 
     async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "websocket":
             return
         await receive()
         await send({"type": "websocket.accept"})
+        messages = dict(counts)
 
         async def sender(tag: bytes) -> None:
-            for _ in range(messages):
+            for _ in range(messages[tag]):
                 await send({"type": "websocket.send", "bytes": tag * size})
-                probe.counter += 1
-            probe.put(tag)
+                counts[tag] -= 1
+            done.put(tag)
 
         await asyncio.gather(sender(b"a"), sender(b"b"))
         await send({"type": "websocket.close", "code": 1000})
@@ -672,12 +708,15 @@ def two_senders(probe: Probe, messages: int, size: int) -> Callable[..., Any]:
 
 
 def test_two_tasks_blocked_on_a_full_buffer_are_both_woken(serve: Serve) -> None:
-    probe, messages, size = Probe(), 4, 1 << 20
-    app = two_senders(probe, messages, size)
+    # 16 MiB each: more than the kernel's buffers take, so the first task waits before it is
+    # done, and the second starts and waits too.
+    done, messages, size = Probe(), 16, 1 << 20
+    counts = {b"a": messages, b"b": messages}
+    app = two_senders(done, counts, size)
     with serve(app, ws_per_message_deflate=False) as srv, RawWS(srv.port) as raw:
         assert raw.status == 101
-        sent = stalled(srv, lambda: probe.counter, "both senders waiting for the client")
-        assert sent < 2 * messages
+        stalled(srv, lambda: counts[b"a"] + counts[b"b"], "both senders waiting")
+        assert counts[b"a"] > 0 and counts[b"b"] > 0  # both are in send(), waiting
         tags = []
         for _ in range(2 * messages):
             opcode, fin, payload = raw.recv_frame()
@@ -685,4 +724,4 @@ def test_two_tasks_blocked_on_a_full_buffer_are_both_woken(serve: Serve) -> None
             tags.append(payload[:1])
         assert sorted(tags) == [b"a"] * messages + [b"b"] * messages
         assert raw.recv_close() == (1000, "")
-        assert sorted([probe.get(), probe.get()]) == [b"a", b"b"]
+        assert sorted([done.get(), done.get()]) == [b"a", b"b"]
