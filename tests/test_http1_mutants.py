@@ -590,3 +590,94 @@ def test_transfer_encoding_fields_are_read_as_one_list(serve: Serve) -> None:
         raw = until_closed(sock)
     assert status_of(raw) == 501
     assert raw.endswith(b"\r\n\r\nTransfer coding not implemented"), raw
+
+
+def test_an_upgrade_request_refused_for_concurrency_leaves_an_idle_connection(
+    serve: Serve,
+) -> None:
+    """The 503 (--limit-concurrency) of an Upgrade request that is not performed: the
+    connection is idle after it and closes at its keep-alive timeout, silently; no request
+    head was started, so no 408 at the (earlier) head timeout."""
+    probe = Probe()
+    upgrade = b"GET /u HTTP/1.1\r\nHost: a\r\nConnection: upgrade\r\nUpgrade: foo\r\n\r\n"
+    with (
+        serve(
+            holding_app(probe),
+            limit_concurrency=1,
+            timeout_request_header=0.3,
+            timeout_keep_alive=1.0,
+        ) as srv,
+        srv.connect() as held,
+        srv.connect() as sock,
+    ):
+        held.sendall(request("/held"))
+        assert probe.get() == ("start", "GET", "/held")
+        sock.sendall(upgrade)
+        raw = until_closed(sock)
+        probe.release.set()
+    assert statuses_of(raw) == [503], raw
+
+
+def test_an_app_failing_mid_body_drops_what_is_still_buffered(serve: Serve) -> None:
+    """After the head, an app's exception aborts the connection: the body still in the
+    transport's buffer is dropped, not flushed before a close (the client must see a
+    truncated response, and a large one is not sent in full)."""
+    size = 64 << 20
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+
+        async def big() -> None:
+            try:
+                await send({"type": "http.response.body", "body": b"x" * size, "more_body": True})
+            except OSError:
+                pass
+
+        task = asyncio.get_running_loop().create_task(big())
+        await asyncio.sleep(0)  # the piece is written: most of it waits in the buffer
+        assert not task.done()
+        raise RuntimeError("boom mid-body")
+
+    with serve(app) as srv, srv.connect() as sock, error_log():
+        sock.sendall(request("/"))
+        received = 0
+        sock.settimeout(10)
+        while True:
+            try:
+                chunk = sock.recv(1 << 20)
+            except ConnectionResetError:
+                break
+            if not chunk:
+                break
+            received += len(chunk)
+    assert 0 < received < size
+
+
+# -- what llhttp refuses ---------------------------------------------------------------------------
+
+
+def test_a_malformed_request_gets_llhttps_reason(serve: Serve) -> None:
+    with serve(respond_ok) as srv, srv.connect() as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: a\r\nBad Name: x\r\n\r\n")
+        raw = until_closed(sock)
+    assert status_of(raw) == 400
+    assert raw.endswith(b"\r\n\r\nInvalid HTTP request: Invalid header token"), raw
+
+
+def test_an_http2_preface_pipelined_behind_a_request_is_a_400_after_its_answer(
+    serve: Serve,
+) -> None:
+    """Prior knowledge means HTTP/2 from the first byte: a preface behind an HTTP/1.1
+    request is a malformed request, answered in order, not a switch mid-connection."""
+    probe = Probe()
+    first = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"
+    preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+    with serve(holding_app(probe)) as srv, srv.connect() as sock:
+        sent_and_read(sock, first)
+        assert probe.get() == ("start", "GET", "/")
+        # In a read of its own, and as long as the first (27 bytes): the bytes read so
+        # far for this "head" cannot tell it from a preface that started the connection.
+        sent_and_read(sock, preface + b"\0" * (len(first) - len(preface)))
+        probe.release.set()
+        raw = until_closed(sock)
+    assert statuses_of(raw) == [200, 400], raw
