@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import struct
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -681,3 +682,30 @@ def test_an_http2_preface_pipelined_behind_a_request_is_a_400_after_its_answer(
         probe.release.set()
         raw = until_closed(sock)
     assert statuses_of(raw) == [200, 400], raw
+
+
+# -- --log-level debug: the connection lines ------------------------------------------------------
+
+
+@pytest.mark.parametrize("over", ["tcp", "unix"])
+@pytest.mark.parametrize("end", ["close", "reset"])
+def test_the_connection_lines_name_the_client_and_how_it_ended(
+    serve: Serve, tmp_path: Path, over: str, end: str
+) -> None:
+    options: dict[str, Any] = {"uds": str(tmp_path / "s.sock")} if over == "unix" else {}
+    with serve(respond_ok, log_level="debug", **options) as srv, error_log() as records:
+        sock = unix_connect(options["uds"]) if over == "unix" else srv.connect()
+        with sock:
+            wire = Wire(sock)
+            wire.send(request("/"))
+            assert wire.response().status == 200
+            who = client_of(sock)
+            if end == "reset":
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        how = "reset" if end == "reset" and over == "tcp" else "closed"
+        wait_until(
+            lambda: any(" - connection " + how in r.getMessage() for r in records),
+            "the connection's last line",
+        )
+    lines = [r.getMessage() for r in records if r.getMessage().startswith(who + " - conn")]
+    assert lines == [f"{who} - connection open", f"{who} - connection {how}"]
