@@ -20,6 +20,7 @@ import httptools
 import pytest
 
 from fastserve.protocols.http1 import HIGH_WATER, HTTP1Protocol
+from fastserve.protocols.linger import IDLE_LINGER_SECONDS
 from tests.apps.core_apps import (
     App,
     Probe,
@@ -709,3 +710,85 @@ def test_the_connection_lines_name_the_client_and_how_it_ended(
         )
     lines = [r.getMessage() for r in records if r.getMessage().startswith(who + " - conn")]
     assert lines == [f"{who} - connection open", f"{who} - connection {how}"]
+
+
+# -- the client's FIN ----------------------------------------------------------------------------
+
+
+def test_a_half_closed_client_is_closed_right_after_its_answer(serve: Serve) -> None:
+    """Not at the keep-alive timeout (60 s here): the FIN said no more requests come."""
+    probe = Probe()
+    with serve(holding_app(probe), timeout_keep_alive=60) as srv, srv.connect() as sock:
+        sock.sendall(request("/"))
+        assert probe.get() == ("start", "GET", "/")
+        sock.shutdown(socket.SHUT_WR)
+        wait_until(lambda: the_connection(srv).eof, "the server to see the FIN")
+        probe.release.set()
+        raw = until_closed(sock)
+    assert statuses_of(raw) == [200], raw
+
+
+@pytest.mark.parametrize("when", ["idle", "body-after-the-answer"])
+def test_a_fin_where_no_request_runs_closes_quietly(serve: Serve, when: str) -> None:
+    """A FIN on an idle connection, or inside a body whose request was answered already:
+    the connection closes, and nothing goes wrong on the way (no error logged by the loop)."""
+    with (
+        serve(respond_ok, timeout_keep_alive=60) as srv,
+        srv.connect() as sock,
+        error_log(name="asyncio") as loop_records,
+        error_log() as records,
+    ):
+        wire = Wire(sock)
+        if when == "idle":
+            wire.send(request("/"))
+            assert wire.response().status == 200
+        else:
+            wire.send(request("/", "POST", "Content-Length: 10\r\n", b"12345"))
+            assert wire.response("POST").status == 200
+            conn = the_connection(srv)
+            wait_until(lambda: conn.cycle is None, "the app to return")
+        sock.shutdown(socket.SHUT_WR)
+        assert until_closed(sock) == b""
+        settle(srv)
+    assert [r.getMessage() for r in loop_records + records if r.levelno >= logging.ERROR] == []
+
+
+# -- a body that ends after its answer -------------------------------------------------------------
+
+
+def test_a_body_ending_after_the_answer_leaves_the_connection_idle(serve: Serve) -> None:
+    """Then the keep-alive timeout (0.5 s) closes it, not the body timeout (60 s)."""
+    with (
+        serve(respond_ok, timeout_keep_alive=0.5, timeout_request_body=60) as srv,
+        srv.connect() as sock,
+    ):
+        wire = Wire(sock)
+        wire.send(request("/", "POST", "Content-Length: 10\r\n", b"12345"))
+        assert wire.response("POST").status == 200
+        conn = the_connection(srv)
+        wait_until(lambda: conn.cycle is None, "the app to return")
+        wire.send(b"67890")
+        assert until_closed(sock) == b""
+
+
+# -- lingering after an idle close --------------------------------------------------------------
+
+
+def test_an_idle_close_lingers_for_its_own_short_time(serve: Serve) -> None:
+    """close_idle() drains input for IDLE_LINGER_SECONDS (1 s), not an error answer's 2 s."""
+    with serve(respond_ok) as srv, srv.connect() as sock:
+        wire = Wire(sock)
+        wire.send(request("/"))
+        assert wire.response().status == 200
+
+        async def close_and_wait() -> int:
+            state = srv.server.state
+            assert state is not None
+            srv.server.stop_serving()  # the idle connection closes (and lingers) now
+            lingering = len(state.connections)
+            await asyncio.sleep(IDLE_LINGER_SECONDS + 0.5)
+            for _ in range(10):
+                await asyncio.sleep(0)
+            return lingering * 10 + len(state.connections)
+
+        assert on_server_loop(srv, close_and_wait) == 10  # lingering, then gone
