@@ -792,3 +792,16 @@ def test_an_idle_close_lingers_for_its_own_short_time(serve: Serve) -> None:
             return lingering * 10 + len(state.connections)
 
         assert on_server_loop(srv, close_and_wait) == 10  # lingering, then gone
+
+
+# -- a head split over reads --------------------------------------------------------------------
+
+
+def test_a_request_target_split_over_reads_is_whole(serve: Serve) -> None:
+    probe = Probe()
+    with serve(holding_app(probe)) as srv, srv.connect() as sock:
+        probe.release.set()
+        sent_and_read(sock, b"GET /first-half")
+        sent_and_read(sock, b"-second-half?q=1 HTTP/1.1\r\nHost: a\r\n\r\n")
+        assert probe.get() == ("start", "GET", "/first-half-second-half")
+        assert Wire(sock).response().body == b"/first-half-second-half"
