@@ -805,3 +805,40 @@ def test_a_request_target_split_over_reads_is_whole(serve: Serve) -> None:
         sent_and_read(sock, b"-second-half?q=1 HTTP/1.1\r\nHost: a\r\n\r\n")
         assert probe.get() == ("start", "GET", "/first-half-second-half")
         assert Wire(sock).response().body == b"/first-half-second-half"
+
+
+def split_head(total: int) -> list[bytes]:
+    """A GET head of exactly `total` bytes, in two pieces (two reads)."""
+    first = b"GET / HTTP/1.1\r\nHost: a\r\n"
+    pad = total - len(first) - len(b"X-Pad: \r\n\r\n")
+    return [first, b"X-Pad: " + b"p" * pad + b"\r\n\r\n"]
+
+
+@pytest.mark.parametrize("total", [100, 101])
+def test_a_head_split_over_reads_may_be_exactly_the_head_size_cap(serve: Serve, total: int) -> None:
+    with serve(respond_ok, h11_max_incomplete_event_size=100) as srv, srv.connect() as sock:
+        for piece in split_head(total):
+            sent_and_read(sock, piece)
+        if total == 100:
+            assert Wire(sock).response().status == 200
+        else:
+            raw = until_closed(sock)
+            assert status_of(raw) == 431
+            assert raw.endswith(b"\r\n\r\nRequest header fields too large"), raw
+
+
+def test_the_version_of_a_read_is_its_first_request_lines(serve: Serve) -> None:
+    """A read holding one request and the line of the next (another version): each request
+    has its own version."""
+    probe = Probe()
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        probe.put(scope["http_version"])
+        await respond(send, 200, b"ok")
+
+    with serve(app) as srv, srv.connect() as sock:
+        sent_and_read(sock, b"GET /a HTTP/1.1\r\nHost: a\r\n\r\nGET /b HTTP/1.0\r\n")
+        sock.sendall(b"Host: b\r\n\r\n")
+        raw = until_closed(sock)
+    assert statuses_of(raw) == [200, 200], raw
+    assert [probe.get(), probe.get()] == ["1.1", "1.0"]
