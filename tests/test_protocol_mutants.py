@@ -21,7 +21,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from websockets.frames import Opcode
+from websockets.frames import Close, Opcode
 
 from fastserve.config import ConfigError
 from fastserve.protocols.connection import address
@@ -37,7 +37,7 @@ from fastserve.protocols.proxy_protocol import (
 from fastserve.protocols.sendfile import copy, zero_copy
 from fastserve.types import ClientDisconnected
 from tests.apps.core_apps import Probe, core_app
-from tests.apps.ws_apps import RawWS
+from tests.apps.ws_apps import RawWS, echo_app, frame_bytes, slow_reader
 from tests.conftest import RunningServer, run_server
 from tests.helpers import (
     Serve,
@@ -52,6 +52,7 @@ from tests.helpers import (
     wait_until,
 )
 from tests.test_proxy import where_app
+from tests.test_websocket_fragments import Peer, recorder
 
 # -- the PROXY header, parsed (proxy_protocol.py) ------------------------------------------------
 
@@ -728,3 +729,147 @@ def test_two_tasks_blocked_on_a_full_buffer_are_both_woken(serve: Serve) -> None
         assert sorted(tags) == [b"a"] * messages + [b"b"] * messages
         assert raw.recv_close() == (1000, "")
         assert sorted([done.get(), done.get()]) == [b"a", b"b"]
+
+
+# -- WebSocket (websocket.py): fragments, keepalive ----------------------------------------------
+
+
+def recorded(probe: Probe) -> list[dict[str, Any]]:
+    """What the recorder app received, up to its disconnect."""
+    events = []
+    while True:
+        events.append(probe.get())
+        if events[-1]["type"] == "websocket.disconnect":
+            return events
+
+
+def test_a_fragment_after_invalid_utf8_is_never_delivered(serve: Serve) -> None:
+    probe = Probe()
+    with serve(recorder(probe), ws_per_message_deflate=False) as srv, Peer(srv.port) as peer:
+        first = frame_bytes(Opcode.TEXT, b"ok \xff", fin=False)
+        peer.sock.sendall(first + frame_bytes(Opcode.CONT, b"after"))  # one read
+        frame = peer.recv_frame()
+        assert frame.opcode is Opcode.CLOSE
+        close = Close.parse(frame.data)
+        assert (close.code, close.reason) == (1007, "invalid UTF-8")
+    assert recorded(probe) == [{**DISCONNECT, "code": 1007, "reason": "invalid UTF-8"}]
+
+
+def test_a_fragmented_message_of_exactly_max_size_is_taken(serve: Serve) -> None:
+    # Each fragment counts its payload and FRAGMENT_COST (128): 2 x (372 + 128) = 1000.
+    probe = Probe()
+    options = {"ws_max_size": 1000, "ws_per_message_deflate": False}
+    with serve(recorder(probe), **options) as srv, Peer(srv.port) as peer:
+        for _ in range(2):  # (a second message: the count starts again at 0)
+            peer.send(Opcode.BINARY, b"a" * 372, fin=False)
+            peer.send(Opcode.CONT, b"b" * 372)
+        peer.sync()
+        peer.send(Opcode.CLOSE, struct.pack("!H", 1000))
+    message = {"type": "websocket.receive", "bytes": b"a" * 372 + b"b" * 372}
+    assert recorded(probe) == [message, message, {**DISCONNECT, "code": 1000}]
+
+
+def test_a_text_message_that_ends_inside_a_character_is_refused(serve: Serve) -> None:
+    probe = Probe()
+    with serve(recorder(probe), ws_per_message_deflate=False) as srv, Peer(srv.port) as peer:
+        peer.send(Opcode.TEXT, "é".encode()[:1], fin=False)
+        peer.send(Opcode.CONT, b"")
+        frame = peer.recv_frame()
+        assert frame.opcode is Opcode.CLOSE and Close.parse(frame.data).code == 1007
+    assert recorded(probe) == [{**DISCONNECT, "code": 1007, "reason": "invalid UTF-8"}]
+
+
+DISCONNECT = {"type": "websocket.disconnect", "code": 1000, "reason": ""}
+
+
+@pytest.mark.parametrize("answer", [None, b"nope"], ids=["silent", "wrong-pong"])
+def test_a_keepalive_timeout_closes_with_its_reason_and_logs_it(
+    serve: Serve, answer: bytes | None
+) -> None:
+    options = {"ws_ping_interval": 0.05, "ws_ping_timeout": 0.2, "ws_per_message_deflate": False}
+    with (
+        serve(echo_app(), **options) as srv,
+        error_log(logging.INFO) as records,
+        error_log(name="asyncio") as loop_errors,
+        RawWS(srv.port) as raw,
+    ):
+        pings = 0
+        while True:
+            opcode, _, payload = raw.recv_frame()
+            if opcode != Opcode.PING:
+                break
+            pings += 1
+            assert pings <= 3, "a ping answered with the wrong payload counted as answered"
+            if answer is not None:
+                raw.send(Opcode.PONG, answer)
+        assert opcode == Opcode.CLOSE
+        assert (struct.unpack("!H", payload[:2])[0], payload[2:]) == (
+            1011,
+            b"keepalive ping timeout",
+        )
+        assert raw.at_eof()
+        settle(srv)  # (connection_lost has run)
+    lines = [r.getMessage() for r in records if "keepalive" in r.getMessage()]
+    assert lines == ["WebSocket keepalive ping timed out: closing with 1011"]
+    assert loop_errors == []
+
+
+def test_the_keepalive_deadline_moved_while_reading_paused_still_fires_after(
+    serve: Serve,
+) -> None:
+    # The app reads nothing at first (queue of 1: reading pauses) and the client never answers
+    # a ping: the deadline moves while we do not read, then fires once the app reads again.
+    probe = Probe()
+    options = {
+        "ws_ping_interval": 0.05,
+        "ws_ping_timeout": 0.1,
+        "ws_max_queue": 1,
+        "ws_per_message_deflate": False,
+    }
+    with (
+        serve(slow_reader(probe), **options) as srv,
+        error_log(name="asyncio") as loop_errors,
+        RawWS(srv.port) as raw,
+    ):
+        sent_and_read(raw.sock, b"".join(frame_bytes(Opcode.TEXT, b"m%d" % i) for i in range(10)))
+        on_server_loop(srv, lambda: asyncio.sleep(0.5))  # the deadline passed, paused
+        raw.sock.setblocking(False)
+        try:
+            while chunk := raw.sock.recv(65536):
+                raw.buffer += chunk
+        except BlockingIOError:
+            pass
+        raw.sock.setblocking(True)
+        raw.sock.settimeout(5)
+        while raw.buffer:  # what came so far: pings only
+            opcode, _, _ = raw.recv_frame()
+            assert opcode == Opcode.PING
+        probe.release.set()
+        while (frame := raw.recv_frame())[0] == Opcode.PING:
+            pass
+        assert frame[0] == Opcode.CLOSE
+        assert struct.unpack("!H", frame[2][:2])[0] == 1011
+        assert probe.get() == 10
+        settle(srv)
+    assert loop_errors == []
+
+
+def test_a_keepalive_ping_due_while_closing_is_not_sent(serve: Serve) -> None:
+    # The app closes at once; the client answers the Close late, after a ping was due.
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await receive()
+        await send({"type": "websocket.accept"})
+        await send({"type": "websocket.close", "code": 1000})
+
+    options = {"ws_ping_interval": 0.05, "ws_ping_timeout": 0.05, "ws_per_message_deflate": False}
+    with (
+        serve(app, **options) as srv,
+        error_log(name="asyncio") as loop_errors,
+        RawWS(srv.port) as raw,
+    ):
+        assert raw.recv_close() == (1000, "")
+        on_server_loop(srv, lambda: asyncio.sleep(0.2))  # the ping was due meanwhile
+        raw.send(Opcode.CLOSE, struct.pack("!H", 1000))
+        assert raw.at_eof()
+        settle(srv)
+    assert loop_errors == []
