@@ -842,3 +842,83 @@ def test_the_version_of_a_read_is_its_first_request_lines(serve: Serve) -> None:
         raw = until_closed(sock)
     assert statuses_of(raw) == [200, 200], raw
     assert [probe.get(), probe.get()] == ["1.1", "1.0"]
+
+
+# -- every refusal of http1.py: its status and reason, and the limits' exact edges -------------
+
+LIMITS: dict[str, Any] = {
+    "limit_request_fields": 3,
+    "limit_request_field_size": 40,
+    "limit_request_body": 10,
+}
+REFUSALS = {
+    "field-too-large": (
+        b"GET / HTTP/1.1\r\nHost: a\r\nX-Big: " + b"v" * 36 + b"\r\n\r\n",  # 41
+        431,
+        b"Request header field too large",
+    ),
+    "too-many-fields": (
+        b"GET / HTTP/1.1\r\nHost: a\r\nA: 1\r\nB: 2\r\nC: 3\r\n\r\n",
+        431,
+        b"Too many request header fields",
+    ),
+    "no-version": (b"GET /\r\n\r\n", 400, b"Invalid request line: no HTTP version"),
+    "version-2": (b"GET / HTTP/2.0\r\nHost: a\r\n\r\n", 505, b"HTTP version not supported"),
+    "no-host": (b"GET / HTTP/1.1\r\n\r\n", 400, b"Missing Host header"),
+    "fragment": (b"GET /a#b HTTP/1.1\r\nHost: a\r\n\r\n", 400, b"Fragment in request target"),
+    "asterisk-not-options": (b"GET * HTTP/1.1\r\nHost: a\r\n\r\n", 400, b"Invalid request target"),
+    "length-over-limit": (
+        b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 11\r\n\r\n",
+        413,
+        b"Request body too large",
+    ),
+    "chunked-over-limit": (
+        b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\nb\r\n"
+        + b"x" * 11
+        + b"\r\n0\r\n\r\n",
+        413,
+        b"Request body too large",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(REFUSALS))
+def test_each_refusal_has_its_status_and_reason(serve: Serve, case: str) -> None:
+    data, status, reason = REFUSALS[case]
+    with serve(respond_ok, **LIMITS) as srv, srv.connect() as sock:
+        sock.sendall(data)
+        raw = until_closed(sock)
+    assert status_of(raw) == status, raw
+    assert raw.endswith(b"\r\n\r\n" + reason), raw
+
+
+def test_the_limits_admit_a_request_exactly_at_them(serve: Serve) -> None:
+    """A field of exactly --limit-request-field-size (name + value), exactly
+    --limit-request-fields fields, a body of exactly --limit-request-body."""
+    data = (
+        b"POST / HTTP/1.1\r\nHost: a\r\nX-Big: " + b"v" * 35 + b"\r\n"  # 5 + 35 = 40
+        b"Content-Length: 10\r\n\r\n0123456789"
+    )
+    with serve(respond_ok, **LIMITS) as srv, srv.connect() as sock:
+        wire = Wire(sock)
+        wire.send(data)
+        assert wire.response("POST").status == 200
+
+
+def test_the_target_and_the_field_values_as_the_app_sees_them(serve: Serve) -> None:
+    """The query is what follows the first "?"; trailing whitespace leaves field values
+    (llhttp strips the leading); OPTIONS * keeps its target."""
+    probe = Probe()
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        probe.put((scope["method"], scope["raw_path"], scope["query_string"], scope["headers"]))
+        await respond(send, 200, b"ok")
+
+    with serve(app) as srv, srv.connect() as sock:
+        wire = Wire(sock)
+        wire.send(b"GET /p?a=1?b=2 HTTP/1.1\r\nHost: a\r\nX-Pad:  v w \t\r\n\r\n")
+        assert wire.response().status == 200
+        wire.send(b"OPTIONS * HTTP/1.1\r\nHost: a\r\n\r\n")
+        assert wire.response("OPTIONS").status == 200
+    assert probe.get() == ("GET", b"/p", b"a=1?b=2", [(b"host", b"a"), (b"x-pad", b"v w")])
+    assert probe.get() == ("OPTIONS", b"*", b"", [(b"host", b"a")])
