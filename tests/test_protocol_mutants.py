@@ -9,6 +9,7 @@ lingering close, back-pressure, the hand-over after a PROXY header).
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import logging
 import os
@@ -20,6 +21,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import h11
 import pytest
 from websockets.frames import Close, Opcode
 
@@ -37,7 +39,14 @@ from fastserve.protocols.proxy_protocol import (
 from fastserve.protocols.sendfile import copy, zero_copy
 from fastserve.types import ClientDisconnected
 from tests.apps.core_apps import Probe, core_app
-from tests.apps.ws_apps import RawWS, echo_app, frame_bytes, slow_reader
+from tests.apps.ws_apps import (
+    RawWS,
+    crash_before_accept,
+    deny_app,
+    echo_app,
+    frame_bytes,
+    slow_reader,
+)
 from tests.conftest import RunningServer, run_server
 from tests.helpers import (
     Serve,
@@ -48,6 +57,7 @@ from tests.helpers import (
     sent_and_read,
     settle,
     stalled,
+    unread_by_server,
     until_closed,
     wait_until,
 )
@@ -873,3 +883,83 @@ def test_a_keepalive_ping_due_while_closing_is_not_sent(serve: Serve) -> None:
         assert raw.at_eof()
         settle(srv)
     assert loop_errors == []
+
+
+def test_a_whole_text_message_of_invalid_utf8_closes_with_its_reason(serve: Serve) -> None:
+    probe = Probe()
+    with serve(recorder(probe), ws_per_message_deflate=False) as srv, Peer(srv.port) as peer:
+        peer.send(Opcode.TEXT, b"ok \xff")
+        frame = peer.recv_frame()
+        assert frame.opcode is Opcode.CLOSE
+        close = Close.parse(frame.data)
+        assert (close.code, close.reason) == (1007, "invalid UTF-8")
+    assert recorded(probe) == [{**DISCONNECT, "code": 1007, "reason": "invalid UTF-8"}]
+
+
+def test_reading_pauses_once_the_queue_holds_ws_max_queue_messages(serve: Serve) -> None:
+    probe = Probe()
+    options = {"ws_max_queue": 2, "ws_per_message_deflate": False}
+    with serve(slow_reader(probe), **options) as srv, RawWS(srv.port) as raw:
+        sent_and_read(raw.sock, frame_bytes(Opcode.TEXT, b"1") + frame_bytes(Opcode.TEXT, b"2"))
+        raw.sock.sendall(frame_bytes(Opcode.TEXT, b"3"))
+        settle(srv)
+        assert unread_by_server(raw.sock) > 0  # two queued: the third waits in the socket
+        probe.release.set()
+        raw.send(Opcode.CLOSE, struct.pack("!H", 1000))
+        assert raw.recv_close()[0] == 1000
+        assert probe.get() == 3
+
+
+def test_a_frame_sent_with_the_handshake_reaches_the_app(serve: Serve) -> None:
+    with serve(echo_app(), ws_per_message_deflate=False) as srv, srv.connect() as sock:
+        raw = RawWS.__new__(RawWS)  # (its handshake, but with a frame in the same packet)
+        raw.sock, raw.buffer = sock, b""
+        key = base64.b64encode(os.urandom(16))
+        sock.sendall(
+            b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13\r\n\r\n"
+            % key
+            + frame_bytes(Opcode.TEXT, b"early")
+        )
+        assert raw.read_until(b"\r\n\r\n").startswith(b"HTTP/1.1 101 ")
+        assert raw.recv_frame() == (Opcode.TEXT, True, b"early")
+
+
+def http_answer(raw: RawWS) -> tuple[h11.Response, bytes]:
+    """The HTTP response a WebSocket handshake got, read to the server's close, by h11."""
+    conn = h11.Connection(h11.CLIENT)
+    conn.send(h11.Request(method="GET", target="/", headers=[("host", "x")]))
+    conn.send(h11.EndOfMessage())
+    conn.receive_data(raw.head + b"\r\n\r\n" + raw.buffer + until_closed(raw.sock))
+    conn.receive_data(b"")
+    head, body = None, b""
+    while (event := conn.next_event()) is not h11.PAUSED and event is not h11.NEED_DATA:
+        if isinstance(event, h11.Response):
+            head = event
+        elif isinstance(event, h11.Data):
+            body += event.data
+        elif isinstance(event, h11.EndOfMessage):
+            break
+    assert head is not None
+    return head, body
+
+
+@pytest.mark.parametrize(
+    "parts",
+    [[b"d" * (20 * 1024)], [b"ab", b"cd", b"ef"], [b"ab", b"c" * (20 * 1024), b"ef"]],
+    ids=["large-whole", "chunked", "chunked-large-piece"],
+)
+def test_a_denial_response_arrives_whole_and_closes(serve: Serve, parts: list[bytes]) -> None:
+    with serve(deny_app(403, parts)) as srv, RawWS(srv.port) as raw:
+        assert raw.status == 403
+        head, body = http_answer(raw)
+    assert body == b"".join(parts)
+    assert (b"connection", b"close") in head.headers
+
+
+def test_a_websocket_app_failing_before_accept_gets_a_500_that_closes(serve: Serve) -> None:
+    with serve(crash_before_accept) as srv, RawWS(srv.port) as raw:
+        assert raw.status == 500
+        head, body = http_answer(raw)
+    assert body == b"Internal Server Error"
+    assert (b"connection", b"close") in head.headers
