@@ -922,3 +922,55 @@ def test_the_target_and_the_field_values_as_the_app_sees_them(serve: Serve) -> N
         assert wire.response("OPTIONS").status == 200
     assert probe.get() == ("GET", b"/p", b"a=1?b=2", [(b"host", b"a"), (b"x-pad", b"v w")])
     assert probe.get() == ("OPTIONS", b"*", b"", [(b"host", b"a")])
+
+
+# -- after a response: the next deadline ----------------------------------------------------------
+
+
+def test_the_keep_alive_timer_is_armed_again_after_it_fired_during_the_app(
+    serve: Serve,
+) -> None:
+    """The keep-alive timer (0.3 s) fires while the app runs with its request complete:
+    nothing to time then, and no timer left. After the answer the idle connection gets a
+    new one, and closes."""
+    probe = Probe()
+    with (
+        serve(holding_app(probe), timeout_keep_alive=0.3) as srv,
+        srv.connect() as sock,
+    ):
+        _, start = connected_at(srv)
+        wire = Wire(sock)
+        wire.send(request("/"))
+        assert probe.get() == ("start", "GET", "/")
+        on_server_loop(srv, until(start + 0.6))  # the timer has fired
+        probe.release.set()
+        assert wire.response().status == 200
+        assert until_closed(sock) == b""
+
+
+def test_a_pipelined_request_whose_body_stalls_gets_its_408_on_time(serve: Serve) -> None:
+    """Once it runs, --timeout-request-body (0.5 s) counts for its body, whatever timer
+    was armed before (the keep-alive and head timeouts are 60 s)."""
+    probe = Probe()
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        probe.put(("start", scope["path"]))
+        if scope["path"] == "/first":
+            await probe.wait_release()
+        size = await count_body(receive)
+        if size is not None:
+            await respond(send, 200, b"%d" % size)
+
+    options = {"timeout_keep_alive": 60, "timeout_request_header": 60}
+    with (
+        serve(app, timeout_request_body=0.5, **options) as srv,
+        srv.connect() as sock,
+    ):
+        sock.sendall(
+            request("/first") + request("/second", "POST", "Content-Length: 10\r\n", b"12")
+        )
+        assert probe.get() == ("start", "/first")
+        probe.release.set()
+        assert probe.get() == ("start", "/second")
+        raw = until_closed(sock)
+    assert statuses_of(raw) == [200, 408], raw
