@@ -11,6 +11,7 @@ import asyncio
 import logging
 import socket
 import struct
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -974,3 +975,32 @@ def test_a_pipelined_request_whose_body_stalls_gets_its_408_on_time(serve: Serve
         assert probe.get() == ("start", "/second")
         raw = until_closed(sock)
     assert statuses_of(raw) == [200, 408], raw
+
+
+def test_reading_stays_paused_while_pipelined_requests_wait(serve: Serve) -> None:
+    """Three pipelined requests: when the first is answered, the second runs and the third
+    still waits, so reading stays paused (what the client sends next stays unread)."""
+    probe = Probe()
+    gates = {"/1": threading.Event(), "/2": threading.Event(), "/3": threading.Event()}
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope["path"]
+        probe.put(path)
+        while not gates[path].is_set():
+            await asyncio.sleep(0.005)
+        await respond(send, 200, path.encode())
+
+    with serve(app) as srv, srv.connect() as sock:
+        sent_and_read(sock, request("/1") + request("/2") + request("/3"))
+        assert probe.get() == "/1"
+        later = b"GET /4 HTTP/1.1\r\n"
+        sock.sendall(later)
+        gates["/1"].set()
+        assert probe.get() == "/2"
+        wait_until(lambda: unacknowledged(sock) == 0, "the server's kernel to take the bytes")
+        settle(srv)
+        assert unread_by_server(sock) == len(later)
+        gates["/2"].set()
+        gates["/3"].set()
+        wire = Wire(sock)
+        assert [wire.response().body for _ in range(3)] == [b"/1", b"/2", b"/3"]
