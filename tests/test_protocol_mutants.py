@@ -963,3 +963,58 @@ def test_a_websocket_app_failing_before_accept_gets_a_500_that_closes(serve: Ser
         head, body = http_answer(raw)
     assert body == b"Internal Server Error"
     assert (b"connection", b"close") in head.headers
+
+
+@pytest.mark.parametrize(
+    ("restarting", "code", "reason"),
+    [(False, 1001, "server shutdown"), (True, 1012, "server restart")],
+    ids=["shutdown", "restart"],
+)
+def test_a_server_stopping_closes_websockets_with_its_reason(
+    serve: Serve, restarting: bool, code: int, reason: str
+) -> None:
+    probe = Probe()
+    with serve(recorder(probe), ws_per_message_deflate=False) as srv, RawWS(srv.port) as raw:
+        assert raw.status == 101
+        assert srv.server.state is not None
+        srv.server.state.restarting = restarting  # (what a retiring worker sets)
+        srv.loop.call_soon_threadsafe(srv.server.handle_exit)
+        assert raw.recv_close() == (code, reason)
+        raw.send(Opcode.CLOSE, struct.pack("!H", code))
+        assert raw.at_eof()
+    assert recorded(probe) == [{**DISCONNECT, "code": code, "reason": reason}]
+
+
+def test_frames_before_the_accept_are_read_up_to_64_kib(serve: Serve) -> None:
+    probe = Probe()
+
+    async def late_accept(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await receive()
+        await probe.wait_release()
+        await send({"type": "websocket.accept"})
+        received = []
+        while (message := await receive())["type"] == "websocket.receive":
+            received.append(message.get("bytes") or message.get("text"))
+        probe.put(received)
+
+    big, end = frame_bytes(Opcode.BINARY, b"x" * 65528), frame_bytes(Opcode.TEXT, b"end")
+    assert len(big) == 64 * 1024  # PRE_ACCEPT_LIMIT
+    with serve(late_accept, ws_per_message_deflate=False) as srv, srv.connect() as sock:
+        key = base64.b64encode(os.urandom(16))
+        sent_and_read(
+            sock,
+            b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13\r\n\r\n" % key,
+        )
+        sent_and_read(sock, big)  # exactly the limit: still reading
+        sock.sendall(end[:1])
+        settle(srv)
+        assert unread_by_server(sock) == 0  # (one byte past it: reading pauses after it)
+        sock.sendall(end[1:])
+        probe.release.set()
+        raw = RawWS.__new__(RawWS)
+        raw.sock, raw.buffer = sock, b""
+        assert raw.read_until(b"\r\n\r\n").startswith(b"HTTP/1.1 101 ")
+        raw.send(Opcode.CLOSE, struct.pack("!H", 1000))
+        assert raw.recv_close()[0] == 1000
+        assert probe.get() == [b"x" * 65528, "end"]
