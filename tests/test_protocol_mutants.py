@@ -1018,3 +1018,21 @@ def test_frames_before_the_accept_are_read_up_to_64_kib(serve: Serve) -> None:
         raw.send(Opcode.CLOSE, struct.pack("!H", 1000))
         assert raw.recv_close()[0] == 1000
         assert probe.get() == [b"x" * 65528, "end"]
+
+
+@pytest.mark.parametrize("interval", [None, 0.0], ids=["none", "zero"])
+def test_keepalive_pings_off_send_no_ping(serve: Serve, interval: float | None) -> None:
+    options = {"ws_ping_interval": interval, "ws_per_message_deflate": False}
+    with (
+        serve(echo_app(), **options) as srv,
+        error_log(name="asyncio") as loop_errors,
+        RawWS(srv.port) as raw,
+    ):
+        raw.send(Opcode.TEXT, b"one")
+        settle(srv)
+        raw.send(Opcode.TEXT, b"two")
+        raw.send(Opcode.CLOSE, struct.pack("!H", 1000))
+        frames = [raw.recv_frame() for _ in range(3)]  # nothing but the echoes and the Close
+        assert [f[:2] for f in frames] == [(Opcode.TEXT, True)] * 2 + [(Opcode.CLOSE, True)]
+        assert raw.at_eof()
+    assert loop_errors == []
