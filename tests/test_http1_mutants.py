@@ -1004,3 +1004,24 @@ def test_reading_stays_paused_while_pipelined_requests_wait(serve: Serve) -> Non
         gates["/3"].set()
         wire = Wire(sock)
         assert [wire.response().body for _ in range(3)] == [b"/1", b"/2", b"/3"]
+
+
+def test_after_a_large_body_read_late_the_idle_connection_still_times_out(
+    serve: Serve,
+) -> None:
+    """A request whose body went past the high-water mark (reading paused on the way, and
+    resumed at the request's end): after its answer the connection is idle like any other
+    and closes at the keep-alive timeout."""
+    probe = Probe()
+    size = HIGH_WATER + 5000
+    with serve(holding_app(probe), timeout_keep_alive=0.3) as srv, srv.connect() as sock:
+        wire = Wire(sock)
+        wire.send(request("/big", "POST", f"Content-Length: {size}\r\n", b"b" * size))
+        assert probe.get() == ("start", "POST", "/big")
+        wait_until(
+            lambda: unacknowledged(sock) == 0 and unread_by_server(sock) == 0,
+            "the server to read the whole body",
+        )
+        probe.release.set()
+        assert wire.response("POST").status == 200
+        assert until_closed(sock) == b""
