@@ -1036,3 +1036,23 @@ def test_keepalive_pings_off_send_no_ping(serve: Serve, interval: float | None) 
         assert [f[:2] for f in frames] == [(Opcode.TEXT, True)] * 2 + [(Opcode.CLOSE, True)]
         assert raw.at_eof()
     assert loop_errors == []
+
+
+def test_an_accepted_websocket_is_logged_as_a_101_of_0_bytes_and_counted(
+    serve: Serve, capsys: pytest.CaptureFixture[str]
+) -> None:
+    options = {"access_log": True, "access_log_json": True, "log_level": "info"}
+    with serve(echo_app(), metrics=True, metrics_port=0, **options) as srv:
+        for _ in range(2):
+            with RawWS(srv.port) as raw:
+                assert raw.status == 101
+                raw.send(Opcode.CLOSE, struct.pack("!H", 1000))
+                assert raw.recv_close()[0] == 1000
+
+        async def accepted() -> int:
+            assert srv.server.state is not None and srv.server.state.metrics is not None
+            return srv.server.state.metrics.ws_connections
+
+        assert on_server_loop(srv, accepted) == 2
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line]
+    assert [(line["status"], line["bytes"]) for line in lines] == [(101, 0), (101, 0)]
