@@ -1051,7 +1051,8 @@ def test_an_accepted_websocket_is_logged_as_a_101_of_0_bytes_and_counted(
 
         async def accepted() -> int:
             assert srv.server.state is not None and srv.server.state.metrics is not None
-            return srv.server.state.metrics.ws_connections
+            count: int = srv.server.state.metrics.ws_connections
+            return count
 
         assert on_server_loop(srv, accepted) == 2
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line]
