@@ -917,11 +917,12 @@ def test_the_target_and_the_field_values_as_the_app_sees_them(serve: Serve) -> N
 
     with serve(app) as srv, srv.connect() as sock:
         wire = Wire(sock)
-        wire.send(b"GET /p?a=1?b=2 HTTP/1.1\r\nHost: a\r\nX-Pad:  v w \t\r\n\r\n")
+        wire.send(b"GET /p?a=1?b=2 HTTP/1.1\r\nHost: a\r\nX-Pad:  v w \t\r\nX-Y: aX \r\n\r\n")
         assert wire.response().status == 200
         wire.send(b"OPTIONS * HTTP/1.1\r\nHost: a\r\n\r\n")
         assert wire.response("OPTIONS").status == 200
-    assert probe.get() == ("GET", b"/p", b"a=1?b=2", [(b"host", b"a"), (b"x-pad", b"v w")])
+    fields = [(b"host", b"a"), (b"x-pad", b"v w"), (b"x-y", b"aX")]
+    assert probe.get() == ("GET", b"/p", b"a=1?b=2", fields)
     assert probe.get() == ("OPTIONS", b"*", b"", [(b"host", b"a")])
 
 
@@ -1025,3 +1026,28 @@ def test_after_a_large_body_read_late_the_idle_connection_still_times_out(
         probe.release.set()
         assert wire.response("POST").status == 200
         assert until_closed(sock) == b""
+
+
+def test_expect_100_continue_is_for_its_own_request_only(serve: Serve) -> None:
+    """The first request asks for a 100 (Continue) and gets it; the next one, on the same
+    connection, does not ask: the app waits for its body and no 100 goes out."""
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        await respond(send, 200, await read_body(receive))
+
+    with serve(app) as srv, srv.connect() as sock:
+        sent_and_read(sock, request("/1", "POST", "Content-Length: 1\r\nExpect: 100-continue\r\n"))
+        sock.settimeout(5)
+        interim = b""
+        while b"\r\n\r\n" not in interim:
+            interim += sock.recv(1)
+        assert interim.startswith(b"HTTP/1.1 100 "), interim
+        wire = Wire(sock)
+        wire.send(b"a")
+        assert wire.response("POST").body == b"a"
+        sent_and_read(sock, request("/2", "POST", "Content-Length: 1\r\n"))
+        settle(srv)  # the app waits in receive()
+        assert pending(sock) == b""
+        wire.send(b"b")
+        second = wire.response("POST")
+    assert (second.informational, second.body) == ([], b"b")
