@@ -1051,3 +1051,16 @@ def test_expect_100_continue_is_for_its_own_request_only(serve: Serve) -> None:
         wire.send(b"b")
         second = wire.response("POST")
     assert (second.informational, second.body) == ([], b"b")
+
+
+def test_without_log_connections_no_connection_line_is_logged(serve: Serve) -> None:
+    """At --log-level info (no connection lines), not even the close line is made, whatever
+    the logger's level."""
+    with serve(respond_ok, log_level="info") as srv, error_log(logging.DEBUG) as records:
+        with srv.connect() as sock:
+            wire = Wire(sock)
+            wire.send(request("/"))
+            assert wire.response().status == 200
+        wait_until(lambda: not connections(srv), "the connection to end")
+        settle(srv)
+    assert [r.getMessage() for r in records if " - connection " in r.getMessage()] == []
