@@ -1064,3 +1064,32 @@ def test_without_log_connections_no_connection_line_is_logged(serve: Serve) -> N
         wait_until(lambda: not connections(srv), "the connection to end")
         settle(srv)
     assert [r.getMessage() for r in records if " - connection " in r.getMessage()] == []
+
+
+def test_a_connection_ending_after_its_timer_fired_for_nothing_ends_cleanly(
+    serve: Serve,
+) -> None:
+    """The keep-alive timer (0.3 s) fires while the app runs with its request complete and
+    is not re-armed; then the client leaves: the connection ends with no timer to cancel,
+    and nothing goes wrong (no error logged)."""
+    probe = Probe()
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        probe.put("start")
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        await respond(send, 200, b"late")  # (to a half-closed client: still delivered)
+
+    with (
+        serve(app, timeout_keep_alive=0.3) as srv,
+        error_log(name="asyncio") as loop_records,
+        error_log() as records,
+    ):
+        with srv.connect() as sock:
+            _, start = connected_at(srv)
+            sock.sendall(request("/"))
+            assert probe.get() == "start"
+            on_server_loop(srv, until(start + 0.6))  # the timer has fired
+        wait_until(lambda: not connections(srv), "the connection to end")
+        settle(srv)
+    assert [r.getMessage() for r in loop_records + records if r.levelno >= logging.ERROR] == []
