@@ -1046,14 +1046,70 @@ def test_an_accepted_websocket_is_logged_as_a_101_of_0_bytes_and_counted(
         for _ in range(2):
             with RawWS(srv.port) as raw:
                 assert raw.status == 101
+                for text in (b"one", b"two"):
+                    raw.send(Opcode.TEXT, text)
+                    assert raw.recv_frame() == (Opcode.TEXT, True, text)
                 raw.send(Opcode.CLOSE, struct.pack("!H", 1000))
                 assert raw.recv_close()[0] == 1000
 
-        async def accepted() -> int:
+        async def counts() -> tuple[int, int]:
             assert srv.server.state is not None and srv.server.state.metrics is not None
-            count: int = srv.server.state.metrics.ws_connections
-            return count
+            metrics = srv.server.state.metrics
+            return int(metrics.ws_connections), int(metrics.ws_sent)
 
-        assert on_server_loop(srv, accepted) == 2
+        assert on_server_loop(srv, counts) == (2, 4)  # connections, messages sent
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line]
     assert [(line["status"], line["bytes"]) for line in lines] == [(101, 0), (101, 0)]
+
+
+OPEN_THEN: list[dict[str, Any]] = [{"type": "websocket.accept"}]
+MISUSES: dict[str, tuple[list[dict[str, Any]], str]] = {
+    "bytes-and-text": (
+        [*OPEN_THEN, {"type": "websocket.send", "bytes": b"x", "text": "y"}],
+        "websocket.send needs one of 'bytes' or 'text'",
+    ),
+    "neither": (
+        [*OPEN_THEN, {"type": "websocket.send"}],
+        "websocket.send needs one of 'bytes' or 'text'",
+    ),
+    "denial-after-accept": (
+        [*OPEN_THEN, {"type": "websocket.http.response.start", "status": 403, "headers": []}],
+        "unexpected ASGI message 'websocket.http.response.start' (WebSocket phase",
+    ),
+    "denial-body-first": (
+        [{"type": "websocket.http.response.body", "body": b"x"}],
+        "unexpected ASGI message 'websocket.http.response.body' (WebSocket phase",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(MISUSES))
+def test_a_websocket_apps_mistake_raises_in_its_send(serve: Serve, case: str) -> None:
+    messages, error = MISUSES[case]
+    probe = Probe()
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await receive()
+        for message in messages[:-1]:
+            await send(message)
+        try:
+            await send(messages[-1])
+        except RuntimeError as exc:
+            probe.put(str(exc))
+        else:
+            probe.put(None)
+
+    with serve(app, ws_per_message_deflate=False) as srv, RawWS(srv.port) as raw:
+        assert raw.status == (500 if case == "denial-body-first" else 101)
+        raised = probe.get()
+    assert raised is not None and raised.startswith(error), raised
+
+
+def test_a_websocket_close_without_a_code_is_a_1000(serve: Serve) -> None:
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await receive()
+        await send({"type": "websocket.accept"})
+        await send({"type": "websocket.close"})
+
+    with serve(app, ws_per_message_deflate=False) as srv, RawWS(srv.port) as raw:
+        assert raw.recv_close() == (1000, "")
