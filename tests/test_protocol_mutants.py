@@ -1113,3 +1113,21 @@ def test_a_websocket_close_without_a_code_is_a_1000(serve: Serve) -> None:
 
     with serve(app, ws_per_message_deflate=False) as srv, RawWS(srv.port) as raw:
         assert raw.recv_close() == (1000, "")
+
+
+def test_after_its_close_an_app_may_close_again_but_not_send(serve: Serve) -> None:
+    probe = Probe()
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await receive()
+        await send({"type": "websocket.accept"})
+        await send({"type": "websocket.close", "code": 1000})
+        await send({"type": "websocket.close", "code": 1000})  # harmless
+        try:
+            await send({"type": "websocket.send", "text": "late"})
+        except OSError as exc:
+            probe.put((type(exc).__name__, str(exc)))
+
+    with serve(app, ws_per_message_deflate=False) as srv, RawWS(srv.port) as raw:
+        assert raw.recv_close() == (1000, "")
+        assert probe.get() == ("ClientDisconnected", "WebSocket closed")
