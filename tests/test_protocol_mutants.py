@@ -1131,3 +1131,25 @@ def test_after_its_close_an_app_may_close_again_but_not_send(serve: Serve) -> No
     with serve(app, ws_per_message_deflate=False) as srv, RawWS(srv.port) as raw:
         assert raw.recv_close() == (1000, "")
         assert probe.get() == ("ClientDisconnected", "WebSocket closed")
+
+
+def test_an_app_raising_after_its_websocket_closed_is_logged_at_debug(serve: Serve) -> None:
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await receive()
+        await send({"type": "websocket.accept"})
+        await send({"type": "websocket.close", "code": 1000})
+        await send({"type": "websocket.send", "text": "late"})  # raises, not caught
+
+    with (
+        serve(app, ws_per_message_deflate=False) as srv,
+        error_log(logging.DEBUG) as records,
+        RawWS(srv.port) as raw,
+    ):
+        assert raw.recv_close() == (1000, "")
+        raw.send(Opcode.CLOSE, struct.pack("!H", 1000))
+        assert raw.at_eof()
+        wait_until(lambda: any("raised" in r.getMessage() for r in records), "the debug line")
+    lines = [(r.levelno, r.getMessage()) for r in records if "raised" in r.getMessage()]
+    expected = "WebSocket app raised after the client disconnected: "
+    assert lines == [(logging.DEBUG, expected + "ClientDisconnected('WebSocket closed')")]
+    assert not [r for r in records if r.levelno >= logging.ERROR]
