@@ -41,6 +41,7 @@ from fastserve.types import ClientDisconnected
 from tests.apps.core_apps import Probe, core_app
 from tests.apps.ws_apps import (
     RawWS,
+    crash_after_accept,
     crash_before_accept,
     deny_app,
     echo_app,
@@ -1153,3 +1154,29 @@ def test_an_app_raising_after_its_websocket_closed_is_logged_at_debug(serve: Ser
     expected = "WebSocket app raised after the client disconnected: "
     assert lines == [(logging.DEBUG, expected + "ClientDisconnected('WebSocket closed')")]
     assert not [r for r in records if r.levelno >= logging.ERROR]
+
+
+def test_a_websocket_apps_exception_and_its_cancellation_are_logged(serve: Serve) -> None:
+    with serve(crash_after_accept, ws_per_message_deflate=False) as srv:
+        with error_log() as records, RawWS(srv.port) as raw:
+            raw.send(Opcode.TEXT, b"go")  # it raises on its next message
+            assert raw.recv_close()[0] == 1011
+            wait_until(lambda: bool(records), "the error logged")
+        assert [(r.levelno, r.getMessage()) for r in records] == [
+            (logging.ERROR, "Exception in ASGI application")
+        ]
+
+    async def stubborn(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await receive()
+        await send({"type": "websocket.accept"})
+        await asyncio.Event().wait()  # ignores the disconnect: cancelled at the deadline
+
+    with serve(stubborn, timeout_graceful_shutdown=0.2) as srv:
+        with error_log() as records, RawWS(srv.port) as raw:
+            assert raw.status == 101
+            srv.loop.call_soon_threadsafe(srv.server.handle_exit)
+            assert raw.recv_close()[0] == 1001  # (never answered)
+            srv.thread.join(10)
+            assert not srv.thread.is_alive()
+        warnings = [r.getMessage() for r in records if r.levelno == logging.WARNING]
+        assert "WebSocket app cancelled (server shutting down)" in warnings
