@@ -1180,3 +1180,26 @@ def test_a_websocket_apps_exception_and_its_cancellation_are_logged(serve: Serve
             assert not srv.thread.is_alive()
         warnings = [r.getMessage() for r in records if r.levelno == logging.WARNING]
         assert "WebSocket app cancelled (server shutting down)" in warnings
+
+
+def test_a_websocket_app_returning_without_an_answer_is_logged(serve: Serve) -> None:
+    async def silent(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await receive()  # and returns: neither accept nor close
+
+    async def polite(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await receive()
+        await send({"type": "websocket.accept"})  # and returns: closed with 1000
+
+    for app, outcome in ((silent, 500), (polite, 1000)):
+        with serve(app) as srv, error_log() as records, RawWS(srv.port) as raw:
+            if outcome == 500:
+                assert raw.status == 500
+                wait_until(lambda: bool(records), "the error logged")
+            else:
+                assert raw.recv_close()[0] == 1000
+                settle(srv)
+            errors = [r.getMessage() for r in records if r.levelno >= logging.ERROR]
+        if outcome == 500:
+            assert errors == ["ASGI app returned without accepting or rejecting the WebSocket"]
+        else:
+            assert errors == []
