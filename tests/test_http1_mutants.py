@@ -1093,3 +1093,24 @@ def test_a_connection_ending_after_its_timer_fired_for_nothing_ends_cleanly(
         wait_until(lambda: not connections(srv), "the connection to end")
         settle(srv)
     assert [r.getMessage() for r in loop_records + records if r.levelno >= logging.ERROR] == []
+
+
+def test_a_body_that_never_starts_gets_its_408(serve: Serve) -> None:
+    """The first request of a connection announces a body and sends none of it: the timer
+    (first at the head's deadline, 0.2 s) finds no body byte yet and counts from the
+    request's start; --timeout-request-body (1 s) then refuses it."""
+    probe = Probe()
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        probe.put("start")
+        probe.put(await count_body(receive))  # None: the 408's disconnect
+
+    with (
+        serve(app, timeout_request_header=0.2, timeout_request_body=1.0) as srv,
+        srv.connect() as sock,
+    ):
+        sock.sendall(request("/up", "POST", "Content-Length: 5\r\n"))
+        assert probe.get() == "start"
+        raw = until_closed(sock)
+    assert statuses_of(raw) == [408], raw
+    assert probe.get() is None
