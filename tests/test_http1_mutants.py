@@ -1114,3 +1114,18 @@ def test_a_body_that_never_starts_gets_its_408(serve: Serve) -> None:
         raw = until_closed(sock)
     assert statuses_of(raw) == [408], raw
     assert probe.get() is None
+
+
+def test_the_scope_names_the_client_and_the_server(serve: Serve) -> None:
+    probe = Probe()
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        probe.put((scope["client"], scope["server"]))
+        await respond(send, 200, b"ok")
+
+    with serve(app) as srv, srv.connect() as sock:
+        wire = Wire(sock)
+        wire.send(request("/"))
+        assert wire.response().status == 200
+        host, port = sock.getsockname()[:2]
+        assert probe.get() == ((host, port), ("127.0.0.1", srv.port))
