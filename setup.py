@@ -61,6 +61,7 @@ COMPILED = [
     "protocols/http1.py",
     "protocols/http1_head.py",
     "protocols/http1_rules.py",
+    "protocols/idle.py",
     "protocols/linger.py",
     "protocols/outbox.py",
     "protocols/proxy_protocol.py",

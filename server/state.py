@@ -16,6 +16,7 @@ from .config import Config
 from .counters import Counters
 from .middleware.proxy_headers import ProxyHeaders
 from .protocols import WS, http2_upgrade
+from .protocols.idle import IdleConnections
 from .protocols.outbox import Outbox
 from .types import ASGIApp
 
@@ -42,6 +43,7 @@ class ServerState:
         "default_headers",
         "eager",
         "h2_upgrade",
+        "idle_conns",
         "in_flight",
         "lifespan_state",
         "limit_concurrency",
@@ -113,6 +115,8 @@ class ServerState:
             contextvars.Context() if config.reset_contextvars else contextvars.copy_context()
         )
         self.connections: set[Closable] = set()
+        # The keep-alive deadlines of idle HTTP/2 connections, on one timer (idle.py).
+        self.idle_conns = IdleConnections(loop, config.timeout_keep_alive)
         self.tasks: set[asyncio.Task[None]] = set()
         self.in_flight = 0
         self.total_requests = 0
@@ -167,6 +171,7 @@ class ServerState:
         return out
 
     def close(self) -> None:
+        self.idle_conns.close()
         if self.date_timer is not None:
             self.date_timer.cancel()
             self.date_timer = None

@@ -25,6 +25,13 @@ def count(name: str) -> int:
     return sum(1 for obj in gc.get_objects() if type(obj).__name__ == name)
 
 
+def timers() -> int:
+    """Loop timers not cancelled (asyncio keeps cancelled ones queued for a while)."""
+    return sum(
+        1 for obj in gc.get_objects() if type(obj).__name__ == "TimerHandle" and not obj.cancelled()
+    )
+
+
 @pytest.fixture
 def no_collector() -> Iterator[None]:
     gc.collect()
@@ -67,3 +74,26 @@ def test_an_idle_http2_connection_keeps_no_request_state(serve: Serve, no_collec
             settle(srv)
             after = {name: count(name) for name in names}
         assert after == {**before, "H2Protocol": before["H2Protocol"] + 1}
+
+
+def test_idle_http2_connections_share_one_timer(serve: Serve, no_collector: None) -> None:
+    """--timeout-keep-alive of idle HTTP/2 connections runs on one loop timer (idle.py), not
+    one per connection (~500 B each)."""
+    pytest.importorskip("zttp")
+    from tests.test_http2_frames import END_STREAM, Frames, RawH2
+
+    with serve(core_app, timeout_keep_alive=60) as srv:
+        settle(srv)
+        before = timers()
+        clients = [RawH2(srv.port) for _ in range(5)]
+        try:
+            for raw in clients:
+                raw.send(Frames().get(1, "/stream"))
+                while not ((got := raw.next_frame()) and got[2] == 1 and got[1] & END_STREAM):
+                    assert got is not None, "closed before the response ended"
+            settle(srv)
+            assert timers() <= before + 1
+            assert len(srv.server.state.idle_conns.deadlines) == 5
+        finally:
+            for raw in clients:
+                raw.sock.close()

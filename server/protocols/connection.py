@@ -45,8 +45,19 @@ class NoAppRunning(asyncio.Protocol):
         self.shutdown()
 
 
+# Host strings already seen: every connection from (or to) one address shares one string
+# (the transport makes a new one each time; ~50 B a connection, twice). Bounded.
+_HOSTS: dict[str, str] = {}
+
+
 def address(addr: Any) -> Address | None:
     """A transport's peername/sockname as ASGI's (host, port); None for UNIX sockets."""
     if isinstance(addr, tuple) and len(addr) >= 2:
-        return (str(addr[0]), int(addr[1]))
+        host = str(addr[0])
+        known = _HOSTS.get(host)
+        if known is None:
+            if len(_HOSTS) >= 4096:
+                _HOSTS.clear()
+            _HOSTS[host] = known = host
+        return (known, int(addr[1]))
     return None

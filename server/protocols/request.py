@@ -49,10 +49,10 @@ def connection_scope(
         "raw_path": b"",
         "query_string": b"",
         "root_path": state.root_path,
-        "headers": [],
+        "headers": None,  # (placeholders: every request sets its own, make_scope)
         "client": client,
         "server": server,
-        "state": {},
+        "state": None,
         # ASGI extensions every connection serves (the TLS one is added below).
         "extensions": {
             "http.response.early_hint": {},
