@@ -25,7 +25,7 @@ import h11
 import pytest
 from websockets.frames import Close, Opcode
 
-from fastserve.config import ConfigError
+from fastserve.config import Config, ConfigError
 from fastserve.protocols.connection import address
 from fastserve.protocols.linger import Lingering
 from fastserve.protocols.outbox import Outbox
@@ -37,6 +37,7 @@ from fastserve.protocols.proxy_protocol import (
     parse_header,
 )
 from fastserve.protocols.sendfile import copy, zero_copy
+from fastserve.state import ServerState
 from fastserve.types import ClientDisconnected
 from tests.apps.core_apps import Probe, core_app
 from tests.apps.ws_apps import (
@@ -343,13 +344,14 @@ def test_a_transports_address_as_asgi_has_it() -> None:
 
 async def lingering(
     seconds: float = 60.0,
-) -> tuple[asyncio.Transport, Lingering, Any, socket.socket]:
+) -> tuple[asyncio.Transport, Lingering, ServerState, socket.socket]:
     loop = asyncio.get_running_loop()
     ours, theirs = socket.socketpair()
     theirs.setblocking(False)
     transport, _ = await loop.connect_accepted_socket(asyncio.Protocol, ours)
-    state = SimpleNamespace(loop=loop, connections=set())
-    protocol = Lingering(transport, state, seconds)  # type: ignore[arg-type]
+    # A real ServerState: the compiled Lingering takes nothing else.
+    state = ServerState(Config(app=core_app), core_app, loop, {}, None)
+    protocol = Lingering(transport, state, seconds)
     transport.set_protocol(protocol)
     return transport, protocol, state, theirs
 
