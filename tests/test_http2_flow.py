@@ -319,3 +319,42 @@ def test_the_body_timeout_waits_for_an_app_that_has_not_read(serve: Serve) -> No
         srv.loop.call_soon_threadsafe(gate.set)
         reset = client.until(h2.events.StreamReset, stream)  # the last byte never comes
         assert reset.error_code == h2.errors.ErrorCodes.CANCEL
+
+
+def test_a_client_reset_in_the_middle_of_an_upload(serve: Serve) -> None:
+    """RST_STREAM CANCEL after 40,000 bytes of an upload its app is reading: the app's next
+    receive() is `http.disconnect` (after the body it was given, never a fake end of it),
+    the server keeps no window for the stream, and a 1 MiB upload then goes through on the
+    same connection."""
+    apps = Apps()
+    seen: list[dict[str, Any]] = []
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] == "/watch":
+            while not seen or seen[-1]["type"] != "http.disconnect":
+                seen.append(await receive())
+            return
+        await apps(scope, receive, send)
+
+    def taken() -> int:
+        return sum(len(message.get("body", b"")) for message in seen)
+
+    with serve(app) as srv:
+        client = H2Client(srv.port)
+        stream = client.request("/watch", "POST", open_body=True)
+        client.conn.send_data(stream, b"a" * 16384)
+        client.conn.send_data(stream, b"a" * 16384)
+        client.conn.send_data(stream, b"a" * 7232)
+        client.flush()
+        wait_until(lambda: taken() == 40000, "the app to read 40,000 bytes")
+        conn = connection(srv)
+        assert stream in conn.windows
+        client.conn.reset_stream(stream, h2.errors.ErrorCodes.CANCEL)
+        client.flush()
+        wait_until(lambda: seen[-1]["type"] == "http.disconnect", "http.disconnect")
+        assert all(m["type"] == "http.request" and m["more_body"] for m in seen[:-1]), seen
+        wait_until(lambda: stream not in conn.streams, "the stream to be gone")
+        assert stream not in conn.windows and stream not in conn.owed
+        second = client.request("/read", "POST", open_body=True)
+        push(client, {second: 2**20}, lambda: apps.read.get("/read") == 2**20)
+        assert client.response(second)[1] == b"%d" % 2**20
