@@ -513,6 +513,56 @@ def test_keepalive_pings_go_over_the_stream(serve: Serve) -> None:
         client.close()
 
 
+def unanswered_frame(ws: WS) -> Frame:
+    """The next frame from the server, never answered (no pong, no close echo)."""
+    while True:
+        ws.pump()
+        ws.frames += [e for e in ws.ws.events_received() if isinstance(e, Frame)]
+        if ws.frames:
+            return ws.frames.pop(0)
+        assert ws.reset is None and not ws.ended and not ws.client.closed
+        ws.client.read()
+
+
+def test_an_unanswered_keepalive_ping_closes_with_1011(serve: Serve) -> None:
+    """The ping timeout over HTTP/2: a ping never answered is a 1011 close frame on the
+    stream, and the connection serves another stream after it."""
+    probe = Probe()
+    with serve(ws_echo(probe), ws_ping_interval=0.05, ws_ping_timeout=0.2) as srv:
+        client = H2Client(srv.port)
+        ws = WS(client)
+        assert ws.head()[":status"] == "200"
+        assert unanswered_frame(ws).opcode is Opcode.PING
+        frame = unanswered_frame(ws)
+        assert frame.opcode is Opcode.CLOSE
+        assert Close.parse(frame.data).code == 1011
+        assert client.response(client.request("/after"))[1] == b"2 GET /after 0"
+        client.close()
+
+
+def test_an_unanswered_close_resets_the_stream(
+    serve: Serve, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The closing handshake's timeout over HTTP/2: the app closed, the client neither
+    echoes the close frame nor ends the stream: RST_STREAM CANCEL once the timeout passes
+    (the stream, not the connection: another stream is served after it)."""
+    from fastserve.protocols import websocket
+
+    monkeypatch.setattr(websocket, "CLOSE_TIMEOUT", 0.2)
+    with serve(with_http(ws_apps.close_after_first(1000, "bye", Probe()))) as srv:
+        client = H2Client(srv.port)
+        ws = WS(client)
+        assert ws.head()[":status"] == "200"
+        ws.send_text("x")
+        frame = unanswered_frame(ws)
+        assert frame.opcode is Opcode.CLOSE
+        assert Close.parse(frame.data).code == 1000
+        assert ws.until_reset() == h2.errors.ErrorCodes.CANCEL
+        assert not client.closed
+        assert client.response(client.request("/after"))[1] == b"2 GET /after 0"
+        client.close()
+
+
 @pytest.mark.parametrize("deflate", [True, False])
 def test_permessage_deflate(serve: Serve, deflate: bool) -> None:
     """Negotiated as over HTTP/1.1 (RFC 7692), and the messages are compressed both ways;
