@@ -19,6 +19,7 @@ import asyncio
 import logging
 import socket
 import struct
+import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
@@ -232,6 +233,37 @@ def on_server_loop(srv: RunningServer, run: Callable[[], Awaitable[T]], timeout:
         return await run()
 
     return asyncio.run_coroutine_threadsafe(wrapped(), srv.loop).result(timeout)
+
+
+def requests_read_in_one_pass(srv: RunningServer, count: int) -> list[bytes]:
+    """`count` connections each send one GET (`/0`, `/1`...) while the server's loop is
+    held, so the server reads them all in one pass of its loop; every byte each connection
+    received until the server closed it, in order."""
+    held, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        held.set()
+        release.wait(10)  # (blocks the server's loop)
+
+    socks = [srv.connect() for _ in range(count)]
+    try:
+        state = srv.server.state
+        assert state is not None
+        wait_until(lambda: len(state.connections) == count, f"the server to take {count}")
+        srv.loop.call_soon_threadsafe(hold)
+        assert held.wait(5)
+        for i, sock in enumerate(socks):
+            sock.sendall(request(f"/{i}"))
+        wait_until(
+            lambda: all(unacknowledged(sock) == 0 for sock in socks),
+            "the server's kernel to hold every request",
+        )
+        release.set()
+        return [until_closed(sock) for sock in socks]
+    finally:
+        release.set()
+        for sock in socks:
+            sock.close()
 
 
 def settle(srv: RunningServer, passes: int = 200) -> None:

@@ -13,7 +13,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import threading
 from typing import Any
 
 import pytest
@@ -28,10 +27,9 @@ from tests.helpers import (
     exchange,
     fetch,
     request,
+    requests_read_in_one_pass,
     status_of,
-    unacknowledged,
     until_closed,
-    wait_until,
 )
 
 # -- size limits ----------------------------------------------------------------------------
@@ -304,32 +302,8 @@ def test_requests_past_the_limit_in_the_same_loop_pass_are_refused(serve: Serve)
     (it is held while they arrive), a limit of 3: three are served, the fourth gets a 503
     and a close, never the app."""
     seen: list[str] = []
-    held, release = threading.Event(), threading.Event()
-
-    def hold() -> None:
-        held.set()
-        release.wait(10)
-
     with serve(counting_app(seen), limit_max_requests=3) as srv:
-        socks = [srv.connect() for _ in range(4)]
-        try:
-            state = srv.server.state
-            assert state is not None
-            wait_until(lambda: len(state.connections) == 4, "the server to take 4 connections")
-            srv.loop.call_soon_threadsafe(hold)
-            assert held.wait(5)
-            for i, sock in enumerate(socks):
-                sock.sendall(request(f"/{i}"))
-            wait_until(
-                lambda: all(unacknowledged(sock) == 0 for sock in socks),
-                "the server's kernel to hold every request",
-            )
-            release.set()
-            raws = [until_closed(sock) for sock in socks]
-        finally:
-            release.set()
-            for sock in socks:
-                sock.close()
+        raws = requests_read_in_one_pass(srv, 4)
     assert sorted(status_of(raw) for raw in raws) == [200, 200, 200, 503]
     [refused] = [raw for raw in raws if status_of(raw) == 503]
     assert b"connection: close" in refused

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import json
-import threading
 from typing import Any
 
 import pytest
@@ -30,8 +29,8 @@ from tests.helpers import (
     Serve,
     Wire,
     request,
+    requests_read_in_one_pass,
     status_of,
-    unacknowledged,
     until_closed,
     wait_until,
 )
@@ -157,33 +156,11 @@ def test_a_retiring_worker_serves_requests_past_its_limit_read_in_the_same_pass(
     read in the same loop pass as the last one are served, not refused (a failed request
     costs more than one past the limit); each closes its connection."""
     seen: list[str] = []
-    held, release = threading.Event(), threading.Event()
-
-    def hold() -> None:
-        held.set()
-        release.wait(10)
-
     with serve(counting_app(seen), limit_max_requests=2) as srv:
-        socks = [srv.connect() for _ in range(3)]
-        try:
-            state = srv.server.state
-            assert state is not None
-            wait_until(lambda: len(state.connections) == 3, "the server to take 3 connections")
-            state.restarting = True
-            srv.loop.call_soon_threadsafe(hold)
-            assert held.wait(5)
-            for i, sock in enumerate(socks):
-                sock.sendall(request(f"/{i}"))
-            wait_until(
-                lambda: all(unacknowledged(sock) == 0 for sock in socks),
-                "the server's kernel to hold every request",
-            )
-            release.set()
-            raws = [until_closed(sock) for sock in socks]
-        finally:
-            release.set()
-            for sock in socks:
-                sock.close()
+        state = srv.server.state
+        assert state is not None
+        state.restarting = True
+        raws = requests_read_in_one_pass(srv, 3)
     assert [status_of(raw) for raw in raws] == [200] * 3, raws
     assert sorted(seen) == ["/0", "/1", "/2"]
 
