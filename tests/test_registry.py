@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import importlib
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import httpx
@@ -13,7 +15,7 @@ import pytest
 
 from fastserve import Config, ConfigError
 from fastserve.protocols import HTTP, REGISTRIES, WS, Registry
-from tests.apps.cli_procs import HELLO, ServerProcess, fastserve_cmd, run_cli
+from tests.apps.cli_procs import HELLO, REPO, ServerProcess, clean_env, fastserve_cmd, run_cli
 from tests.apps.ws_apps import RawWS, echo_app, ws_connect
 from tests.helpers import Serve, wait_until
 
@@ -100,6 +102,61 @@ def test_every_ws_name_in_process(serve: Serve, ws: str) -> None:
     """The embedded Server (no CLI, no serve_config) resolves names the same way."""
     with serve(echo_app(), ws=ws, http="h11") as srv, RawWS(srv.port) as raw:
         assert raw.status == (200 if ws == "none" else 101)
+
+
+# -- the websockets library: checked at startup, imported on a worker's first handshake ---------
+
+PLAIN_WS = ["tests.apps.plain_ws:app", "--port", "0", "--lifespan", "off"]
+# The fastserve command with the websockets library made unimportable (as if not installed).
+WITHOUT_WEBSOCKETS = [
+    sys.executable,
+    "-c",
+    "import sys; sys.modules['websockets'] = None; "
+    "from fastserve.cli import main; sys.argv[0] = 'fastserve'; main()",
+]
+
+
+@pytest.mark.timeout(30)
+def test_websockets_is_imported_on_the_first_handshake_not_at_startup() -> None:
+    with ServerProcess(fastserve_cmd(*PLAIN_WS)) as server:
+        url = server.url()
+        assert httpx.get(url).text == "not loaded"
+        with ws_connect(port_of(url)) as ws:
+            ws.send("first")
+            assert ws.recv(timeout=5) == "first"
+        assert httpx.get(url).text == "loaded"
+        with ws_connect(port_of(url)) as ws:  # the second handshake: the same, loaded once
+            ws.send("second")
+            assert ws.recv(timeout=5) == "second"
+        assert server.stop() == 0
+    assert "protocols HTTP/1.1" in "\n".join(server.err) and warnings(server.err) == []
+
+
+@pytest.mark.timeout(30)
+def test_without_the_websockets_library_auto_serves_the_handshake_as_http() -> None:
+    with ServerProcess([*WITHOUT_WEBSOCKETS, *PLAIN_WS]) as server:
+        url = server.url()
+        with RawWS(port_of(url)) as raw:
+            assert raw.status == 200  # the app's answer: no 101
+        assert server.stop() == 0
+    started = [line for line in server.err if "protocols" in line]
+    assert len(started) == 1 and "WebSocket" not in started[0], server.err
+
+
+@pytest.mark.timeout(30)
+def test_without_the_websockets_library_naming_it_is_one_error_line_and_exit_3() -> None:
+    result = subprocess.run(
+        [*WITHOUT_WEBSOCKETS, *PLAIN_WS, "--ws", "websockets"],
+        cwd=REPO,
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=20,
+    )
+    assert result.returncode == 3
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("ERROR"), result.stderr
+    assert "--ws websockets needs the 'websockets' package" in lines[0]
 
 
 # -- names nothing implements: one error line, exit 3 -------------------------------------------
