@@ -156,6 +156,26 @@ def wait_until(condition: Callable[[], bool], what: str, timeout: float = 10.0) 
         time.sleep(0.005)
 
 
+def abort(sock: socket.socket) -> None:
+    """Close with a reset (SO_LINGER 0): the client is gone, now."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()
+
+
+def wait_in_flight(srv: RunningServer, count: int = 1) -> None:
+    """Wait until `count` requests are in the app (the server's own count)."""
+    state = srv.server.state
+    wait_until(lambda: state is not None and state.in_flight == count, f"{count} in the app")
+
+
+def abandon_request(srv: RunningServer, path: str = "/") -> None:
+    """Send a request, wait until the app has it, then reset the connection."""
+    sock = srv.connect()
+    sock.sendall(request(path))
+    wait_in_flight(srv)
+    abort(sock)
+
+
 def until_closed(sock: socket.socket, timeout: float = 5.0) -> bytes:
     """Every byte until the server closes (EOF or reset); a timeout is a test failure, never
     taken for a close."""

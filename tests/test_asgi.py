@@ -21,6 +21,7 @@ from tests.apps.core_apps import (
     no_lifespan_app,
     recording_lifespan,
     scope_app,
+    under_task_factory,
 )
 from tests.apps.framework_apps import ASGI2App, fastapi_app, starlette_app, wsgi_app
 from tests.helpers import Serve, Wire, request, sent_and_read, settle, until_closed
@@ -209,25 +210,13 @@ def test_a_task_factory_set_by_the_app_makes_the_request_tasks(
     made: list[asyncio.Task[Any]] = []
     served: list[bool] = []
 
-    def factory(loop: asyncio.AbstractEventLoop, coro: Any, **kwargs: Any) -> asyncio.Task[Any]:
-        task = asyncio.Task(coro, loop=loop, **kwargs)
-        made.append(task)
-        return task
-
     async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] == "lifespan":
-            await receive()
-            asyncio.get_running_loop().set_task_factory(factory)
-            await send({"type": "lifespan.startup.complete"})
-            await receive()
-            asyncio.get_running_loop().set_task_factory(None)
-            await send({"type": "lifespan.shutdown.complete"})
-            return
         served.append(asyncio.current_task() in made)
         await send({"type": "http.response.start", "status": 200, "headers": []})
         await send({"type": "http.response.body", "body": b"ok"})
 
-    with serve(app, eager_start=eager_start, lifespan="on") as srv, srv.connect() as sock:
+    instrumented = under_task_factory(app, made)
+    with serve(instrumented, eager_start=eager_start, lifespan="on") as srv, srv.connect() as sock:
         wire = Wire(sock)
         for _ in range(2):
             wire.send(request("/"))

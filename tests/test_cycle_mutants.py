@@ -30,6 +30,8 @@ from tests.apps.core_apps import Probe, Receive, Scope, Send, core_app, recordin
 from tests.helpers import (
     Serve,
     Wire,
+    abandon_request,
+    abort,
     error_log,
     request,
     sent_and_read,
@@ -41,7 +43,6 @@ from tests.helpers import (
     until_closed,
     wait_until,
 )
-from tests.test_logs_json import abort
 from tests.test_metrics import samples, total, value
 
 Message = dict[str, Any]
@@ -304,13 +305,7 @@ def test_send_after_the_client_left_raises_an_oserror_saying_so(serve: Serve) ->
             probe.put(exc)
 
     with serve(app) as srv:
-        sock = srv.connect()
-        sock.sendall(request("/"))
-        wait_until(
-            lambda: srv.server.state is not None and srv.server.state.in_flight == 1,
-            "the request to reach the app",
-        )
-        abort(sock)
+        abandon_request(srv)
         exc = probe.get()
     assert isinstance(exc, ClientDisconnected) and str(exc) == "client disconnected"
 
@@ -449,13 +444,7 @@ def test_a_client_gone_before_any_response_is_counted(serve: Serve) -> None:
     with serve(long_poll, metrics=True, metrics_port=0) as srv:
         metrics = srv.server.metrics
         assert metrics is not None
-        sock = srv.connect()
-        sock.sendall(request("/"))
-        wait_until(
-            lambda: srv.server.state is not None and srv.server.state.in_flight == 1,
-            "the request to reach the app",
-        )
-        abort(sock)
+        abandon_request(srv)
         wait_until(
             lambda: (
                 value(

@@ -34,7 +34,7 @@ from tests.helpers import (
     settle,
     until_closed,
     until_closed_cleanly,
-    wait_until,
+    wait_in_flight,
 )
 from tests.test_http2_frames import ACK, DATA, END_STREAM, GOAWAY, PING, Frames, RawH2, frame
 
@@ -371,7 +371,7 @@ def test_shutdown_sends_goaway_and_lets_streams_finish(serve: Serve) -> None:
     with serve(app) as srv:
         client = H2Client(srv.port)
         stream = client.request("/slow")
-        wait_until(lambda: srv.server.state is not None and srv.server.state.in_flight == 1, "app")
+        wait_in_flight(srv)
         srv.loop.call_soon_threadsafe(srv.server.handle_exit)
         goaway = client.until(h2.events.ConnectionTerminated)  # (its PING is answered)
         assert goaway.error_code == h2.errors.ErrorCodes.NO_ERROR
@@ -403,7 +403,7 @@ def test_goaway_in_two_steps_serves_a_stream_opened_in_between(serve: Serve) -> 
         raw = RawH2(srv.port)
         frames = Frames()
         raw.send(frames.get(1, "/slow"))
-        wait_until(lambda: srv.server.state is not None and srv.server.state.in_flight == 1, "app")
+        wait_in_flight(srv)
         srv.loop.call_soon_threadsafe(srv.server.handle_exit)
         ping = raw.until(PING)[3]
         first = raw.until(GOAWAY)[3]

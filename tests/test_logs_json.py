@@ -10,7 +10,6 @@ import asyncio
 import json
 import re
 import socket
-import struct
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,7 @@ from typing import Any
 import pytest
 
 from tests.apps.cli_procs import ServerProcess, fastserve_cmd
-from tests.helpers import Serve, Wire, request, until_closed, wait_until
+from tests.helpers import Serve, Wire, abandon_request, abort, request, until_closed, wait_until
 
 CHUNK = b"x" * 65536
 TOTAL = 1024 * len(CHUNK)  # 64 MiB: far more than socket buffers hold
@@ -130,12 +129,6 @@ def test_json_lines_are_json_escaped_once(serve: Serve, capsys: pytest.CaptureFi
     assert third["method"] == "HEAD"
 
 
-def abort(sock: socket.socket) -> None:
-    """Close with a reset (SO_LINGER 0): the client is gone, now."""
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    sock.close()
-
-
 @pytest.mark.parametrize("fmt", ["json", "text"])
 def test_aborted_download_is_logged(
     serve: Serve, capsys: pytest.CaptureFixture[str], fmt: str
@@ -198,13 +191,7 @@ def test_client_gone_before_any_response_is_logged(
     options = {"access_log": True, "access_log_json": True, "log_level": "info"}
     output = Output(capsys)
     with serve(long_poll, **options) as srv:
-        sock = srv.connect()
-        sock.sendall(request("/poll"))
-        wait_until(
-            lambda: srv.server.state is not None and srv.server.state.in_flight == 1,
-            "the request to reach the app",
-        )
-        abort(sock)
+        abandon_request(srv, "/poll")
         wait_until(lambda: bool(output.lines()), "the access line of the abandoned request")
     (entry,) = output.json()
     assert (entry["completed"], entry["ended"]) == (False, "client gone")

@@ -23,7 +23,7 @@ from fastserve.protocols.http1_head import (
     last_chunk,
     status_line,
 )
-from tests.apps.core_apps import Probe, scope_app
+from tests.apps.core_apps import Probe, scope_app, under_task_factory
 from tests.apps.ws_apps import RawWS
 from tests.helpers import (
     Serve,
@@ -95,29 +95,20 @@ def test_a_pipelined_request_starts_clean_under_an_apps_task_factory(serve: Serv
     previous request's task: its task must still get the server's context, not a copy of
     that request's (whose context variables would leak into it)."""
     seen: list[tuple[str, str]] = []
-
-    def factory(loop: asyncio.AbstractEventLoop, coro: Any, **kwargs: Any) -> asyncio.Task[Any]:
-        return asyncio.Task(coro, loop=loop, **kwargs)
+    made: list[asyncio.Task[Any]] = []
 
     async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] == "lifespan":
-            await receive()
-            asyncio.get_running_loop().set_task_factory(factory)
-            await send({"type": "lifespan.startup.complete"})
-            await receive()
-            asyncio.get_running_loop().set_task_factory(None)
-            await send({"type": "lifespan.shutdown.complete"})
-            return
         seen.append((scope["path"], REQUEST_VAR.get()))
         REQUEST_VAR.set(scope["path"])
         await send({"type": "http.response.start", "status": 200, "headers": []})
         await send({"type": "http.response.body", "body": b"ok"})
 
-    with serve(app, lifespan="on") as srv, srv.connect() as sock:
+    with serve(under_task_factory(app, made), lifespan="on") as srv, srv.connect() as sock:
         wire = Wire(sock)
         wire.send(b"".join(request(path) for path in ("/p1", "/p2", "/p3")))
         assert [wire.response().body for _ in range(3)] == [b"ok"] * 3
     assert seen == [("/p1", "unset"), ("/p2", "unset"), ("/p3", "unset")]
+    assert len(made) >= 3  # the requests' tasks came from the factory
 
 
 # -- request.py: admission ---------------------------------------------------------------------

@@ -359,6 +359,29 @@ def recording_lifespan(probe: Probe) -> App:
     return app
 
 
+def under_task_factory(app: App, made: list[asyncio.Task[Any]]) -> App:
+    """`app` (HTTP) behind a lifespan that sets a loop task factory at startup, as
+    instrumentation does, and removes it at shutdown; every task it makes goes to `made`."""
+
+    def factory(loop: asyncio.AbstractEventLoop, coro: Any, **kwargs: Any) -> asyncio.Task[Any]:
+        task = asyncio.Task(coro, loop=loop, **kwargs)
+        made.append(task)
+        return task
+
+    async def wrapped(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "lifespan":
+            await app(scope, receive, send)
+            return
+        await receive()
+        asyncio.get_running_loop().set_task_factory(factory)
+        await send({"type": "lifespan.startup.complete"})
+        await receive()
+        asyncio.get_running_loop().set_task_factory(None)
+        await send({"type": "lifespan.shutdown.complete"})
+
+    return wrapped
+
+
 async def lifespan_app(scope: Scope, receive: Receive, send: Send) -> None:
     """Supports lifespan: puts a value in `state` at startup and logs both phases."""
     if scope["type"] == "lifespan":
