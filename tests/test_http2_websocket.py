@@ -273,6 +273,26 @@ def test_echo_text_and_binary_and_the_scope(serve: Serve) -> None:
         client.close()
 
 
+def test_the_apps_date_and_server_replace_the_servers_own(serve: Serve) -> None:
+    """One Date and one Server on the 200 (singleton fields, RFC 9110 §5.3, §6.6.1): the
+    app's, never beside the server's or the WebSocket library's."""
+    app_date = "Tue, 01 Dec 2026 00:00:00 GMT"
+
+    async def accept_with_fields(scope: Scope, receive: Receive, send: Send) -> None:
+        await receive()  # websocket.connect
+        fields = [(b"Date", app_date.encode()), (b"server", b"mine")]
+        await send({"type": "websocket.accept", "headers": fields})
+        await receive()  # until the client goes
+
+    with serve(with_http(accept_with_fields)) as srv:
+        client = H2Client(srv.port)
+        ws = WS(client)
+        fields = client.until(h2.events.ResponseReceived, ws.stream_id).headers
+        client.close()
+    assert [v for n, v in fields if n == "date"] == [app_date], fields
+    assert [v for n, v in fields if n == "server"] == ["mine"], fields
+
+
 def test_a_message_larger_than_the_windows_both_ways(serve: Serve) -> None:
     """1 MiB each way: the client's window is 16 KiB, so the server's send waits for
     WINDOW_UPDATEs, and the client's DATA waits for the server's credit."""

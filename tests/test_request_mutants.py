@@ -325,8 +325,8 @@ def test_a_101_has_one_server_and_one_date(
     serve: Serve, fields: list[tuple[bytes, bytes]], server: bytes
 ) -> None:
     """Server is the app's when it sets one in websocket.accept (in any case: field names
-    are case-insensitive, RFC 9110 §5.1), else the server's; Date is the WebSocket
-    library's, which has one: never a second (a singleton field, RFC 9110 §5.3, §6.6.1)."""
+    are case-insensitive, RFC 9110 §5.1), else the server's; so is Date (the WebSocket
+    library's own is left out): never a second (a singleton field, RFC 9110 §5.3, §6.6.1)."""
     with serve(accept_with(fields)) as srv, RawWS(srv.port) as ws:
         assert ws.status == 101, ws.head
         found = head_fields(ws.head)

@@ -77,6 +77,9 @@ CLOSED = 5  # the transport is gone
 CLOSE_TIMEOUT = 10.0
 # The library's refusal headers that the head writer decides itself (framing, the body's type).
 LIBRARY_FRAMING = frozenset(["content-length", "connection", "content-type", "transfer-encoding"])
+# The library's fields left out of a 101: the head writer adds the server's own Date and
+# Server, or the app's in their place (one of each, RFC 9110 §6.6.1, §10.2.4).
+SERVER_DEFAULTS = frozenset(["date", "server"])
 # Bytes a client may send before the app accepted (it should send none) before reading pauses.
 PRE_ACCEPT_LIMIT = 64 * 1024
 # What holding one fragment costs beyond its payload, charged against --ws-max-size so that an
@@ -233,7 +236,7 @@ class WebSocketProtocol(FlowControl, Channel):
             extra = [
                 (n.lower().encode("latin-1"), v.encode("latin-1"))
                 for n, v in response.headers.raw_items()
-                if n.lower() not in LIBRARY_FRAMING
+                if n.lower() not in LIBRARY_FRAMING  # (its Date: answer() leaves ours out)
             ]
             self.http.answer(response.status_code, bytes(response.body), extra, close=True)
             return
@@ -602,21 +605,17 @@ class WebSocketProtocol(FlowControl, Channel):
         response = self.handshake
         assert response is not None
         headers = [
-            (n.encode("latin-1"), v.encode("latin-1")) for n, v in response.headers.raw_items()
+            (n.encode("latin-1"), v.encode("latin-1"))
+            for n, v in response.headers.raw_items()
+            if n.lower() not in SERVER_DEFAULTS  # the head writer adds them (or the app's)
         ]
         subprotocol = message.get("subprotocol")
         if subprotocol is not None:
             headers.append((b"Sec-WebSocket-Protocol", subprotocol.encode("latin-1")))
             self.ws.subprotocol = Subprotocol(subprotocol)
-        given: list[tuple[bytes, bytes]] = []
         for name, value in message.get("headers") or ():
-            lname = check_field(name, value)  # the same check as any response's
-            if lname == b"date" or lname == b"server":
-                # The app's Date or Server replaces the library's (one of each, RFC 9110
-                # §6.6.1, §10.2.4), as it replaces the server's own on any response.
-                headers = [h for h in headers if h[0].lower() != lname]
-            given.append((name, value))
-        headers += given
+            check_field(name, value)  # the same check as any response's
+            headers.append((name, value))
         self.handshake = None
         if self.over_h2:
             self.accept_h2(headers)
