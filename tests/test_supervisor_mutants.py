@@ -1,0 +1,584 @@
+"""The supervisor's rules (server/supervisor.py) that a mutation pass (mutmut 3, docs/testing.md)
+found unchecked: every test here failed against at least one mutant the rest of the suite let
+live. The suite runs the supervisor in a subprocess (tests/test_workers.py,
+tests/test_recycling.py), which sees a restart but not its cause, count or timing; here a
+`Supervisor` is driven by direct calls, its workers being real processes (`sleep`) behind real
+heartbeat pipes, so a SIGTERM, SIGUSR1 or SIGKILL it sends is seen in the child's exit status.
+Nothing here forks the test process: the `maintain` tests count the workers it would start
+(`Planner.spawn`), the forks themselves being tests/test_workers.py's.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import selectors
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from fastserve.config import STARTUP_FAILURE, Config
+from fastserve.supervisor import QUICK_DEATH, RESTART_CAUSES, STOP_MARGIN, Supervisor, backoff
+from fastserve.worker import Worker
+from tests.helpers import error_log
+
+pytestmark = pytest.mark.timeout(20)
+
+APP = "tests.apps.workers_app:app"
+
+
+class Children:
+    """Real processes in the workers' places: `sleep`, each with a heartbeat pipe."""
+
+    def __init__(self) -> None:
+        self.procs: dict[int, subprocess.Popen[bytes]] = {}
+        self.writers: dict[int, int] = {}
+
+    def worker(self, now: float, *, ready: bool = True) -> Worker:
+        proc = subprocess.Popen(["sleep", "60"])
+        read_fd, write_fd = os.pipe()
+        os.set_blocking(read_fd, False)
+        worker = Worker(proc.pid, read_fd, now)
+        worker.ready = ready
+        self.procs[proc.pid] = proc
+        self.writers[proc.pid] = write_fd
+        return worker
+
+    def signal_of(self, worker: Worker) -> int:
+        """The signal that ended the worker's process (waits for it)."""
+        code = self.procs[worker.pid].wait(timeout=5)
+        assert code < 0, code
+        return -code
+
+    def alive(self, worker: Worker) -> bool:
+        return self.procs[worker.pid].poll() is None
+
+    def close(self) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait(timeout=5)
+        for fd in self.writers.values():
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+
+@pytest.fixture
+def children() -> Iterator[Children]:
+    kids = Children()
+    try:
+        yield kids
+    finally:
+        kids.close()
+
+
+def supervisor(workers: int = 2, **options: object) -> Supervisor:
+    return Supervisor(Config(app=APP, **options), workers)  # type: ignore[arg-type]
+
+
+class Planner(Supervisor):
+    """A supervisor whose `spawn` counts the workers it would fork (see the module's doc)."""
+
+    def __init__(self, workers: int) -> None:
+        super().__init__(Config(app=APP), workers)
+        self.spawned = 0
+
+    def spawn(self) -> None:
+        self.spawned += 1
+
+
+def add(sup: Supervisor, *workers: Worker) -> None:
+    for worker in workers:
+        sup.workers[worker.pid] = worker
+
+
+def messages(records: list[logging.LogRecord]) -> list[str]:
+    return [r.getMessage() for r in records]
+
+
+# -- back-off ----------------------------------------------------------------------------------
+
+
+def test_backoff_doubles_from_a_tenth_of_a_second_up_to_ten() -> None:
+    """No delay for the first quick death, then 0.1 s doubling, capped at 10 s."""
+    delays = [backoff(n) for n in range(11)]
+    assert delays == pytest.approx([0, 0, 0.1, 0.2, 0.4, 0.8, 1.6, 3.2, 6.4, 10.0, 10.0])
+    assert backoff(-1) == 0.0 and backoff(100) == 10.0
+
+
+def test_the_target_is_at_least_one_and_no_restart_is_counted_at_first() -> None:
+    assert supervisor(0).target == 1 and supervisor(3).target == 3
+    sup = supervisor(2)
+    assert sup.restarts == dict.fromkeys(RESTART_CAUSES, 0)
+    assert sup.workers == {} and not sup.stopping and not sup.rolling
+    assert (sup.quick_deaths, sup.spawn_after, sup.exit_code, sup.starts) == (0, 0.0, 0, 0)
+    assert sup.stop_deadline is None
+    assert sup.healthcheck == 30.0
+
+
+# -- the loop's timeout ------------------------------------------------------------------------
+
+
+def test_the_next_timeout_is_the_nearest_deadline(children: Children) -> None:
+    """A heartbeat going stale (killed workers aside), a back-off ending (only if in the
+    future), a worker's lifetime; once stopping, the graceful-stop limit alone."""
+    sup = supervisor(timeout_worker_healthcheck=30.0)
+    assert sup.next_timeout(100.0) is None  # nothing to wait for but events
+    worker = children.worker(100.0)
+    add(sup, worker)
+    assert sup.next_timeout(110.0) == pytest.approx(20.0)
+    assert sup.next_timeout(140.0) == 0.0  # overdue: at once, never negative
+    sup.spawn_after = 115.0
+    assert sup.next_timeout(110.0) == pytest.approx(5.0)
+    sup.spawn_after = 110.0  # not in the future: the heartbeat decides
+    assert sup.next_timeout(110.0) == pytest.approx(20.0)
+    sup.spawn_after = 0.0
+    worker.killed = True
+    assert sup.next_timeout(110.0) is None
+    worker.killed = False
+    sup.stopping = True
+    sup.spawn_after = 115.0
+    assert sup.next_timeout(110.0) is None  # no graceful limit: wait for the workers
+    sup.stop_deadline = 112.0
+    assert sup.next_timeout(110.0) == pytest.approx(2.0)
+
+
+def test_the_next_timeout_includes_a_workers_lifetime(children: Children) -> None:
+    sup = supervisor(workers_lifetime=10.0)
+    worker = children.worker(100.0)
+    add(sup, worker)
+    sup.recycler.started(worker)
+    assert 10.0 <= (sup.next_timeout(100.0) or 0) <= 11.0
+    sup.stopping = True
+    assert sup.next_timeout(100.0) is None
+
+
+# -- signals -----------------------------------------------------------------------------------
+
+
+def test_sighup_marks_every_serving_worker_for_a_rolling_restart(children: Children) -> None:
+    sup = supervisor()
+    serving = [children.worker(1.0), children.worker(2.0)]
+    leaving = children.worker(0.5)
+    leaving.retiring = True
+    add(sup, *serving, leaving)
+    with error_log(logging.INFO) as records:
+        sup.handle_sighup()
+    assert [w.outdated for w in serving] == [True, True] and not leaving.outdated
+    assert sup.restarts["reload"] == 2 and sup.rolling
+    assert messages(records) == ["Received SIGHUP: rolling restart of 2 workers"]
+    sup.rolling = False
+    sup.stopping = True
+    sup.handle_sighup()
+    assert sup.restarts["reload"] == 2 and not sup.rolling
+
+
+def test_sigttin_and_sigttou_count_scale_restarts_and_stop_at_one() -> None:
+    sup = supervisor(2)
+    with error_log(logging.INFO) as records:
+        sup.handle_sigttin()
+        assert sup.target == 3
+        sup.handle_sigttou()
+        sup.handle_sigttou()
+        assert sup.target == 1
+        sup.handle_sigttou()
+    assert sup.target == 1 and sup.restarts["scale"] == 3
+    assert messages(records) == [
+        "Received SIGTTIN: 3 workers",
+        "Received SIGTTOU: 2 workers",
+        "Received SIGTTOU: 1 workers",
+        "Received SIGTTOU: already at 1 worker",
+    ]
+    sup.target = 2
+    sup.stopping = True
+    with error_log(logging.INFO) as records:
+        sup.handle_sigttin()
+        sup.handle_sigttou()
+    assert sup.target == 2 and sup.restarts["scale"] == 3 and records == []
+
+
+def test_sigterm_stops_gracefully_once(children: Children) -> None:
+    sup = supervisor(timeout_graceful_shutdown=5.0)
+    workers = [children.worker(1.0), children.worker(2.0)]
+    add(sup, *workers)
+    with error_log(logging.INFO) as records:
+        before = time.monotonic()
+        sup.handle_sigterm()
+        after = time.monotonic()
+        sup.handle_sigterm()
+    assert sup.stopping and all(w.retiring for w in workers)
+    assert [children.signal_of(w) for w in workers] == [signal.SIGTERM, signal.SIGTERM]
+    assert sup.stop_deadline is not None
+    assert before + 5.0 + STOP_MARGIN <= sup.stop_deadline <= after + 5.0 + STOP_MARGIN
+    assert messages(records) == ["Received SIGTERM: stopping 2 workers gracefully"]
+
+
+def test_without_a_graceful_limit_the_stop_has_no_deadline() -> None:
+    sup = supervisor(timeout_graceful_shutdown=None)
+    sup.stop()
+    assert sup.stopping and sup.stop_deadline is None
+
+
+def test_a_second_sigint_kills_what_is_left(children: Children) -> None:
+    sup = supervisor()
+    workers = [children.worker(1.0), children.worker(2.0)]
+    add(sup, *workers)
+    with error_log(logging.INFO) as records:
+        sup.handle_sigint()
+        assert sup.stopping and all(w.retiring and not w.killed for w in workers)
+        workers[1].killed = True  # already killed: not again
+        sup.handle_sigint()
+    assert workers[0].killed
+    assert messages(records) == [
+        "Received SIGINT: stopping 2 workers gracefully",
+        f"Killing worker [{workers[0].pid}]: second SIGINT",
+    ]
+    assert records[-1].levelno == logging.WARNING
+    assert children.signal_of(workers[0]) == signal.SIGTERM  # the first signal ends `sleep`
+
+
+def test_the_stop_deadline_kills_the_workers_once(children: Children) -> None:
+    sup = supervisor(timeout_graceful_shutdown=1.0)
+    worker = children.worker(1.0)
+    add(sup, worker)
+    sup.stopping = True
+    sup.stop_deadline = 50.0
+    sup.check_stop_deadline(49.9)
+    assert not worker.killed and sup.stop_deadline == 50.0
+    with error_log(logging.INFO) as records:
+        sup.check_stop_deadline(50.0)
+        sup.check_stop_deadline(60.0)
+    assert worker.killed and sup.stop_deadline is None
+    assert children.signal_of(worker) == signal.SIGKILL
+    assert messages(records) == [
+        f"Killing worker [{worker.pid}]: still running after the graceful shutdown timeout"
+    ]
+
+
+def test_signal_numbers_on_the_wakeup_pipe_run_their_handlers() -> None:
+    """Each byte is one signal; SIGCHLD has a handler that does nothing; an empty pipe is no
+    error."""
+    sup = supervisor(2)
+    read_fd, write_fd = os.pipe()
+    os.set_blocking(read_fd, False)
+    sup.wakeup = (read_fd, write_fd)
+    try:
+        sup.on_signal()  # nothing to read
+        os.write(write_fd, bytes([signal.SIGTTIN, signal.SIGCHLD, signal.SIGTTIN]))
+        sup.on_signal()
+        assert sup.target == 4
+        os.write(write_fd, bytes([signal.SIGTERM]))
+        sup.on_signal()
+        assert sup.stopping
+    finally:
+        os.close(read_fd)
+        os.close(write_fd)
+
+
+def test_real_signals_reach_the_handlers_and_the_old_handlers_come_back() -> None:
+    """install_signal_handlers: the wakeup fd and a no-op handler per signal; a real SIGTTIN
+    wakes the selector; cleanup puts every previous handler and the wakeup fd back."""
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTTIN, signal.SIGHUP)}
+    sup = supervisor(1)
+    sup.install_signal_handlers()
+    try:
+        assert sup.wakeup is not None
+        for fd in sup.wakeup:
+            assert not os.get_blocking(fd)
+        assert signal.getsignal(signal.SIGTTIN) not in (signal.SIG_DFL, signal.SIG_IGN, None)
+        os.kill(os.getpid(), signal.SIGTTIN)
+        deadline = time.monotonic() + 5
+        while sup.target == 1 and time.monotonic() < deadline:
+            for key, _ in sup.selector.select(0.5):
+                key.data()
+        assert sup.target == 2
+    finally:
+        wakeup = sup.wakeup
+        sup.cleanup()
+    assert sup.wakeup is None and wakeup is not None
+    for fd in wakeup:
+        with pytest.raises(OSError):
+            os.fstat(fd)
+    assert signal.set_wakeup_fd(-1) == -1
+    assert {sig: signal.getsignal(sig) for sig in previous} == previous
+
+
+# -- health, pings, recycling ------------------------------------------------------------------
+
+
+def test_a_silent_worker_is_killed_once_and_counted_as_hung(children: Children) -> None:
+    sup = supervisor(timeout_worker_healthcheck=1.0)
+    worker = children.worker(100.0)
+    add(sup, worker)
+    sup.check_health(101.0)  # exactly the limit: not yet
+    assert not worker.killed and children.alive(worker)
+    with error_log(logging.INFO) as records:
+        sup.check_health(101.5)
+        sup.check_health(103.0)  # killed already: not again
+    assert worker.killed and sup.restarts["hung"] == 1
+    assert children.signal_of(worker) == signal.SIGKILL
+    assert messages(records) == [
+        f"Worker [{worker.pid}] sent no heartbeat for 1.5s (event loop blocked?); killing it"
+    ]
+    assert records[0].levelno == logging.ERROR
+
+
+def test_a_workers_pings_mark_it_ready_then_outdated_once(children: Children) -> None:
+    sup = supervisor()
+    worker = children.worker(1.0, ready=False)
+    add(sup, worker)
+    sup.selector.register(worker.fd, selectors.EVENT_READ)
+    writer = children.writers[worker.pid]
+    os.write(writer, b".R")
+    sup.on_ping(worker)
+    assert worker.ready and not worker.outdated and worker.last_seen > 1.0
+    with error_log(logging.INFO) as records:
+        os.write(writer, b"M")
+        sup.on_ping(worker)
+        os.write(writer, b".M")
+        sup.on_ping(worker)
+    assert worker.outdated and sup.restarts["max-requests"] == 1
+    assert messages(records) == [
+        f"Worker [{worker.pid}] reached --limit-max-requests; replacing it"
+    ]
+    sup.on_ping(worker)  # nothing to read: still registered
+    assert worker.fd in sup.selector.get_map()
+    os.close(writer)
+    children.writers.pop(worker.pid)
+    sup.on_ping(worker)  # the pipe closed
+    assert worker.fd not in sup.selector.get_map()
+
+
+def test_a_worker_past_its_lifetime_is_marked_and_counted(children: Children) -> None:
+    sup = supervisor(workers_lifetime=1.0)
+    worker = children.worker(100.0)
+    add(sup, worker)
+    sup.recycler.started(worker)
+    sup.recycle(100.5)
+    assert not worker.outdated
+    with error_log(logging.INFO) as records:
+        sup.recycle(102.0)
+    assert worker.outdated and sup.restarts["lifetime"] == 1
+    [line] = messages(records)
+    assert line.startswith(f"Worker [{worker.pid}] lived ")
+    assert line.endswith("; replacing it (lifetime: 1 so far)")
+
+
+# -- a worker's exit ---------------------------------------------------------------------------
+
+
+def test_a_crash_is_counted_and_logged_with_its_cause(children: Children) -> None:
+    sup = supervisor()
+    first, second, hung = (children.worker(0.0) for _ in range(3))
+    hung.killed = True
+    add(sup, first, second, hung)
+    with error_log(logging.INFO) as records:
+        sup.worker_exited(first, -signal.SIGKILL, 100.0)
+        sup.worker_exited(second, 1, 100.0)
+        sup.worker_exited(hung, -signal.SIGKILL, 100.0)
+    assert sup.restarts["crash"] == 2  # the hung one was counted as hung when killed
+    assert messages(records) == [
+        f"Worker [{first.pid}] was killed by SIGKILL; starting a new one",
+        f"Worker [{second.pid}] exited (1); starting a new one",
+        f"Worker [{hung.pid}] was killed by SIGKILL; starting a new one",
+    ]
+    assert {r.levelno for r in records} == {logging.ERROR}
+    assert sup.quick_deaths == 0 and sup.spawn_after == 100.0
+
+
+def test_a_stopped_or_retired_worker_is_no_crash(children: Children) -> None:
+    sup = supervisor()
+    retired, other = children.worker(0.0), children.worker(0.0)
+    retired.retiring = True
+    with error_log(logging.INFO) as records:
+        sup.worker_exited(retired, 0, 100.0)
+        sup.stopping = True
+        sup.worker_exited(other, -signal.SIGKILL, 100.0)
+    assert messages(records) == [
+        f"Worker [{retired.pid}] stopped",
+        f"Worker [{other.pid}] stopped",
+    ]
+    assert sup.restarts["crash"] == 0 and sup.exit_code == 0 and sup.spawn_after == 0.0
+
+
+def test_an_exited_workers_pipe_is_read_one_last_time_and_closed(children: Children) -> None:
+    sup = supervisor()
+    worker = children.worker(0.0)
+    sup.selector.register(worker.fd, selectors.EVENT_READ)
+    os.write(children.writers[worker.pid], b'S{"requests": 7}\n')
+    sup.worker_exited(worker, 0, 1.0)
+    assert worker.report == b'{"requests": 7}'
+    assert worker.fd not in sup.selector.get_map()
+    with pytest.raises(OSError):
+        os.fstat(worker.fd)
+
+
+def test_quick_deaths_back_off_and_a_long_life_resets_the_count(children: Children) -> None:
+    """A death counts as quick if the worker never got ready or lived under QUICK_DEATH."""
+    sup = supervisor()
+    with error_log(logging.INFO) as records:
+        sup.worker_exited(children.worker(100.0, ready=False), 1, 200.0)  # never ready
+        assert (sup.quick_deaths, sup.spawn_after) == (1, 200.0)
+        sup.worker_exited(children.worker(100.0 - QUICK_DEATH + 0.1), 1, 100.0)
+        assert sup.quick_deaths == 2 and sup.spawn_after == pytest.approx(100.1)
+        sup.worker_exited(children.worker(100.0), 1, 101.0)
+        assert sup.quick_deaths == 3 and sup.spawn_after == pytest.approx(101.2)
+        sup.worker_exited(children.worker(100.0), 1, 100.0 + QUICK_DEATH)  # lived long enough
+        assert sup.quick_deaths == 0 and sup.spawn_after == 100.0 + QUICK_DEATH
+    assert [m.rsplit(";", 1)[1] for m in messages(records)] == [
+        " starting a new one",
+        " starting a new one in 0.1s",
+        " starting a new one in 0.2s",
+        " starting a new one",
+    ]
+
+
+def test_a_startup_failure_with_nothing_serving_stops_with_exit_code_3(
+    children: Children,
+) -> None:
+    sup = supervisor(timeout_graceful_shutdown=5.0)
+    failed = children.worker(1.0, ready=False)
+    booting = children.worker(1.0, ready=False)  # not serving yet
+    leaving = children.worker(1.0)
+    leaving.retiring = True  # not serving any more
+    add(sup, booting, leaving)
+    with error_log(logging.INFO) as records:
+        sup.worker_exited(failed, STARTUP_FAILURE, 2.0)
+    assert sup.exit_code == STARTUP_FAILURE and sup.stopping
+    assert children.signal_of(booting) == signal.SIGTERM
+    assert messages(records) == [f"Worker [{failed.pid}] failed to start; stopping the server"]
+
+
+def test_a_startup_failure_calls_a_rolling_restart_off(children: Children) -> None:
+    sup = supervisor()
+    old = [children.worker(1.0), children.worker(1.0)]
+    for worker in old:
+        worker.outdated = True
+    fresh = children.worker(1.0)
+    add(sup, *old, fresh)
+    sup.rolling = True
+    with error_log(logging.INFO) as records:
+        sup.worker_exited(children.worker(1.0, ready=False), STARTUP_FAILURE, 2.0)
+    assert not any(w.outdated for w in old) and not sup.rolling
+    assert sup.exit_code == 0 and not sup.stopping and sup.quick_deaths == 0
+    assert messages(records)[0].endswith(
+        "failed to start; replacement called off, 2 workers keep running"
+    )
+
+
+def test_a_startup_failure_beside_serving_workers_is_retried_with_back_off(
+    children: Children,
+) -> None:
+    sup = supervisor()
+    add(sup, children.worker(1.0))
+    sup.quick_deaths = 1
+    with error_log(logging.INFO) as records:
+        failed = children.worker(1.0, ready=False)
+        sup.worker_exited(failed, STARTUP_FAILURE, 2.0)
+    assert sup.exit_code == 0 and not sup.stopping
+    assert sup.quick_deaths == 2 and sup.spawn_after == pytest.approx(2.1)
+    assert messages(records) == [f"Worker [{failed.pid}] failed to start; retrying in 0.1s"]
+
+
+# -- maintain: which workers to retire ---------------------------------------------------------
+
+
+def test_a_rolling_restart_retires_the_oldest_outdated_worker_per_ready_new_one(
+    children: Children,
+) -> None:
+    """target 2: two outdated workers and one ready new one; the oldest outdated worker goes
+    (SIGUSR1: replaced, not stopped), the other stays until a second new one is ready."""
+    sup = Planner(2)
+    newer_old, oldest = children.worker(5.0), children.worker(1.0)
+    for worker in (newer_old, oldest):
+        worker.outdated = True
+    new = children.worker(9.0)
+    booting = children.worker(10.0, ready=False)
+    add(sup, newer_old, oldest, new, booting)
+    sup.rolling = True
+    with error_log(logging.INFO) as records:
+        sup.maintain(20.0)
+    assert oldest.retiring and not newer_old.retiring
+    assert children.signal_of(oldest) == signal.SIGUSR1
+    assert children.alive(newer_old)
+    assert messages(records) == [f"Retiring worker [{oldest.pid}] (replaced)"]
+    assert sup.rolling and len(sup.workers) == 4  # none started: one is still booting
+    booting.ready = True
+    with error_log(logging.INFO) as records:
+        sup.maintain(21.0)
+    assert newer_old.retiring and children.signal_of(newer_old) == signal.SIGUSR1
+    assert messages(records) == [f"Retiring worker [{newer_old.pid}] (replaced)"]
+    del sup.workers[oldest.pid], sup.workers[newer_old.pid]
+    with error_log(logging.INFO) as records:
+        sup.maintain(22.0)
+    assert not sup.rolling and messages(records) == ["Rolling restart done"]
+
+
+def test_extra_workers_are_retired_newest_first(children: Children) -> None:
+    sup = Planner(1)
+    oldest, middle, newest = children.worker(1.0), children.worker(2.0), children.worker(3.0)
+    add(sup, newest, oldest, middle)
+    with error_log(logging.INFO) as records:
+        sup.maintain(10.0)
+    assert children.signal_of(newest) == signal.SIGTERM
+    assert children.signal_of(middle) == signal.SIGTERM
+    assert children.alive(oldest) and not oldest.retiring
+    assert messages(records) == [
+        f"Retiring worker [{newest.pid}] (fewer workers wanted)",
+        f"Retiring worker [{middle.pid}] (fewer workers wanted)",
+    ]
+
+
+def test_the_rolling_restart_is_done_only_when_every_new_worker_is_ready(
+    children: Children,
+) -> None:
+    sup = Planner(2)
+    ready, booting = children.worker(1.0), children.worker(2.0, ready=False)
+    add(sup, ready, booting)
+    sup.rolling = True
+    sup.maintain(10.0)
+    assert sup.rolling
+    retired = children.worker(0.5)
+    retired.outdated = retired.retiring = True  # still draining
+    add(sup, retired)
+    booting.ready = True
+    sup.maintain(10.0)
+    assert sup.rolling
+    del sup.workers[retired.pid]
+    sup.maintain(10.0)
+    assert not sup.rolling
+
+
+def test_a_rolling_restart_starts_one_new_worker_at_a_time(children: Children) -> None:
+    """Two outdated workers, target 2: one successor is started; none more until it is
+    ready; then the next one."""
+    sup = Planner(2)
+    old = [children.worker(1.0), children.worker(2.0)]
+    for worker in old:
+        worker.outdated = True
+    add(sup, *old)
+    sup.maintain(10.0)
+    assert sup.spawned == 1 and not any(w.retiring for w in old)
+    new = children.worker(10.0, ready=False)
+    add(sup, new)
+    sup.maintain(11.0)
+    assert sup.spawned == 1
+    new.ready = True
+    sup.maintain(12.0)  # the oldest retires; the second successor starts
+    assert sup.spawned == 2 and old[0].retiring and not old[1].retiring
+
+
+def test_missing_workers_are_started_once_the_back_off_is_over(children: Children) -> None:
+    sup = Planner(3)
+    add(sup, children.worker(1.0))
+    sup.spawn_after = 10.0
+    sup.maintain(9.9)
+    assert sup.spawned == 0
+    sup.maintain(10.0)
+    assert sup.spawned == 2
+    assert all(not w.retiring for w in sup.workers.values())
