@@ -14,16 +14,19 @@ import logging
 import os
 import selectors
 import signal
+import socket
 import subprocess
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
-from fastserve.config import STARTUP_FAILURE, Config
+from fastserve.config import STARTUP_FAILURE, Config, ConfigError
+from fastserve.recycling import MIB, rss_bytes
 from fastserve.supervisor import QUICK_DEATH, RESTART_CAUSES, STOP_MARGIN, Supervisor, backoff
 from fastserve.worker import Worker
-from tests.helpers import error_log
+from tests.helpers import error_log, wait_until
 
 pytestmark = pytest.mark.timeout(20)
 
@@ -582,3 +585,100 @@ def test_missing_workers_are_started_once_the_back_off_is_over(children: Childre
     sup.maintain(10.0)
     assert sup.spawned == 2
     assert all(not w.retiring for w in sup.workers.values())
+
+
+def test_a_worker_over_max_rss_is_marked_and_counted(children: Children) -> None:
+    """`sleep` holds more than 1 MiB resident (once it runs): over --workers-max-rss 1."""
+    sup = supervisor(workers_max_rss=1)
+    worker = children.worker(100.0)
+    wait_until(lambda: (rss_bytes(worker.pid) or 0) > MIB, "sleep to be over 1 MiB")
+    add(sup, worker)
+    with error_log(logging.INFO) as records:
+        sup.recycle(100.0)
+    assert worker.outdated and sup.restarts["max-rss"] == 1 and sup.restarts["lifetime"] == 0
+    [line] = messages(records)
+    assert line.startswith(f"Worker [{worker.pid}] uses ")
+    assert line.endswith(" MiB (--workers-max-rss 1); replacing it (max-rss: 1 so far)")
+
+
+# -- setup and cleanup -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("reuse_port", [False, True], ids=["shared", "reuse-port"])
+def test_setup_binds_and_writes_the_files_and_cleanup_removes_them(
+    tmp_path: Path, reuse_port: bool
+) -> None:
+    """The shared listener, or with --reuse-port a bound, never-listening SO_REUSEPORT socket
+    that holds the port for the workers' config; the pid and listen files, removed at the end
+    with the sockets closed."""
+    pid, listen = tmp_path / "pid", tmp_path / "listen"
+    sup = supervisor(port=0, pid=str(pid), listen_file=str(listen), reuse_port=reuse_port)
+    sup.setup()
+    try:
+        held = [*sup.sockets, *([sup.reserved] if sup.reserved else [])]
+        assert len(held) == 1
+        sock = held[0]
+        port = sock.getsockname()[1]
+        assert port != 0 and sock.getsockname()[0] == "127.0.0.1"
+        assert pid.read_text() == f"{os.getpid()}\n"
+        assert listen.read_text() == f"http://127.0.0.1:{port}\n"
+        assert sup.listen_urls == [f"http://127.0.0.1:{port}"]
+        accepting = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)
+        if reuse_port:
+            assert sup.sockets == [] and not accepting
+            assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT)
+            assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR)
+            assert sup.worker_config.port == port and sup.config.port == 0
+            assert sup.worker_config.reuse_port
+        else:
+            assert sup.reserved is None and accepting and sup.worker_config is sup.config
+    finally:
+        sup.cleanup()
+    assert not pid.exists() and not listen.exists()
+    assert sock.fileno() == -1
+
+
+def test_a_reserved_port_in_use_is_a_bind_error() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        sup = supervisor(port=port, reuse_port=True)
+        refused = f"cannot bind 127.0.0.1:{port}: address already in use"
+        with pytest.raises(ConfigError, match=refused):
+            sup.setup()
+
+
+# -- reaping -----------------------------------------------------------------------------------
+
+
+def zombie(pid: int) -> bool:
+    with open(f"/proc/{pid}/stat") as fh:
+        return fh.read().rsplit(")", 1)[1].split()[0] == "Z"
+
+
+@pytest.mark.timeout(10)
+def test_reap_collects_every_exited_child_workers_and_orphans(children: Children) -> None:
+    """One pass collects every child that exited, a worker or not (an orphan re-parented to
+    PID 1), and returns at once while others still run, and when none is left."""
+    sup = supervisor()
+    dead = [children.worker(0.0), children.worker(0.0)]
+    running = children.worker(0.0)
+    add(sup, *dead, running)
+    orphan = os.posix_spawnp("true", ["true"], os.environ)  # a child that is no worker
+    for worker in dead:
+        os.kill(worker.pid, signal.SIGKILL)
+    wait_until(lambda: all(zombie(p) for p in (orphan, *(w.pid for w in dead))), "zombies")
+    with error_log(logging.DEBUG) as records:
+        sup.reap(100.0)
+    assert sup.workers == {running.pid: running} and sup.restarts["crash"] == 2
+    lines = messages(records)
+    assert f"Reaped orphan process [{orphan}]" in lines
+    for worker in dead:
+        assert f"Worker [{worker.pid}] was killed by SIGKILL; starting a new one" in lines
+    assert all(not os.path.exists(f"/proc/{w.pid}") for w in dead)
+    os.kill(running.pid, signal.SIGKILL)
+    wait_until(lambda: zombie(running.pid), "a zombie")
+    sup.reap(101.0)
+    assert sup.workers == {}
+    sup.reap(102.0)  # no child left at all
