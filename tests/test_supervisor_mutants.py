@@ -255,8 +255,8 @@ def test_the_stop_deadline_kills_the_workers_once(children: Children) -> None:
     assert not worker.killed and sup.stop_deadline == 50.0
     with error_log(logging.INFO) as records:
         sup.check_stop_deadline(50.0)
+        assert worker.killed and sup.stop_deadline is None
         sup.check_stop_deadline(60.0)
-    assert worker.killed and sup.stop_deadline is None
     assert children.signal_of(worker) == signal.SIGKILL
     assert messages(records) == [
         f"Killing worker [{worker.pid}]: still running after the graceful shutdown timeout"
@@ -325,6 +325,10 @@ def test_a_silent_worker_is_killed_once_and_counted_as_hung(children: Children) 
         sup.check_health(103.0)  # killed already: not again
     assert worker.killed and sup.restarts["hung"] == 1
     assert children.signal_of(worker) == signal.SIGKILL
+    other = children.worker(100.0)
+    add(sup, other)
+    sup.check_health(105.0)
+    assert other.killed and sup.restarts["hung"] == 2
     assert messages(records) == [
         f"Worker [{worker.pid}] sent no heartbeat for 1.5s (event loop blocked?); killing it"
     ]
@@ -346,8 +350,14 @@ def test_a_workers_pings_mark_it_ready_then_outdated_once(children: Children) ->
         os.write(writer, b".M")
         sup.on_ping(worker)
     assert worker.outdated and sup.restarts["max-requests"] == 1
-    assert messages(records) == [
-        f"Worker [{worker.pid}] reached --limit-max-requests; replacing it"
+    other = children.worker(1.0)
+    os.write(children.writers[other.pid], b"M")
+    with error_log(logging.INFO) as more:
+        sup.on_ping(other)
+    assert other.outdated and sup.restarts["max-requests"] == 2
+    assert messages(records + more) == [
+        f"Worker [{worker.pid}] reached --limit-max-requests; replacing it",
+        f"Worker [{other.pid}] reached --limit-max-requests; replacing it",
     ]
     sup.on_ping(worker)  # nothing to read: still registered
     assert worker.fd in sup.selector.get_map()
@@ -357,19 +367,25 @@ def test_a_workers_pings_mark_it_ready_then_outdated_once(children: Children) ->
     assert worker.fd not in sup.selector.get_map()
 
 
-def test_a_worker_past_its_lifetime_is_marked_and_counted(children: Children) -> None:
+def test_workers_past_their_lifetime_are_marked_and_counted(children: Children) -> None:
     sup = supervisor(workers_lifetime=1.0)
-    worker = children.worker(100.0)
-    add(sup, worker)
-    sup.recycler.started(worker)
+    workers = [children.worker(100.0), children.worker(100.0)]
+    add(sup, *workers)
+    for worker in workers:
+        sup.recycler.started(worker)
     sup.recycle(100.5)
-    assert not worker.outdated
+    assert not any(w.outdated for w in workers)
     with error_log(logging.INFO) as records:
         sup.recycle(102.0)
-    assert worker.outdated and sup.restarts["lifetime"] == 1
-    [line] = messages(records)
-    assert line.startswith(f"Worker [{worker.pid}] lived ")
-    assert line.endswith("; replacing it (lifetime: 1 so far)")
+    assert all(w.outdated for w in workers) and sup.restarts["lifetime"] == 2
+    assert sup.restarts["max-rss"] == 0
+    lines = messages(records)
+    for line, worker in zip(lines, workers, strict=True):
+        assert line.startswith(f"Worker [{worker.pid}] lived 2.0s (--workers-lifetime 1)")
+    assert [x.rsplit(";", 1)[1] for x in lines] == [
+        " replacing it (lifetime: 1 so far)",
+        " replacing it (lifetime: 2 so far)",
+    ]
 
 
 # -- a worker's exit ---------------------------------------------------------------------------
@@ -465,13 +481,14 @@ def test_a_startup_failure_calls_a_rolling_restart_off(children: Children) -> No
     fresh = children.worker(1.0)
     add(sup, *old, fresh)
     sup.rolling = True
+    failed = children.worker(1.0, ready=False)
     with error_log(logging.INFO) as records:
-        sup.worker_exited(children.worker(1.0, ready=False), STARTUP_FAILURE, 2.0)
+        sup.worker_exited(failed, STARTUP_FAILURE, 2.0)
     assert not any(w.outdated for w in old) and not sup.rolling
     assert sup.exit_code == 0 and not sup.stopping and sup.quick_deaths == 0
-    assert messages(records)[0].endswith(
-        "failed to start; replacement called off, 2 workers keep running"
-    )
+    assert messages(records) == [
+        f"Worker [{failed.pid}] failed to start; replacement called off, 2 workers keep running"
+    ]
 
 
 def test_a_startup_failure_beside_serving_workers_is_retried_with_back_off(
