@@ -29,12 +29,15 @@ if TYPE_CHECKING:
 # Access lines wait at most this long (seconds) before they are written, in one batch.
 FLUSH_DELAY: Final = 0.01
 
-# A text line (default format, or --access-log-format) is 3 items of the batch, formatted by
-# one `%` per flush: the default format keeps the line minus its duration (remembered per
-# client), the duration's whole milliseconds (an int) and the text of its hundredths with the
-# line's end (a table: integer arithmetic, where a float's "%.2f" cost ~500 instructions a
-# line); a --access-log-format line is (line, "", "\n").
+# A text line (default format, or --access-log-format) is 3 strings of the batch: the default
+# format keeps the line minus its duration (remembered per client), the text of the duration's
+# whole milliseconds and that of its hundredths with the line's end (tables: integer
+# arithmetic, where a float's "%.2f" cost ~500 instructions a line and an int's str() ~150);
+# a --access-log-format line is (line, "", "\n"). A flush joins the default format's batch
+# (one "".join, and the log prefix put after every line break); --access-log-format lines,
+# whose text is the user's, are formatted with one `%` of _TEXT_LINE per line.
 _TEXT_LINE: Final = "%s%s%s"
+_MILLIS: Final = tuple(str(i) for i in range(1000))
 _HUNDREDTHS: Final = tuple(f".{i:02d}ms\n" for i in range(100))
 
 # A JSON access line is the object json.dumps would write, minus the dict and the generic
@@ -179,7 +182,9 @@ class AccessLog:
             if known is None or known[0] != key:
                 known = remember(self.heads, client, (key, default_head(client, key)))
             hundredths = int((now - start) * 100_000.0 + 0.5)  # of a millisecond, rounded
-            self.pending += (known[1], hundredths // 100, _HUNDREDTHS[hundredths % 100])
+            millis = hundredths // 100
+            whole = _MILLIS[millis] if millis < 1000 else str(millis)
+            self.pending += (known[1], whole, _HUNDREDTHS[hundredths % 100])
         elif self.json:
             self.add_json(scope, status, sent, now, None, now - start)
         else:
@@ -303,7 +308,14 @@ class AccessLog:
             if isinstance(handler.formatter, ColourFormatter) and handler.formatter.use_colors:
                 prefix = "\x1b[32mINFO:     \x1b[0m"  # as ColourFormatter
             prefix += ColourFormatter.process_tag  # "[pid] " in a worker
-            text = ((prefix + _TEXT_LINE) * (len(pending) // 3)) % tuple(pending)
+            if self.template is None:
+                # Each line's only line break is its end (targets with control characters
+                # never get this far; heads are escaped): the prefix goes after each break
+                # and before the first line, and the one after the last is cut off.
+                text = prefix + "".join(pending).replace("\n", "\n" + prefix)
+                text = text[: len(text) - len(prefix)]
+            else:
+                text = ((prefix + _TEXT_LINE) * (len(pending) // 3)) % tuple(pending)
         else:
             for i in range(0, len(pending), 3):  # (logging adds the line break)
                 logger.info((_TEXT_LINE % (pending[i], pending[i + 1], pending[i + 2]))[:-1])
@@ -357,14 +369,12 @@ def json_parts(client: tuple[str, int] | None, key: tuple[Any, ...], pid: int) -
 
 
 def default_head(client: tuple[str, int] | None, key: tuple[Any, ...]) -> str:
-    """The default line up to its duration: 'host:port - "GET / HTTP/1.1" 200 13 '.
-    llhttp refuses control characters and non-ASCII bytes in the target, so only `"` and
-    `\\` can need escaping."""
+    """The default line up to its duration: 'host:port - "GET / HTTP/1.1" 200 13 '. The
+    target is escaped (llhttp refuses control characters in it, but write() relies on a line
+    holding no line break whatever the protocol); made only when a client's line changes."""
     raw_path, query, method, version, status, sent = key
     target = raw_path + b"?" + query if query else raw_path
-    text = target.decode("latin-1")
-    if 34 in target or 92 in target:
-        text = escape(text)
+    text = escape(target.decode("latin-1"))
     who = f"{client[0]}:{client[1]}" if client else "-"
     return f'{who} - "{method} {text} HTTP/{version}" {status} {sent} '
 

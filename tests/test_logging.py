@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import signal
@@ -15,6 +16,8 @@ from typing import Any
 
 import pytest
 
+from fastserve import Config
+from fastserve.accesslog import AccessLog
 from tests.apps.core_apps import core_app
 from tests.conftest import run_server
 from tests.helpers import Serve, Wire, fetch, request, until_closed
@@ -38,6 +41,39 @@ def test_default_access_log_line(serve: Serve, capsys: pytest.CaptureFixture[str
     pattern = r'INFO:     127\.0\.0\.1:\d+ - "GET /hello\?x=1 HTTP/1\.1" 200 5 \d+\.\d\dms'
     assert re.fullmatch(pattern, line), line
     assert str(port) not in line.split(" - ")[0].split(":")[0]
+
+
+@pytest.mark.parametrize(
+    ("seconds", "text"),
+    [
+        (0.0, "0.00ms"),
+        (0.000_004_9, "0.00ms"),
+        (0.000_006, "0.01ms"),
+        (0.012_346, "12.35ms"),
+        (0.999_994, "999.99ms"),
+        (0.999_995, "1000.00ms"),
+        (1.234_567, "1234.57ms"),
+        (61.0, "61000.00ms"),
+    ],
+)
+def test_default_line_duration_text(seconds: float, text: str) -> None:
+    """The duration's text (whole milliseconds from a table below 1,000, str() above, then
+    the hundredths, rounded): pure logic, on the AccessLog itself."""
+    loop = asyncio.new_event_loop()
+    try:
+        access = AccessLog(Config(app=core_app, access_log=True), loop)
+        scope = {
+            "raw_path": b"/x",
+            "query_string": b"",
+            "method": "GET",
+            "http_version": "1.1",
+            "client": ("127.0.0.1", 5000),
+        }
+        access.add(scope, 200, 13, 0.0, seconds)  # (start and end: monotonic readings)
+        line = "".join(access.pending)
+    finally:
+        loop.close()
+    assert line == f'127.0.0.1:5000 - "GET /x HTTP/1.1" 200 13 {text}\n'
 
 
 def test_access_log_lines_follow_each_request_of_a_connection(
