@@ -18,6 +18,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -89,8 +90,8 @@ def supervisor(workers: int = 2, **options: object) -> Supervisor:
 class Planner(Supervisor):
     """A supervisor whose `spawn` counts the workers it would fork (see the module's doc)."""
 
-    def __init__(self, workers: int) -> None:
-        super().__init__(Config(app=APP), workers)
+    def __init__(self, workers: int, **options: object) -> None:
+        super().__init__(Config(app=APP, **options), workers)  # type: ignore[arg-type]
         self.spawned = 0
 
     def spawn(self) -> None:
@@ -728,3 +729,45 @@ def test_reap_collects_every_exited_child_workers_and_orphans(children: Children
     sup.reap(101.0)
     assert sup.workers == {}
     sup.reap(102.0)  # no child left at all
+
+
+# -- run ---------------------------------------------------------------------------------------
+
+
+def test_run_starts_the_target_then_stops_on_sigterm() -> None:
+    """The whole run in this process, the forks aside: setup, the handlers, `target` starts,
+    a real SIGTERM, cleanup (the listener closed, the handler put back), exit code 0."""
+    previous = signal.getsignal(signal.SIGTERM)
+    sup = Planner(3, port=0)
+
+    def stop_when_started() -> None:
+        wait_until(lambda: sup.wakeup is not None and sup.spawned == 3, "the workers' starts")
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    thread = threading.Thread(target=stop_when_started)
+    thread.start()
+    with error_log(logging.INFO) as records:
+        code = sup.run()
+    thread.join(10)
+    assert code == 0 and sup.spawned == 3 and sup.stopping
+    lines = messages(records)
+    assert lines[0].startswith("fastserve ") and lines[0].endswith(", workers 3")
+    assert lines[1:] == [
+        f"Started supervisor [{os.getpid()}] with 3 workers",
+        "Received SIGTERM: stopping 0 workers gracefully",
+        f"Supervisor [{os.getpid()}] stopped",
+    ]
+    assert sup.sockets[0].fileno() == -1
+    assert signal.getsignal(signal.SIGTERM) == previous
+
+
+def test_run_exits_3_when_the_port_is_taken() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        sup = Planner(2, port=port)
+        with error_log(logging.INFO) as records:
+            assert sup.run() == STARTUP_FAILURE
+    assert messages(records) == [f"cannot bind 127.0.0.1:{port}: address already in use"]
+    assert sup.spawned == 0 and sup.wakeup is None
