@@ -22,6 +22,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -771,3 +772,83 @@ def test_run_exits_3_when_the_port_is_taken() -> None:
             assert sup.run() == STARTUP_FAILURE
     assert messages(records) == [f"cannot bind 127.0.0.1:{port}: address already in use"]
     assert sup.spawned == 0 and sup.wakeup is None
+
+
+def test_preload_imports_the_app_in_the_supervisor() -> None:
+    sup = supervisor(preload=True, port=0)
+    sup.setup()
+    try:
+        assert sup.app is not None and callable(sup.app)
+    finally:
+        sup.cleanup()
+    assert supervisor(port=0).app is None
+
+
+@pytest.mark.parametrize("where", ["uds", "fd"])
+def test_reuse_port_is_for_tcp_only(tmp_path: Path, where: str) -> None:
+    """With --uds or --fd the one socket is shared, as without --reuse-port; a warning says so."""
+    given = socket.socket()
+    given.bind(("127.0.0.1", 0))
+    options: dict[str, Any] = {"uds": str(tmp_path / "s.sock")}
+    if where == "fd":
+        options = {"fd": given.fileno()}
+    sup = supervisor(reuse_port=True, port=0, **options)
+    with error_log(logging.WARNING) as records:
+        sup.setup()
+    try:
+        assert sup.reserved is None and len(sup.sockets) == 1
+        assert messages(records) == [
+            "--reuse-port applies to TCP listeners only; sharing the socket"
+        ]
+        assert sup.worker_config is sup.config
+    finally:
+        if where == "fd":
+            given.detach()  # the supervisor's socket owns the descriptor now
+        given.close()
+        sup.cleanup()
+
+
+def test_the_listen_file_says_https_with_tls(tmp_path: Path) -> None:
+    listen = tmp_path / "listen"
+    sup = supervisor(port=0, listen_file=str(listen), ssl_certfile=str(tmp_path / "cert.pem"))
+    sup.setup()
+    try:
+        port = sup.sockets[0].getsockname()[1]
+        assert listen.read_text() == f"https://127.0.0.1:{port}\n"
+    finally:
+        sup.cleanup()
+
+
+def test_metrics_keep_the_report_of_a_worker_that_exited(children: Children) -> None:
+    """--metrics: the supervisor's listener is set up with it, and a worker's last report
+    goes to the departed workers' counts when it exits (the report is then dropped)."""
+    sup = supervisor(port=0, metrics=True, metrics_port=0)
+    sup.setup()
+    try:
+        assert sup.metrics is not None and sup.metrics.supervisor is sup
+        worker = children.worker(0.0)
+        worker.report = b'{"c": {}}'
+        sup.worker_exited(worker, 0, 1.0)
+        assert worker.report is None
+    finally:
+        sup.cleanup()
+
+
+def ipv6() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as sock:
+            sock.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not ipv6(), reason="no IPv6 loopback")
+def test_reuse_port_reserves_an_ipv6_port() -> None:
+    sup = supervisor(host="::1", port=0, reuse_port=True)
+    sup.setup()
+    try:
+        assert sup.reserved is not None and sup.reserved.family == socket.AF_INET6
+        assert sup.worker_config.port == sup.reserved.getsockname()[1] != 0
+    finally:
+        sup.cleanup()
