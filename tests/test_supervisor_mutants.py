@@ -1,11 +1,11 @@
 """The supervisor's rules (server/supervisor.py) that a mutation pass (mutmut 3, docs/testing.md)
-found unchecked: every test here failed against at least one mutant the rest of the suite let
-live. The suite runs the supervisor in a subprocess (tests/test_workers.py,
+found unchecked: every test here fails against at least one of its mutants (issue 16; the
+list in the commit messages). The rest of the suite runs the supervisor in a subprocess (tests/test_workers.py,
 tests/test_recycling.py), which sees a restart but not its cause, count or timing; here a
 `Supervisor` is driven by direct calls, its workers being real processes (`sleep`) behind real
 heartbeat pipes, so a SIGTERM, SIGUSR1 or SIGKILL it sends is seen in the child's exit status.
-Nothing here forks the test process: the `maintain` tests count the workers it would start
-(`Planner.spawn`), the forks themselves being tests/test_workers.py's.
+Only `test_spawned_workers_serve_then_drain_on_stop` forks the test process (real workers);
+elsewhere `Planner.spawn` counts the workers `maintain` and `run` would start.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,8 +28,16 @@ import pytest
 
 from fastserve.config import STARTUP_FAILURE, Config, ConfigError
 from fastserve.recycling import MIB, rss_bytes
-from fastserve.supervisor import QUICK_DEATH, RESTART_CAUSES, STOP_MARGIN, Supervisor, backoff
+from fastserve.supervisor import (
+    QUICK_DEATH,
+    RESTART_CAUSES,
+    SIGNALS,
+    STOP_MARGIN,
+    Supervisor,
+    backoff,
+)
 from fastserve.worker import Worker
+from tests.apps.workers_procs import Client
 from tests.helpers import error_log, wait_until
 
 pytestmark = pytest.mark.timeout(20)
@@ -851,4 +859,72 @@ def test_reuse_port_reserves_an_ipv6_port() -> None:
         assert sup.reserved is not None and sup.reserved.family == socket.AF_INET6
         assert sup.worker_config.port == sup.reserved.getsockname()[1] != 0
     finally:
+        sup.cleanup()
+
+
+# -- spawn and the worker's side of the fork ---------------------------------------------------
+
+
+def signal_set(pid: int, field: str) -> set[int]:
+    """A signal mask of /proc/<pid>/status (SigBlk, SigIgn) as signal numbers."""
+    with open(f"/proc/{pid}/status") as fh:
+        line = next(x for x in fh if x.startswith(f"{field}:"))
+    mask = int(line.split()[1], 16)
+    return {n for n in range(1, 65) if mask >> (n - 1) & 1}
+
+
+def pipe_links(pid: int) -> set[str]:
+    """The pipes a process holds open (their `pipe:[inode]` names)."""
+    links = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        with contextlib.suppress(OSError):
+            links.add(os.readlink(f"/proc/{pid}/fd/{fd}"))
+    return {x for x in links if x.startswith("pipe:")}
+
+
+def pump_until(sup: Supervisor, condition: Callable[[], bool], what: str) -> None:
+    """Run the supervisor's own wake-ups (pings, reaping) until `condition` holds."""
+    deadline = time.monotonic() + 15
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        for key, _ in sup.selector.select(0.1):
+            key.data()
+        sup.reap(time.monotonic())
+
+
+@pytest.mark.timeout(40)
+def test_spawned_workers_serve_then_drain_on_stop() -> None:
+    """Two real forks of this process: numbered 0 and 1, counted, logged, watched by the
+    recycler; each leaves the supervisor's signal mask and the others' pipes behind and
+    ignores SIGHUP, SIGTTIN, SIGTTOU (the supervisor's business); both get ready over their
+    heartbeat pipes, serve on the shared socket and stop on SIGTERM."""
+    sup = supervisor(port=0, timeout_graceful_shutdown=5.0, workers_lifetime=1000.0)
+    sup.setup()
+    try:
+        with error_log(logging.INFO) as records:
+            sup.spawn()
+            sup.spawn()
+        first, second = sorted(sup.workers.values(), key=lambda w: w.index)
+        assert (first.index, second.index) == (0, 1) and sup.starts == 2
+        assert messages(records) == [
+            f"Started worker [{first.pid}]",
+            f"Started worker [{second.pid}]",
+        ]
+        assert set(sup.recycler.expires) == {first.pid, second.pid}
+        assert not set(SIGNALS) & set(signal.pthread_sigmask(signal.SIG_BLOCK, []))
+        pump_until(sup, lambda: first.ready and second.ready, "both workers ready")
+        for worker in (first, second):
+            assert not set(SIGNALS) & signal_set(worker.pid, "SigBlk")
+            ignored = signal_set(worker.pid, "SigIgn")
+            assert {signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU} <= ignored
+            assert not {signal.SIGTERM, signal.SIGINT, signal.SIGCHLD} & ignored
+        assert os.readlink(f"/proc/self/fd/{first.fd}") not in pipe_links(second.pid)
+        port = sup.sockets[0].getsockname()[1]
+        assert int(Client(port).get("/").split()[0]) in (first.pid, second.pid)
+        sup.stop()
+        pump_until(sup, lambda: not sup.workers, "both workers to stop")
+        assert sup.restarts["crash"] == 0
+    finally:
+        sup.kill_all("test over")
+        pump_until(sup, lambda: not sup.workers, "the workers to go")
         sup.cleanup()
