@@ -1,11 +1,12 @@
 """The supervisor's rules (server/supervisor.py) that a mutation pass (mutmut 3, docs/testing.md)
 found unchecked: every test here fails against at least one of its mutants (issue 16; the
-list in the commit messages). The rest of the suite runs the supervisor in a subprocess (tests/test_workers.py,
-tests/test_recycling.py), which sees a restart but not its cause, count or timing; here a
-`Supervisor` is driven by direct calls, its workers being real processes (`sleep`) behind real
-heartbeat pipes, so a SIGTERM, SIGUSR1 or SIGKILL it sends is seen in the child's exit status.
-Only `test_spawned_workers_serve_then_drain_on_stop` forks the test process (real workers);
-elsewhere `Planner.spawn` counts the workers `maintain` and `run` would start.
+list in the commit messages). The rest of the suite runs the supervisor in a subprocess
+(tests/test_workers.py, tests/test_recycling.py), which sees a restart but not its cause,
+count or timing; here a `Supervisor` is driven by direct calls, its workers being real
+processes (`sleep`) behind real heartbeat pipes, so a SIGTERM, SIGUSR1 or SIGKILL it sends is
+seen in the child's exit status. Only `test_spawned_workers_serve_then_drain_on_stop` forks
+the test process (real workers); elsewhere `Planner.spawn` counts the workers `maintain` and
+`run` would start.
 """
 
 from __future__ import annotations
