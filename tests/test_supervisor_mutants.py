@@ -94,7 +94,7 @@ def children() -> Iterator[Children]:
 
 
 def supervisor(workers: int = 2, **options: object) -> Supervisor:
-    return Supervisor(Config(app=APP, **options), workers)  # type: ignore[arg-type]
+    return Supervisor(Config(**{"app": APP, **options}), workers)  # type: ignore[arg-type]
 
 
 class Planner(Supervisor):
@@ -929,3 +929,15 @@ def test_spawned_workers_serve_then_drain_on_stop() -> None:
         sup.kill_all("test over")
         pump_until(sup, lambda: not sup.workers, "the workers to go")
         sup.cleanup()
+
+
+def test_run_exits_3_when_the_preloaded_app_raises(tmp_path: Path) -> None:
+    (tmp_path / "raising_app.py").write_text("raise RuntimeError('broken at import')\n")
+    sup = supervisor(app="raising_app:app", app_dir=str(tmp_path), preload=True, port=0)
+    try:
+        with error_log(logging.INFO) as records:
+            assert sup.run() == STARTUP_FAILURE
+    finally:
+        sys.modules.pop("raising_app", None)
+    assert messages(records) == ["Cannot preload the application"]
+    assert records[0].exc_info is not None and "broken at import" in str(records[0].exc_info[1])
