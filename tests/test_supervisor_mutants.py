@@ -941,3 +941,42 @@ def test_run_exits_3_when_the_preloaded_app_raises(tmp_path: Path) -> None:
         sys.modules.pop("raising_app", None)
     assert messages(records) == ["Cannot preload the application"]
     assert records[0].exc_info is not None and "broken at import" in str(records[0].exc_info[1])
+
+
+@pytest.mark.timeout(60)
+def test_run_replaces_a_killed_worker_then_stops_on_sigterm() -> None:
+    """The whole loop with real forks of this process: two workers get ready, one is killed
+    (SIGKILL), the loop reaps it, counts a crash and starts a successor, which serves; a real
+    SIGTERM then drains both and run() returns 0."""
+    sup = supervisor(2, port=0, timeout_graceful_shutdown=5.0)
+    seen: dict[str, object] = {}
+
+    def serving(count: int) -> bool:
+        workers = dict(sup.workers)  # read from another thread: a copy
+        return len(workers) == count and all(w.ready for w in workers.values())
+
+    def drive() -> None:
+        try:
+            wait_until(lambda: serving(2), "two workers ready", timeout=20)
+            victim = next(iter(dict(sup.workers)))
+            os.kill(victim, signal.SIGKILL)
+            wait_until(lambda: victim not in sup.workers and serving(2), "a successor", 20)
+            seen["served by"] = int(Client(sup.sockets[0].getsockname()[1]).get("/").split()[0])
+            seen["workers"] = set(sup.workers)
+        except BaseException as exc:  # reported by the main thread, once run() is over
+            seen["error"] = exc
+        finally:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    thread = threading.Thread(target=drive)
+    with error_log(logging.INFO) as records:
+        thread.start()
+        code = sup.run()
+    thread.join(10)
+    assert "error" not in seen, seen["error"]
+    assert code == 0 and sup.restarts["crash"] == 1 and sup.starts == 3
+    assert seen["served by"] in seen["workers"]  # type: ignore[operator]
+    assert sup.workers == {}
+    lines = messages(records)
+    assert sum("was killed by SIGKILL; starting a new one" in x for x in lines) == 1
+    assert lines[-1] == f"Supervisor [{os.getpid()}] stopped"
