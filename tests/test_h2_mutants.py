@@ -14,26 +14,33 @@ from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any
 
+import h2.errors
+import h2.events
 import pytest
 
 from tests.apps.core_apps import Receive, Scope, Send
 from tests.conftest import run_server
 from tests.helpers import error_log, wait_until
+from tests.test_http2 import H2Client, close_clients  # noqa: F401 (the fixture)
+from tests.test_http2_flow import connection
 from tests.test_http2_frames import (
     DATA,
     END_HEADERS,
     END_STREAM,
     GOAWAY,
     HEADERS,
+    PING,
     PREFACE,
     PRIORITY,
     PRIORITY_FLAG,
+    REQUEST,
     RST_STREAM,
     SETTINGS,
     WINDOW_UPDATE,
     Frames,
     RawH2,
     frame,
+    setting,
     u32,
 )
 
@@ -62,6 +69,21 @@ async def app(scope: Scope, receive: Receive, send: Send) -> None:
     if scope["path"] == "/hold":
         while (await receive())["type"] != "http.disconnect":
             pass
+        ENDS.append("/hold: http.disconnect")
+        return
+    if scope["path"] == "/two":  # 300 bytes, then (once GATES[0] opens) 1 more
+        await send({"type": "http.response.start", "status": 200})
+        await send({"type": "http.response.body", "body": b"a" * 300, "more_body": True})
+        gate = asyncio.Event()
+        GATES.append(gate)
+        await gate.wait()
+        await send({"type": "http.response.body", "body": b"b"})
+        return
+    if scope["path"] == "/started":  # answers at once, then reads until the disconnect
+        await send({"type": "http.response.start", "status": 200})
+        await send({"type": "http.response.body", "body": b"a", "more_body": True})
+        while (await receive())["type"] != "http.disconnect":
+            pass
         return
     while (await receive()).get("more_body"):
         pass
@@ -85,7 +107,7 @@ OPEN: list[RawH2] = []
 
 
 @pytest.fixture(autouse=True)
-def close_clients() -> Iterator[None]:
+def close_raw_clients() -> Iterator[None]:
     yield
     while OPEN:
         OPEN.pop().close()
@@ -125,6 +147,14 @@ def server(request: pytest.FixtureRequest, tmp_path: Path) -> Server:
             yield tcp
 
     return serving
+
+
+def read_alone(raw: RawH2, data: bytes) -> None:
+    """Send `data` and a PING, and wait for the PING's ACK: the server has handled `data`,
+    and what is sent next is in a read of its own."""
+    raw.send(data + frame(PING, 0, 0, b"readdone"))
+    while raw.until(PING)[3] != b"readdone":
+        pass
 
 
 def h2_lines(records: list[logging.LogRecord]) -> list[str]:
@@ -197,6 +227,8 @@ def test_a_connection_error_names_the_last_stream_taken(frames: bytes, code: int
         f = Frames()
         raw.send(f.get(1, "/ok") + f.post(3, "/hold") + f.post(5, "/hold"))
         assert raw.until(DATA, 1)[3] == b"ok"
+        raw.send(frame(HEADERS, END_HEADERS | END_STREAM, 7, f.block([*REQUEST, ("X-Up", "1")])))
+        assert int.from_bytes(raw.until(RST_STREAM, 7)[3]) == 0x1  # zttp's: never taken
         raw.send(frames)
         assert raw.goaway() == (5, code)
 
@@ -216,6 +248,10 @@ def test_a_connection_error_names_the_last_stream_taken(frames: bytes, code: int
         ),
         (lambda f: frame(DATA, 0, 0, b"x"), "connection error: "),
         (
+            lambda f: [f.post(3, "/hold"), frame(PRIORITY, 0, 3, u32(3) + b"\x10")],
+            "stream 3: depends on itself",
+        ),
+        (
             lambda f: f.post(1, "/hold") + frame(DATA, 0, 1, b"") * 101,
             "empty DATA frames: GOAWAY ENHANCE_YOUR_CALM",
         ),
@@ -227,12 +263,18 @@ def test_a_connection_error_names_the_last_stream_taken(frames: bytes, code: int
     ],
 )
 def test_refusals_are_logged_with_their_peer(
-    server: Server, frames: Callable[[Frames], bytes], line: str
+    server: Server, frames: Callable[[Frames], bytes | list[bytes]], line: str
 ) -> None:
     with server(limit_request_body=1000, timeout_request_body=0.3) as connect:
         raw = connect()
         with error_log(logging.INFO) as records:
-            raw.send(frames(Frames()))
+            pieces = frames(Frames())
+            if isinstance(pieces, list):
+                *first, last = pieces
+                for piece in first:
+                    read_alone(raw, piece)
+                pieces = last
+            raw.send(pieces)
             got = raw.next_frame()
             while got is not None and got[0] not in (GOAWAY, RST_STREAM, HEADERS):
                 got = raw.next_frame()
@@ -242,3 +284,85 @@ def test_refusals_are_logged_with_their_peer(
             assert [x[: len(expected)] for x in h2_lines(records)] == [expected]
         else:
             assert h2_lines(records) == [expected]
+
+
+@pytest.mark.timeout(30)
+def test_a_stream_depending_on_itself_twice_on_a_connection() -> None:
+    """Two open streams made to depend on themselves, one read after the other: each is
+    reset, its app gets http.disconnect, and the connection serves on."""
+    ENDS.clear()
+    with run_server(app) as srv:
+        raw = RawH2(srv.port)
+        OPEN.append(raw)
+        f = Frames()
+        for count, stream in enumerate((1, 3), 1):
+            read_alone(raw, f.post(stream, "/hold"))
+            raw.send(frame(PRIORITY, 0, stream, u32(stream) + b"\x10"))
+            assert int.from_bytes(raw.until(RST_STREAM, stream)[3]) == 0x1
+            wait_until(lambda: len(ENDS) == count, "the app to see the disconnect")  # noqa: B023
+        assert raw.served(f, 5) == b"ok"
+
+
+@pytest.mark.timeout(30)
+def test_a_body_over_the_limit_gets_a_whole_413() -> None:
+    with run_server(app, limit_request_body=1000) as srv:
+        client = H2Client(srv.port)
+        stream = client.request("/hold", "POST", open_body=True)
+        client.conn.send_data(stream, b"x" * 1001)
+        client.flush()
+        head, body = client.response(stream)
+        assert head.pop("date")
+        assert head == {
+            ":status": "413",
+            "content-type": "text/plain; charset=utf-8",
+            "server": "fastserve",
+        }
+        assert body == b"Request body too large"
+        assert client.response(client.request("/ok"))[1] == b"ok"
+
+
+@pytest.mark.timeout(30)
+def test_a_body_over_the_limit_after_the_head_resets_the_stream() -> None:
+    with run_server(app, limit_request_body=1000) as srv:
+        client = H2Client(srv.port)
+        stream = client.request("/started", "POST", open_body=True)
+        client.until(h2.events.ResponseReceived, stream)
+        client.conn.send_data(stream, b"x" * 1001)
+        client.flush()
+        reset = client.until(h2.events.StreamReset, stream)
+        assert reset.error_code == h2.errors.ErrorCodes.CANCEL
+        assert client.response(client.request("/ok"))[1] == b"ok"
+
+
+@pytest.mark.timeout(30)
+def test_window_updates_after_a_wait_for_the_window_are_taken() -> None:
+    """A response that waited for the client's window (100 bytes): once the wait is over,
+    more WINDOW_UPDATE frames (stream and connection) are taken; the response completes."""
+    GATES.clear()
+    with run_server(app) as srv:
+        raw = RawH2(srv.port, PREFACE + frame(SETTINGS, 0, 0, setting(4, 100)))
+        OPEN.append(raw)
+        raw.send(Frames().get(1, "/two"))
+        assert len(raw.until(DATA, 1)[3]) == 100
+        raw.send(frame(WINDOW_UPDATE, 0, 1, u32(1000)))
+        assert len(raw.until(DATA, 1)[3]) == 200
+        wait_until(lambda: len(GATES) == 1, "the wait for the window to end")
+        raw.send(frame(WINDOW_UPDATE, 0, 1, u32(10)) + frame(WINDOW_UPDATE, 0, 0, u32(10)))
+        read_alone(raw, b"")
+        srv.loop.call_soon_threadsafe(GATES[0].set)
+        rest = b""
+        while not (got := raw.until(DATA, 1))[1] & END_STREAM:
+            rest += got[3]
+        assert rest + got[3] == b"b"
+
+
+@pytest.mark.timeout(30)
+def test_the_body_timer_stops_once_no_body_is_on_its_way() -> None:
+    with run_server(app, timeout_request_body=0.1) as srv:
+        raw = RawH2(srv.port)
+        OPEN.append(raw)
+        f = Frames()
+        raw.send(f.post(1, "/") + frame(DATA, END_STREAM, 1, b"abc"))
+        assert raw.until(DATA, 1)[3] == b"ok"
+        conn = connection(srv)
+        wait_until(lambda: conn.body_timer is None, "the body timer to stop", timeout=5)
