@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import resource
 import selectors
 import signal
 import socket
@@ -947,8 +948,9 @@ def test_run_exits_3_when_the_preloaded_app_raises(tmp_path: Path) -> None:
 def test_run_replaces_a_killed_worker_then_stops_on_sigterm() -> None:
     """The whole loop with real forks of this process: two workers get ready, one is killed
     (SIGKILL), the loop reaps it, counts a crash and starts a successor, which serves; a real
-    SIGTERM then drains both and run() returns 0."""
-    sup = supervisor(2, port=0, timeout_graceful_shutdown=5.0)
+    SIGTERM then drains both and run() returns 0. (A lifetime far off: the recycler is asked
+    at each wake-up, and finds nothing due.)"""
+    sup = supervisor(2, port=0, timeout_graceful_shutdown=5.0, workers_lifetime=1000.0)
     seen: dict[str, object] = {}
 
     def serving(count: int) -> bool:
@@ -980,3 +982,29 @@ def test_run_replaces_a_killed_worker_then_stops_on_sigterm() -> None:
     lines = messages(records)
     assert sum("was killed by SIGKILL; starting a new one" in x for x in lines) == 1
     assert lines[-1] == f"Supervisor [{os.getpid()}] stopped"
+
+
+def test_a_worker_that_cannot_be_started_is_retried_a_second_later() -> None:
+    """Out of file descriptors (the heartbeat pipe cannot be made: EMFILE), as when out of
+    processes or memory: logged, retried after 1 s, the signals unblocked again."""
+    sup = supervisor(port=0)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    highest = max(int(fd) for fd in os.listdir("/proc/self/fd"))
+    fillers: list[int] = []
+    resource.setrlimit(resource.RLIMIT_NOFILE, (highest + 1, hard))
+    try:
+        with contextlib.suppress(OSError):  # every lower descriptor taken
+            while True:
+                fillers.append(os.open(os.devnull, os.O_RDONLY))
+        with error_log(logging.INFO) as records:
+            before = time.monotonic()
+            sup.spawn()
+            after = time.monotonic()
+    finally:
+        for fd in fillers:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert sup.workers == {} and sup.starts == 0
+    assert messages(records) == ["Cannot start a worker: Too many open files"]
+    assert before + 1.0 <= sup.spawn_after <= after + 1.0
+    assert not set(SIGNALS) & set(signal.pthread_sigmask(signal.SIG_BLOCK, []))
