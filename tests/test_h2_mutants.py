@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import select
 import socket
+import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
@@ -366,3 +368,27 @@ def test_the_body_timer_stops_once_no_body_is_on_its_way() -> None:
         assert raw.until(DATA, 1)[3] == b"ok"
         conn = connection(srv)
         wait_until(lambda: conn.body_timer is None, "the body timer to stop", timeout=5)
+
+
+@pytest.mark.timeout(30)
+def test_the_body_timeout_resets_only_the_stalled_streams() -> None:
+    """With --timeout-request-body 0.5: a GET whose app runs (1), an upload its app has not
+    read (3), a stalled upload (5) and an upload that trickles in (7, a byte at a time
+    until the reset): only 5 is reset (CANCEL); 7 then ends and is answered."""
+    with run_server(app, timeout_request_body=0.5, timeout_graceful_shutdown=0.2) as srv:
+        raw = RawH2(srv.port)
+        OPEN.append(raw)
+        f = Frames()
+        raw.send(f.get(1, "/hold") + f.post(3, "/never") + frame(DATA, 0, 3, b"x" * 10))
+        raw.send(f.post(5, "/hold") + f.post(7, "/"))
+        deadline = time.monotonic() + 10
+        while not any(got[:3] == (RST_STREAM, 0, 5) for got in raw.frames):
+            assert time.monotonic() < deadline, f"no reset: {raw.frames}"
+            raw.send(frame(DATA, 0, 7, b"y"))
+            if select.select([raw.sock], [], [], 0.05)[0] or len(raw.buffer) >= 9:
+                assert raw.next_frame() is not None
+        resets = [(got[2], int.from_bytes(got[3])) for got in raw.frames if got[0] == RST_STREAM]
+        assert resets == [(5, 0x8)]
+        raw.send(frame(DATA, END_STREAM, 7, b"z"))
+        assert raw.until(DATA, 7)[3] == b"ok"
+        assert [got[2] for got in raw.frames if got[0] == RST_STREAM] == [5]
