@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from fastserve.counters import DURATION_BUCKETS, STATUS_CLASSES, VERSIONS, Counters
 from tests.apps.cli_procs import REPO, clean_env, fastserve_cmd
 from tests.apps.workers_procs import Fastserve, Load
 from tests.conftest import RunningServer, run_server
@@ -478,3 +479,48 @@ def test_counts_survive_reload(tmp_path: Path) -> None:
         assert value(after, "fastserve_worker_starts_total") == 2
         server.signal(signal.SIGTERM)
         assert server.wait() == 0, server.log()
+
+
+# -- counters.py's counting, pure logic ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("duration", "bucket"),
+    [
+        (0.0, 0),
+        (DURATION_BUCKETS[0], 0),  # a bound is its own bucket's (le: less than or equal)
+        (DURATION_BUCKETS[0] * 1.5, 1),
+        (DURATION_BUCKETS[1], 1),
+        (0.03, DURATION_BUCKETS.index(0.05)),
+        (0.9, DURATION_BUCKETS.index(1.0)),
+        (DURATION_BUCKETS[-1], len(DURATION_BUCKETS) - 1),
+        (DURATION_BUCKETS[-1] + 1, len(DURATION_BUCKETS)),  # +Inf
+    ],
+)
+def test_a_duration_goes_to_its_histogram_bucket(duration: float, bucket: int) -> None:
+    counters = Counters()
+    counters.count(1, 200, duration, 13)
+    expected = [0] * (len(DURATION_BUCKETS) + 1)
+    expected[bucket] = 1
+    assert counters.duration() == expected
+    assert counters.duration_sum == duration and counters.response_bytes == 13
+
+
+def test_runs_of_alike_requests_are_all_counted_wherever_they_switch() -> None:
+    """Requests alike (version, status class, bucket) are counted as a run; every switch, and
+    every read, must fold the run in: the counts are exact whatever the order."""
+    counters = Counters()
+    seen = [(1, 200), (1, 200), (1, 404), (2, 200), (1, 200), (1, 200), (1, 200), (0, 500)]
+    for row, status in seen:
+        counters.count(row, status, 0.0, 1)
+    first = counters.by_class()
+    counters.count(1, 200, 0.0, 1)  # a run going on after a read
+    counters.count(1, 999, 0.0, 1)  # 6xx-9xx: "other"
+    classes = len(STATUS_CLASSES)
+    expected = [0] * (len(VERSIONS) * classes)
+    for row, status in [*seen, (1, 200)]:
+        expected[row * classes + status // 100] += 1
+    expected[1 * classes + classes - 1] += 1
+    assert first[1 * classes + 2] == 5
+    assert counters.by_class() == expected
+    assert counters.duration()[0] == len(seen) + 2
