@@ -20,9 +20,11 @@ import h2.errors
 import h2.events
 import pytest
 
-from tests.apps.core_apps import Receive, Scope, Send
+from fastserve.protocols.h2 import H2WebSocket
+from tests.apps.core_apps import Probe, Receive, Scope, Send
+from tests.apps.ws_apps import flooder
 from tests.conftest import run_server
-from tests.helpers import error_log, wait_until
+from tests.helpers import error_log, settle, wait_until
 from tests.test_http2 import H2Client, close_clients  # noqa: F401 (the fixture)
 from tests.test_http2_flow import connection
 from tests.test_http2_frames import (
@@ -45,6 +47,7 @@ from tests.test_http2_frames import (
     setting,
     u32,
 )
+from tests.test_http2_websocket import WS, with_http
 
 pytest.importorskip("zttp")
 
@@ -392,3 +395,34 @@ def test_the_body_timeout_resets_only_the_stalled_streams() -> None:
         raw.send(frame(DATA, END_STREAM, 7, b"z"))
         assert raw.until(DATA, 7)[3] == b"ok"
         assert [got[2] for got in raw.frames if got[0] == RST_STREAM] == [5]
+
+
+@pytest.mark.timeout(30)
+def test_a_websocket_waiting_for_its_stream_window_is_not_woken_by_the_connections() -> None:
+    """A WebSocket app sending 10 kB messages to a client that grants no credit stops at
+    the stream's window; WINDOW_UPDATE frames for the connection (not the stream) do not let
+    it send more."""
+    probe = Probe()
+    app = with_http(flooder(probe, 10000, 100))
+    with run_server(app, ws_per_message_deflate=False, timeout_graceful_shutdown=0.2) as srv:
+        client = H2Client(srv.port)
+        ws = WS(client)
+        assert ws.head()[":status"] == "200"
+        conn = connection(srv)
+
+        def paused() -> bool:
+            stream = conn.streams.get(ws.stream_id)
+            return isinstance(stream, H2WebSocket) and bool(stream.ws.write_paused)
+
+        wait_until(paused, "the app to wait for the window")
+        settle(srv)
+        sent = probe.counter
+        for _ in range(3):
+            client.conn.increment_flow_control_window(1000)
+            client.conn.ping(b"wakeup!!")
+            client.flush()
+            client.until(h2.events.PingAckReceived)
+            client.events.clear()
+            settle(srv)
+        assert probe.counter == sent
+        client.close()
