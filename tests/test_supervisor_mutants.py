@@ -944,6 +944,36 @@ def test_run_exits_3_when_the_preloaded_app_raises(tmp_path: Path) -> None:
     assert records[0].exc_info is not None and "broken at import" in str(records[0].exc_info[1])
 
 
+def serving(sup: Supervisor, count: int) -> bool:
+    """`count` workers, all ready (read from another thread than run()'s: a copy)."""
+    workers = dict(sup.workers)
+    return len(workers) == count and all(w.ready for w in workers.values())
+
+
+def run_while(sup: Supervisor, drive: Callable[[], None]) -> tuple[int, list[str]]:
+    """run() here while `drive` acts from a thread, then a real SIGTERM stops it (also when
+    `drive` fails, whose error is raised once run() is over): the exit code and log lines."""
+    errors: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            drive()
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    thread = threading.Thread(target=target)
+    with error_log(logging.INFO) as records:
+        thread.start()
+        code = sup.run()
+    thread.join(10)
+    if errors:
+        raise errors[0]
+    assert sup.workers == {}
+    return code, messages(records)
+
+
 @pytest.mark.timeout(60)
 def test_run_replaces_a_killed_worker_then_stops_on_sigterm() -> None:
     """The whole loop with real forks of this process: two workers get ready, one is killed
@@ -951,37 +981,40 @@ def test_run_replaces_a_killed_worker_then_stops_on_sigterm() -> None:
     SIGTERM then drains both and run() returns 0. (A lifetime far off: the recycler is asked
     at each wake-up, and finds nothing due.)"""
     sup = supervisor(2, port=0, timeout_graceful_shutdown=5.0, workers_lifetime=1000.0)
-    seen: dict[str, object] = {}
-
-    def serving(count: int) -> bool:
-        workers = dict(sup.workers)  # read from another thread: a copy
-        return len(workers) == count and all(w.ready for w in workers.values())
+    seen: dict[str, Any] = {}
 
     def drive() -> None:
-        try:
-            wait_until(lambda: serving(2), "two workers ready", timeout=20)
-            victim = next(iter(dict(sup.workers)))
-            os.kill(victim, signal.SIGKILL)
-            wait_until(lambda: victim not in sup.workers and serving(2), "a successor", 20)
-            seen["served by"] = int(Client(sup.sockets[0].getsockname()[1]).get("/").split()[0])
-            seen["workers"] = set(sup.workers)
-        except BaseException as exc:  # reported by the main thread, once run() is over
-            seen["error"] = exc
-        finally:
-            os.kill(os.getpid(), signal.SIGTERM)
+        wait_until(lambda: serving(sup, 2), "two workers ready", timeout=20)
+        victim = next(iter(dict(sup.workers)))
+        os.kill(victim, signal.SIGKILL)
+        wait_until(lambda: victim not in sup.workers and serving(sup, 2), "a successor", 20)
+        seen["served by"] = int(Client(sup.sockets[0].getsockname()[1]).get("/").split()[0])
+        seen["workers"] = set(sup.workers)
 
-    thread = threading.Thread(target=drive)
-    with error_log(logging.INFO) as records:
-        thread.start()
-        code = sup.run()
-    thread.join(10)
-    assert "error" not in seen, seen["error"]
+    code, lines = run_while(sup, drive)
     assert code == 0 and sup.restarts["crash"] == 1 and sup.starts == 3
-    assert seen["served by"] in seen["workers"]  # type: ignore[operator]
-    assert sup.workers == {}
-    lines = messages(records)
+    assert seen["served by"] in seen["workers"]
     assert sum("was killed by SIGKILL; starting a new one" in x for x in lines) == 1
     assert lines[-1] == f"Supervisor [{os.getpid()}] stopped"
+
+
+@pytest.mark.timeout(60)
+def test_run_wakes_by_itself_to_replace_a_frozen_worker() -> None:
+    """One worker, frozen by SIGSTOP: no heartbeat and no other event, so only the loop's own
+    timeout (next_timeout) wakes the supervisor, which finds it hung, kills it (one "hung",
+    no "crash") and starts a successor."""
+    sup = supervisor(1, port=0, timeout_worker_healthcheck=1.0, timeout_graceful_shutdown=5.0)
+
+    def drive() -> None:
+        wait_until(lambda: serving(sup, 1), "the worker ready", timeout=20)
+        victim = next(iter(dict(sup.workers)))
+        os.kill(victim, signal.SIGSTOP)
+        wait_until(lambda: victim not in sup.workers and serving(sup, 1), "a successor", 20)
+
+    code, lines = run_while(sup, drive)
+    assert code == 0 and sup.restarts["hung"] == 1 and sup.restarts["crash"] == 0
+    assert sup.starts == 2
+    assert sum("sent no heartbeat" in x for x in lines) == 1
 
 
 def test_a_worker_that_cannot_be_started_is_retried_a_second_later() -> None:
