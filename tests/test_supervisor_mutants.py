@@ -41,6 +41,7 @@ from fastserve.supervisor import (
 from fastserve.worker import Worker
 from tests.apps.workers_procs import Client
 from tests.helpers import error_log, wait_until
+from tests.test_metrics import scrape
 
 pytestmark = pytest.mark.timeout(20)
 
@@ -961,7 +962,8 @@ def run_while(sup: Supervisor, drive: Callable[[], None]) -> tuple[int, list[str
         except BaseException as exc:
             errors.append(exc)
         finally:
-            os.kill(os.getpid(), signal.SIGTERM)
+            if sup.wakeup is not None:  # run() still runs, its handler installed
+                os.kill(os.getpid(), signal.SIGTERM)
 
     thread = threading.Thread(target=target)
     with error_log(logging.INFO) as records:
@@ -1015,6 +1017,30 @@ def test_run_wakes_by_itself_to_replace_a_frozen_worker() -> None:
     assert code == 0 and sup.restarts["hung"] == 1 and sup.restarts["crash"] == 0
     assert sup.starts == 2
     assert sum("sent no heartbeat" in x for x in lines) == 1
+
+
+@pytest.mark.timeout(60)
+def test_run_with_metrics_keeps_a_silent_scraper_across_wake_ups() -> None:
+    """--metrics: a scraper that connects and says nothing is kept (until CLIENT_TIMEOUT)
+    while heartbeats wake the loop, and a scrape beside it is answered with the counts."""
+    sup = supervisor(1, port=0, metrics=True, metrics_port=0, timeout_graceful_shutdown=5.0)
+    scraped: list[bytes] = []
+
+    def drive() -> None:
+        wait_until(lambda: serving(sup, 1), "the worker ready", timeout=20)
+        [worker] = dict(sup.workers).values()
+        port = sup.metrics.sock.getsockname()[1]
+        with socket.create_connection(("127.0.0.1", port), timeout=10):
+            wait_until(lambda: len(sup.metrics.listener.clients) == 1, "the scraper accepted")
+            since = worker.last_seen
+            wait_until(lambda: worker.last_seen > since, "a heartbeat", timeout=10)
+            status, _, body = scrape(port)
+            assert status == 200 and len(sup.metrics.listener.clients) == 1
+            scraped.append(body)
+
+    code, _ = run_while(sup, drive)
+    assert code == 0
+    assert b"fastserve_worker_starts_total 1.0" in scraped[0]
 
 
 def test_a_worker_that_cannot_be_started_is_retried_a_second_later() -> None:
