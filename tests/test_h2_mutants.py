@@ -19,9 +19,10 @@ from typing import Any
 import h2.errors
 import h2.events
 import pytest
+from websockets.frames import Frame, Opcode
 
 from fastserve.protocols.h2 import H2WebSocket
-from tests.apps.core_apps import Probe, Receive, Scope, Send
+from tests.apps.core_apps import App, Probe, Receive, Scope, Send
 from tests.apps.ws_apps import flooder
 from tests.conftest import run_server
 from tests.helpers import error_log, settle, wait_until
@@ -47,7 +48,7 @@ from tests.test_http2_frames import (
     setting,
     u32,
 )
-from tests.test_http2_websocket import WS, with_http
+from tests.test_http2_websocket import WS, h2_reading_paused, with_http
 
 pytest.importorskip("zttp")
 
@@ -425,4 +426,50 @@ def test_a_websocket_waiting_for_its_stream_window_is_not_woken_by_the_connectio
             client.events.clear()
             settle(srv)
         assert probe.counter == sent
+        client.close()
+
+
+def lagging(gates: dict[str, asyncio.Event]) -> App:
+    """A WebSocket app that accepts, reads nothing until its gate (by path) opens, then
+    reads 5 messages and sends what they say, and waits for the disconnect."""
+
+    async def ws_app(scope: Scope, receive: Receive, send: Send) -> None:
+        await receive()
+        await send({"type": "websocket.accept"})
+        gate = gates[scope["path"]] = asyncio.Event()
+        await gate.wait()
+        texts = [(await receive())["text"] for _ in range(5)]
+        await send({"type": "websocket.send", "text": " ".join(texts)})
+        while (await receive())["type"] != "websocket.disconnect":
+            pass
+
+    return with_http(ws_app)
+
+
+@pytest.mark.timeout(30)
+def test_the_connection_reads_again_only_once_every_lagging_websocket_caught_up() -> None:
+    """Two WebSockets whose apps do not read fill their queues (--ws-max-queue 4) in one
+    read: the connection stops reading; when one app catches up it still does not read;
+    when the other does too, it reads again."""
+    gates: dict[str, asyncio.Event] = {}
+    options = {"ws_max_queue": 4, "ws_per_message_deflate": False}
+    with run_server(lagging(gates), timeout_graceful_shutdown=0.2, **options) as srv:
+        client = H2Client(srv.port)
+        first, second = WS(client, "/a"), WS(client, "/b")
+        first.head()
+        second.head()
+        wait_until(lambda: len(gates) == 2, "both apps to wait")
+        for ws in (first, second):
+            for i in range(5):
+                ws.ws.send_frame(Frame(Opcode.TEXT, b"m%d" % i))
+            client.conn.send_data(ws.stream_id, b"".join(ws.ws.data_to_send()))
+        client.flush()  # (one write: the server reads both in one pass)
+        wait_until(lambda: h2_reading_paused(srv), "the connection to stop reading")
+        srv.loop.call_soon_threadsafe(gates["/a"].set)
+        assert first.message().data == b"m0 m1 m2 m3 m4"
+        settle(srv)
+        assert h2_reading_paused(srv)
+        srv.loop.call_soon_threadsafe(gates["/b"].set)
+        assert second.message().data == b"m0 m1 m2 m3 m4"
+        wait_until(lambda: not h2_reading_paused(srv), "the connection to read again")
         client.close()
