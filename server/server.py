@@ -27,7 +27,7 @@ from .loops import get_loop_factory
 from .loops import implemented as implemented_loop
 from .pidfile import remove_listen_file, write_listen_file
 from .protocols import connection_factory, implemented
-from .sockets import bind_sockets, url
+from .sockets import bind_sockets, says_tcp, url
 from .state import ServerState
 from .types import ASGIApp
 
@@ -225,7 +225,7 @@ class Server:
                 )
             else:
                 srv = await loop.create_server(
-                    factory, sock=sock, ssl=ssl_context, backlog=self.config.backlog
+                    factory, sock=says_tcp(sock), ssl=ssl_context, backlog=self.config.backlog
                 )
             self.servers.append(srv)
         if not self.in_worker:

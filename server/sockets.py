@@ -29,7 +29,9 @@ def bind_sockets(config: Config, reuse_port: bool = False) -> list[socket.socket
 
 def _bind_tcp(host: str, port: int, backlog: int, reuse_port: bool) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # proto IPPROTO_TCP, not 0: accepted sockets take it, and asyncio's transports turn Nagle's
+    # algorithm off (TCP_NODELAY) only on sockets that say TCP (uvloop's always do).
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     if reuse_port:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
@@ -45,6 +47,18 @@ def _bind_tcp(host: str, port: int, backlog: int, reuse_port: bool) -> socket.so
     sock.setblocking(False)
     sock.set_inheritable(True)
     return sock
+
+
+def says_tcp(sock: socket.socket) -> socket.socket:
+    """`sock`, or, for a TCP socket made with proto 0 (gunicorn's, an embedder's), a socket
+    object on a duplicate of its descriptor that says IPPROTO_TCP (see _bind_tcp: else
+    asyncio leaves Nagle's algorithm on for its connections). The caller's object stays
+    as it was, and stays the caller's to close."""
+    if sock.family not in (socket.AF_INET, socket.AF_INET6) or sock.proto == socket.IPPROTO_TCP:
+        return sock
+    tcp = socket.socket(sock.family, sock.type, socket.IPPROTO_TCP, os.dup(sock.fileno()))
+    tcp.setblocking(False)
+    return tcp
 
 
 def bind_error(host: str, port: int, exc: OSError) -> ConfigError:

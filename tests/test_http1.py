@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import socket
 import threading
+from typing import Any
 
 import pytest
 
@@ -125,6 +126,39 @@ def test_informational_status_as_final_response_is_an_app_error(serve: Serve) ->
 
 
 # -- keep-alive and Connection ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("given", [False, True], ids=["bound", "given"])
+def test_accepted_connections_send_small_writes_at_once(serve: Serve, given: bool) -> None:
+    """TCP_NODELAY on the server's side of every TCP connection, on both loops: without it a
+    small write behind an unacknowledged one waits for the client's delayed ACK (up to 40 ms
+    on Linux). asyncio sets it only on sockets made with proto IPPROTO_TCP (uvloop always),
+    and an accepted socket takes the listening socket's proto: so also for a listening
+    socket made with proto 0 and given to the server (gunicorn's, an embedder's), which
+    stays the caller's, open and as it was."""
+    options: dict[str, Any] = {}
+    if given:
+        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)  # proto 0
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(16)
+        options["sockets"] = [listener]
+    with serve(core_app, **options) as srv, srv.connect() as sock:
+        wire = Wire(sock)
+        wire.send(request("/"))
+        assert wire.response().status == 200
+        state = srv.server.state
+        assert state is not None
+        mine = sock.getsockname()
+        (server_side,) = [
+            peer
+            for conn in state.connections
+            if (peer := conn.transport.get_extra_info("socket")) is not None
+            and peer.getpeername() == mine
+        ]
+        assert server_side.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+    if given:
+        assert listener.proto == 0 and listener.fileno() >= 0  # not closed under its owner
+        listener.close()
 
 
 def test_keep_alive_is_the_default_for_http11(serve: Serve) -> None:
