@@ -85,6 +85,11 @@ async def app(scope: Scope, receive: Receive, send: Send) -> None:
         await gate.wait()
         await send({"type": "http.response.body", "body": b"b"})
         return
+    if scope["path"] == "/big":  # 100,000 bytes, then 1 more
+        await send({"type": "http.response.start", "status": 200})
+        await send({"type": "http.response.body", "body": b"a" * 100000, "more_body": True})
+        await send({"type": "http.response.body", "body": b"b"})
+        return
     if scope["path"] == "/started":  # answers at once, then reads until the disconnect
         await send({"type": "http.response.start", "status": 200})
         await send({"type": "http.response.body", "body": b"a", "more_body": True})
@@ -473,3 +478,22 @@ def test_the_connection_reads_again_only_once_every_lagging_websocket_caught_up(
         assert second.message().data == b"m0 m1 m2 m3 m4"
         wait_until(lambda: not h2_reading_paused(srv), "the connection to read again")
         client.close()
+
+
+@pytest.mark.timeout(30)
+def test_a_response_waiting_for_the_connections_window_goes_on_with_its_credit() -> None:
+    """A client with 1 MiB stream windows and the default 65,535-byte connection window: a
+    101,000-byte response stops at the connection's window; a WINDOW_UPDATE for the
+    connection (none for the stream) lets the app send the rest."""
+    with run_server(app) as srv:
+        raw = RawH2(srv.port, PREFACE + frame(SETTINGS, 0, 0, setting(4, 2**20)))
+        OPEN.append(raw)
+        raw.send(Frames().get(1, "/big"))
+        got = 0
+        while got < 65535:
+            got += len(raw.until(DATA, 1)[3])
+        assert got == 65535
+        raw.send(frame(WINDOW_UPDATE, 0, 0, u32(2**20)))
+        while not (data := raw.until(DATA, 1))[1] & END_STREAM:
+            got += len(data[3])
+        assert got + len(data[3]) == 100001
