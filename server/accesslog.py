@@ -108,8 +108,8 @@ class AccessLog:
         self.fields = _template_fields(self.template) if self.template else None
         # client address -> its last default-format line head and what it was made of
         self.heads: dict[Any, Head] = {}
-        # client address -> (key of add_json, JSON_MIDDLE text, JSON_END text)
-        self.json_parts: dict[Any, tuple[tuple[Any, ...], str, str]] = {}
+        # client address -> its last JSON line's JSON_MIDDLE and JSON_END texts and their fields
+        self.json_parts: dict[Any, JsonParts] = {}
         if self.template is not None:
             _check_template(self.template)
         # Request ids for requests without an X-Request-ID: a random prefix per process (one
@@ -227,36 +227,43 @@ class AccessLog:
                 referer = value
             elif name == b"x-request-id":
                 given = value
-        key = (
-            scope["raw_path"],
-            scope["query_string"],
-            scope["method"],
-            scope["http_version"],
-            status,
-            sent,
-            agent,
-            referer,
-            ended,
-        )
+        raw_path: bytes = scope["raw_path"]
+        query: bytes = scope["query_string"]
+        method: str = scope["method"]
+        version: str = scope["http_version"]
         client = scope.get("client")
         known = self.json_parts.get(client)
-        if known is None or known[0] != key:
-            known = remember(self.json_parts, client, (key, *json_parts(client, key, self.pid)))
+        if (
+            known is None
+            or known.sent != sent
+            or known.status != status
+            or known.raw_path != raw_path
+            or known.query != query
+            or known.method != method
+            or known.version != version
+            or known.agent != agent
+            or known.referer != referer
+            or known.ended != ended
+        ):
+            key = (raw_path, query, method, version, status, sent, agent, referer, ended)
+            middle, end = json_parts(client, key, self.pid)
+            known = JsonParts(middle, end, key)
+            remember(self.json_parts, client, known)
         if given is None:
             self.id_count += 1
             request_id = f'{self.id_quote}{self.id_count}"'
         else:
             request_id = _json_string(given.decode("latin-1"))
         micros = int(duration * 1_000_000)  # (integer arithmetic: a float's %f is slower)
-        self.pending += (
-            self.stamp_at(now),
-            request_id,
-            known[1],
-            str(micros // 1000),
-            JSON_FRACTIONS[micros % 1000],
-            str(micros),
-            known[2],
-        )
+        millis = micros // 1000
+        pending = self.pending  # (appends: cheaper than a tuple and an extend)
+        pending.append(self.stamp_at(now))
+        pending.append(request_id)
+        pending.append(known.middle)
+        pending.append(_MILLIS[millis] if millis < 1000 else str(millis))
+        pending.append(JSON_FRACTIONS[micros % 1000])
+        pending.append(str(micros))
+        pending.append(known.end)
 
     def text_fields(
         self, scope: dict[str, Any], status: int, sent: int, duration: float
@@ -341,6 +348,41 @@ class AccessLog:
 
 
 _T = TypeVar("_T")
+
+
+@final
+class JsonParts:
+    """A client's last JSON line's texts that only change with its request's fields (`middle`:
+    JSON_MIDDLE, `end`: JSON_END), and those fields: the next line reuses the texts while
+    they stay the same."""
+
+    __slots__ = (
+        "agent",
+        "end",
+        "ended",
+        "method",
+        "middle",
+        "query",
+        "raw_path",
+        "referer",
+        "sent",
+        "status",
+        "version",
+    )
+
+    def __init__(self, middle: str, end: str, key: tuple[Any, ...]) -> None:
+        self.middle = middle
+        self.end = end
+        raw_path, query, method, version, status, sent, agent, referer, ended = key
+        self.raw_path: bytes = raw_path
+        self.query: bytes = query
+        self.method: str = method
+        self.version: str = version
+        self.status: int = status
+        self.sent: int = sent
+        self.agent: bytes | None = agent
+        self.referer: bytes | None = referer
+        self.ended: str | None = ended
 
 
 @final

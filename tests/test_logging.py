@@ -385,3 +385,79 @@ def test_tracebacks_name_compiled_modules_by_their_installed_file(
     assert text.endswith("ValueError: while handling it")
     json_text = logs.JsonFormatter().formatException(ei)
     assert entry in json_text
+
+
+BASE_SCOPE: dict[str, Any] = {
+    "raw_path": b"/a",
+    "query_string": b"",
+    "method": "GET",
+    "http_version": "1.1",
+    "client": ("127.0.0.1", 5000),
+    "headers": [],
+}
+# One field changed at a time, each change kept for the next request (one client's lines):
+# (what changes, status, bytes sent, how it ended) -> the line must show it.
+CHANGES: list[tuple[dict[str, Any], int, int, str | None]] = [
+    ({}, 200, 13, None),
+    ({"raw_path": b"/b"}, 200, 13, None),
+    ({"query_string": b"q=1"}, 200, 13, None),
+    ({"method": "POST"}, 200, 13, None),
+    ({"http_version": "1.0"}, 200, 13, None),
+    ({}, 404, 13, None),
+    ({}, 404, 9, None),
+    ({"headers": [(b"user-agent", b"curl/8")]}, 404, 9, None),
+    ({"headers": [(b"user-agent", b"curl/8"), (b"referer", b"/r")]}, 404, 9, None),
+    ({}, 404, 9, "client gone"),
+    ({}, 404, 9, None),
+]
+
+
+@pytest.mark.parametrize("fmt", ["text", "json"])
+def test_a_clients_next_line_shows_every_field_that_changed(fmt: str) -> None:
+    """The texts made for a client's line are reused while its request's fields stay the
+    same (accesslog.Head, JsonParts): each field that changes must show in the next line."""
+    loop = asyncio.new_event_loop()
+    try:
+        json_format = fmt == "json"
+        access = AccessLog(Config(app=core_app, access_log_json=json_format), loop)
+        scope = dict(BASE_SCOPE)
+        for change, status, sent, ended in CHANGES:
+            scope.update(change)
+            access.pending.clear()
+            if json_format:
+                access.add_json(scope, status, sent, 1.0, ended, 0.0)
+                line = json.loads("".join(access.pending))
+                agent = dict(scope["headers"]).get(b"user-agent")
+                referer = dict(scope["headers"]).get(b"referer")
+                seen = (
+                    line["method"],
+                    line["path"],
+                    line["query"],
+                    line["version"],
+                    line["status"],
+                    line["bytes"],
+                    line["user_agent"],
+                    line["referer"],
+                    line["ended"],
+                )
+                assert seen == (
+                    scope["method"],
+                    scope["raw_path"].decode(),
+                    scope["query_string"].decode(),
+                    scope["http_version"],
+                    status,
+                    sent,
+                    agent.decode() if agent else None,
+                    referer.decode() if referer else None,
+                    ended,
+                )
+            elif ended is None:
+                access.add(scope, status, sent, 0.0, 0.0)
+                query = scope["query_string"]
+                target = scope["raw_path"] + (b"?" + query if query else b"")
+                request_line = f"{scope['method']} {target.decode()} HTTP/{scope['http_version']}"
+                assert "".join(access.pending) == (
+                    f'127.0.0.1:5000 - "{request_line}" {status} {sent} 0.00ms\n'
+                )
+    finally:
+        loop.close()
