@@ -497,3 +497,27 @@ def test_a_response_waiting_for_the_connections_window_goes_on_with_its_credit()
         while not (data := raw.until(DATA, 1))[1] & END_STREAM:
             got += len(data[3])
         assert got + len(data[3]) == 100001
+
+
+@pytest.mark.timeout(30)
+def test_the_connection_window_is_granted_back_byte_for_byte() -> None:
+    """Two uploads of 40,000 bytes, one after the other's credit, to an app that reads:
+    the connection's WINDOW_UPDATE frames add up to exactly the 80,000 bytes received."""
+    with run_server(app) as srv:
+        raw = RawH2(srv.port)
+        OPEN.append(raw)
+        raw.send(Frames().post(1, "/"))
+        batch = frame(DATA, 0, 1, b"x" * 16384) * 2 + frame(DATA, 0, 1, b"x" * 7232)
+
+        def granted(stream: int) -> int:
+            return sum(
+                int.from_bytes(f[3]) for f in raw.frames if f[:3] == (WINDOW_UPDATE, 0, stream)
+            )
+
+        for total in (40000, 80000):
+            raw.send(batch)
+            while min(granted(0), granted(1)) <= total - 40000:  # (both credits came)
+                assert raw.next_frame() is not None
+        raw.send(frame(DATA, END_STREAM, 1))
+        assert raw.until(DATA, 1)[3] == b"ok"
+        assert granted(0) == 80000
