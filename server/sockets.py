@@ -30,7 +30,8 @@ def bind_sockets(config: Config, reuse_port: bool = False) -> list[socket.socket
 def _bind_tcp(host: str, port: int, backlog: int, reuse_port: bool) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     # proto IPPROTO_TCP, not 0: accepted sockets take it, and asyncio's transports turn Nagle's
-    # algorithm off (TCP_NODELAY) only on sockets that say TCP (uvloop's always do).
+    # algorithm off (TCP_NODELAY) only on sockets that say TCP (uvloop's too, for a listener
+    # given to create_server: tests/test_http1.py).
     sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     if reuse_port:
