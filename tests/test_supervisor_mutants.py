@@ -992,6 +992,10 @@ def test_run_replaces_a_killed_worker_then_stops_on_sigterm() -> None:
         wait_until(lambda: victim not in sup.workers and serving(sup, 2), "a successor", 20)
         seen["served by"] = int(Client(sup.sockets[0].getsockname()[1]).get("/").split()[0])
         seen["workers"] = set(sup.workers)
+        assert sup.wakeup is not None
+        wakeup = {os.readlink(f"/proc/self/fd/{fd}") for fd in sup.wakeup}
+        for pid in seen["workers"]:  # the signal wakeup pipe stays the supervisor's
+            assert not wakeup & pipe_links(pid)
 
     code, lines = run_while(sup, drive)
     assert code == 0 and sup.restarts["crash"] == 1 and sup.starts == 3
@@ -1041,6 +1045,45 @@ def test_run_with_metrics_keeps_a_silent_scraper_across_wake_ups() -> None:
     code, _ = run_while(sup, drive)
     assert code == 0
     assert b"fastserve_worker_starts_total 1.0" in scraped[0]
+
+
+FACTORY = """
+import os
+
+
+def create():
+    made_by = str(os.getpid()).encode()
+
+    async def app(scope, receive, send):
+        if scope["type"] != "http":
+            return
+        length = str(len(made_by)).encode()
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-length", length)]})
+        await send({"type": "http.response.body", "body": made_by})
+
+    return app
+"""
+
+
+@pytest.mark.timeout(60)
+def test_a_preloaded_factory_app_is_made_once_in_the_supervisor(tmp_path: Path) -> None:
+    """--preload --factory: the worker serves the app the supervisor made (the factory ran
+    in this process), not one it made again after the fork."""
+    (tmp_path / "made_app.py").write_text(FACTORY)
+    options = {"app": "made_app:create", "factory": True, "preload": True}
+    sup = supervisor(1, app_dir=str(tmp_path), port=0, timeout_graceful_shutdown=5.0, **options)
+    answers: list[str] = []
+
+    def drive() -> None:
+        wait_until(lambda: serving(sup, 1), "the worker ready", timeout=20)
+        answers.append(Client(sup.sockets[0].getsockname()[1]).get("/"))
+
+    try:
+        code, _ = run_while(sup, drive)
+    finally:
+        sys.modules.pop("made_app", None)
+    assert code == 0 and answers == [str(os.getpid())]
 
 
 def test_a_worker_that_cannot_be_started_is_retried_a_second_later() -> None:
