@@ -34,8 +34,8 @@ FLUSH_DELAY: Final = 0.01
 # whole milliseconds and that of its hundredths with the line's end (tables: integer
 # arithmetic, where a float's "%.2f" cost ~500 instructions a line and an int's str() ~150);
 # a --access-log-format line is (line, "", "\n"). A flush joins the default format's batch
-# (one "".join, and the log prefix put after every line break); --access-log-format lines,
-# whose text is the user's, are formatted with one `%` of _TEXT_LINE per line.
+# with the log prefix before each line (one "".join); --access-log-format lines, whose text
+# is the user's, are formatted with one `%` of _TEXT_LINE per line.
 _TEXT_LINE: Final = "%s%s%s"
 _MILLIS: Final = tuple(str(i) for i in range(1000))
 _HUNDREDTHS: Final = tuple(f".{i:02d}ms\n" for i in range(100))
