@@ -63,7 +63,12 @@ async def app(scope: Scope, receive: Receive, send: Send) -> None:
     if scope["type"] != "http":
         return
     if scope["path"] == "/never":
-        await asyncio.Event().wait()
+        ENDS.append("/never: running")
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            ENDS.append("/never: cancelled")
+            raise
     if scope["path"] == "/gate":  # reads once the test opens GATES[0], and records the end
         gate = asyncio.Event()
         GATES.append(gate)
@@ -521,3 +526,15 @@ def test_the_connection_window_is_granted_back_byte_for_byte() -> None:
         raw.send(frame(DATA, END_STREAM, 1))
         assert raw.until(DATA, 1)[3] == b"ok"
         assert granted(0) == 80000
+
+
+@pytest.mark.timeout(30)
+def test_an_app_still_running_after_the_graceful_timeout_is_cancelled() -> None:
+    ENDS.clear()
+    with run_server(app, timeout_graceful_shutdown=0.2) as srv:
+        raw = RawH2(srv.port)
+        OPEN.append(raw)
+        raw.send(Frames().post(1, "/never"))
+        wait_until(lambda: ENDS == ["/never: running"], "the app to run")
+        srv.stop()
+    assert ENDS == ["/never: running", "/never: cancelled"]
