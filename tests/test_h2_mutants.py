@@ -529,6 +529,18 @@ def test_the_connection_window_is_granted_back_byte_for_byte() -> None:
 
 
 @pytest.mark.timeout(30)
+def test_expect_100_continue_gets_its_100_over_http2() -> None:
+    with run_server(app) as srv:
+        client = H2Client(srv.port)
+        stream = client.request("/", "POST", headers=[("expect", "100-continue")], open_body=True)
+        interim = client.until(h2.events.InformationalResponseReceived, stream)
+        assert dict(interim.headers)[":status"] == "100"
+        client.conn.send_data(stream, b"abc", end_stream=True)
+        client.flush()
+        assert client.response(stream)[1] == b"ok"
+
+
+@pytest.mark.timeout(30)
 def test_an_app_still_running_after_the_graceful_timeout_is_cancelled() -> None:
     ENDS.clear()
     with run_server(app, timeout_graceful_shutdown=0.2) as srv:

@@ -675,7 +675,8 @@ class H2Protocol(FlowControl):
         if websocket and error is None:
             stream.open(scope, event.end_stream)  # type: ignore[attr-defined]
             return
-        cycle = RequestCycle(scope, stream, state, True, event.expect_continue)
+        expect = event.expect_continue or (not event.end_stream and expects_continue(headers))
+        cycle = RequestCycle(scope, stream, state, True, expect)
         stream.cycle = cycle
         if event.end_stream:
             cycle.more_body = False  # a GET: one http.request with an empty body
@@ -1179,6 +1180,13 @@ def join_cookies(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]
     joined = [(n, v) for n, v in headers if n != b"cookie"]
     joined.append((b"cookie", b"; ".join(cookies)))
     return joined
+
+
+def expects_continue(headers: list[tuple[bytes, bytes]]) -> bool:
+    """`expect: 100-continue` (RFC 9110 §10.1.1, allowed in HTTP/2): zttp 0.0.35 sets
+    `expect_continue` for HTTP/1.1 only, so a client waiting for the 100 before sending its
+    body would stall until its own timeout."""
+    return any(name == b"expect" and value.lower() == b"100-continue" for name, value in headers)
 
 
 def request_limits(
