@@ -95,6 +95,10 @@ async def app(scope: Scope, receive: Receive, send: Send) -> None:
         await send({"type": "http.response.body", "body": b"a" * 100000, "more_body": True})
         await send({"type": "http.response.body", "body": b"b"})
         return
+    if scope["path"] == "/early":  # answers without reading its body
+        await send({"type": "http.response.start", "status": 200})
+        await send({"type": "http.response.body", "body": b"early"})
+        return
     if scope["path"] == "/started":  # answers at once, then reads until the disconnect
         await send({"type": "http.response.start", "status": 200})
         await send({"type": "http.response.body", "body": b"a", "more_body": True})
@@ -171,6 +175,17 @@ def read_alone(raw: RawH2, data: bytes) -> None:
     raw.send(data + frame(PING, 0, 0, b"readdone"))
     while raw.until(PING)[3] != b"readdone":
         pass
+
+
+def trickle_until_reset(raw: RawH2, trickling: int, stalled: int) -> None:
+    """Send a byte on stream `trickling` every 50 ms or so (reading what comes) until the
+    server resets stream `stalled`."""
+    deadline = time.monotonic() + 10
+    while not any(got[:3] == (RST_STREAM, 0, stalled) for got in raw.frames):
+        assert time.monotonic() < deadline, f"no reset: {raw.frames}"
+        raw.send(frame(DATA, 0, trickling, b"y"))
+        if select.select([raw.sock], [], [], 0.05)[0] or len(raw.buffer) >= 9:
+            assert raw.next_frame() is not None
 
 
 def h2_lines(records: list[logging.LogRecord]) -> list[str]:
@@ -395,12 +410,7 @@ def test_the_body_timeout_resets_only_the_stalled_streams() -> None:
         f = Frames()
         raw.send(f.get(1, "/hold") + f.post(3, "/never") + frame(DATA, 0, 3, b"x" * 10))
         raw.send(f.post(5, "/hold") + f.post(7, "/"))
-        deadline = time.monotonic() + 10
-        while not any(got[:3] == (RST_STREAM, 0, 5) for got in raw.frames):
-            assert time.monotonic() < deadline, f"no reset: {raw.frames}"
-            raw.send(frame(DATA, 0, 7, b"y"))
-            if select.select([raw.sock], [], [], 0.05)[0] or len(raw.buffer) >= 9:
-                assert raw.next_frame() is not None
+        trickle_until_reset(raw, 7, 5)
         resets = [(got[2], int.from_bytes(got[3])) for got in raw.frames if got[0] == RST_STREAM]
         assert resets == [(5, 0x8)]
         raw.send(frame(DATA, END_STREAM, 7, b"z"))
@@ -550,3 +560,59 @@ def test_an_app_still_running_after_the_graceful_timeout_is_cancelled() -> None:
         wait_until(lambda: ENDS == ["/never: running"], "the app to run")
         srv.stop()
     assert ENDS == ["/never: running", "/never: cancelled"]
+
+
+@pytest.mark.timeout(30)
+def test_a_body_of_exactly_the_limit_is_taken() -> None:
+    with run_server(app, limit_request_body=1000) as srv:
+        raw = RawH2(srv.port)
+        OPEN.append(raw)
+        raw.send(Frames().post(1, "/") + frame(DATA, END_STREAM, 1, b"x" * 1000))
+        assert raw.until(DATA, 1)[3] == b"ok"
+
+
+@pytest.mark.timeout(30)
+def test_an_upload_to_an_app_that_answered_without_reading_gets_its_credit() -> None:
+    """The app answers and returns before the body: the client may still send 100,000
+    bytes (more than a window) on the stream; the dropped bytes are credited back."""
+    with run_server(app) as srv:
+        raw = RawH2(srv.port)
+        OPEN.append(raw)
+        raw.send(Frames().post(1, "/early"))
+        assert raw.until(DATA, 1)[3] == b"early"
+        window, left = 65535, 100000
+        while left:
+            size = min(16384, window, left)
+            if size:
+                raw.send(frame(DATA, END_STREAM if size == left else 0, 1, b"x" * size))
+                window, left = window - size, left - size
+            else:
+                window += int.from_bytes(raw.until(WINDOW_UPDATE, 1)[3])
+        read_alone(raw, b"")  # (the connection serves on)
+
+
+@pytest.mark.timeout(30)
+def test_a_stream_not_yet_stalled_at_a_body_check_is_checked_again() -> None:
+    """Stream 1 stalls, stream 3 trickles in until 1 is reset (CANCEL), then stalls too:
+    a later check resets it."""
+    with run_server(app, timeout_request_body=0.5) as srv:
+        raw = RawH2(srv.port)
+        OPEN.append(raw)
+        f = Frames()
+        raw.send(f.post(1, "/hold") + f.post(3, "/hold"))
+        trickle_until_reset(raw, 3, 1)
+        assert int.from_bytes(raw.until(RST_STREAM, 3)[3]) == 0x8
+
+
+@pytest.mark.timeout(30)
+def test_the_body_over_the_limit_and_what_follows_it_are_credited() -> None:
+    """The DATA frame that passes --limit-request-body (1,001 bytes) and one read with it
+    (31,766 in two frames): all are dropped, and credited back (half a window: one
+    WINDOW_UPDATE)."""
+    with run_server(app, limit_request_body=1000) as srv:
+        raw = RawH2(srv.port)
+        OPEN.append(raw)
+        raw.send(Frames().post(1, "/hold"))
+        more = frame(DATA, 0, 1, b"x" * 16384) + frame(DATA, 0, 1, b"x" * 15382)
+        raw.send(frame(DATA, 0, 1, b"x" * 1001) + more)
+        assert int.from_bytes(raw.until(WINDOW_UPDATE, 1)[3]) == 32767
