@@ -17,7 +17,7 @@ import logging
 import os
 import secrets
 import time
-from typing import TYPE_CHECKING, Any, Final, TypeVar, final
+from typing import TYPE_CHECKING, Any, Final, final
 
 from .config import Config, ConfigError
 from .logs import ColourFormatter, FastStreamHandler, FieldMap, escape
@@ -127,6 +127,14 @@ class AccessLog:
         self.milli = -1
         self.stamp = ""
         self.wall_offset = time.time() - time.monotonic()
+
+    def forget(self, client: tuple[str, int] | None) -> None:
+        """A connection from `client` closed: its remembered line texts go (a long-running
+        worker keeps them for its open connections only, not for every port it has seen)."""
+        if self.heads:
+            self.heads.pop(client, None)
+        if self.json_parts:
+            self.json_parts.pop(client, None)
 
     def log(self, cycle: RequestCycle, now: float) -> None:
         self.add(cycle.scope, cycle.status, cycle.bytes_sent, cycle.start_time, now)
@@ -347,9 +355,6 @@ class AccessLog:
             pass
 
 
-_T = TypeVar("_T")
-
-
 @final
 class JsonParts:
     """A client's last JSON line's texts that only change with its request's fields (`middle`:
@@ -411,13 +416,13 @@ class Head:
         self.sent = sent
 
 
-def remember(cache: dict[Any, _T], client: tuple[str, int] | None, known: _T) -> _T:
-    """Keep `known` (the texts made for a client's last line) for the client's next line;
-    bounded: clients come and go."""
+def remember(cache: dict[Any, Any], client: tuple[str, int] | None, known: object) -> None:
+    """Keep `known` (the texts made for a client's last line) for the client's next line.
+    A connection's close forgets its peer (AccessLog.forget); the bound is for the clients
+    that proxies' headers name, which no close forgets."""
     if len(cache) >= 4096:
         cache.clear()
     cache[client] = known
-    return known
 
 
 def json_parts(client: tuple[str, int] | None, key: tuple[Any, ...], pid: int) -> tuple[str, str]:

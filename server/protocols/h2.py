@@ -564,6 +564,8 @@ class H2Protocol(FlowControl):
         for handle in (self.flush_handle, self.body_timer, self.goaway_timer):
             if handle is not None:
                 handle.cancel()
+        if self.state.access_log is not None:
+            self.state.access_log.forget(self.client)
         self.wake_drain()
 
     def eof_received(self) -> bool | None:

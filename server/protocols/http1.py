@@ -220,6 +220,8 @@ class HTTP1Protocol(FlowControl, Channel):
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
+        if self.state.access_log is not None:
+            self.state.access_log.forget(self.client)
         self.wake_drain()
 
     def eof_received(self) -> bool | None:

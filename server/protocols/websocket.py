@@ -400,6 +400,8 @@ class WebSocketProtocol(FlowControl, Channel):
             if timer is not None:
                 timer.cancel()
         self.ping_timer = self.close_timer = None
+        if self.state.access_log is not None:
+            self.state.access_log.forget(self.http_scope["client"])
         self.set_disconnect(CloseCode.ABNORMAL_CLOSURE, "")
         self.resume_writing()
 
