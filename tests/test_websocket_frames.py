@@ -1,0 +1,210 @@
+"""Frames read by the server itself (websocket.py `read_frames`): a whole text or binary
+message in one masked frame is parsed without the websockets library when no extension was
+negotiated; every other frame goes to the library whole and in order. These tests talk raw
+frames (tests/apps/ws_apps.py RawWS, which offers no extension) so that the server's own
+reader is the one at work, and check what must hold whichever reader parsed a frame: the
+messages, their order among control frames and fragments, the limits and the failures.
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+from functools import partial
+from typing import Any
+
+import pytest
+from websockets.frames import Opcode
+
+from tests.apps.core_apps import App, Receive, Scope, Send
+from tests.apps.ws_apps import RawWS, echo_app, frame_bytes
+from tests.helpers import Serve, wait_until
+
+
+def server_side(srv: Any) -> Any:
+    """The server's WebSocketProtocol of the one WebSocket open."""
+    state = srv.server.state
+    found: list[Any] = []
+
+    def one() -> bool:
+        found[:] = [c for c in state.connections if type(c).__name__ == "WebSocketProtocol"]
+        return len(found) == 1 and getattr(found[0], "plain", False)
+
+    wait_until(one, "the WebSocket accepted")
+    return found[0]
+
+
+def holds(ws: Any, count: int) -> bool:
+    """The server's reader keeps `count` bytes of a frame not whole yet."""
+    return len(ws.rx) == count
+
+
+def test_frames_of_every_kind_in_one_read_keep_their_order(serve: Serve) -> None:
+    """Own-parsed messages (7-bit, 16-bit and 64-bit lengths), a ping and a fragmented
+    message with a ping between its fragments, all in one send: each echo in order, the
+    pongs where the pings were."""
+    big = bytes(range(256)) * 300  # 76,800 bytes: a 64-bit length
+    burst = b"".join(
+        [
+            frame_bytes(Opcode.TEXT, "héllo".encode()),
+            frame_bytes(Opcode.BINARY, b"b" * 300),  # a 16-bit length
+            frame_bytes(Opcode.PING, b"p1"),
+            frame_bytes(Opcode.TEXT, b"frag", fin=False),
+            frame_bytes(Opcode.PING, b"p2"),
+            frame_bytes(Opcode.CONT, b"mented", fin=True),
+            frame_bytes(Opcode.BINARY, big),
+            frame_bytes(Opcode.TEXT, b"last"),
+        ]
+    )
+    with serve(echo_app()) as srv, RawWS(srv.port) as raw:
+        raw.sock.sendall(burst)
+        got = [raw.recv_frame() for _ in range(7)]
+    # A pong answers as its ping is read; an echo waits for the app: pongs may come first.
+    pongs = [payload for opcode, _, payload in got if opcode == Opcode.PONG]
+    echoes = [(opcode, payload) for opcode, _, payload in got if opcode != Opcode.PONG]
+    assert pongs == [b"p1", b"p2"]
+    assert echoes == [
+        (Opcode.TEXT, "héllo".encode()),
+        (Opcode.BINARY, b"b" * 300),
+        (Opcode.TEXT, b"fragmented"),
+        (Opcode.BINARY, big),
+        (Opcode.TEXT, b"last"),
+    ]
+
+
+@pytest.mark.parametrize("size", [5, 300, 70_000], ids=["7-bit", "16-bit", "64-bit"])
+def test_a_frame_in_pieces_is_kept_until_whole(serve: Serve, size: int) -> None:
+    """A frame cut inside its header, its length, its mask and its payload: each piece read
+    on its own (the server is seen holding exactly what came), one message at the end."""
+    payload = bytes(i % 251 for i in range(size))
+    frame = frame_bytes(Opcode.BINARY, payload)
+    cuts = sorted(
+        cut
+        for cut in {1, 2, 3, 4, 5, 7, 9, 11, 13, 15, len(frame) // 2, len(frame) - 1}
+        if cut < len(frame)
+    )
+    with serve(echo_app()) as srv, RawWS(srv.port) as raw:
+        raw.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        ws = server_side(srv)
+        sent = 0
+        for cut in cuts:
+            raw.sock.sendall(frame[sent:cut])
+            sent = cut
+            wait_until(partial(holds, ws, cut), f"the server to hold {cut} bytes")
+        raw.sock.sendall(frame[sent:])
+        assert raw.recv_frame() == (Opcode.BINARY, True, payload)
+        assert len(ws.rx) == 0
+
+
+def test_a_frame_of_exactly_max_size_is_taken_and_one_byte_more_closes_1009(
+    serve: Serve,
+) -> None:
+    with serve(echo_app(), ws_max_size=1000) as srv, RawWS(srv.port) as raw:
+        raw.send(Opcode.BINARY, b"x" * 1000)
+        assert raw.recv_frame() == (Opcode.BINARY, True, b"x" * 1000)
+        # Only the header of the frame too big: the close comes without its payload.
+        raw.sock.sendall(frame_bytes(Opcode.BINARY, b"y" * 1001)[:8])
+        assert raw.recv_close()[0] == 1009
+        assert raw.at_eof()
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        bytes([0x81, 0x05]),  # unmasked, 5 bytes announced and not sent
+        bytes([0x83, 0x85]),  # reserved opcode 3
+    ],
+    ids=["unmasked", "reserved-opcode"],
+)
+def test_a_bad_header_closes_1002_before_its_payload(serve: Serve, header: bytes) -> None:
+    """The library fails these as soon as the two header bytes are read: so must the
+    server's own reader, not wait for a payload that may never come."""
+    with serve(echo_app()) as srv, RawWS(srv.port) as raw:
+        raw.sock.sendall(header)
+        assert raw.recv_close()[0] == 1002
+        assert raw.at_eof()
+
+
+def test_a_reserved_bit_without_an_extension_closes_1002(serve: Serve) -> None:
+    frame = bytearray(frame_bytes(Opcode.TEXT, b"hi"))
+    frame[0] |= 0x40  # RSV1: only permessage-deflate may set it, and none was negotiated
+    with serve(echo_app()) as srv, RawWS(srv.port) as raw:
+        raw.sock.sendall(bytes(frame))
+        assert raw.recv_close()[0] == 1002
+        assert raw.at_eof()
+
+
+def recorder(got: list[dict[str, Any]]) -> App:
+    """Accept, then keep every message received, the disconnect included."""
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        assert (await receive())["type"] == "websocket.connect"
+        await send({"type": "websocket.accept"})
+        while True:
+            message = await receive()
+            got.append(message)
+            if message["type"] == "websocket.disconnect":
+                return
+
+    return app
+
+
+def test_invalid_utf8_after_a_good_message_in_one_read_closes_1007(serve: Serve) -> None:
+    """The message before is delivered; the one after the bad frame is not (§7.1.7)."""
+    burst = b"".join(
+        [
+            frame_bytes(Opcode.TEXT, b"ok"),
+            frame_bytes(Opcode.TEXT, b"\xff\xfe"),
+            frame_bytes(Opcode.BINARY, b"never"),
+        ]
+    )
+    got: list[dict[str, Any]] = []
+    with serve(recorder(got)) as srv, RawWS(srv.port) as raw:
+        raw.sock.sendall(burst)
+        assert raw.recv_close()[0] == 1007
+        assert raw.at_eof()
+        wait_until(lambda: bool(got) and got[-1]["type"] == "websocket.disconnect", "the end")
+    assert [m.get("text") for m in got[:-1]] == ["ok"]
+    assert got[-1]["code"] == 1007
+
+
+def test_a_close_ends_reading_and_what_follows_is_discarded(serve: Serve) -> None:
+    burst = frame_bytes(Opcode.CLOSE, struct.pack("!H", 1000)) + frame_bytes(Opcode.TEXT, b"x")
+    with serve(echo_app()) as srv, RawWS(srv.port) as raw:
+        raw.send(Opcode.TEXT, b"first")
+        assert raw.recv_frame() == (Opcode.TEXT, True, b"first")
+        raw.sock.sendall(burst)
+        assert raw.recv_frame()[0] == Opcode.CLOSE  # the echo of ours, not a text frame
+        assert raw.at_eof()
+
+
+def test_nothing_after_a_close_in_the_same_read_reaches_the_app(serve: Serve) -> None:
+    """RFC 6455 §1.4: after a Close, further data is discarded."""
+    burst = b"".join(
+        [
+            frame_bytes(Opcode.TEXT, b"a"),
+            frame_bytes(Opcode.CLOSE, struct.pack("!H", 1000)),
+            frame_bytes(Opcode.TEXT, b"after"),
+        ]
+    )
+    got: list[dict[str, Any]] = []
+    with serve(recorder(got)) as srv, RawWS(srv.port) as raw:
+        raw.sock.sendall(burst)
+        assert raw.recv_close()[0] == 1000
+        assert raw.at_eof()
+        wait_until(lambda: bool(got) and got[-1]["type"] == "websocket.disconnect", "the end")
+    assert [m.get("text") for m in got[:-1]] == ["a"]
+    assert got[-1]["code"] == 1000
+
+
+def test_a_whole_message_inside_a_fragmented_one_closes_1002(serve: Serve) -> None:
+    """A new text frame where a continuation was due (RFC 6455 §5.4), in the same read: the
+    library's verdict, not a message."""
+    burst = frame_bytes(Opcode.TEXT, b"start", fin=False) + frame_bytes(Opcode.TEXT, b"whole")
+    got: list[dict[str, Any]] = []
+    with serve(recorder(got)) as srv, RawWS(srv.port) as raw:
+        raw.sock.sendall(burst)
+        assert raw.recv_close()[0] == 1002
+        assert raw.at_eof()
+        wait_until(lambda: bool(got) and got[-1]["type"] == "websocket.disconnect", "the end")
+    assert [m["type"] for m in got] == ["websocket.disconnect"]
