@@ -14,8 +14,9 @@ from functools import partial
 from typing import Any
 
 import pytest
-from websockets.frames import Opcode
+from websockets.frames import Frame, Opcode
 
+from fastserve.protocols.websocket import frame_head
 from tests.apps.core_apps import App, Receive, Scope, Send
 from tests.apps.ws_apps import RawWS, echo_app, frame_bytes
 from tests.helpers import Serve, wait_until
@@ -208,3 +209,13 @@ def test_a_whole_message_inside_a_fragmented_one_closes_1002(serve: Serve) -> No
         assert raw.at_eof()
         wait_until(lambda: bool(got) and got[-1]["type"] == "websocket.disconnect", "the end")
     assert [m["type"] for m in got] == ["websocket.disconnect"]
+
+
+@pytest.mark.parametrize("length", [0, 1, 125, 126, 127, 65_535, 65_536, 70_000])
+@pytest.mark.parametrize("binary", [True, False], ids=["binary", "text"])
+def test_frame_head_is_the_librarys_header(binary: bool, length: int) -> None:
+    """Without extensions the server writes its frames' headers itself: byte for byte what
+    the library's Frame.serialize writes for a server (no mask)."""
+    payload = b"x" * length
+    frame = Frame(Opcode.BINARY if binary else Opcode.TEXT, payload)
+    assert frame_head(binary, length) + payload == frame.serialize(mask=False, extensions=[])

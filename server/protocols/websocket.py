@@ -41,7 +41,7 @@ import logging
 import os
 from collections import deque
 from time import monotonic
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from websockets.datastructures import Headers
 from websockets.exceptions import InvalidHeader
@@ -670,12 +670,17 @@ class WebSocketProtocol(FlowControl, Channel):
             data = message.get("bytes")
             text = message.get("text")
             if text is None and data is not None:
-                frame = Frame(BINARY, data)
+                binary = True
             elif data is None and text is not None:
-                frame = Frame(TEXT, text.encode())
+                binary = False
+                data = text.encode()
             else:
                 raise RuntimeError("websocket.send needs one of 'bytes' or 'text'")
-            self.transport.write(frame.serialize(mask=False, extensions=self.ws.extensions))
+            if self.plain:  # a server's frame: a header, the payload as it is (§5.2)
+                self.transport.write(frame_head(binary, len(data)) + data)
+            else:  # the negotiated extensions (permessage-deflate) transform it
+                frame = Frame(BINARY if binary else TEXT, data)
+                self.transport.write(frame.serialize(mask=False, extensions=self.ws.extensions))
             metrics = self.state.metrics
             if metrics is not None:
                 metrics.ws_sent += 1
@@ -804,6 +809,23 @@ class WebSocketProtocol(FlowControl, Channel):
         access = self.state.access_log
         if access is not None:
             access.log_websocket(self.http_scope, status, sent, self.start_time, monotonic())
+
+
+# The headers of final, unmasked text and binary frames with a payload under 126 bytes.
+_TEXT_HEADS: Final = [bytes((0x81, length)) for length in range(126)]
+_BINARY_HEADS: Final = [bytes((0x82, length)) for length in range(126)]
+
+
+def frame_head(binary: bool, length: int) -> bytes:
+    """The header of a final, unmasked text or binary frame with a payload of `length`
+    bytes (RFC 6455 §5.2: a 7-bit, 16-bit or 64-bit length): what the library's
+    Frame.serialize writes for a server without extensions."""
+    if length < 126:
+        return _BINARY_HEADS[length] if binary else _TEXT_HEADS[length]
+    first = 0x82 if binary else 0x81
+    if length < 0x10000:
+        return bytes((first, 126)) + length.to_bytes(2, "big")
+    return bytes((first, 127)) + length.to_bytes(8, "big")
 
 
 def websocket_scope(http_scope: dict[str, Any]) -> Scope:
