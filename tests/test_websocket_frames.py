@@ -73,12 +73,14 @@ def test_frames_of_every_kind_in_one_read_keep_their_order(serve: Serve) -> None
     ]
 
 
+@pytest.mark.parametrize("opcode", [Opcode.BINARY, Opcode.TEXT], ids=["binary", "text"])
 @pytest.mark.parametrize("size", [5, 300, 70_000], ids=["7-bit", "16-bit", "64-bit"])
-def test_a_frame_in_pieces_is_kept_until_whole(serve: Serve, size: int) -> None:
+def test_a_frame_in_pieces_is_kept_until_whole(serve: Serve, size: int, opcode: Opcode) -> None:
     """A frame cut inside its header, its length, its mask and its payload: each piece read
-    on its own (the server is seen holding exactly what came), one message at the end."""
-    payload = bytes(i % 251 for i in range(size))
-    frame = frame_bytes(Opcode.BINARY, payload)
+    on its own (the server is seen holding exactly what came), one message at the end; the
+    frame behind it in the last read is a message too."""
+    payload = bytes(48 + i % 43 for i in range(size))  # (ASCII: valid text too)
+    frame = frame_bytes(opcode, payload)
     cuts = sorted(
         cut
         for cut in {1, 2, 3, 4, 5, 7, 9, 11, 13, 15, len(frame) // 2, len(frame) - 1}
@@ -92,9 +94,38 @@ def test_a_frame_in_pieces_is_kept_until_whole(serve: Serve, size: int) -> None:
             raw.sock.sendall(frame[sent:cut])
             sent = cut
             wait_until(partial(holds, ws, cut), f"the server to hold {cut} bytes")
-        raw.sock.sendall(frame[sent:])
-        assert raw.recv_frame() == (Opcode.BINARY, True, payload)
+        raw.sock.sendall(frame[sent:] + frame_bytes(Opcode.BINARY, b"next"))
+        assert raw.recv_frame() == (opcode, True, payload)
+        assert raw.recv_frame() == (Opcode.BINARY, True, b"next")
         assert len(ws.rx) == 0
+
+
+def test_invalid_utf8_in_a_frame_read_in_pieces_closes_1007(serve: Serve) -> None:
+    frame = frame_bytes(Opcode.TEXT, b"a" * 40_000 + b"\xff")
+    got: list[dict[str, Any]] = []
+    with serve(recorder(got)) as srv, RawWS(srv.port) as raw:
+        raw.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        ws = server_side(srv)
+        raw.sock.sendall(frame[:20_000])
+        wait_until(partial(holds, ws, 20_000), "the server to hold the first piece")
+        raw.sock.sendall(frame[20_000:] + frame_bytes(Opcode.TEXT, b"never"))
+        assert raw.recv_close()[0] == 1007
+        assert raw.at_eof()
+        wait_until(lambda: bool(got) and got[-1]["type"] == "websocket.disconnect", "the end")
+    assert [m["type"] for m in got] == ["websocket.disconnect"]
+
+
+def test_a_large_fragment_read_in_pieces_goes_to_the_library(serve: Serve) -> None:
+    """A frame kept until whole that is not a whole message (here the first fragment of
+    one) is the library's: the message comes out whole once its last fragment came."""
+    first = frame_bytes(Opcode.BINARY, b"1" * 50_000, fin=False)
+    with serve(echo_app()) as srv, RawWS(srv.port) as raw:
+        raw.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        ws = server_side(srv)
+        raw.sock.sendall(first[:10_000])
+        wait_until(partial(holds, ws, 10_000), "the server to hold the first piece")
+        raw.sock.sendall(first[10_000:] + frame_bytes(Opcode.CONT, b"2" * 10))
+        assert raw.recv_frame() == (Opcode.BINARY, True, b"1" * 50_000 + b"2" * 10)
 
 
 def test_a_frame_of_exactly_max_size_is_taken_and_one_byte_more_closes_1009(

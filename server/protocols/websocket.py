@@ -162,11 +162,13 @@ class WebSocketProtocol(FlowControl, Channel):
         "plain",
         "rx",
         "rx_need",
+        "rx_start",
         "scope",
         "start_time",
         "state",
         "task",
         "transport",
+        "vectored",
         "waiter",
         "ws",
     )
@@ -206,6 +208,10 @@ class WebSocketProtocol(FlowControl, Channel):
         self.plain = False
         self.rx = bytearray()
         self.rx_need = 0
+        self.rx_start = 0  # (the payload's offset in rx, once rx_need is a whole frame's size)
+        # uvloop's writelines() writes a header and a large payload without joining them
+        # (one writev); asyncio's does not pause the protocol on some versions (http1.py).
+        self.vectored = channel is None and type(transport).__module__.startswith("uvloop")
         self.fragments: list[Any] = []  # the message being reassembled, decoded
         self.fragments_size = 0  # its payload and FRAGMENT_COST for each fragment
         self.decoder: codecs.IncrementalDecoder | None = None
@@ -282,13 +288,14 @@ class WebSocketProtocol(FlowControl, Channel):
         phase = self.phase
         if phase == OPEN and self.plain:
             rx = self.rx
-            if rx:
+            if not rx:
+                self.read_frames(data)
+            else:
                 rx += data
                 if len(rx) < self.rx_need:
                     return  # a frame still coming: nothing to parse yet
-                data = bytes(rx)
                 self.rx = bytearray()
-            self.read_frames(data)
+                self.read_kept(rx)
         elif phase == OPEN or phase == CLOSING:  # noqa: SIM109 (cheaper than a tuple test)
             if self.rx:  # the start of a frame read_frames kept: the library's now
                 data = bytes(self.rx) + data
@@ -354,7 +361,7 @@ class WebSocketProtocol(FlowControl, Channel):
             start += 4
             stop = start + length
             if stop > end:
-                self.keep(data, pos, stop)
+                self.keep(data, pos, stop, start)
                 return
             opcode = head & 0x0F
             if head & 0x80 and opcode == 2:
@@ -362,12 +369,8 @@ class WebSocketProtocol(FlowControl, Channel):
                 messages.append({"type": "websocket.receive", "bytes": payload})
             elif head & 0x80 and opcode == 1:
                 payload = apply_mask(data[start:stop], data[start - 4 : start])
-                try:
-                    text = str(payload, "utf-8")
-                except UnicodeDecodeError:
-                    ws.fail(CloseCode.INVALID_DATA, "invalid UTF-8")
+                if not self.deliver(False, payload):
                     return  # what follows is discarded (§7.1.7)
-                messages.append({"type": "websocket.receive", "text": text})
             else:
                 ws.receive_data(data[pos:stop])
                 if not self.take_frames(ws.events_received()):  # type: ignore[arg-type]
@@ -377,10 +380,46 @@ class WebSocketProtocol(FlowControl, Channel):
             ws.receive_data(data[pos:] if pos else data)
             self.take_frames(ws.events_received())  # type: ignore[arg-type]
 
-    def keep(self, data: bytes, pos: int, need: int) -> None:
-        """A frame (or its header) not whole yet: its bytes wait for `need - pos` of them."""
+    def keep(self, data: bytes, pos: int, need: int, start: int = 0) -> None:
+        """A frame (or its header) not whole yet: its bytes wait for `need - pos` of them
+        (`start`: where its payload starts, once the header was read)."""
         self.rx = bytearray(data[pos:])
         self.rx_need = need - pos
+        self.rx_start = start - pos if start else 0
+
+    def read_kept(self, rx: bytearray) -> None:
+        """The bytes kept in `rx` are now enough. A whole message frame (a large message,
+        in several reads) is unmasked from `rx` itself, not copied out first; anything
+        else goes through read_frames."""
+        start = self.rx_start
+        need = self.rx_need
+        ws = self.ws
+        if start and rx[0] & 0x80 and ws.state is LIB_OPEN and ws.current_size is None:
+            opcode = rx[0] & 0x0F
+            if opcode == 1 or opcode == 2:
+                view = memoryview(rx)
+                payload = apply_mask(view[start:need], bytes(view[start - 4 : start]))
+                view.release()
+                if not self.deliver(opcode == 2, payload):
+                    return
+                if len(rx) > need:
+                    self.read_frames(bytes(rx[need:]))
+                return
+        self.read_frames(bytes(rx))
+
+    def deliver(self, binary: bool, payload: bytes) -> bool:
+        """A whole message read here; False if it is text and not UTF-8 (the connection
+        fails: 1007, and what follows is discarded, §7.1.7)."""
+        if binary:
+            self.messages.append({"type": "websocket.receive", "bytes": payload})
+            return True
+        try:
+            text = str(payload, "utf-8")
+        except UnicodeDecodeError:
+            self.ws.fail(CloseCode.INVALID_DATA, "invalid UTF-8")
+            return False
+        self.messages.append({"type": "websocket.receive", "text": text})
+        return True
 
     def take_frames(self, frames: list[Frame]) -> bool:
         """The library's frames, in order; False if the connection failed on one of them."""
@@ -677,7 +716,11 @@ class WebSocketProtocol(FlowControl, Channel):
             else:
                 raise RuntimeError("websocket.send needs one of 'bytes' or 'text'")
             if self.plain:  # a server's frame: a header, the payload as it is (§5.2)
-                self.transport.write(frame_head(binary, len(data)) + data)
+                size = len(data)
+                if size >= VECTORED_SIZE and self.vectored:
+                    self.transport.writelines((frame_head(binary, size), data))
+                else:
+                    self.transport.write(frame_head(binary, size) + data)
             else:  # the negotiated extensions (permessage-deflate) transform it
                 frame = Frame(BINARY if binary else TEXT, data)
                 self.transport.write(frame.serialize(mask=False, extensions=self.ws.extensions))
@@ -811,6 +854,8 @@ class WebSocketProtocol(FlowControl, Channel):
             access.log_websocket(self.http_scope, status, sent, self.start_time, monotonic())
 
 
+# A payload from this size on is written beside its header (one writev), not joined to it.
+VECTORED_SIZE: Final = 16 * 1024
 # The headers of final, unmasked text and binary frames with a payload under 126 bytes.
 _TEXT_HEADS: Final = [bytes((0x81, length)) for length in range(126)]
 _BINARY_HEADS: Final = [bytes((0x82, length)) for length in range(126)]
