@@ -17,7 +17,11 @@ response in its place (403, 500, a denial): the stream's HEADERS and DATA, not a
 Who does what:
 - the library does the wire: handshake validation and negotiation (`accept`), frame parsing and
   serialization, masking, permessage-deflate (RFC 7692), the max message size (checked after
-  inflation too), ping replies, close frames and when TCP must be closed;
+  inflation too), ping replies, close frames and when TCP must be closed. One exception, for
+  speed: with no extension negotiated, a whole text or binary message in one frame is parsed
+  and unmasked here (`read_frames`, `read_kept`) and written with our own header
+  (`frame_head`), with the library's checks in the library's order; every other frame is
+  handed to the library whole and in order;
 - this module moves bytes, turns frames into ASGI messages and back, reassembles fragmented
   messages (decoding UTF-8 as fragments arrive, to fail fast: RFC 6455 §8.1) and owns time and
   memory: keepalive pings, the closing timeout, flow control, server shutdown.
@@ -28,9 +32,10 @@ it returns is written here once the app accepts.
 
 Flow control, both ways bounded: reading pauses while `ws_max_queue` messages wait for the app's
 `receive()`, and `send()` waits while the transport's buffer is above its high-water mark.
-Outgoing data frames are serialized with the library's `Frame.serialize` directly (with the
-negotiated extensions) rather than through `send_binary()`/`data_to_send()`: the same bytes,
-~1.5 µs less per message, and our phase already guarantees the library's state checks.
+Outgoing data frames are `frame_head()` and the payload, or, with an extension, the library's
+`Frame.serialize` (the extension transforms them), rather than `send_binary()`/`data_to_send()`:
+the same bytes, less work per message, and our phase already guarantees the library's state
+checks.
 """
 
 from __future__ import annotations
