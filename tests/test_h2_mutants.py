@@ -18,6 +18,7 @@ from typing import Any
 
 import h2.errors
 import h2.events
+import hpack
 import pytest
 from websockets.frames import Frame, Opcode
 
@@ -25,8 +26,8 @@ from fastserve.protocols.h2 import H2WebSocket
 from tests.apps.core_apps import App, Probe, Receive, Scope, Send
 from tests.apps.ws_apps import flooder
 from tests.conftest import run_server
-from tests.helpers import error_log, settle, wait_until
-from tests.test_http2 import H2Client, close_clients  # noqa: F401 (the fixture)
+from tests.helpers import abort, error_log, settle, wait_until
+from tests.test_http2 import H2Client, close_clients, echo_app  # noqa: F401 (the fixture)
 from tests.test_http2_flow import connection
 from tests.test_http2_frames import (
     DATA,
@@ -34,6 +35,7 @@ from tests.test_http2_frames import (
     END_STREAM,
     GOAWAY,
     HEADERS,
+    PADDED,
     PING,
     PREFACE,
     PRIORITY,
@@ -616,3 +618,412 @@ def test_the_body_over_the_limit_and_what_follows_it_are_credited() -> None:
         more = frame(DATA, 0, 1, b"x" * 16384) + frame(DATA, 0, 1, b"x" * 15382)
         raw.send(frame(DATA, 0, 1, b"x" * 1001) + more)
         assert int.from_bytes(raw.until(WINDOW_UPDATE, 1)[3]) == 32767
+
+
+# -- session 10: the mutants the first pass never reached ------------------------------------
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize(
+    ("headers", "expected"),
+    [
+        ([(f"x-{i}", "v") for i in range(4)], (200, b"2 GET / 0")),  # 5 fields with host
+        ([(f"x-{i}", "v") for i in range(5)], (431, b"Too many request header fields")),
+        ([("x-a", "v" * 97)], (200, b"2 GET / 0")),  # 3 + 97 bytes
+        ([("x-a", "v" * 98)], (431, b"Request header field too large")),
+        ([("content-length", "1001")], (413, b"Request body too large")),
+        ([("content-length", "1000")], (200, b"2 POST / 1000")),
+    ],
+)
+def test_each_request_limit_at_and_just_past_its_value(
+    headers: list[tuple[str, str]], expected: tuple[int, bytes]
+) -> None:
+    """--limit-request-fields 5, --limit-request-field-size 100 (name and value) and
+    --limit-request-body 1000 by content-length: at the limit the request is served, one
+    past it refused with its status and reason."""
+    options = {"limit_request_fields": 5, "limit_request_field_size": 100}
+    with run_server(echo_app(), limit_request_body=1000, **options) as srv:
+        client = H2Client(srv.port)
+        if headers[0][0] == "content-length":
+            stream = client.request("/", "POST", headers=headers, open_body=True)
+            if expected[0] == 200:
+                client.conn.send_data(stream, b"x" * 1000, end_stream=True)
+                client.flush()
+        else:
+            stream = client.request("/", headers=headers)
+        head, body = client.response(stream)
+        assert (int(head[":status"]), body) == expected
+
+
+@pytest.mark.timeout(30)
+def test_a_content_length_without_a_body_limit_is_served() -> None:
+    with run_server(echo_app()) as srv:
+        client = H2Client(srv.port)
+        stream = client.request("/", "POST", headers=[("content-length", "3")], open_body=True)
+        client.conn.send_data(stream, b"abc", end_stream=True)
+        client.flush()
+        assert client.response(stream)[1] == b"2 POST / 3"
+
+
+def settings_entries(payload: bytes) -> list[tuple[int, int]]:
+    return [
+        (int.from_bytes(payload[at : at + 2]), int.from_bytes(payload[at + 2 : at + 6]))
+        for at in range(0, len(payload), 6)
+    ]
+
+
+ZTTP_SETTINGS = [(0x6, 65536), (0x1, 4096), (0x5, 16384)]  # zttp's own, kept as they are
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize(
+    ("options", "settings", "second"),
+    [
+        ({}, [*ZTTP_SETTINGS, (0x8, 1), (0x3, 100)], (SETTINGS, 1, 0, b"")),
+        ({"ws": "none"}, [*ZTTP_SETTINGS, (0x3, 100)], (SETTINGS, 1, 0, b"")),
+        (
+            {"http2_initial_window_size": 100000, "http2_max_concurrent_streams": 7},
+            [*ZTTP_SETTINGS, (0x8, 1), (0x3, 7), (0x4, 100000)],
+            (WINDOW_UPDATE, 0, 0, u32(100000 - 65535)),
+        ),
+    ],
+    ids=["defaults", "no websockets", "window and streams"],
+)
+def test_the_servers_first_settings_frame_entry_by_entry(
+    options: dict[str, Any], settings: list[tuple[int, int]], second: tuple[int, int, int, bytes]
+) -> None:
+    """zttp's SETTINGS with its MAX_CONCURRENT_STREAMS (128) and ENABLE_CONNECT_PROTOCOL
+    replaced by ours, each once, in a well-formed frame; then the connection's
+    WINDOW_UPDATE when the window is not the default, else the ACK of the client's
+    SETTINGS (nothing in between)."""
+    with run_server(echo_app(), **options) as srv:
+        raw = RawH2(srv.port)
+        OPEN.append(raw)
+        kind, flags, stream, payload = raw.next_frame() or (0, 0, 0, b"")
+        assert (kind, flags, stream) == (SETTINGS, 0, 0)
+        assert settings_entries(payload) == settings
+        assert raw.next_frame() == second
+        assert raw.served(Frames(), 1) == b"2 GET /ok 0"
+
+
+def upload(raw: RawH2, stream: int, size: int, mark: int = 0) -> None:
+    """`size` bytes on `stream` (its frames' stream ids or'ed with `mark`), sent as the
+    stream's window allows: each WINDOW_UPDATE for it is waited for (silence fails)."""
+    window, left = 65535, size
+    while left:
+        chunk = min(16384, window, left)
+        if chunk:
+            flags = END_STREAM if chunk == left else 0
+            raw.send(frame(DATA, flags, stream | mark, b"x" * chunk))
+            window, left = window - chunk, left - chunk
+        else:
+            window += int.from_bytes(raw.until(WINDOW_UPDATE, stream)[3])
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize(
+    ("stream", "mark"),
+    [(0x01020305, 0), (0x7F000001, 0), (1, 0x80000000)],
+    ids=["every byte of the id", "the top byte", "the reserved bit set"],
+)
+def test_an_upload_on_a_stream_id_of_every_byte_gets_its_credit(stream: int, mark: int) -> None:
+    """The frame walk reads a frame's 31-bit stream id from its four bytes (the reserved
+    bit ignored, RFC 9113 §4.1): a 100,000-byte upload (more than a window) on such a
+    stream gets its credit and its answer."""
+    with run_server(echo_app()) as srv:
+        raw = RawH2(srv.port)
+        OPEN.append(raw)
+        fields = [(":method", "POST"), (":scheme", "http"), (":path", "/"), (":authority", "t")]
+        raw.send(frame(HEADERS, END_HEADERS, stream | mark, Frames().block(fields)))
+        upload(raw, stream, 100000, mark)
+        assert raw.until(DATA, stream)[3] == b"2 POST / 100000"
+
+
+async def answers_then_waits(scope: Scope, receive: Receive, send: Send) -> None:
+    """Answers at once without reading its body, then runs on (until cancelled)."""
+    if scope["type"] != "http":
+        return
+    await send({"type": "http.response.start", "status": 200})
+    await send({"type": "http.response.body", "body": b"answered"})
+    await asyncio.Event().wait()
+
+
+@pytest.mark.timeout(30)
+def test_an_upload_to_an_app_that_answered_and_runs_on_gets_its_credit() -> None:
+    """The app answered and still runs: the body that comes after is dropped and credited
+    back to the stream (100,000 bytes, more than a window, get through)."""
+    with run_server(answers_then_waits, timeout_graceful_shutdown=0.2) as srv:
+        raw = RawH2(srv.port)
+        OPEN.append(raw)
+        raw.send(Frames().post(1, "/"))
+        assert raw.until(DATA, 1)[3] == b"answered"
+        upload(raw, 1, 100000)
+        read_alone(raw, b"")  # (the connection serves on)
+        assert raw.served(Frames(), 3) == b"answered"
+
+
+@pytest.mark.timeout(30)
+def test_a_dropped_body_that_stalls_is_a_body_timeout() -> None:
+    """The app answered and runs on; the body the client sends is dropped, then stalls:
+    --timeout-request-body resets the stream (CANCEL), from the dropped bytes' arrival."""
+    with run_server(answers_then_waits, timeout_request_body=0.3) as srv:
+        raw = RawH2(srv.port)
+        OPEN.append(raw)
+        raw.send(Frames().post(1, "/"))
+        assert raw.until(DATA, 1)[3] == b"answered"
+        raw.send(frame(DATA, 0, 1, b"x"))
+        assert int.from_bytes(raw.until(RST_STREAM, 1)[3]) == 0x8
+
+
+async def shapes(scope: Scope, receive: Receive, send: Send) -> None:
+    """Responses of each shape, by path."""
+    if scope["type"] != "http":
+        return
+    path = scope["path"]
+    headers: list[tuple[bytes, bytes]] = [(b"X-Mixed", b"1")]
+    if path == "/hop":  # connection-specific fields, dropped
+        for name in (b"Connection", b"Keep-Alive", b"Proxy-Connection", b"Upgrade"):
+            headers.append((name, b"x"))
+        headers.append((b"Transfer-Encoding", b"chunked"))
+    if path == "/length":
+        headers.append((b"content-length", b"5"))
+    if path == "/server":
+        headers.append((b"Server", b"mine"))
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    if path == "/stream":
+        await send({"type": "http.response.body", "body": b"ab", "more_body": True})
+        await send({"type": "http.response.body", "body": b"cd"})
+    elif path == "/empty":
+        await send({"type": "http.response.body", "body": b""})
+    else:
+        await send({"type": "http.response.body", "body": b"hello"})
+
+
+def exchange_frames(
+    raw: RawH2, stream: int, method: str, path: str
+) -> tuple[list[tuple[bytes, bytes]], list[tuple[int, int, bytes]]]:
+    """A request's response: its header fields (as sent, date left out) and its frames
+    (type, flags, payload) up to END_STREAM."""
+    fields = [(":method", method), (":scheme", "http"), (":path", path), (":authority", "t")]
+    raw.send(frame(HEADERS, END_HEADERS | END_STREAM, stream, Frames().block(fields)))
+    got: list[tuple[int, int, bytes]] = []
+    while not got or not got[-1][1] & END_STREAM:
+        kind, flags, on, payload = raw.next_frame() or (-1, END_STREAM, stream, b"")
+        if on == stream:
+            got.append((kind, flags, payload))
+    assert got[0][0] == HEADERS, got
+    head = hpack.Decoder().decode(got[0][2], raw=True)
+    return [(n, v) for n, v in head if n != b"date"], [(k, f, p) for k, f, p in got[1:]]
+
+
+SHAPES: list[tuple[str, str, list[tuple[bytes, bytes]], list[bytes]]] = [
+    ("GET", "/", [(b"content-length", b"5")], [b"hello"]),
+    ("GET", "/hop", [(b"content-length", b"5")], [b"hello"]),
+    ("GET", "/length", [(b"content-length", b"5")], [b"hello"]),
+    ("GET", "/stream", [], [b"ab", b"cd"]),
+    ("GET", "/empty", [(b"content-length", b"0")], []),
+    ("HEAD", "/", [], []),
+]
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize(("method", "path", "length", "bodies"), SHAPES)
+def test_response_heads_and_frames_of_each_shape(
+    method: str, path: str, length: list[tuple[bytes, bytes]], bodies: list[bytes]
+) -> None:
+    """Lower-case names, no connection-specific field, one content-length (the app's, or
+    ours for a whole body, none for a streamed one or a HEAD), the defaults after; a
+    response without body is one HEADERS frame with END_STREAM."""
+    with run_server(shapes) as srv:
+        raw = RawH2(srv.port)
+        OPEN.append(raw)
+        head, frames = exchange_frames(raw, 1, method, path)
+        assert head == [
+            (b":status", b"200"),
+            (b"x-mixed", b"1"),
+            *length,
+            (b"server", b"fastserve"),
+        ]
+        if not bodies:
+            assert frames == []
+        else:
+            # (zttp's end_message() ends the stream with an empty DATA frame of its own)
+            assert [(k, p) for k, _, p in frames] == [(DATA, b) for b in [*bodies, b""]]
+            assert [f & END_STREAM for _, f, _ in frames] == [0] * len(bodies) + [1]
+
+
+@pytest.mark.timeout(30)
+def test_an_apps_own_server_field_replaces_the_default() -> None:
+    with run_server(shapes) as srv:
+        raw = RawH2(srv.port)
+        OPEN.append(raw)
+        head, _ = exchange_frames(raw, 1, "GET", "/server")
+        assert [v for n, v in head if n == b"server"] == [b"mine"]
+
+
+@pytest.mark.timeout(30)
+def test_a_body_that_never_comes_to_an_app_that_never_reads_is_a_body_timeout() -> None:
+    """No DATA at all, and an app that has not called receive(): nothing waits unread, so
+    --timeout-request-body resets the stream (CANCEL)."""
+    with run_server(app, timeout_request_body=0.3, timeout_graceful_shutdown=0.2) as srv:
+        raw = RawH2(srv.port)
+        OPEN.append(raw)
+        raw.send(Frames().post(1, "/never"))
+        assert int.from_bytes(raw.until(RST_STREAM, 1)[3]) == 0x8
+
+
+@pytest.mark.timeout(30)
+def test_a_closed_connection_checks_no_more_bodies() -> None:
+    """Two uploads that stall, to apps that never end; the client leaves: no body timeout
+    is logged for them later (one timer for the connection, cancelled at the close).
+    Another connection's stream, opened after, times out and is the only line."""
+    ENDS.clear()
+    with (
+        run_server(app, timeout_request_body=0.3, timeout_graceful_shutdown=0.2) as srv,
+        error_log(logging.INFO) as records,
+    ):
+        raw = RawH2(srv.port)
+        OPEN.append(raw)
+        f = Frames()
+        raw.send(f.post(1, "/never") + f.post(3, "/never"))
+        wait_until(lambda: ENDS == ["/never: running"] * 2, "both apps to run")
+        conn = connection(srv)
+        raw.close()
+        wait_until(lambda: conn.closed, "the connection to close")
+        other = RawH2(srv.port)
+        OPEN.append(other)
+        other.send(Frames().post(1, "/hold"))
+        assert int.from_bytes(other.until(RST_STREAM, 1)[3]) == 0x8
+        port = other.sock.getsockname()[1]
+        wait_until(lambda: bool(h2_lines(records)), "the line logged")
+        assert h2_lines(records) == [f"127.0.0.1:{port} - HTTP/2 stream 1: request body timeout"]
+
+
+@pytest.mark.timeout(60)
+def test_one_byte_credits_add_up_to_a_window_update_at_exactly_half_a_window() -> None:
+    """PADDED DATA frames with no data and no padding (a payload of the pad-length byte
+    alone) each give one byte back: 32,766 of them earn no WINDOW_UPDATE, the 32,767th
+    (half the 65,535-byte window) one of exactly 32,767; and again from zero."""
+    with run_server(app, timeout_graceful_shutdown=0.2) as srv:
+        raw = RawH2(srv.port)
+        OPEN.append(raw)
+        raw.send(Frames().post(1, "/hold"))
+        pad = frame(DATA, PADDED, 1, b"\x00")
+
+        def credited() -> list[int]:
+            return [int.from_bytes(f[3]) for f in raw.frames if f[:3] == (WINDOW_UPDATE, 0, 1)]
+
+        for updates in ([32767], [32767, 32767]):
+            read_alone(raw, pad * 32766)
+            assert credited() == updates[:-1]
+            read_alone(raw, pad)
+            assert credited() == updates
+
+
+@pytest.mark.timeout(30)
+def test_a_new_stream_read_with_another_streams_self_dependence_is_served() -> None:
+    """One read: a PRIORITY frame making open stream 3 depend on itself, and a GET on
+    stream 5. Stream 3 is reset (PROTOCOL_ERROR); stream 5 is served."""
+    with run_server(app) as srv:
+        raw = RawH2(srv.port)
+        OPEN.append(raw)
+        f = Frames()
+        read_alone(raw, f.post(3, "/hold"))
+        raw.send(frame(PRIORITY, 0, 3, u32(3) + b"\x10") + f.get(5, "/ok"))
+        assert int.from_bytes(raw.until(RST_STREAM, 3)[3]) == 0x1
+        assert raw.until(DATA, 5)[3] == b"ok"
+        assert [got[2] for got in raw.frames if got[0] == RST_STREAM] == [3]
+
+
+def connection_lines(records: list[logging.LogRecord]) -> list[str]:
+    return [r.getMessage() for r in records if "HTTP/2 connection" in r.getMessage()]
+
+
+@pytest.mark.timeout(30)
+def test_with_log_connections_a_client_closing_is_one_closed_line(server: Server) -> None:
+    with server(log_level="debug") as connect, error_log(logging.DEBUG) as records:
+        raw = connect()
+        assert raw.served(Frames(), 1) == b"ok"
+        raw.close()
+        wait_until(lambda: bool(connection_lines(records)), "the line logged")
+        assert connection_lines(records) == [f"{raw.name} - HTTP/2 connection closed"]  # type: ignore[attr-defined]
+
+
+@pytest.mark.timeout(30)
+def test_with_log_connections_a_client_resetting_is_one_reset_line() -> None:
+    with run_server(app, log_level="debug") as srv, error_log(logging.DEBUG) as records:
+        raw = RawH2(srv.port)
+        port = raw.sock.getsockname()[1]
+        assert raw.served(Frames(), 1) == b"ok"
+        abort(raw.sock)
+        wait_until(lambda: bool(connection_lines(records)), "the line logged")
+        assert connection_lines(records) == [f"127.0.0.1:{port} - HTTP/2 connection reset"]
+
+
+@pytest.mark.timeout(30)
+def test_without_log_connections_no_h2_connection_line_is_logged() -> None:
+    """At --log-level info, whatever the logger's level: no connection line (a connection
+    error's own line is the only one)."""
+    with run_server(app, log_level="info") as srv, error_log(logging.DEBUG) as records:
+        raw = RawH2(srv.port)
+        OPEN.append(raw)
+        assert raw.served(Frames(), 1) == b"ok"
+        raw.send(frame(PRIORITY, 0, 0, u32(1) + b"\x10"))
+        raw.goaway()
+        wait_until(lambda: bool(h2_lines(records)), "the line logged")
+        peer = f"127.0.0.1:{raw.sock.getsockname()[1]}"
+        assert h2_lines(records) == [f"{peer} - HTTP/2 connection error: PRIORITY on stream 0"]
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("end", ["END_STREAM", "RST_STREAM"])
+def test_a_stream_whose_body_ended_gets_no_window_credit(end: str) -> None:
+    """40,000 bytes (more than half a window) read by the app after the client ended the
+    stream (END_STREAM on the last DATA frame) or reset it: no WINDOW_UPDATE for the
+    stream, which takes no more DATA; the connection's is granted as the bytes arrive."""
+    GATES.clear()
+    ENDS.clear()
+    with run_server(app) as srv:
+        raw = RawH2(srv.port)
+        OPEN.append(raw)
+        raw.send(Frames().post(1, "/gate"))
+        body = frame(DATA, 0, 1, b"x" * 16384) * 2 + frame(DATA, 0, 1, b"x" * 7232)
+        if end == "END_STREAM":
+            body += frame(DATA, END_STREAM, 1)
+        else:
+            body += frame(RST_STREAM, 0, 1, u32(0x8))
+        read_alone(raw, body)
+        wait_until(lambda: len(GATES) == 1, "the app to wait")
+        srv.loop.call_soon_threadsafe(GATES[0].set)
+        ended = ["http.request" if end == "END_STREAM" else "http.disconnect"]
+        wait_until(lambda: ended == ENDS, "the app to read the body")
+        read_alone(raw, b"")
+        assert [f[2] for f in raw.frames if f[0] == WINDOW_UPDATE] == [0]
+
+
+@pytest.mark.timeout(30)
+def test_the_ack_of_the_drain_ping_with_no_drain_begun_ends_the_connection_cleanly() -> None:
+    """A PING ACK carrying the server's drain payload (b"fs-drain") is taken as the end
+    of a graceful GOAWAY even when none was begun (no timer to cancel): the last GOAWAY
+    (NO_ERROR, the last stream taken), then the close."""
+    with run_server(app) as srv:
+        raw = RawH2(srv.port)
+        OPEN.append(raw)
+        assert raw.served(Frames(), 3) == b"ok"
+        raw.send(frame(PING, 0x1, 0, b"fs-drain"))
+        assert raw.goaway() == (3, 0x0)
+
+
+@pytest.mark.timeout(30)
+def test_a_second_ack_of_the_drain_ping_sends_no_second_goaway() -> None:
+    """With a stream in flight, two PING ACKs carrying the drain payload: one GOAWAY
+    (NO_ERROR, the last stream taken); the connection stays for the stream."""
+    with run_server(app, timeout_graceful_shutdown=0.2) as srv:
+        raw = RawH2(srv.port)
+        OPEN.append(raw)
+        read_alone(raw, Frames().post(1, "/hold"))
+        ack = frame(PING, 0x1, 0, b"fs-drain")
+        read_alone(raw, ack)
+        read_alone(raw, ack)
+        goaways = [f[3] for f in raw.frames if f[0] == GOAWAY]
+        assert goaways == [u32(1) + u32(0)]
