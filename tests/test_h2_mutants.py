@@ -51,6 +51,7 @@ from tests.test_http2_frames import (
     u32,
 )
 from tests.test_http2_websocket import WS, h2_reading_paused, with_http
+from tests.test_metrics import samples, value
 
 pytest.importorskip("zttp")
 
@@ -1027,3 +1028,44 @@ def test_a_second_ack_of_the_drain_ping_sends_no_second_goaway() -> None:
         read_alone(raw, ack)
         goaways = [f[3] for f in raw.frames if f[0] == GOAWAY]
         assert goaways == [u32(1) + u32(0)]
+
+
+@pytest.mark.timeout(30)
+def test_the_last_goaway_names_the_last_stream_taken_not_one_the_engine_refused() -> None:
+    """Streams 1 (served) and 3 (in flight) are taken; 5 is malformed (an upper-case field
+    name: zttp resets it, it is never taken). The drain's last GOAWAY names 3."""
+    with run_server(app, timeout_graceful_shutdown=0.2) as srv:
+        raw = RawH2(srv.port)
+        OPEN.append(raw)
+        f = Frames()
+        assert raw.served(f, 1) == b"ok"
+        read_alone(raw, f.post(3, "/hold"))
+        raw.send(frame(HEADERS, END_HEADERS | END_STREAM, 5, f.block([*REQUEST, ("X-Up", "1")])))
+        assert int.from_bytes(raw.until(RST_STREAM, 5)[3]) == 0x1
+        read_alone(raw, frame(PING, 0x1, 0, b"fs-drain"))
+        assert [got[3] for got in raw.frames if got[0] == GOAWAY] == [u32(3) + u32(0)]
+
+
+@pytest.mark.timeout(30)
+def test_http2_metrics_count_each_connection_byte_and_refusal_once() -> None:
+    """Two prior-knowledge connections: one served, one refused (431, too many fields).
+    fastserve_received_bytes_total is exactly what they sent (the read carrying the preface
+    is counted once, though http1.py reads it first and hands it over), two h2
+    connections, one 431."""
+    with run_server(app, metrics=True, metrics_port=0, limit_request_fields=5) as srv:
+        assert srv.server.metrics is not None
+        served, refused = RawH2(srv.port), RawH2(srv.port)
+        OPEN.extend([served, refused])
+        get = Frames().get(1, "/ok")
+        served.send(get)
+        assert served.until(DATA, 1)[3] == b"ok"
+        fields = [*REQUEST, *[(f"x-{i}", "v") for i in range(6)]]
+        many = frame(HEADERS, END_HEADERS | END_STREAM, 1, Frames().block(fields))
+        refused.send(many)
+        head = dict(hpack.Decoder().decode(refused.until(HEADERS, 1)[3], raw=True))
+        assert head[b":status"] == b"431"
+        found = samples(srv.server.metrics.port)
+    start = PREFACE + frame(SETTINGS, 0, 0)
+    assert value(found, "fastserve_received_bytes_total") == 2 * len(start) + len(get + many)
+    assert value(found, "fastserve_connections_total", protocol="h2") == 2
+    assert value(found, "fastserve_requests_rejected_total", status="431") == 1

@@ -1258,4 +1258,6 @@ def upgrade_to_h2(
     transport.set_protocol(protocol)
     protocol.connection_made(transport)
     if data:
+        if state.metrics is not None:
+            state.metrics.bytes_received -= len(data)  # http1.py counted them as they came
         protocol.data_received(data)
