@@ -26,7 +26,7 @@ from fastserve.protocols.h2 import H2WebSocket
 from tests.apps.core_apps import App, Probe, Receive, Scope, Send
 from tests.apps.ws_apps import flooder
 from tests.conftest import run_server
-from tests.helpers import abort, error_log, settle, wait_until
+from tests.helpers import abort, error_log, sent_and_read, settle, wait_until
 from tests.test_http2 import H2Client, close_clients, echo_app  # noqa: F401 (the fixture)
 from tests.test_http2_flow import connection
 from tests.test_http2_frames import (
@@ -1069,3 +1069,42 @@ def test_http2_metrics_count_each_connection_byte_and_refusal_once() -> None:
     assert value(found, "fastserve_received_bytes_total") == 2 * len(start) + len(get + many)
     assert value(found, "fastserve_connections_total", protocol="h2") == 2
     assert value(found, "fastserve_requests_rejected_total", status="431") == 1
+
+
+@pytest.mark.timeout(30)
+def test_a_connection_error_before_any_stream_names_stream_0() -> None:
+    with run_server(app) as srv:
+        raw = RawH2(srv.port)
+        OPEN.append(raw)
+        raw.send(frame(PRIORITY, 0, 0, u32(1) + b"\x10"))
+        assert raw.goaway() == (0, 0x1)
+
+
+@pytest.mark.timeout(30)
+def test_a_shutdown_after_the_idle_goaway_sends_no_second_drain() -> None:
+    """An idle connection got its first GOAWAY (after --timeout-keep-alive) and did not
+    answer the PING; the server then shuts down: no second PING and GOAWAY, only the last
+    GOAWAY (NO_ERROR, stream 1) once the wait is over, and the close."""
+    with run_server(app, timeout_keep_alive=0.3) as srv:
+        raw = RawH2(srv.port)
+        OPEN.append(raw)
+        assert raw.served(Frames(), 1) == b"ok"
+        assert raw.until(GOAWAY)[3] == u32(2**31 - 1) + u32(0)
+        srv.loop.call_soon_threadsafe(srv.server.handle_exit)
+        while raw.next_frame() is not None:
+            pass
+        goaways = [got[3] for got in raw.frames if got[0] == GOAWAY]
+        assert goaways == [u32(2**31 - 1) + u32(0), u32(1) + u32(0)]
+        assert [got[3] for got in raw.frames if got[0] == PING] == [b"fs-drain"]
+
+
+@pytest.mark.timeout(30)
+def test_after_a_connection_error_what_the_client_still_sends_is_read_and_dropped() -> None:
+    """The GOAWAY and the FIN go out, then the server lingers (linger.py): bytes the client
+    sends after are read (and dropped), not answered by a reset."""
+    with run_server(app) as srv:
+        raw = RawH2(srv.port)
+        OPEN.append(raw)
+        raw.send(frame(PRIORITY, 0, 0, u32(1) + b"\x10"))
+        assert raw.goaway() == (0, 0x1)
+        sent_and_read(raw.sock, frame(PING, 0, 0, b"12345678") * 100)
