@@ -385,3 +385,20 @@ def test_an_h2_handshake_with_its_own_sec_websocket_key_is_accepted(serve: Serve
             assert ws.head()[":status"] == "200"
         finally:
             client.close()
+
+
+def test_an_http_1_0_handshake_is_refused_with_a_505(serve: Serve) -> None:
+    probe = Probe()
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        probe.put(scope["type"])
+
+    with serve(app) as srv, srv.connect() as sock:
+        sock.sendall(
+            b"GET / HTTP/1.0\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        )
+        data = until_closed(sock)
+    assert data.startswith(b"HTTP/1.1 505 HTTP Version Not Supported\r\n")
+    assert data.endswith(b"unsupported HTTP version: HTTP/1.0.\n")
+    assert probe.events.empty()  # the app never ran
