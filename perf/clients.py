@@ -245,8 +245,9 @@ async def ws_echo(port: int, connections: int, duration: float, size: int) -> di
 
 
 def ws(port: int, connections: int, duration: float, size: int) -> None:
-    """Prefer ws_bench.py's sans-I/O client (cheaper per message, so the server is what is
-    measured); fall back to the websockets asyncio client when that module is absent."""
+    """Prefer ws_bench.py's raw client (bytes made once, each echo checked: ~3x cheaper per
+    message than a server, so the server is what is measured); fall back to the websockets
+    asyncio client when that module is absent."""
     try:
         measure: Any = importlib.import_module("ws_bench").measure
     except (ImportError, AttributeError):
@@ -255,7 +256,7 @@ def ws(port: int, connections: int, duration: float, size: int) -> None:
     with asyncio.Runner(loop_factory=_loop_factory()) as runner:
         if measure is not None:
             result = runner.run(measure(url, connections, size, duration))
-            result["client"] = "ws_bench sans-I/O"
+            result["client"] = "ws_bench raw"
         else:
             result = runner.run(ws_echo(port, connections, duration, size))
             result["client"] = "websockets asyncio"

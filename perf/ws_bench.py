@@ -8,18 +8,25 @@ perf/apps.py's `/ws`). `--compare` starts fastserve and uvicorn (`--ws websocket
 on free ports on 127.0.0.1, the server pinned to CPU 0 and this client to CPU 1 when there are
 two CPUs, and prints one table; each server is stopped at the end whatever happens.
 
-The client is the websockets library's sans-I/O `ClientProtocol` on a bare asyncio protocol: the
-library frames and masks, but there is no reader task, assembler or keepalive per connection, so
-one client core drives more load than a server core can answer and the server is what is
-measured. Each connection does strict round trips (send, wait for the echo), counted until the
-deadline; permessage-deflate is off unless `--deflate`.
+The client is a bare asyncio protocol that speaks the protocol from bytes made once: the
+handshake request, one masked binary frame, and the exact frame the echo must come back as. Each
+echo is compared with that frame byte for byte (a memcmp: a fast wrong answer counts as an
+error, not a message), so a client core costs ~3x less per message than a server core and the
+server is what is measured. The websockets library's sans-I/O `ClientProtocol` (`--client
+sansio`, and always with `--deflate`) costs as much per message as a server does, so it capped
+both servers near 52,000 msg/s on this machine, the faster one idling half its time (session 11).
+The raw client's one deviation from RFC 6455: its mask key is chosen once per connection, not
+per frame; the server unmasks every frame alike either way. Each connection does strict round
+trips (send, wait for the echo), counted until the deadline.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import contextlib
+import hashlib
 import os
 import re
 import shutil
@@ -74,9 +81,37 @@ async def app(
 # -- the client --------------------------------------------------------------------------------
 
 
-class EchoClient(asyncio.Protocol):
-    """One connection: handshake, then keep `window` messages in flight (1: strict round
-    trips) until the deadline, then close once every echo is back."""
+class EchoLoop(asyncio.Protocol):
+    """What both clients share: `window` messages in flight (1: strict round trips) until the
+    deadline, the counts, and the future that ends the connection's run."""
+
+    transport: asyncio.Transport
+
+    def __init__(self, deadline: float, window: int) -> None:
+        self.deadline = deadline
+        self.window = window
+        self.in_flight = 0
+        self.count = 0
+        self.received = 0
+        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def finish(self, exc: BaseException | None) -> None:
+        if not self.done.done():
+            if exc is None:
+                self.done.set_result(None)
+            else:
+                self.done.set_exception(exc)
+        if hasattr(self, "transport"):
+            self.transport.close()
+
+
+class EchoClient(EchoLoop):
+    """The websockets library's sans-I/O ClientProtocol on a bare asyncio protocol: the library
+    frames, masks and parses (and deflates with `deflate`)."""
 
     def __init__(
         self, url: str, payload: bytes, deadline: float, deflate: bool, window: int
@@ -85,24 +120,17 @@ class EchoClient(asyncio.Protocol):
         from websockets.extensions.permessage_deflate import ClientPerMessageDeflateFactory
         from websockets.uri import parse_uri
 
+        super().__init__(deadline, window)
         extensions = [ClientPerMessageDeflateFactory()] if deflate else None
         self.ws = ClientProtocol(parse_uri(url), extensions=extensions, max_size=None)
         self.payload = payload
-        self.deadline = deadline
-        self.window = window
-        self.in_flight = 0
-        self.count = 0
-        self.received = 0
-        self.transport: asyncio.Transport | None = None
-        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+        super().connection_made(transport)
         self.ws.send_request(self.ws.connect())
         self.flush()
 
     def flush(self) -> None:
-        assert self.transport is not None
         for data in self.ws.data_to_send():
             if data:
                 self.transport.write(data)
@@ -137,38 +165,135 @@ class EchoClient(asyncio.Protocol):
             self.ws.send_close(1000)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if exc is None and time.monotonic() < self.deadline:
+            exc = ConnectionError("connection closed early")
         self.finish(exc)
 
-    def finish(self, exc: BaseException | None) -> None:
-        if not self.done.done():
-            if exc is None and time.monotonic() < self.deadline:
-                exc = ConnectionError("connection closed early")
-            if exc is None:
-                self.done.set_result(None)
-            else:
-                self.done.set_exception(exc)
-        if self.transport is not None:
-            self.transport.close()
+
+GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"  # RFC 6455 section 1.3
+
+
+def frame_header(opcode: int, length: int, masked: bool) -> bytes:
+    """A final frame's header (RFC 6455 section 5.2), without the mask key."""
+    bit = 0x80 if masked else 0
+    if length < 126:
+        return bytes((0x80 | opcode, bit | length))
+    if length < 1 << 16:
+        return bytes((0x80 | opcode, bit | 126)) + length.to_bytes(2, "big")
+    return bytes((0x80 | opcode, bit | 127)) + length.to_bytes(8, "big")
+
+
+def masked_frame(opcode: int, payload: bytes, key: bytes) -> bytes:
+    """A client's frame: header, mask key, payload XORed with the key."""
+    repeated = (key * (len(payload) // 4 + 1))[: len(payload)]
+    body = (int.from_bytes(payload, "big") ^ int.from_bytes(repeated, "big")).to_bytes(
+        len(payload), "big"
+    )
+    return frame_header(opcode, len(payload), True) + key + body
+
+
+class RawEchoClient(EchoLoop):
+    """One connection over bytes made once: the handshake, then `window` copies of one masked
+    binary frame in flight, each echo checked against the frame it must be, until the deadline;
+    then a Close, and the connection ends when the server closes too."""
+
+    def __init__(self, url: str, payload: bytes, deadline: float, window: int) -> None:
+        super().__init__(deadline, window)
+        parts = urlsplit(url)
+        key = base64.b64encode(os.urandom(16))
+        self.request = (
+            f"GET {parts.path or '/'} HTTP/1.1\r\nHost: {parts.netloc}\r\n"
+            "Upgrade: websocket\r\nConnection: Upgrade\r\n"
+            f"Sec-WebSocket-Key: {key.decode()}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        ).encode()
+        self.accept = base64.b64encode(hashlib.sha1(key + GUID).digest())
+        mask = os.urandom(4)
+        self.frame = masked_frame(0x2, payload, mask)
+        self.echo = frame_header(0x2, len(payload), False) + payload
+        self.close_frame = masked_frame(0x8, (1000).to_bytes(2, "big"), mask)
+        self.buffer = bytearray()
+        self.opened = False
+        self.closing = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self.transport.write(self.request)
+
+    def data_received(self, data: bytes) -> None:
+        buffer = self.buffer
+        buffer += data
+        if not self.opened:
+            end = buffer.find(b"\r\n\r\n")
+            if end < 0:
+                return
+            head = bytes(buffer[:end])
+            del buffer[: end + 4]
+            if not head.startswith(b"HTTP/1.1 101 ") or self.accept not in head:
+                self.finish(RuntimeError(f"handshake answered {head[:40]!r}"))
+                return
+            self.opened = True
+            for _ in range(self.window):
+                self.send_next()
+        if self.closing:
+            if buffer[:1] == b"\x88":
+                self.transport.close()
+            return
+        echo = self.echo
+        size = len(echo)
+        while len(buffer) >= size:
+            if not buffer.startswith(echo):
+                self.finish(RuntimeError(f"wrong echo: {bytes(buffer[:16])!r}..."))
+                return
+            del buffer[:size]
+            self.count += 1
+            self.received += size
+            self.in_flight -= 1
+            self.send_next()
+
+    def send_next(self) -> None:
+        if time.monotonic() < self.deadline:
+            self.transport.write(self.frame)
+            self.in_flight += 1
+        elif self.in_flight == 0 and not self.closing:
+            self.closing = True
+            self.transport.write(self.close_frame)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if exc is None and not self.closing:
+            exc = ConnectionError("connection closed early")
+        self.finish(exc)
 
 
 async def measure(
-    url: str, connections: int, size: int, duration: float, deflate: bool = False, window: int = 1
+    url: str,
+    connections: int,
+    size: int,
+    duration: float,
+    deflate: bool = False,
+    window: int = 1,
+    client: str = "raw",
 ) -> dict[str, Any]:
-    """Run `connections` echo loops for `duration` seconds; messages/s and errors."""
+    """Run `connections` echo loops for `duration` seconds; messages/s and errors. `client`:
+    "raw" (bytes made once, each echo checked) or "sansio" (the websockets library's
+    ClientProtocol, which deflate always uses)."""
     loop = asyncio.get_running_loop()
     parts = urlsplit(url)
     host, port = parts.hostname or "127.0.0.1", parts.port or 80
     payload = os.urandom(size)
     deadline = time.monotonic() + duration
-    clients: list[EchoClient] = []
+    clients: list[EchoLoop] = []
     errors: list[str] = []
 
     async def one() -> None:
-        client = EchoClient(url, payload, deadline, deflate, window)
-        clients.append(client)
+        conn: EchoLoop
+        if client == "raw" and not deflate:
+            conn = RawEchoClient(url, payload, deadline, window)
+        else:
+            conn = EchoClient(url, payload, deadline, deflate, window)
+        clients.append(conn)
         try:
-            await loop.create_connection(lambda: client, host, port)
-            await asyncio.wait_for(client.done, duration + 15)
+            await loop.create_connection(lambda: conn, host, port)
+            await asyncio.wait_for(conn.done, duration + 15)
         except Exception as exc:  # reported, not raised: one failure must not hide the rest
             errors.append(f"{type(exc).__name__}: {exc}")
 
@@ -187,7 +312,7 @@ async def measure(
 
 
 def run_client(
-    url: str, connections: int, size: int, duration: float, deflate: bool, window: int
+    url: str, connections: int, size: int, duration: float, deflate: bool, window: int, client: str
 ) -> Any:
     try:
         import uvloop
@@ -196,7 +321,7 @@ def run_client(
     except ImportError:
         runner = asyncio.Runner()
     with runner:
-        return runner.run(measure(url, connections, size, duration, deflate, window))
+        return runner.run(measure(url, connections, size, duration, deflate, window, client))
 
 
 # -- --compare: start the servers ---------------------------------------------------------------
@@ -272,7 +397,7 @@ def cpu_seconds(pid: int) -> float:
 def one_run(args: argparse.Namespace, port: int, pid: int, size: int) -> tuple[float, float]:
     """(messages/s, server CPU µs per message) of one client run in a subprocess on CPU 1."""
     options = {"connections": args.connections, "size": size, "duration": args.duration,
-               "window": args.window}  # fmt: skip
+               "window": args.window, "client": args.client}  # fmt: skip
     argv = [*pin(1), sys.executable, __file__, "--url", f"ws://127.0.0.1:{port}/"]
     for name, value in options.items():
         argv += [f"--{name}", str(value)]
@@ -333,6 +458,9 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per run")
     parser.add_argument("--deflate", action="store_true", help="negotiate permessage-deflate")
     parser.add_argument("--window", type=int, default=1, help="messages in flight per conn")
+    parser.add_argument(
+        "--client", choices=["raw", "sansio"], default="raw", help="the client (see above)"
+    )
     parser.add_argument("--rounds", type=int, default=3, help="--compare: interleaved rounds")
     args = parser.parse_args()
     if args.compare:
@@ -341,7 +469,13 @@ def main() -> None:
     if not args.url:
         parser.error("--url or --compare is required")
     result = run_client(
-        args.url, args.connections, args.size, args.duration, args.deflate, args.window
+        args.url,
+        args.connections,
+        args.size,
+        args.duration,
+        args.deflate,
+        args.window,
+        args.client,
     )
     print(" ".join(f"{k}={v}" for k, v in result.items()))
 

@@ -864,3 +864,36 @@ def test_h2load_smoke_against_fastserve(tmp_path: Path) -> None:
     assert result.done > 0 and not result.failed, result
     assert result.body_ok and 0 < result.latency_us["p50"] <= result.latency_us["p99"]
     assert not (tmp_path / "h2load.tsv").exists()  # read, then removed
+
+
+async def _echo_altered(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """A WebSocket echo that answers each message with its first byte changed."""
+    assert scope["type"] == "websocket"
+    await receive()
+    await send({"type": "websocket.accept"})
+    while (message := await receive())["type"] == "websocket.receive":
+        data = message["bytes"]
+        await send({"type": "websocket.send", "bytes": bytes([data[0] ^ 1]) + data[1:]})
+
+
+@pytest.mark.parametrize("size", [32, 200, 70_000])
+def test_ws_bench_raw_client_counts_right_echoes_and_refuses_wrong_ones(size: int) -> None:
+    """ws_bench.py's raw client (bytes made once) completes the handshake, counts every echo
+    of each frame-length form (7-bit, 16-bit, 64-bit) and closes cleanly; an echo with one
+    byte changed is an error, never a counted message. The library client still runs too."""
+    from perf import ws_bench
+
+    def measure(url: str, client: str = "raw") -> dict[str, Any]:
+        result: dict[str, Any] = asyncio.run(ws_bench.measure(url, 3, size, 0.3, client=client))
+        return result
+
+    with run_server(ws_bench.app) as srv:
+        right = measure(srv.url.replace("http://", "ws://") + "/")
+        library = measure(srv.url.replace("http://", "ws://") + "/", "sansio")
+    with run_server(_echo_altered) as srv:
+        wrong = measure(srv.url.replace("http://", "ws://") + "/")
+    assert right["errors"] == 0, right["first_error"]
+    assert right["messages"] > 3
+    assert library["errors"] == 0 and library["messages"] > 3, library["first_error"]
+    assert wrong["messages"] == 0 and wrong["errors"] == 3
+    assert "wrong echo" in wrong["first_error"]
