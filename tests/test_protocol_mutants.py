@@ -47,6 +47,7 @@ from tests.apps.ws_apps import (
     deny_app,
     echo_app,
     frame_bytes,
+    recorder,
     slow_reader,
 )
 from tests.conftest import RunningServer, run_server
@@ -64,7 +65,7 @@ from tests.helpers import (
     wait_until,
 )
 from tests.test_proxy import where_app
-from tests.test_websocket_fragments import Peer, recorder
+from tests.test_websocket_fragments import Peer
 
 # -- the PROXY header, parsed (proxy_protocol.py) ------------------------------------------------
 

@@ -18,8 +18,8 @@ from websockets.frames import Close, CloseCode, Frame, Opcode
 from websockets.http11 import Response
 from websockets.uri import parse_uri
 
-from tests.apps.core_apps import App, Probe, Receive, Scope, Send
-from tests.apps.ws_apps import frame_bytes
+from tests.apps.core_apps import Probe
+from tests.apps.ws_apps import frame_bytes, recorder
 from tests.helpers import Serve
 
 TEXT, BINARY, CONT, PING, PONG, CLOSE = (
@@ -30,21 +30,6 @@ TEXT, BINARY, CONT, PING, PONG, CLOSE = (
     Opcode.PONG,
     Opcode.CLOSE,
 )
-
-
-def recorder(probe: Probe) -> App:
-    """Accept, then report every event receive() gives, up to and including the disconnect."""
-
-    async def app(scope: Scope, receive: Receive, send: Send) -> None:
-        await receive()
-        await send({"type": "websocket.accept"})
-        while True:
-            message = await receive()
-            probe.put(message)
-            if message["type"] == "websocket.disconnect":
-                return
-
-    return app
 
 
 class Peer:

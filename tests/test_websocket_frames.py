@@ -17,8 +17,8 @@ import pytest
 from websockets.frames import Frame, Opcode
 
 from fastserve.protocols.websocket import frame_head
-from tests.apps.core_apps import App, Receive, Scope, Send
-from tests.apps.ws_apps import RawWS, echo_app, frame_bytes
+from tests.apps.core_apps import Probe
+from tests.apps.ws_apps import RawWS, echo_app, events_to_disconnect, frame_bytes, recorder
 from tests.helpers import Serve, wait_until
 
 
@@ -102,8 +102,8 @@ def test_a_frame_in_pieces_is_kept_until_whole(serve: Serve, size: int, opcode: 
 
 def test_invalid_utf8_in_a_frame_read_in_pieces_closes_1007(serve: Serve) -> None:
     frame = frame_bytes(Opcode.TEXT, b"a" * 40_000 + b"\xff")
-    got: list[dict[str, Any]] = []
-    with serve(recorder(got)) as srv, RawWS(srv.port) as raw:
+    probe = Probe()
+    with serve(recorder(probe)) as srv, RawWS(srv.port) as raw:
         raw.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         ws = server_side(srv)
         raw.sock.sendall(frame[:20_000])
@@ -111,7 +111,7 @@ def test_invalid_utf8_in_a_frame_read_in_pieces_closes_1007(serve: Serve) -> Non
         raw.sock.sendall(frame[20_000:] + frame_bytes(Opcode.TEXT, b"never"))
         assert raw.recv_close()[0] == 1007
         assert raw.at_eof()
-        wait_until(lambda: bool(got) and got[-1]["type"] == "websocket.disconnect", "the end")
+        got = events_to_disconnect(probe)
     assert [m["type"] for m in got] == ["websocket.disconnect"]
 
 
@@ -166,21 +166,6 @@ def test_a_reserved_bit_without_an_extension_closes_1002(serve: Serve) -> None:
         assert raw.at_eof()
 
 
-def recorder(got: list[dict[str, Any]]) -> App:
-    """Accept, then keep every message received, the disconnect included."""
-
-    async def app(scope: Scope, receive: Receive, send: Send) -> None:
-        assert (await receive())["type"] == "websocket.connect"
-        await send({"type": "websocket.accept"})
-        while True:
-            message = await receive()
-            got.append(message)
-            if message["type"] == "websocket.disconnect":
-                return
-
-    return app
-
-
 def test_invalid_utf8_after_a_good_message_in_one_read_closes_1007(serve: Serve) -> None:
     """The message before is delivered; the one after the bad frame is not (§7.1.7)."""
     burst = b"".join(
@@ -190,12 +175,12 @@ def test_invalid_utf8_after_a_good_message_in_one_read_closes_1007(serve: Serve)
             frame_bytes(Opcode.BINARY, b"never"),
         ]
     )
-    got: list[dict[str, Any]] = []
-    with serve(recorder(got)) as srv, RawWS(srv.port) as raw:
+    probe = Probe()
+    with serve(recorder(probe)) as srv, RawWS(srv.port) as raw:
         raw.sock.sendall(burst)
         assert raw.recv_close()[0] == 1007
         assert raw.at_eof()
-        wait_until(lambda: bool(got) and got[-1]["type"] == "websocket.disconnect", "the end")
+        got = events_to_disconnect(probe)
     assert [m.get("text") for m in got[:-1]] == ["ok"]
     assert got[-1]["code"] == 1007
 
@@ -219,12 +204,12 @@ def test_nothing_after_a_close_in_the_same_read_reaches_the_app(serve: Serve) ->
             frame_bytes(Opcode.TEXT, b"after"),
         ]
     )
-    got: list[dict[str, Any]] = []
-    with serve(recorder(got)) as srv, RawWS(srv.port) as raw:
+    probe = Probe()
+    with serve(recorder(probe)) as srv, RawWS(srv.port) as raw:
         raw.sock.sendall(burst)
         assert raw.recv_close()[0] == 1000
         assert raw.at_eof()
-        wait_until(lambda: bool(got) and got[-1]["type"] == "websocket.disconnect", "the end")
+        got = events_to_disconnect(probe)
     assert [m.get("text") for m in got[:-1]] == ["a"]
     assert got[-1]["code"] == 1000
 
@@ -233,12 +218,12 @@ def test_a_whole_message_inside_a_fragmented_one_closes_1002(serve: Serve) -> No
     """A new text frame where a continuation was due (RFC 6455 §5.4), in the same read: the
     library's verdict, not a message."""
     burst = frame_bytes(Opcode.TEXT, b"start", fin=False) + frame_bytes(Opcode.TEXT, b"whole")
-    got: list[dict[str, Any]] = []
-    with serve(recorder(got)) as srv, RawWS(srv.port) as raw:
+    probe = Probe()
+    with serve(recorder(probe)) as srv, RawWS(srv.port) as raw:
         raw.sock.sendall(burst)
         assert raw.recv_close()[0] == 1002
         assert raw.at_eof()
-        wait_until(lambda: bool(got) and got[-1]["type"] == "websocket.disconnect", "the end")
+        got = events_to_disconnect(probe)
     assert [m["type"] for m in got] == ["websocket.disconnect"]
 
 

@@ -349,3 +349,27 @@ def unmasked_frame(opcode: int, payload: bytes) -> bytes:
 
 def close_payload(code: int, reason: str = "") -> bytes:
     return struct.pack("!H", code) + reason.encode()
+
+
+def recorder(probe: Probe) -> App:
+    """Accept, then report every event receive() gives, up to and including the disconnect."""
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        await receive()
+        await send({"type": "websocket.accept"})
+        while True:
+            message = await receive()
+            probe.put(message)
+            if message["type"] == "websocket.disconnect":
+                return
+
+    return app
+
+
+def events_to_disconnect(probe: Probe) -> list[dict[str, Any]]:
+    """What a `recorder` app reported, up to its disconnect; a silent app fails (the probe's
+    get() times out), it never ends the list early."""
+    got: list[dict[str, Any]] = []
+    while not got or got[-1]["type"] != "websocket.disconnect":
+        got.append(probe.get())
+    return got
