@@ -388,7 +388,7 @@ class WebSocketProtocol(FlowControl, Channel):
     def keep(self, data: bytes, pos: int, need: int, start: int = 0) -> None:
         """A frame (or its header) not whole yet: its bytes wait for `need - pos` of them
         (`start`: where its payload starts, once the header was read)."""
-        self.rx = bytearray(data[pos:])
+        self.rx = bytearray(memoryview(data)[pos:]) if pos else bytearray(data)  # one copy
         self.rx_need = need - pos
         self.rx_start = start - pos if start else 0
 
