@@ -88,6 +88,29 @@ def cpu_table(results: dict[str, Any]) -> list[str]:
     return lines if len(lines) > 2 else []
 
 
+def client_table(results: dict[str, Any]) -> list[str]:
+    """The load generator's median CPU share of its core, per scenario and server; `*` where
+    it was 0.9 or more (the client set the pace: req/s ratios there understate the servers')."""
+    names = server_order(results)
+    lines = [
+        _row(["client CPU (share of its core)", *names]),
+        _row(["---"] + ["---:"] * len(names)),
+    ]
+    seen = False
+    for scenario in _interleaved(results):
+        cells = [scenario["title"]]
+        for name in names:
+            entry = scenario["servers"].get(name)
+            share = entry.get("median", {}).get("client_cpu") if entry else None
+            if share is None:
+                cells.append("")
+                continue
+            seen = True
+            cells.append(f"{share:.2f}{' *' if share >= 0.9 else ''}")
+        lines.append(_row(cells))
+    return lines if seen else []
+
+
 def soak_table(results: dict[str, Any]) -> list[str]:
     """RSS at the two request counts of each soak scenario, and the growth between them."""
     lines = [_row(["soak", "server", "RSS 1 (MiB)", "RSS 2 (MiB)", "growth", "KiB per 1M"])]
@@ -322,6 +345,9 @@ def render(results: dict[str, Any], goals: list[Goal]) -> str:
     cpu = cpu_table(results)
     if cpu:
         out += [*cpu, ""]
+    client = client_table(results)
+    if client:
+        out += [*client, ""]
     before_after = before_after_table(results)
     if before_after:
         out += [*before_after, ""]

@@ -13,6 +13,7 @@ Memory scenarios (`memory.py`) run one server at a time.
 from __future__ import annotations
 
 import json
+import resource
 import subprocess
 import time
 from collections.abc import Callable
@@ -229,6 +230,7 @@ def measure_wrk(scenario: Scenario, server: Running, duration: float) -> dict[st
     """One wrk run; any socket error, bad status or dead server flags the round."""
     lines_before = server.log_lines() if server.spec.access_log else 0
     cpu_before = server.cpu_seconds()
+    client_before = client_cpu_seconds()
     try:
         result = wrk.run(
             server.url + scenario.path,
@@ -245,6 +247,7 @@ def measure_wrk(scenario: Scenario, server: Running, duration: float) -> dict[st
         return {"flagged": True, "error": str(exc)}
     out: dict[str, Any] = result.as_dict()
     add_cpu(out, server.cpu_seconds() - cpu_before, result.requests)
+    add_client_cpu(out, client_before, result.duration_s)
     out["flagged"] = result.failed or server.proc.poll() is not None
     if server.spec.access_log:
         # The access log must really be written: count the lines this round added.
@@ -256,6 +259,7 @@ def measure_h2load(scenario: Scenario, server: Running, duration: float) -> dict
     """One h2load run; failed/errored/timed-out requests, non-2xx answers, the wrong protocol
     (an HTTP/1.1 fallback) or body bytes that do not add up flag the round."""
     cpu_before = server.cpu_seconds()
+    client_before = client_cpu_seconds()
     try:
         result = h2load.run(
             server.url + scenario.path,
@@ -271,6 +275,7 @@ def measure_h2load(scenario: Scenario, server: Running, duration: float) -> dict
         return {"flagged": True, "error": str(exc)}
     out: dict[str, Any] = result.as_dict()
     add_cpu(out, server.cpu_seconds() - cpu_before, result.done)
+    add_client_cpu(out, client_before, duration)
     out["flagged"] = result.failed or server.proc.poll() is not None
     return out
 
@@ -294,11 +299,13 @@ def measure_ws(
         str(scenario.body_size),
     ]
     cpu_before = server.cpu_seconds()
+    client_before = client_cpu_seconds()
     result = run_client(argv, timeout=duration + 60)
     if "error" in result:
         return {"flagged": True, **result}
     cpu: dict[str, Any] = {}
     add_cpu(cpu, server.cpu_seconds() - cpu_before, int(result["messages"]))
+    add_client_cpu(cpu, client_before, float(result["seconds"]))
     return {
         **cpu,
         "rps": result["mps"],
@@ -314,6 +321,22 @@ def add_cpu(out: dict[str, Any], cpu_s: float, count: int) -> None:
     a neighbour that steals CPU 0 lowers req/s, but not the CPU each request costs."""
     out["cpu_s"] = round(cpu_s, 3)
     out["cpu_us"] = round(cpu_s / count * 1e6, 2) if count else None
+
+
+def client_cpu_seconds() -> float:
+    """CPU time (user + system) of this process's children that have ended and been waited
+    for: read before and after a load generator's run, the difference is that run's."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def add_client_cpu(out: dict[str, Any], before: float, seconds: float) -> None:
+    """The load generator's CPU over its run, as a share of its one core (`client_cpu`).
+    Near 1.0 the client, not the server, set the pace, and the req/s ratios between servers
+    shrink toward 1; the server CPU per request still compares them. (A Python client's
+    share includes its start-up, ~0.1 s.)"""
+    if seconds > 0:
+        out["client_cpu"] = round((client_cpu_seconds() - before) / seconds, 3)
 
 
 def run_client(argv: list[str], timeout: float) -> dict[str, Any]:

@@ -16,6 +16,7 @@ import sys
 import time
 from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -897,3 +898,35 @@ def test_ws_bench_raw_client_counts_right_echoes_and_refuses_wrong_ones(size: in
     assert library["errors"] == 0 and library["messages"] > 3, library["first_error"]
     assert wrong["messages"] == 0 and wrong["errors"] == 3
     assert "wrong echo" in wrong["first_error"]
+
+
+def test_client_cpu_share_is_summarized_and_marked_where_the_client_set_the_pace() -> None:
+    rounds = {
+        "fastserve": [{**wrk_round(30000, 5.0), "client_cpu": c} for c in (0.97, 0.95, 0.99)],
+        "uvicorn": [{**wrk_round(10000, 9.0), "client_cpu": c} for c in (0.41, 0.40, 0.45)],
+        "granian": [wrk_round(20000, 6.0) for _ in range(3)],  # a run without the figure
+    }
+    results = {"scenarios": {"plaintext": scenario("plaintext, 100 conns", rounds)}}
+    row = table_cells(report.client_table(results))[0]
+    assert (row["fastserve"], row["uvicorn"], row["granian"]) == ("0.97 *", "0.41", "")
+    assert "client CPU" in report.render(results, [])
+    no_figures = {"plaintext": scenario("plaintext", {"uvicorn": [wrk_round(1, 1.0)]})}
+    assert report.client_table({"scenarios": no_figures}) == []
+
+
+@pytest.mark.skipif(wrk.wrk_path() is None, reason="Debian's wrk is not installed")
+def test_a_wrk_round_carries_the_clients_cpu_share(monkeypatch: pytest.MonkeyPatch) -> None:
+    """scenarios.measure_wrk reads wrk's own CPU (its ended child) beside the server's: a
+    1 s run against a real fastserve busies the client a measurable, bounded share."""
+    plaintext = next(s for s in scenarios.SCENARIOS if s.key == "plaintext")
+    monkeypatch.setattr(scenarios, "CLIENT_CPU", None)  # not pinned: any CPU will do
+    with run_server(apps.app, loop="uvloop") as srv:
+        server = SimpleNamespace(  # what measure_wrk reads of a harness server (Running)
+            url=srv.url,
+            spec=SimpleNamespace(access_log=False),
+            proc=SimpleNamespace(poll=lambda: None),
+            cpu_seconds=time.process_time,  # this process: the server runs in a thread
+        )
+        out = scenarios.measure_wrk(replace(plaintext, connections=4), server, 1.0)  # type: ignore[arg-type]
+    assert not out["flagged"], out
+    assert 0.01 < out["client_cpu"] <= 1.5
