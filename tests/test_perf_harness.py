@@ -20,6 +20,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+import uvloop
 
 from perf import (
     apps,
@@ -885,7 +886,8 @@ def test_ws_bench_raw_client_counts_right_echoes_and_refuses_wrong_ones(size: in
     from perf import ws_bench
 
     def measure(url: str, client: str = "raw") -> dict[str, Any]:
-        result: dict[str, Any] = asyncio.run(ws_bench.measure(url, 3, size, 0.3, client=client))
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:  # as run_client
+            result: dict[str, Any] = runner.run(ws_bench.measure(url, 3, size, 0.3, client=client))
         return result
 
     with run_server(ws_bench.app) as srv:
