@@ -96,8 +96,7 @@ class EchoLoop(asyncio.Protocol):
         self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = cast(asyncio.Transport, transport)  # (uvloop's: not a subclass)
 
     def finish(self, exc: BaseException | None) -> None:
         if not self.done.done():
