@@ -57,7 +57,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--servers",
         default=",".join((*scenarios.PEERS, "lean")),
         help="comma-separated; a name selects its variants too (fastserve: fastserve-nogc, "
-        "fastserve+log; uvicorn: uvicorn-zttp, uvicorn+log)",
+        "fastserve+log; uvicorn: uvicorn-zttp, uvicorn+log); =name selects that one alone",
     )
     p.add_argument(
         "--baseline",
@@ -170,8 +170,10 @@ def meta(env: venv.BenchEnv, cfg: RunConfig, quick: bool, stamp: str) -> dict[st
 
 
 def selected(wanted: tuple[str, ...], names: list[str]) -> list[str]:
-    """The servers of `wanted` that `--servers` asked for, by name or by family."""
-    return [n for n in wanted if n in names or servers.family(n) in names]
+    """The servers of `wanted` that `--servers` asked for, by name or by family; a name
+    written `=name` selects that server alone, not its variants."""
+    exact = {n[1:] for n in names if n.startswith("=")}
+    return [n for n in wanted if n in exact or n in names or servers.family(n) in names]
 
 
 def with_baseline(names: list[str], baseline: str | None) -> list[str]:

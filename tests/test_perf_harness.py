@@ -270,6 +270,8 @@ def test_servers_are_selected_by_family_and_the_baseline_runs_beside_fastserve()
     assert base.argv(env, 1)[0] == "/nonexistent/bin/fastserve"
     only_uvicorn = bench.Bench(env, scenarios.RunConfig(), ["uvicorn"], Path("/tmp"), base)
     assert only_uvicorn.available(scenarios.PLAINTEXT_SERVERS) == ["uvicorn"]
+    exact = bench.Bench(env, scenarios.RunConfig(), ["=fastserve", "uvicorn"], Path("/tmp"))
+    assert exact.available(scenarios.PLAINTEXT_SERVERS) == ["fastserve", "uvicorn"]
 
 
 def test_instruction_count_arithmetic_and_callgrind_totals(tmp_path: Path) -> None:
