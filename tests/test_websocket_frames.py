@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from websockets.frames import Frame, Opcode
 
-from fastserve.protocols.websocket import frame_head
+from fastserve.protocols.websocket import VIEW_SIZE, frame_head
 from tests.apps.core_apps import Probe
 from tests.apps.ws_apps import RawWS, echo_app, events_to_disconnect, frame_bytes, recorder
 from tests.helpers import Serve, wait_until
@@ -98,6 +98,20 @@ def test_a_frame_in_pieces_is_kept_until_whole(serve: Serve, size: int, opcode: 
         assert raw.recv_frame() == (opcode, True, payload)
         assert raw.recv_frame() == (Opcode.BINARY, True, b"next")
         assert len(ws.rx) == 0
+
+
+def test_payloads_on_both_sides_of_the_view_size_in_one_read(serve: Serve) -> None:
+    """Payloads from VIEW_SIZE on are unmasked from a view of the read, shorter ones from a
+    slice: text and binary, just under, at and well over it, each echoed byte for byte."""
+    sizes = (VIEW_SIZE - 1, VIEW_SIZE, 3 * VIEW_SIZE + 5)
+    texts = [("é" * size)[: size // 2].encode()[:size] for size in sizes]
+    blobs = [bytes(range(256)) * (size // 256) + bytes(size % 256) for size in sizes]
+    frames = [(Opcode.TEXT, t) for t in texts] + [(Opcode.BINARY, b) for b in blobs]
+    with serve(echo_app()) as srv, RawWS(srv.port) as raw:
+        raw.sock.sendall(b"".join(frame_bytes(opcode, data) for opcode, data in frames))
+        got = [raw.recv_frame() for _ in frames]
+    assert [(opcode, payload) for opcode, _, payload in got] == frames
+    assert [len(b) for b in blobs] == list(sizes)
 
 
 def test_invalid_utf8_in_a_frame_read_in_pieces_closes_1007(serve: Serve) -> None:

@@ -369,12 +369,15 @@ class WebSocketProtocol(FlowControl, Channel):
                 self.keep(data, pos, stop, start)
                 return
             opcode = head & 0x0F
-            if head & 0x80 and opcode == 2:
-                payload = apply_mask(data[start:stop], data[start - 4 : start])
-                messages.append({"type": "websocket.receive", "bytes": payload})
-            elif head & 0x80 and opcode == 1:
-                payload = apply_mask(data[start:stop], data[start - 4 : start])
-                if not self.deliver(False, payload):
+            if head & 0x80 and (opcode == 2 or opcode == 1):
+                mask = data[start - 4 : start]
+                if length < VIEW_SIZE:
+                    payload = apply_mask(data[start:stop], mask)
+                else:  # unmasked from the read itself: a slice would copy it first
+                    payload = apply_mask(memoryview(data)[start:stop], mask)
+                if opcode == 2:
+                    messages.append({"type": "websocket.receive", "bytes": payload})
+                elif not self.deliver(False, payload):
                     return  # what follows is discarded (§7.1.7)
             else:
                 ws.receive_data(data[pos:stop])
@@ -859,6 +862,9 @@ class WebSocketProtocol(FlowControl, Channel):
             access.log_websocket(self.http_scope, status, sent, self.start_time, monotonic())
 
 
+# A received payload from this size on is unmasked from a view of the read, not a slice of it
+# (a slice copies; a view costs two small objects).
+VIEW_SIZE: Final = 2048
 # A payload from this size on is written beside its header (one writev), not joined to it.
 VECTORED_SIZE: Final = 16 * 1024
 # The headers of final, unmasked text and binary frames with a payload under 126 bytes.
