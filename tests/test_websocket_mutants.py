@@ -1,13 +1,16 @@
 """Tests written for the surviving mutants of server/protocols/websocket.py (issue 16), second
 pass: the functions the first pass never reached (`start`, `__init__`, `websocket_scope`,
-`set_disconnect`, `receive`, `connection_lost`, `app_done`, `run`, `wake`). Each test names
-the behaviour it pins; docs/testing.md lists which mutant each one kills."""
+`set_disconnect`, `receive`, `connection_lost`, `app_done`, `run`, `wake`); third pass (session
+11): the server's own frame reader (`read_frames`, `read_kept`, `keep`, `deliver`). Each test
+names the behaviour it pins; docs/testing.md lists which mutant each one kills."""
 
 from __future__ import annotations
 
 import logging
 import socket
 import struct
+import tracemalloc
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +18,7 @@ import pytest
 from websockets.frames import Opcode
 
 from tests.apps.core_apps import Probe
-from tests.apps.ws_apps import RawWS, frame_bytes, ws_connect
+from tests.apps.ws_apps import RawWS, echo_app, frame_bytes, ws_connect
 from tests.helpers import (
     Serve,
     abort,
@@ -29,6 +32,7 @@ from tests.helpers import (
     wait_until,
 )
 from tests.test_protocol_mutants import http_answer
+from tests.test_websocket_frames import holds, server_side
 
 DISCONNECT = {"type": "websocket.disconnect"}
 
@@ -402,3 +406,151 @@ def test_an_http_1_0_handshake_is_refused_with_a_505(serve: Serve) -> None:
     assert data.startswith(b"HTTP/1.1 505 HTTP Version Not Supported\r\n")
     assert data.endswith(b"unsupported HTTP version: HTTP/1.0.\n")
     assert probe.events.empty()  # the app never ran
+
+
+# -- session 11: the server's own frame reader (read_frames, read_kept, keep, deliver) ---------
+
+
+def test_frames_read_in_pieces_keep_their_kind(serve: Serve) -> None:
+    """Each frame's header and mask in one read, its payload in the next (read_kept: a frame
+    kept until whole): a ping is answered with its pong, not delivered; text of two bytes and
+    binary of one stay text and binary (the opcode is the first byte's, not the length
+    byte's); a close is echoed."""
+    frames = [
+        (Opcode.PING, b"p" * 20, Opcode.PONG),
+        (Opcode.TEXT, b"ab", Opcode.TEXT),
+        (Opcode.BINARY, b"x", Opcode.BINARY),
+        (Opcode.BINARY, b"yz", Opcode.BINARY),
+        (Opcode.TEXT, b"t", Opcode.TEXT),
+    ]
+    with serve(echo_app()) as srv, RawWS(srv.port) as raw:
+        raw.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        ws = server_side(srv)
+        for opcode, payload, answer in frames:
+            frame = frame_bytes(opcode, payload)
+            raw.sock.sendall(frame[:6])  # 2 header bytes and the mask
+            wait_until(partial(holds, ws, 6), "the server to hold the header")
+            raw.sock.sendall(frame[6:])
+            assert raw.recv_frame() == (answer, True, payload)
+        close = frame_bytes(Opcode.CLOSE, struct.pack("!H", 1000))
+        raw.sock.sendall(close[:6])
+        wait_until(partial(holds, ws, 6), "the server to hold the close's header")
+        raw.sock.sendall(close[6:])
+        assert raw.recv_frame() == (Opcode.CLOSE, True, struct.pack("!H", 1000))
+        assert raw.at_eof()
+
+
+@pytest.mark.parametrize(
+    "header",
+    [bytes([0x81, 0x05]), bytes([0x83, 0x85])],  # unmasked; reserved opcode 3
+    ids=["unmasked", "reserved-opcode"],
+)
+def test_a_bad_header_sent_one_byte_at_a_time_closes_1002_at_its_second_byte(
+    serve: Serve, header: bytes
+) -> None:
+    """The first byte is kept; the second completes the header, which the library fails at
+    once: the server must not wait for a third byte."""
+    with serve(echo_app()) as srv, RawWS(srv.port) as raw:
+        raw.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        ws = server_side(srv)
+        raw.sock.sendall(header[:1])
+        wait_until(partial(holds, ws, 1), "the server to hold the first byte")
+        raw.sock.sendall(header[1:])
+        assert raw.recv_close()[0] == 1002
+        assert raw.at_eof()
+
+
+def test_a_text_fragment_read_in_pieces_is_not_a_message(serve: Serve) -> None:
+    """The first fragment of a text message (FIN clear, opcode 1), kept until whole: the
+    library's, not a message of its own; the message comes out whole after its last."""
+    first = frame_bytes(Opcode.TEXT, b"a" * 300, fin=False)
+    with serve(echo_app()) as srv, RawWS(srv.port) as raw:
+        raw.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        ws = server_side(srv)
+        raw.sock.sendall(first[:8])  # the header with its 16-bit length and the mask
+        wait_until(partial(holds, ws, 8), "the server to hold the header")
+        raw.sock.sendall(first[8:] + frame_bytes(Opcode.CONT, b"b"))
+        assert raw.recv_frame() == (Opcode.TEXT, True, b"a" * 300 + b"b")
+
+
+def sizes_app() -> Any:
+    """Accept; for each message, report its size as a text message (nothing as large as
+    the message is made on the way out)."""
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await receive()
+        await send({"type": "websocket.accept"})
+        while (message := await receive())["type"] == "websocket.receive":
+            content = message.get("bytes") or message.get("text") or ""
+            await send({"type": "websocket.send", "text": str(len(content))})
+
+    return app
+
+
+@pytest.mark.parametrize(
+    ("opcode", "budget"),
+    [(Opcode.BINARY, 3.0), (Opcode.TEXT, 3.6)],
+    ids=["binary", "text"],
+)
+def test_a_large_message_read_in_pieces_is_unmasked_where_it_was_kept(
+    serve: Serve, opcode: Opcode, budget: float
+) -> None:
+    """read_kept unmasks a frame that came in many reads from the bytes it kept, without a
+    copy: the reading costs the kept frame and the payload (and, for text, the str), ~2 and
+    ~3 times the message. Parsed again from a copy it costs ~4 and ~4 (the copy, a slice of
+    it, the payload, the str). Traced by tracemalloc, which follows the server's thread."""
+    size = 8 * 1024 * 1024
+    frame = frame_bytes(opcode, b"m" * size)
+    with serve(sizes_app(), ws_max_size=4 * size) as srv, RawWS(srv.port) as raw:
+        raw.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        ws = server_side(srv)
+        raw.sock.sendall(frame[:14])  # the header with its 64-bit length and the mask
+        wait_until(partial(holds, ws, 14), "the server to hold the header")
+        tracemalloc.start()
+        try:
+            before = tracemalloc.get_traced_memory()[0]
+            raw.sock.sendall(frame[14:])
+            assert raw.recv_frame() == (Opcode.TEXT, True, str(size).encode())
+            peak = tracemalloc.get_traced_memory()[1] - before
+        finally:
+            tracemalloc.stop()
+    assert size < peak < budget * size, f"{peak / size:.2f} times the message"
+
+
+@pytest.mark.parametrize(
+    ("size", "cut"),
+    [(1001, 4), (70_000, 10)],  # up to the end of a 16-bit, a 64-bit length
+    ids=["16-bit", "64-bit"],
+)
+def test_a_length_over_the_limit_closes_1009_as_soon_as_it_is_read(
+    serve: Serve, size: int, cut: int
+) -> None:
+    """A read that ends right after the extended length: the length is read then (and the
+    frame refused), not kept until a byte of the mask comes."""
+    with serve(echo_app(), ws_max_size=1000) as srv, RawWS(srv.port) as raw:
+        raw.sock.sendall(frame_bytes(Opcode.BINARY, b"y" * size)[:cut])
+        assert raw.recv_close()[0] == 1009
+        assert raw.at_eof()
+
+
+def test_a_64_bit_length_is_read_from_all_eight_bytes(serve: Serve) -> None:
+    """2**56 + 5 announced (the first length byte 1): far over the limit, a 1009; not a frame
+    of 5 bytes read from the last seven."""
+    header = bytes([0x82, 0xFF]) + (2**56 + 5).to_bytes(8, "big") + bytes(4)  # mask 0
+    with serve(echo_app()) as srv, RawWS(srv.port) as raw:
+        raw.sock.sendall(header + b"hello")
+        assert raw.recv_close()[0] == 1009
+        assert raw.at_eof()
+
+
+def test_a_frame_of_exactly_max_size_is_read_by_the_server_itself(serve: Serve) -> None:
+    """At the limit the frame is still the server's own reader's (kept until whole), not
+    handed to the library as one over the limit would be."""
+    frame = frame_bytes(Opcode.BINARY, b"x" * 1000)
+    with serve(echo_app(), ws_max_size=1000) as srv, RawWS(srv.port) as raw:
+        raw.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        ws = server_side(srv)
+        raw.sock.sendall(frame[:8])  # the header with its 16-bit length and the mask
+        wait_until(partial(holds, ws, 8), "the server to hold the header")
+        raw.sock.sendall(frame[8:])
+        assert raw.recv_frame() == (Opcode.BINARY, True, b"x" * 1000)
