@@ -417,7 +417,7 @@ def main(argv: list[str] | None = None) -> int:
     fastserve_rev = venv.resolve_rev(args.fastserve_rev)[0] if args.fastserve_rev else None
     env = venv.prepare(python, reinstall_fastserve=not args.no_install, fastserve_rev=fastserve_rev)
     names = [n.strip() for n in args.servers.split(",") if n.strip()]
-    unknown = [n for n in names if n not in servers.SPECS]
+    unknown = [n for n in names if n.removeprefix("=") not in servers.SPECS]
     if unknown:
         raise SystemExit(f"unknown server(s) {', '.join(unknown)}: {', '.join(servers.SPECS)}")
     baseline, baseline_meta = None, None
