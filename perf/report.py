@@ -91,22 +91,30 @@ def cpu_table(results: dict[str, Any]) -> list[str]:
 def client_table(results: dict[str, Any]) -> list[str]:
     """The load generator's median CPU share of its core, per scenario and server; `*` where
     it was 0.9 or more (the client set the pace: req/s ratios there understate the servers')."""
+    return share_table(results, "client_cpu", "client CPU (share of its core)", mark=0.9)
+
+
+def kernel_table(results: dict[str, Any]) -> list[str]:
+    """The kernel's median share of each server's CPU (system time over user + system)."""
+    return share_table(results, "sys_share", "kernel share of server CPU", mark=None)
+
+
+def share_table(results: dict[str, Any], key: str, title: str, mark: float | None) -> list[str]:
+    """A median share per scenario and server (`*` from `mark` on); empty if no round has it."""
     names = server_order(results)
-    lines = [
-        _row(["client CPU (share of its core)", *names]),
-        _row(["---"] + ["---:"] * len(names)),
-    ]
+    lines = [_row([title, *names]), _row(["---"] + ["---:"] * len(names))]
     seen = False
     for scenario in _interleaved(results):
         cells = [scenario["title"]]
         for name in names:
             entry = scenario["servers"].get(name)
-            share = entry.get("median", {}).get("client_cpu") if entry else None
+            share = entry.get("median", {}).get(key) if entry else None
             if share is None:
                 cells.append("")
                 continue
             seen = True
-            cells.append(f"{share:.2f}{' *' if share >= 0.9 else ''}")
+            flag = " *" if mark is not None and share >= mark else ""
+            cells.append(f"{share:.2f}{flag}")
         lines.append(_row(cells))
     return lines if seen else []
 
@@ -345,9 +353,9 @@ def render(results: dict[str, Any], goals: list[Goal]) -> str:
     cpu = cpu_table(results)
     if cpu:
         out += [*cpu, ""]
-    client = client_table(results)
-    if client:
-        out += [*client, ""]
+    for table in (kernel_table(results), client_table(results)):
+        if table:
+            out += [*table, ""]
     before_after = before_after_table(results)
     if before_after:
         out += [*before_after, ""]

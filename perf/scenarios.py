@@ -229,7 +229,7 @@ class RunConfig:
 def measure_wrk(scenario: Scenario, server: Running, duration: float) -> dict[str, Any]:
     """One wrk run; any socket error, bad status or dead server flags the round."""
     lines_before = server.log_lines() if server.spec.access_log else 0
-    cpu_before = server.cpu_seconds()
+    cpu_before = server.cpu_times()
     client_before = client_cpu_seconds()
     try:
         result = wrk.run(
@@ -246,7 +246,7 @@ def measure_wrk(scenario: Scenario, server: Running, duration: float) -> dict[st
     except wrk.WrkError as exc:
         return {"flagged": True, "error": str(exc)}
     out: dict[str, Any] = result.as_dict()
-    add_cpu(out, server.cpu_seconds() - cpu_before, result.requests)
+    add_cpu(out, cpu_before, server.cpu_times(), result.requests)
     add_client_cpu(out, client_before, result.duration_s)
     out["flagged"] = result.failed or server.proc.poll() is not None
     if server.spec.access_log:
@@ -258,7 +258,7 @@ def measure_wrk(scenario: Scenario, server: Running, duration: float) -> dict[st
 def measure_h2load(scenario: Scenario, server: Running, duration: float) -> dict[str, Any]:
     """One h2load run; failed/errored/timed-out requests, non-2xx answers, the wrong protocol
     (an HTTP/1.1 fallback) or body bytes that do not add up flag the round."""
-    cpu_before = server.cpu_seconds()
+    cpu_before = server.cpu_times()
     client_before = client_cpu_seconds()
     try:
         result = h2load.run(
@@ -274,7 +274,7 @@ def measure_h2load(scenario: Scenario, server: Running, duration: float) -> dict
     except h2load.H2loadError as exc:
         return {"flagged": True, "error": str(exc)}
     out: dict[str, Any] = result.as_dict()
-    add_cpu(out, server.cpu_seconds() - cpu_before, result.done)
+    add_cpu(out, cpu_before, server.cpu_times(), result.done)
     add_client_cpu(out, client_before, duration)
     out["flagged"] = result.failed or server.proc.poll() is not None
     return out
@@ -298,13 +298,13 @@ def measure_ws(
         "--size",
         str(scenario.body_size),
     ]
-    cpu_before = server.cpu_seconds()
+    cpu_before = server.cpu_times()
     client_before = client_cpu_seconds()
     result = run_client(argv, timeout=duration + 60)
     if "error" in result:
         return {"flagged": True, **result}
     cpu: dict[str, Any] = {}
-    add_cpu(cpu, server.cpu_seconds() - cpu_before, int(result["messages"]))
+    add_cpu(cpu, cpu_before, server.cpu_times(), int(result["messages"]))
     add_client_cpu(cpu, client_before, float(result["seconds"]))
     return {
         **cpu,
@@ -316,11 +316,19 @@ def measure_ws(
     }
 
 
-def add_cpu(out: dict[str, Any], cpu_s: float, count: int) -> None:
-    """Server CPU time per request (or message). It is steadier than req/s on a shared machine:
-    a neighbour that steals CPU 0 lowers req/s, but not the CPU each request costs."""
+def add_cpu(
+    out: dict[str, Any], before: tuple[float, float], after: tuple[float, float], count: int
+) -> None:
+    """Server CPU time per request (or message), from (user, system) times read before and
+    after. It is steadier than req/s on a shared machine: a neighbour that steals CPU 0 lowers
+    req/s, but not the CPU each request costs. `sys_share`: the kernel's part of it (what no
+    change to the server's own code can take away)."""
+    user, system = after[0] - before[0], after[1] - before[1]
+    cpu_s = user + system
     out["cpu_s"] = round(cpu_s, 3)
     out["cpu_us"] = round(cpu_s / count * 1e6, 2) if count else None
+    if cpu_s > 0:
+        out["sys_share"] = round(system / cpu_s, 3)
 
 
 def client_cpu_seconds() -> float:

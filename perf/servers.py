@@ -407,7 +407,12 @@ class Running:
 
     def cpu_seconds(self) -> float:
         """User + system CPU time used so far by the server's process tree."""
-        return sum(cpu_seconds(pid) for pid in process_tree(self.proc.pid))
+        return sum(self.cpu_times())
+
+    def cpu_times(self) -> tuple[float, float]:
+        """(user, system) CPU time used so far by the server's process tree."""
+        times = [cpu_times(pid) for pid in process_tree(self.proc.pid)]
+        return sum(t[0] for t in times), sum(t[1] for t in times)
 
     def log_lines(self) -> int:
         try:
@@ -528,14 +533,15 @@ def vm_rss_kib(pid: int) -> int:
     return 0
 
 
-def cpu_seconds(pid: int) -> float:
-    """utime + stime (fields 14 and 15 of /proc/PID/stat) in seconds; 0 if the process is gone."""
+def cpu_times(pid: int) -> tuple[float, float]:
+    """(utime, stime) (fields 14 and 15 of /proc/PID/stat) in seconds; 0s if it is gone."""
     try:
         with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as fh:
             fields = fh.read().rsplit(")", 1)[1].split()
     except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return 0.0, 0.0
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick
 
 
 def process_tree(root: int) -> list[int]:

@@ -29,7 +29,7 @@ def median(values: Sequence[float | None]) -> float | None:
 def summarize(rounds: list[dict[str, Any]]) -> dict[str, Any]:
     """Median of every figure over the rounds, plus error totals; `flagged` if any round erred."""
     out: dict[str, Any] = {"rounds": len(rounds)}
-    for key in ("rps", "cpu_us", "client_cpu", *LATENCY_KEYS):
+    for key in ("rps", "cpu_us", "client_cpu", "sys_share", *LATENCY_KEYS):
         out[key] = median([r[key] for r in rounds if key in r])
     out["errors"] = sum(_errors(r) for r in rounds)
     out["flagged"] = any(r.get("flagged") for r in rounds) or not rounds

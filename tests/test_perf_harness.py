@@ -916,6 +916,9 @@ def test_client_cpu_share_is_summarized_and_marked_where_the_client_set_the_pace
     assert "client CPU" in report.render(results, [])
     no_figures = {"plaintext": scenario("plaintext", {"uvicorn": [wrk_round(1, 1.0)]})}
     assert report.client_table({"scenarios": no_figures}) == []
+    kernel = {"uvicorn": [{**wrk_round(1, 1.0), "sys_share": v} for v in (0.3, 0.5, 0.4)]}
+    kernel_results = {"scenarios": {"plaintext": scenario("plaintext", kernel)}}
+    assert table_cells(report.kernel_table(kernel_results))[0]["uvicorn"] == "0.40"
 
 
 @pytest.mark.skipif(wrk.wrk_path() is None, reason="Debian's wrk is not installed")
@@ -929,8 +932,9 @@ def test_a_wrk_round_carries_the_clients_cpu_share(monkeypatch: pytest.MonkeyPat
             url=srv.url,
             spec=SimpleNamespace(access_log=False),
             proc=SimpleNamespace(poll=lambda: None),
-            cpu_seconds=time.process_time,  # this process: the server runs in a thread
+            cpu_times=lambda: os.times()[:2],  # this process: the server runs in a thread
         )
         out = scenarios.measure_wrk(replace(plaintext, connections=4), server, 1.0)  # type: ignore[arg-type]
     assert not out["flagged"], out
     assert 0.01 < out["client_cpu"] <= 1.5
+    assert 0 < out["sys_share"] < 1 and out["cpu_us"] > 0
