@@ -129,6 +129,28 @@ def test_invalid_utf8_in_a_frame_read_in_pieces_closes_1007(serve: Serve) -> Non
     assert [m["type"] for m in got] == ["websocket.disconnect"]
 
 
+@pytest.mark.parametrize("size", [200, 70_000], ids=["16-bit", "64-bit"])
+def test_a_frame_that_starts_inside_a_read_is_kept_from_its_own_first_byte(
+    serve: Serve, size: int
+) -> None:
+    """A whole message, then the first bytes of the next frame, in one read: the server keeps
+    only the next frame's bytes, and each message comes out once."""
+    first = frame_bytes(Opcode.TEXT, b"whole")
+    payload = bytes(range(256)) * (size // 256) + b"z" * (size % 256)
+    second = frame_bytes(Opcode.BINARY, payload)
+    cut = len(second) // 2
+    with serve(echo_app()) as srv, RawWS(srv.port) as raw:
+        raw.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        ws = server_side(srv)
+        raw.sock.sendall(first + second[:cut])
+        wait_until(partial(holds, ws, cut), "the server to hold the second frame's start")
+        raw.sock.sendall(second[cut:])
+        assert raw.recv_frame() == (Opcode.TEXT, True, b"whole")
+        assert raw.recv_frame() == (Opcode.BINARY, True, payload)
+        raw.send(Opcode.TEXT, b"after")
+        assert raw.recv_frame() == (Opcode.TEXT, True, b"after")
+
+
 def test_a_large_fragment_read_in_pieces_goes_to_the_library(serve: Serve) -> None:
     """A frame kept until whole that is not a whole message (here the first fragment of
     one) is the library's: the message comes out whole once its last fragment came."""
