@@ -22,7 +22,6 @@ import asyncio
 import logging
 import sys
 import time
-from collections import deque
 from typing import TYPE_CHECKING, Any, Final
 
 import httptools
@@ -151,7 +150,8 @@ class HTTP1Protocol(FlowControl, Channel):
         self.skipped: tuple[RequestCycle, bytes] | None = None
         self.cycle: RequestCycle | None = None  # the cycle whose app runs
         self.parsing: RequestCycle | None = None  # the cycle whose body is being read
-        self.pipeline: deque[RequestCycle] = deque()
+        # (A list: an empty deque allocates a 64-slot block, ~700 B per idle connection.)
+        self.pipeline: list[RequestCycle] = []
         self.read_paused = False
         self.write_paused = False
         self.drain_waiter: asyncio.Future[None] | None = None
@@ -542,7 +542,7 @@ class HTTP1Protocol(FlowControl, Channel):
                 self.close()
             return
         if self.pipeline:
-            nxt = self.pipeline.popleft()
+            nxt = self.pipeline.pop(0)
             self.cycle = nxt
             if not admit(nxt, self.state):
                 return  # refused (503): cycle_done() ran for it already
