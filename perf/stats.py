@@ -187,7 +187,8 @@ def evaluate_goals(results: dict[str, Any], me: str = "fastserve") -> list[Goal]
     mine, theirs = (_rss(results, "idle10k", s, "loaded_kib") for s in (me, "uvicorn"))
     rss_ratio = mine / theirs if mine is not None and theirs else None
     goals.append(
-        _at_most(f"RSS at {_count_label(count)} idle conns vs uvicorn", rss_ratio, 1.0, "x", ".2f")
+        # issue 18: <= 0.75x (the issue 3 goal was <= 1x)
+        _at_most(f"RSS at {_count_label(count)} idle conns vs uvicorn", rss_ratio, 0.75, "x", ".2f")
     )
     c1000 = median([r["rps"] for r in _rounds(results, "conns1000", me)])
     c100 = median([r["rps"] for r in _rounds(results, "plaintext", me)])

@@ -418,6 +418,7 @@ def test_goals_pass_miss_and_not_measured() -> None:
     assert goals["p99 at 100 conns vs uvicorn"].status == "PASS"
     assert goals["POST echo 64 KiB vs uvicorn"].status == "MISS"  # 1.33x
     assert goals["RSS at 10k idle conns vs uvicorn"].measured == "0.70x"
+    assert goals["RSS at 10k idle conns vs uvicorn"].target == "<= 0.75x"  # issue 18
     assert goals["1,000 conns vs 100 conns"].measured == "0.90x"  # 28000 / 31000
     assert goals["1,000 conns vs 100 conns"].status == "PASS"
     assert goals["1,000 conns vs 100 conns"].by_cpu == "0.90x"  # CPU/request 35.7 vs 32.3 µs
