@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 from websockets.frames import Opcode
 
+from fastserve.protocols.websocket import OPEN
 from tests.apps.core_apps import Probe
 from tests.apps.ws_apps import (
     RawWS,
@@ -610,3 +611,99 @@ def test_with_permessage_deflate_the_librarys_messages_keep_their_type(serve: Se
         {"type": "websocket.receive", "text": "text"},
         {"type": "websocket.disconnect", "code": 1007, "reason": "invalid UTF-8"},
     ]
+
+
+@pytest.mark.parametrize(
+    "burst",
+    [
+        [(Opcode.TEXT, b"\xff", True), (Opcode.TEXT, b"after", True)],
+        [(Opcode.TEXT, b"\xff", False), (Opcode.CONT, b"after", True)],
+    ],
+    ids=["whole", "fragmented"],
+)
+def test_with_an_extension_nothing_after_invalid_utf8_in_the_same_read_is_delivered(
+    serve: Serve, burst: list[tuple[Opcode, bytes, bool]]
+) -> None:
+    """The library parses the whole read before take_frames sees its frames: the ones after
+    the frame that failed are discarded (RFC 6455 §7.1.7), not delivered. (The frames are
+    not compressed: with permessage-deflate a frame may leave RSV1 clear.)"""
+    probe = Probe()
+    offer = b"Sec-WebSocket-Extensions: permessage-deflate\r\n"
+    with serve(recorder(probe)) as srv, RawWS(srv.port, headers=offer) as raw:
+        assert b"permessage-deflate" in raw.head.lower()
+        raw.sock.sendall(b"".join(frame_bytes(op, data, fin) for op, data, fin in burst))
+        assert raw.recv_close() == (1007, "invalid UTF-8")
+        assert raw.at_eof()
+    assert events_to_disconnect(probe) == [
+        {"type": "websocket.disconnect", "code": 1007, "reason": "invalid UTF-8"}
+    ]
+
+
+def open_websocket(srv: Any) -> Any:
+    """The server's WebSocketProtocol of the one WebSocket open (with or without extension)."""
+    found: list[Any] = []
+
+    def one() -> bool:
+        conns = srv.server.state.connections
+        found[:] = [c for c in conns if type(c).__name__ == "WebSocketProtocol"]
+        return len(found) == 1 and found[0].phase == OPEN
+
+    wait_until(one, "the WebSocket accepted")
+    return found[0]
+
+
+def test_with_an_extension_an_uncompressed_message_is_the_librarys_too(serve: Serve) -> None:
+    """permessage-deflate negotiated: a frame with RSV1 clear is still parsed by the library
+    (the server's own reader is only for connections without an extension)."""
+    probe = Probe()
+    offer = b"Sec-WebSocket-Extensions: permessage-deflate\r\n"
+    with serve(recorder(probe)) as srv, RawWS(srv.port, headers=offer) as raw:
+        assert b"permessage-deflate" in raw.head.lower()
+        lib = open_websocket(srv).ws
+        fed: list[bytes] = []
+        receive_data = lib.receive_data
+
+        def spy(data: bytes) -> None:
+            fed.append(bytes(data))
+            receive_data(data)
+
+        lib.receive_data = spy
+        frame = frame_bytes(Opcode.TEXT, b"hi")
+        raw.sock.sendall(frame)
+        assert probe.get() == {"type": "websocket.receive", "text": "hi"}
+        assert fed == [frame]
+
+
+def test_a_frame_kept_when_the_app_closes_goes_to_the_library_with_the_rest(
+    serve: Serve,
+) -> None:
+    """The app closes while the server holds a frame's first bytes: the rest of that frame,
+    read while closing, is the library's with those bytes (the connection waits for the
+    peer's Close, then ends cleanly)."""
+    step, probe = Probe(), Probe()
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await receive()
+        await send({"type": "websocket.accept"})
+        await step.wait_release()
+        await send({"type": "websocket.close", "code": 4000})
+        probe.put(await receive())
+
+    frame = frame_bytes(Opcode.TEXT, b"hello")
+    with serve(app) as srv, RawWS(srv.port) as raw:
+        ws = server_side(srv)
+        sent_and_read(raw.sock, frame[:6])
+        wait_until(partial(holds, ws, 6), "the server to hold the frame's first bytes")
+        step.release.set()
+        assert raw.recv_close() == (4000, "")
+        sent_and_read(raw.sock, frame[6:])
+        settle(srv)
+
+        async def still_open() -> tuple[bool, int]:
+            return ws in srv.server.state.connections, len(ws.rx)
+
+        assert on_server_loop(srv, still_open) == (True, 0)
+        raw.send(Opcode.CLOSE, struct.pack("!H", 4000))
+        assert raw.at_eof()
+        wait_until(lambda: not srv.server.state.connections, "the connection closed")
+    assert probe.get() == {"type": "websocket.disconnect", "code": 4000, "reason": ""}
