@@ -1112,3 +1112,79 @@ def test_after_a_connection_error_what_the_client_still_sends_is_read_and_droppe
         raw.send(frame(PRIORITY, 0, 0, u32(1) + b"\x10"))
         assert raw.goaway() == (0, 0x1)
         sent_and_read(raw.sock, frame(PING, 0, 0, b"12345678") * 100)
+
+
+@pytest.mark.timeout(30)
+def test_a_new_stream_depending_on_itself_is_reset_before_its_app_runs() -> None:
+    """HEADERS that make new stream 1 (/never) depend on itself: the stream is reset
+    (PROTOCOL_ERROR) and its app never starts; stream 3, opened after it, is served (its
+    app started after stream 1's would have)."""
+    ENDS.clear()
+    with run_server(app) as srv:
+        raw = RawH2(srv.port)
+        OPEN.append(raw)
+        f = Frames()
+        block = u32(1) + b"\x10" + f.block(path="/never")
+        raw.send(frame(HEADERS, END_HEADERS | END_STREAM | PRIORITY_FLAG, 1, block))
+        assert raw.reset_code(1) == 0x1
+        assert raw.served(f, 3) == b"ok"
+        assert ENDS == []
+
+
+@pytest.mark.timeout(30)
+def test_a_ping_from_the_client_with_the_drain_payload_is_only_answered() -> None:
+    """A PING (not an ACK) carrying the server's drain payload is answered with its ACK and
+    nothing else: no GOAWAY, and the connection serves on."""
+    with run_server(app) as srv:
+        raw = RawH2(srv.port)
+        OPEN.append(raw)
+        raw.send(frame(PING, 0, 0, b"fs-drain"))
+        assert raw.until(PING) == (PING, 0x1, 0, b"fs-drain")
+        assert raw.served(Frames(), 1) == b"ok"
+        assert [got for got in raw.frames if got[0] == GOAWAY] == []
+
+
+@pytest.mark.timeout(30)
+def test_an_engine_connection_error_is_logged_with_the_engines_reason() -> None:
+    """DATA on stream 0 (zttp's connection error): the line gives zttp's reason."""
+    with run_server(app) as srv, error_log(logging.INFO) as records:
+        raw = RawH2(srv.port)
+        OPEN.append(raw)
+        peer = f"127.0.0.1:{raw.sock.getsockname()[1]}"
+        raw.send(frame(DATA, 0, 0, b"x"))
+        assert raw.goaway() == (0, 0x1)
+        wait_until(lambda: bool(h2_lines(records)), "the line logged")
+        assert h2_lines(records) == [f"{peer} - HTTP/2 connection error: HTTP/2 protocol error"]
+
+
+@pytest.mark.timeout(30)
+def test_the_keep_alive_timeout_runs_from_the_end_of_the_last_stream() -> None:
+    """--timeout-keep-alive 1.5: a request made 1 s after the connection opened (the
+    connection was idle, then busy) is served; the idle GOAWAY comes 1.5 s after that
+    response, not 1.5 s after the connection opened."""
+    with run_server(app, timeout_keep_alive=1.5) as srv:
+        raw = RawH2(srv.port)
+        OPEN.append(raw)
+        read_alone(raw, b"")
+        time.sleep(1.0)  # (the input: an idle second before the request)
+        assert raw.served(Frames(), 1) == b"ok"
+        served = time.monotonic()
+        assert raw.until(GOAWAY)[3] == u32(2**31 - 1) + u32(0)
+        assert time.monotonic() - served > 1.0
+
+
+@pytest.mark.timeout(30)
+def test_a_closed_connection_leaves_the_servers_connection_and_idle_lists() -> None:
+    with run_server(app, timeout_keep_alive=60) as srv:
+        state = srv.server.state
+        assert state is not None
+        raw = RawH2(srv.port)
+        OPEN.append(raw)
+        assert raw.served(Frames(), 1) == b"ok"
+        conn = connection(srv)
+        wait_until(lambda: conn in state.idle_conns.deadlines, "the connection to be idle")
+        raw.close()
+        wait_until(
+            lambda: conn not in state.connections and conn not in state.idle_conns.deadlines,
+            "the connection to leave both lists",
+        )
