@@ -1174,7 +1174,11 @@ def test_the_keep_alive_timeout_runs_from_the_end_of_the_last_stream() -> None:
 
 
 @pytest.mark.timeout(30)
-def test_a_closed_connection_leaves_the_servers_connection_and_idle_lists() -> None:
+@pytest.mark.parametrize("busy", [False, True])
+def test_a_closed_connection_leaves_the_servers_connection_and_idle_lists(busy: bool) -> None:
+    """The client closes an idle connection, or one whose stream's app (/hold) is still
+    running and ends on the disconnect: the server keeps it in neither list."""
+    ENDS.clear()
     with run_server(app, timeout_keep_alive=60) as srv:
         state = srv.server.state
         assert state is not None
@@ -1183,8 +1187,73 @@ def test_a_closed_connection_leaves_the_servers_connection_and_idle_lists() -> N
         assert raw.served(Frames(), 1) == b"ok"
         conn = connection(srv)
         wait_until(lambda: conn in state.idle_conns.deadlines, "the connection to be idle")
+        if busy:
+            read_alone(raw, Frames().post(3, "/hold"))
         raw.close()
+        if busy:
+            wait_until(lambda: ENDS == ["/hold: http.disconnect"], "the app to end")
         wait_until(
             lambda: conn not in state.connections and conn not in state.idle_conns.deadlines,
             "the connection to leave both lists",
         )
+
+
+def get_batch(raw: RawH2, f: Frames, streams: range) -> None:
+    """GETs on `streams`, in one write; until every one is answered (no GOAWAY meanwhile)."""
+    raw.send(b"".join(f.get(stream, "/ok") for stream in streams))
+    ended = 0
+    while ended < len(streams):
+        got = raw.next_frame()
+        assert got is not None and got[0] != GOAWAY, f"{got}"
+        if got[0] == DATA and got[1] & END_STREAM:
+            ended += 1
+
+
+@pytest.mark.timeout(90)
+def test_a_connection_is_retired_after_its_4000th_stream_not_before() -> None:
+    """3,999 GETs (in batches of 100) are served with no GOAWAY; the 4,000th is served,
+    then the first GOAWAY of the retirement (NO_ERROR, 2^31-1) comes."""
+    with run_server(app) as srv:
+        raw = RawH2(srv.port)
+        OPEN.append(raw)
+        f = Frames()
+        for first in range(1, 7999, 200):
+            get_batch(raw, f, range(first, min(first + 200, 7999), 2))
+        read_alone(raw, b"")
+        assert [got for got in raw.frames if got[0] == GOAWAY] == []
+        get_batch(raw, f, range(7999, 8000))
+        assert raw.until(GOAWAY)[3] == u32(2**31 - 1) + u32(0)
+
+
+@pytest.mark.timeout(90)
+def test_the_4080th_stream_of_a_connection_never_idle_gets_the_last_goaway() -> None:
+    """Stream 1 (/hold) keeps the connection busy (no retirement at an idle moment); 4,078
+    GETs (in batches of 99) are served with no GOAWAY; the 4,080th stream taken gets the
+    last GOAWAY at once (NO_ERROR, naming it)."""
+    with run_server(app, timeout_graceful_shutdown=0.2) as srv:
+        raw = RawH2(srv.port)
+        OPEN.append(raw)
+        f = Frames()
+        read_alone(raw, f.post(1, "/hold"))
+        for first in range(3, 8159, 198):
+            get_batch(raw, f, range(first, min(first + 198, 8159), 2))
+        read_alone(raw, b"")
+        assert [got for got in raw.frames if got[0] == GOAWAY] == []
+        read_alone(raw, f.get(8159, "/ok"))
+        assert [got[3] for got in raw.frames if got[0] == GOAWAY] == [u32(8159) + u32(0)]
+
+
+@pytest.mark.timeout(30)
+def test_an_extended_connect_that_ends_its_stream_at_once_is_cancelled() -> None:
+    """An extended CONNECT (:protocol websocket) with END_STREAM on its HEADERS: the client
+    ended the WebSocket before it began. The stream is reset (CANCEL) and gets no response;
+    the connection serves on."""
+    with run_server(app) as srv:
+        raw = RawH2(srv.port)
+        OPEN.append(raw)
+        f = Frames()
+        connect = [(":method", "CONNECT"), (":protocol", "websocket"), *REQUEST[1:]]
+        raw.send(f.fields([*connect, ("sec-websocket-version", "13")]))
+        assert raw.reset_code(1) == 0x8
+        assert raw.served(f, 3) == b"ok"
+        assert [got[:3] for got in raw.frames if got[2] == 1] == [(RST_STREAM, 0, 1)]
