@@ -1257,3 +1257,27 @@ def test_an_extended_connect_that_ends_its_stream_at_once_is_cancelled() -> None
         assert raw.reset_code(1) == 0x8
         assert raw.served(f, 3) == b"ok"
         assert [got[:3] for got in raw.frames if got[2] == 1] == [(RST_STREAM, 0, 1)]
+
+
+@pytest.mark.timeout(30)
+def test_an_upload_without_expect_gets_no_100_continue() -> None:
+    """A POST without `expect: 100-continue` whose app waits in receive() before its body
+    comes: no 100 is sent; the stream's only HEADERS are the response's (200)."""
+    with run_server(app) as srv:
+        raw = RawH2(srv.port)
+        OPEN.append(raw)
+        f = Frames()
+        read_alone(raw, f.post(1, "/"))
+        conn = connection(srv)
+
+        def waiting() -> bool:
+            stream = conn.streams.get(1)
+            cycle = stream.cycle if stream is not None else None
+            return cycle is not None and cycle.waiter is not None
+
+        wait_until(waiting, "the app to wait for its body")
+        raw.send(frame(DATA, END_STREAM, 1, b"abc"))
+        assert raw.until(DATA, 1)[3] == b"ok"
+        heads = [got[3] for got in raw.frames if got[0] == HEADERS and got[2] == 1]
+        assert len(heads) == 1
+        assert dict(hpack.Decoder().decode(heads[0], raw=True))[b":status"] == b"200"
