@@ -12,7 +12,11 @@ it was: only reference counting can bring it back.
 from __future__ import annotations
 
 import gc
+import os
+import platform
 import socket
+import subprocess
+import sys
 from collections.abc import Iterator
 
 import pytest
@@ -142,3 +146,46 @@ def test_access_log_forgets_a_closed_connections_line(serve: Serve, protocol: st
                     wait_until(lambda: len(cache) == 1, "the line remembered")
             wait_until(lambda: not state.connections, "the server to see the close")
             wait_until(lambda: not cache, "the closed connection's line forgotten")
+
+
+HEAP_PROBE = r"""
+import ctypes, sys
+from fastserve.server import tune_malloc
+libc = ctypes.CDLL(None)
+libc.sbrk.restype = ctypes.c_void_p
+print(tune_malloc() if sys.argv[1] == "tuned" else "-")
+blocks = [bytearray(65536) for _ in range(64)]  # 4 MiB on the heap (each under mmap's 128 KiB)
+top = libc.sbrk(0)
+del blocks
+print(top - libc.sbrk(0))  # how much of the heap's top was given back
+"""
+
+
+@pytest.mark.skipif(
+    not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc", reason="glibc only"
+)
+@pytest.mark.parametrize("env", [{}, {"MALLOC_TRIM_THRESHOLD_": "131072"}], ids=["", "set"])
+def test_a_freed_heap_top_is_kept_unless_the_operator_chose(env: dict[str, str]) -> None:
+    """--gc-tune's tune_malloc(): 4 MiB of 64 KiB blocks freed at the heap's top stay in the
+    process (glibc's default gives back all but 128 KiB with brk, to fault it in again for
+    the next bodies); with MALLOC_TRIM_THRESHOLD_ set, the operator's threshold stands."""
+
+    def run(mode: str) -> list[str]:
+        environ = {k: v for k, v in os.environ.items() if k != "MALLOC_TRIM_THRESHOLD_"}
+        out = subprocess.run(
+            [sys.executable, "-c", HEAP_PROBE, mode],
+            env={**environ, **env},
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
+        )
+        return out.stdout.split()
+
+    set_it, kept = run("tuned")
+    _, given_back = run("default")
+    assert int(given_back) > 2 << 20  # the default trims (the probe sees the brk it measures)
+    if env:
+        assert (set_it, int(kept) > 2 << 20) == ("False", True)
+    else:
+        assert (set_it, kept) == ("True", "0")
