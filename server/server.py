@@ -59,20 +59,31 @@ def tune_gc() -> None:
     tune_malloc()
 
 
-# glibc's mallopt() parameter, and the free heap top it may keep instead of giving it back.
+# glibc's mallopt() parameters: the free heap top malloc may keep instead of giving it back,
+# and the size from which a block gets its own mmap() instead of a place on the heap.
 M_TRIM_THRESHOLD = -1
+M_MMAP_THRESHOLD = -3
 TRIM_THRESHOLD = 8 << 20
+MMAP_THRESHOLD = 4 << 20
 
 
 def tune_malloc() -> bool:
     """Let glibc's malloc keep up to TRIM_THRESHOLD of free memory at the top of its heap
-    (default 128 KiB). Request bodies of 64 KiB are allocated and freed there all the time;
-    with the default, the heap shrank (brk) and grew back every few requests, and each new
-    page faulted in zeroed: POST echo 64 KiB on CPython 3.11, 100 connections, cost 67 µs of
-    CPU per request, 40 µs with the threshold raised (perf/README.md, session 11), for ~6 MB
-    more RSS under that load. Not done where MALLOC_TRIM_THRESHOLD_ is set (the operator's
-    choice) or where there is no glibc. Returns whether it was set."""
-    if os.environ.get("MALLOC_TRIM_THRESHOLD_") is not None or not sys.platform.startswith("linux"):
+    (default 128 KiB), and take blocks of up to MMAP_THRESHOLD from the heap.
+
+    Request bodies of 64 KiB are allocated and freed at the heap's top all the time; with
+    the default, the heap shrank (brk) and grew back every few requests, and each new page
+    faulted in zeroed: POST echo 64 KiB on CPython 3.11, 100 connections, cost 67 µs of CPU
+    per request, 40 µs with the threshold raised (perf/README.md, session 11). Setting one
+    threshold turns off glibc's own adjustment of the other, which had moved blocks of a
+    few hundred KiB (large reads, 1 MiB bodies) onto the heap: without MMAP_THRESHOLD each
+    such block got its own mmap() and munmap() (3.5 of each per 1 MiB POST). Not done where
+    MALLOC_TRIM_THRESHOLD_ or MALLOC_MMAP_THRESHOLD_ is set (the operator's choice) or
+    where there is no glibc. Returns whether both were set."""
+    if not sys.platform.startswith("linux") or any(
+        os.environ.get(name) is not None
+        for name in ("MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_")
+    ):
         return False
     try:
         libc = ctypes.CDLL(None)
@@ -81,7 +92,9 @@ def tune_malloc() -> bool:
             return False
     except (OSError, AttributeError):
         return False
-    return bool(mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD))
+    return bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(
+        mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD)
+    )
 
 
 def _nothing() -> None:

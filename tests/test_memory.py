@@ -158,20 +158,29 @@ blocks = [bytearray(65536) for _ in range(64)]  # 4 MiB on the heap (each under 
 top = libc.sbrk(0)
 del blocks
 print(top - libc.sbrk(0))  # how much of the heap's top was given back
+before = libc.sbrk(0)
+big = [bytearray(3 << 20) for _ in range(4)]  # 12 MiB in blocks of 3 MiB: heap or mmap?
+print(libc.sbrk(0) - before)  # how much the heap grew for them
 """
 
 
 @pytest.mark.skipif(
     not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc", reason="glibc only"
 )
-@pytest.mark.parametrize("env", [{}, {"MALLOC_TRIM_THRESHOLD_": "131072"}], ids=["", "set"])
+@pytest.mark.parametrize(
+    "env",
+    [{}, {"MALLOC_TRIM_THRESHOLD_": "131072"}, {"MALLOC_MMAP_THRESHOLD_": "131072"}],
+    ids=["", "trim-set", "mmap-set"],
+)
 def test_a_freed_heap_top_is_kept_unless_the_operator_chose(env: dict[str, str]) -> None:
     """--gc-tune's tune_malloc(): 4 MiB of 64 KiB blocks freed at the heap's top stay in the
     process (glibc's default gives back all but 128 KiB with brk, to fault it in again for
-    the next bodies); with MALLOC_TRIM_THRESHOLD_ set, the operator's threshold stands."""
+    the next bodies), and blocks of 3 MiB come from the heap, not each from its own mmap();
+    with MALLOC_TRIM_THRESHOLD_ or MALLOC_MMAP_THRESHOLD_ set, the operator's choice stands.
+    (In the "mmap-set" case a threshold of 128 KiB maps the 3 MiB blocks: the heap stays.)"""
 
     def run(mode: str) -> list[str]:
-        environ = {k: v for k, v in os.environ.items() if k != "MALLOC_TRIM_THRESHOLD_"}
+        environ = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
         out = subprocess.run(
             [sys.executable, "-c", HEAP_PROBE, mode],
             env={**environ, **env},
@@ -182,10 +191,11 @@ def test_a_freed_heap_top_is_kept_unless_the_operator_chose(env: dict[str, str])
         )
         return out.stdout.split()
 
-    set_it, kept = run("tuned")
-    _, given_back = run("default")
+    set_it, kept, grew = run("tuned")
+    _, given_back, default_grew = run("default")
     assert int(given_back) > 2 << 20  # the default trims (the probe sees the brk it measures)
+    assert int(default_grew) < 1 << 20  # and maps blocks of 3 MiB on their own
     if env:
-        assert (set_it, int(kept) > 2 << 20) == ("False", True)
+        assert (set_it, int(kept) > 2 << 20, int(grew) < 1 << 20) == ("False", True, True)
     else:
-        assert (set_it, kept) == ("True", "0")
+        assert (set_it, kept, int(grew) > 6 << 20) == ("True", "0", True)  # (4 MiB reused)
