@@ -321,8 +321,8 @@ def add_cpu(
 ) -> None:
     """Server CPU time per request (or message), from (user, system) times read before and
     after. It is steadier than req/s on a shared machine: a neighbour that steals CPU 0 lowers
-    req/s, but not the CPU each request costs. `sys_share`: the kernel's part of it (what no
-    change to the server's own code can take away)."""
+    req/s, but not the CPU each request costs. `sys_share`: the kernel's part of it, which a
+    server lowers only by fewer or cheaper system calls and page faults."""
     user, system = after[0] - before[0], after[1] - before[1]
     cpu_s = user + system
     out["cpu_s"] = round(cpu_s, 3)
