@@ -508,22 +508,28 @@ def test_a_large_message_read_in_pieces_is_unmasked_where_it_was_kept(
     """read_kept unmasks a frame that came in many reads from the bytes it kept, without a
     copy: the reading costs the kept frame and the payload (and, for text, the str), ~2 and
     ~3 times the message. Parsed again by read_frames from a copy it costs ~3 and ~4 (the
-    copy too). Traced by tracemalloc, which follows the server's thread."""
+    copy too). Traced by tracemalloc, which follows the server's thread. The lower peak of
+    two messages counts: once in ~10 runs of the file another allocation in the process
+    landed in the window (text: 4.02 times); the slow path costs its copy every time."""
     size = 8 * 1024 * 1024
     frame = frame_bytes(opcode, b"m" * size)
+    rest = frame[14:]  # (sliced before tracing: only the server's memory is measured)
+    peaks = []
     with serve(sizes_app(), ws_max_size=4 * size) as srv, RawWS(srv.port) as raw:
         raw.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         ws = server_side(srv)
-        raw.sock.sendall(frame[:14])  # the header with its 64-bit length and the mask
-        wait_until(partial(holds, ws, 14), "the server to hold the header")
-        tracemalloc.start()
-        try:
-            before = tracemalloc.get_traced_memory()[0]
-            raw.sock.sendall(frame[14:])
-            assert raw.recv_frame() == (Opcode.TEXT, True, str(size).encode())
-            peak = tracemalloc.get_traced_memory()[1] - before
-        finally:
-            tracemalloc.stop()
+        for _ in range(2):
+            raw.sock.sendall(frame[:14])  # the header with its 64-bit length and the mask
+            wait_until(partial(holds, ws, 14), "the server to hold the header")
+            tracemalloc.start()
+            try:
+                before = tracemalloc.get_traced_memory()[0]
+                raw.sock.sendall(rest)
+                assert raw.recv_frame() == (Opcode.TEXT, True, str(size).encode())
+                peaks.append(tracemalloc.get_traced_memory()[1] - before)
+            finally:
+                tracemalloc.stop()
+    peak = min(peaks)
     assert size < peak < budget * size, f"{peak / size:.2f} times the message"
 
 
@@ -566,20 +572,26 @@ def test_a_frame_of_exactly_max_size_is_read_by_the_server_itself(serve: Serve) 
         assert raw.recv_frame() == (Opcode.BINARY, True, b"x" * 1000)
 
 
+def spy_on_library(lib: Any) -> list[bytes]:
+    """Every piece of bytes the server hands to the websockets library's `receive_data`
+    (`lib`: its ServerProtocol) from now on, in order; the library still gets them."""
+    fed: list[bytes] = []
+    receive_data = lib.receive_data
+
+    def spy(data: bytes) -> None:
+        fed.append(bytes(data))
+        receive_data(data)
+
+    lib.receive_data = spy
+    return fed
+
+
 def test_whole_messages_in_one_frame_never_reach_the_library(serve: Serve) -> None:
     """Without an extension, text and binary messages in one frame (under and over the 2 KiB
     from which the payload is unmasked from a view) are parsed by the server itself; a ping
     is the library's, whole."""
     with serve(echo_app()) as srv, RawWS(srv.port) as raw:
-        lib = server_side(srv).ws  # (the websockets library's ServerProtocol)
-        fed: list[bytes] = []
-        receive_data = lib.receive_data
-
-        def spy(data: bytes) -> None:
-            fed.append(bytes(data))
-            receive_data(data)
-
-        lib.receive_data = spy
+        fed = spy_on_library(server_side(srv).ws)
         for opcode, payload in [
             (Opcode.TEXT, b"hi"),
             (Opcode.BINARY, b"\x00\x01"),
@@ -659,15 +671,7 @@ def test_with_an_extension_an_uncompressed_message_is_the_librarys_too(serve: Se
     offer = b"Sec-WebSocket-Extensions: permessage-deflate\r\n"
     with serve(recorder(probe)) as srv, RawWS(srv.port, headers=offer) as raw:
         assert b"permessage-deflate" in raw.head.lower()
-        lib = open_websocket(srv).ws
-        fed: list[bytes] = []
-        receive_data = lib.receive_data
-
-        def spy(data: bytes) -> None:
-            fed.append(bytes(data))
-            receive_data(data)
-
-        lib.receive_data = spy
+        fed = spy_on_library(open_websocket(srv).ws)
         frame = frame_bytes(Opcode.TEXT, b"hi")
         raw.sock.sendall(frame)
         assert probe.get() == {"type": "websocket.receive", "text": "hi"}
