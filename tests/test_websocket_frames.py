@@ -164,6 +164,42 @@ def test_a_large_fragment_read_in_pieces_goes_to_the_library(serve: Serve) -> No
         assert raw.recv_frame() == (Opcode.BINARY, True, b"1" * 50_000 + b"2" * 10)
 
 
+def test_a_frame_after_a_fragmented_message_in_the_same_read_is_kept_whole(
+    serve: Serve,
+) -> None:
+    """A fragmented message ends inside a read that also holds the first part of the next
+    frame: that part waits with the server's reader, so the next read is taken for the rest
+    of the frame, not for a new one. (The payload's bytes where the read is cut look like a
+    frame header, which a reader that lost its place would take as one; the mask is zero, so
+    they are on the wire as written.)"""
+    fake = frame_bytes(Opcode.BINARY, b"bogus")  # a 5-byte frame, masked: 11 bytes
+    payload = b"a" * 1000 + fake + b"b" * 2000
+    big = bytes([0x82, 0x80 | 126]) + len(payload).to_bytes(2, "big") + bytes(4) + payload
+    cut = 8 + 1000  # the header, the mask and 1,000 bytes: the fake header comes next
+    first = frame_bytes(Opcode.TEXT, b"frag", fin=False) + frame_bytes(Opcode.CONT, b"mented")
+    with serve(echo_app()) as srv, RawWS(srv.port) as raw:
+        raw.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        ws = server_side(srv)
+        raw.sock.sendall(first + big[:cut])
+        assert raw.recv_frame() == (Opcode.TEXT, True, b"fragmented")
+        wait_until(partial(holds, ws, cut), "the server to hold the next frame's start")
+        raw.sock.sendall(big[cut:] + frame_bytes(Opcode.TEXT, b"after"))
+        assert raw.recv_frame() == (Opcode.BINARY, True, payload)
+        assert raw.recv_frame() == (Opcode.TEXT, True, b"after")
+
+
+def test_a_frame_too_big_for_what_a_fragmented_message_has_left_closes_1009_at_once(
+    serve: Serve,
+) -> None:
+    """Inside a fragmented message the limit is what the message has left: a fragment over
+    it is refused from its header, as the library would, not kept until whole."""
+    with serve(echo_app(), ws_max_size=1000) as srv, RawWS(srv.port) as raw:
+        raw.sock.sendall(frame_bytes(Opcode.BINARY, b"x" * 600, fin=False))
+        raw.sock.sendall(frame_bytes(Opcode.CONT, b"y" * 500)[:8])  # 600 + 500 > 1000
+        assert raw.recv_close()[0] == 1009
+        assert raw.at_eof()
+
+
 def test_a_frame_of_exactly_max_size_is_taken_and_one_byte_more_closes_1009(
     serve: Serve,
 ) -> None:

@@ -326,18 +326,21 @@ class WebSocketProtocol(FlowControl, Channel):
         bit, within the size limit) parsed here: the library's generator-based parser cost
         ~25 % of a small echo's CPU. Any other frame (control frames, fragments, or one the
         library must refuse) goes to the library whole, in order, and its events are taken
-        as always; once the library is not between messages of an open connection (a
-        fragmented message, a close, a failure), the rest of the bytes go to it as they are.
-        A frame's first bytes wait in `rx` until the frame is whole. The checks are the
-        library's (Frame.parse, Protocol.parse and recv_frame), in the same order."""
+        as always. Inside a fragmented message every frame is the library's, still whole:
+        were it handed a frame's first bytes, the rest would come in a later read that this
+        reader would take for the start of a frame. Once the library is closing or failed,
+        the rest of the bytes go to it as they are (it reads no further frames). A frame's
+        first bytes wait in `rx` until the frame is whole. The checks are the library's
+        (Frame.parse, Protocol.parse and recv_frame), in the same order."""
         ws = self.ws
         messages = self.messages
         limit = ws.max_message_size
         end = len(data)
         pos = 0
         while pos < end:
-            if ws.state is not LIB_OPEN or ws.current_size is not None:
+            if ws.state is not LIB_OPEN:
                 break
+            taken = ws.current_size  # None between messages, else a fragmented message's size
             if pos + 2 > end:
                 self.keep(data, pos, pos + 2)
                 return
@@ -361,7 +364,7 @@ class WebSocketProtocol(FlowControl, Channel):
                     self.keep(data, pos, start)
                     return
                 length = int.from_bytes(data[pos + 2 : start], "big")
-            if limit is not None and length > limit:
+            if limit is not None and length > (limit if taken is None else limit - taken):
                 break  # the library's 1009
             start += 4
             stop = start + length
@@ -369,7 +372,7 @@ class WebSocketProtocol(FlowControl, Channel):
                 self.keep(data, pos, stop, start)
                 return
             opcode = head & 0x0F
-            if head & 0x80 and (opcode == 2 or opcode == 1):
+            if head & 0x80 and (opcode == 2 or opcode == 1) and taken is None:
                 mask = data[start - 4 : start]
                 if length < VIEW_SIZE:
                     payload = apply_mask(data[start:stop], mask)
