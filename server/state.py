@@ -51,6 +51,7 @@ class ServerState:
         "limit_request_field_size",
         "limit_request_fields",
         "limit_request_line",
+        "lingerers",
         "log_connections",
         "loop",
         "max_head_size",
@@ -68,6 +69,7 @@ class ServerState:
         "timeout_keep_alive",
         "timeout_request_body",
         "timeout_request_header",
+        "tls",
         "total_requests",
         "ws_upgrade",
     )
@@ -93,6 +95,7 @@ class ServerState:
         self.limit_concurrency = config.limit_concurrency
         self.max_head_size = config.max_head_size
         self.root_path = config.root_path
+        self.tls = config.is_ssl  # every listener of the server, or none (server.py)
         # --proxy-headers: what is believed from which peers (request.py applies it).
         self.proxy: ProxyHeaders | None = None
         if config.proxy_headers:
@@ -117,6 +120,8 @@ class ServerState:
         self.connections: set[Closable] = set()
         # The keep-alive deadlines of idle HTTP/2 connections, on one timer (idle.py).
         self.idle_conns = IdleConnections(loop, config.timeout_keep_alive)
+        # The deadlines of lingering closes (linger.py), one timer for each duration.
+        self.lingerers: dict[float, IdleConnections] = {}
         self.tasks: set[asyncio.Task[None]] = set()
         self.in_flight = 0
         self.total_requests = 0
@@ -170,8 +175,17 @@ class ServerState:
             out.insert(0, (b"date", self.default_head[6 : self.default_head.index(b"\r\n")]))
         return out
 
+    def lingering(self, seconds: float) -> IdleConnections:
+        """The deadlines of the connections that linger for `seconds` (linger.py)."""
+        deadlines = self.lingerers.get(seconds)
+        if deadlines is None:
+            self.lingerers[seconds] = deadlines = IdleConnections(self.loop, seconds)
+        return deadlines
+
     def close(self) -> None:
         self.idle_conns.close()
+        for deadlines in self.lingerers.values():
+            deadlines.close()
         if self.date_timer is not None:
             self.date_timer.cancel()
             self.date_timer = None

@@ -1,0 +1,163 @@
+"""What a connection costs before and after its requests: the deadlines kept on the server's
+shared timers (a new connection's keep-alive wait in `state.idle_conns`, a lingering close in
+`state.lingering(seconds)`, protocols/idle.py) and the scope base made once per connection
+(request.connection_scope). Over real sockets; the server's lists are read on its own loop.
+"""
+
+from __future__ import annotations
+
+import socket
+from typing import Any
+
+import pytest
+
+from fastserve.protocols.linger import IDLE_LINGER_SECONDS, LINGER_SECONDS
+from tests.apps.core_apps import Probe
+from tests.conftest import RunningServer
+from tests.helpers import Serve, Wire, on_server_loop, request, until_closed, wait_until
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def hello_app(probe: Probe | None = None) -> Any:
+    """Answers "hi"; reports each scope to `probe` (if any), after reading the body."""
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        more = True
+        while more:
+            message = await receive()
+            more = message.get("more_body", False)
+        if probe is not None:
+            probe.put(scope)
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"hi"})
+
+    return app
+
+
+def kinds(srv: RunningServer, what: str) -> list[str]:
+    """The type names of the connections in one of the server's lists, read on its loop:
+    `idle` (state.idle_conns), `open` (state.connections), or a lingering duration."""
+
+    async def read() -> list[str]:
+        state = srv.server.state
+        assert state is not None
+        if what == "idle":
+            conns: Any = state.idle_conns.deadlines
+        elif what == "open":
+            conns = state.connections
+        else:
+            lingering = state.lingerers.get(float(what))
+            conns = {} if lingering is None else lingering.deadlines
+        return sorted(type(conn).__name__ for conn in conns)
+
+    return on_server_loop(srv, read)
+
+
+def test_a_new_connection_waits_on_the_shared_keep_alive_timer_until_its_first_request(
+    serve: Serve,
+) -> None:
+    """Accepted, it is in the server's keep-alive list; its first request takes it out, and
+    one closed before any request leaves it too (not at the next sweep, seconds later)."""
+    with (
+        serve(hello_app(), timeout_keep_alive=60) as srv,
+        srv.connect() as silent,
+        srv.connect() as used,
+    ):
+        wait_until(lambda: kinds(srv, "idle").count("HTTP1Protocol") == 2, "two new ones")
+        wire = Wire(used)
+        wire.send(request("/"))
+        assert wire.response().body == b"hi"
+        assert kinds(srv, "idle") == ["HTTP1Protocol"]  # the silent one only
+        silent.close()
+        wait_until(lambda: kinds(srv, "open") == ["HTTP1Protocol"], "the silent one gone")
+        assert kinds(srv, "idle") == []
+
+
+def test_a_connection_that_never_sends_is_closed_at_the_keep_alive_timeout(
+    serve: Serve,
+) -> None:
+    with serve(hello_app(), timeout_keep_alive=0.3) as srv, srv.connect() as sock:
+        assert until_closed(sock, timeout=10) == b""
+        wait_until(lambda: kinds(srv, "idle") == [], "the list emptied")
+
+
+def test_a_stalled_body_after_the_first_read_gets_408_at_the_body_timeout(
+    serve: Serve,
+) -> None:
+    """The first read holds a head and part of its body: the body's deadline applies from
+    there, although the keep-alive and head deadlines are far off."""
+    with (
+        serve(
+            hello_app(), timeout_keep_alive=60, timeout_request_header=60, timeout_request_body=0.3
+        ) as srv,
+        srv.connect() as sock,
+    ):
+        sock.sendall(request("/", "POST", "Content-Length: 10\r\n", b"abc"))
+        raw = until_closed(sock, timeout=10)
+    assert raw.startswith(b"HTTP/1.1 408 ")
+    assert raw.endswith(b"Request body timeout")
+
+
+@pytest.mark.parametrize(
+    ("ask", "seconds"),
+    [("Connection: close\r\n", IDLE_LINGER_SECONDS), ("Content-Length: x\r\n", LINGER_SECONDS)],
+    ids=["after-a-close-response", "after-an-error"],
+)
+def test_a_lingering_close_leaves_its_list_when_the_client_closes(
+    serve: Serve, ask: str, seconds: float
+) -> None:
+    """The response, the server's FIN, the connection kept on its duration's shared timer
+    while it drains; the client's close takes it out."""
+    with serve(hello_app(), timeout_keep_alive=60) as srv:
+        sock = srv.connect()
+        try:
+            sock.sendall(request("/", headers=ask))
+            raw = until_closed(sock, timeout=10)  # (to the server's FIN: it lingers)
+            assert raw.startswith(
+                b"HTTP/1.1 200 " if seconds == IDLE_LINGER_SECONDS else b"HTTP/1.1 400 "
+            )
+            assert kinds(srv, str(seconds)) == ["Lingering"]
+        finally:
+            sock.close()
+        wait_until(lambda: kinds(srv, "open") == [], "the close")
+        assert kinds(srv, str(seconds)) == []
+
+
+def test_each_connection_has_scope_dicts_of_its_own(serve: Serve) -> None:
+    """An app that writes into its scope's nested dicts (asgi, extensions) changes nothing
+    another connection sees."""
+    probe = Probe()
+    with serve(hello_app(probe)) as srv:
+        for _ in range(2):
+            with srv.connect() as sock:
+                wire = Wire(sock)
+                wire.send(request("/"))
+                assert wire.response().body == b"hi"
+        first, second = probe.get(), probe.get()
+    assert first["asgi"] is not second["asgi"]
+    assert first["extensions"] is not second["extensions"]
+    for ext in ("http.response.early_hint", "http.response.trailers", "http.response.pathsend"):
+        assert first["extensions"][ext] is not second["extensions"][ext]
+    assert first["asgi"] == second["asgi"] == {"version": "3.0", "spec_version": "2.4"}
+    assert first["scheme"] == "http" and "tls" not in first["extensions"]
+    assert list(first) == list(second)
+
+
+def test_connections_reset_before_their_first_request_leave_the_keep_alive_list(
+    serve: Serve,
+) -> None:
+    with serve(hello_app(), timeout_keep_alive=60) as srv:
+        socks = [srv.connect() for _ in range(3)]
+        try:
+            wait_until(lambda: len(kinds(srv, "idle")) == 3, "three new ones")
+            for sock in socks[:2]:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00" * 2)
+                sock.close()
+            wait_until(lambda: len(kinds(srv, "open")) == 1, "two resets")
+            assert kinds(srv, "idle") == ["HTTP1Protocol"]
+        finally:
+            for sock in socks:
+                sock.close()
