@@ -118,7 +118,8 @@ class ServerState:
             contextvars.Context() if config.reset_contextvars else contextvars.copy_context()
         )
         self.connections: set[Closable] = set()
-        # The keep-alive deadlines of idle HTTP/2 connections, on one timer (idle.py).
+        # The keep-alive deadlines of idle HTTP/2 connections and of HTTP/1.1 ones before
+        # their first request, on one timer (idle.py).
         self.idle_conns = IdleConnections(loop, config.timeout_keep_alive)
         # The deadlines of lingering closes (linger.py), one timer for each duration.
         self.lingerers: dict[float, IdleConnections] = {}

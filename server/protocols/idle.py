@@ -1,8 +1,11 @@
-"""One timer for every idle HTTP/2 connection of a server (--timeout-keep-alive).
+"""One timer for many connections' deadlines of the same length: the idle HTTP/2 connections
+and the HTTP/1.1 ones still waiting for their first request (state.idle_conns,
+--timeout-keep-alive), and the lingering closes of each duration (state.lingering, linger.py).
 
-A connection with no open stream is added with its deadline; one that opens a stream is
-taken out. Every connection of a server has the same timeout, so the order in which they
-went idle is the order of their deadlines: a dict keeps both, the timer runs at the earliest
+A connection is added with its deadline when it goes idle (an HTTP/2 one with no open
+stream, an HTTP/1.1 one at its accept) and taken out when it gets busy. Every entry of one
+list has the same timeout, so the order in which they were added is the order of their
+deadlines: a dict keeps both, the timer runs at the earliest
 deadline, and a pass stops at the first connection not yet due. An idle connection costs one
 dict entry (~50 B) where a loop timer of its own cost ~500 B (the TimerHandle, libuv's timer,
 a context and a bound method; perf/: 1,000 idle h2c connections), and a stream no longer
