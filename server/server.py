@@ -30,7 +30,7 @@ from .loops import get_loop_factory
 from .loops import implemented as implemented_loop
 from .pidfile import remove_listen_file, write_listen_file
 from .protocols import connection_factory, implemented
-from .sockets import bind_sockets, says_tcp, url
+from .sockets import bind_sockets, fixed_address, says_tcp, url
 from .state import ServerState
 from .types import ASGIApp
 
@@ -266,8 +266,12 @@ class Server:
                     factory, sock=sock, ssl=ssl_context, backlog=self.config.backlog
                 )
             else:
+                local = fixed_address(sock)
                 srv = await loop.create_server(
-                    factory, sock=says_tcp(sock), ssl=ssl_context, backlog=self.config.backlog
+                    factory if local is None else connection_factory(state, local),
+                    sock=says_tcp(sock),
+                    ssl=ssl_context,
+                    backlog=self.config.backlog,
                 )
             self.servers.append(srv)
         if not self.in_worker:

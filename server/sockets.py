@@ -4,11 +4,18 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import ipaddress
 import os
 import socket
 import stat
+import sys
 
 from .config import Config, ConfigError
+from .protocols.connection import Address, address
+
+# Linux's IP_TRANSPARENT / IPV6_TRANSPARENT (<linux/in.h>, <linux/in6.h>): a listener with it
+# accepts connections for any local address (TPROXY).
+TRANSPARENT = {socket.AF_INET: (socket.SOL_IP, 19), socket.AF_INET6: (socket.IPPROTO_IPV6, 75)}
 
 
 def bind_sockets(config: Config, reuse_port: bool = False) -> list[socket.socket]:
@@ -60,6 +67,23 @@ def says_tcp(sock: socket.socket) -> socket.socket:
     tcp = socket.socket(sock.family, sock.type, socket.IPPROTO_TCP, os.dup(sock.fileno()))
     tcp.setblocking(False)
     return tcp
+
+
+def fixed_address(sock: socket.socket) -> Address | None:
+    """The listener's (host, port) if it is the local address of every connection it accepts:
+    an IP socket bound to one address (not 0.0.0.0 or ::, not transparent). None otherwise:
+    each connection's own is asked for then."""
+    if sock.family not in TRANSPARENT:
+        return None
+    try:
+        name = sock.getsockname()
+        if ipaddress.ip_address(name[0]).is_unspecified:
+            return None
+        if sys.platform == "linux" and sock.getsockopt(*TRANSPARENT[sock.family]):
+            return None
+    except (OSError, ValueError):
+        return None
+    return address(name)
 
 
 def bind_error(host: str, port: int, exc: OSError) -> ConfigError:

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from fastserve.protocols.linger import IDLE_LINGER_SECONDS, LINGER_SECONDS
+from fastserve.sockets import fixed_address
 from tests.apps.core_apps import Probe
 from tests.conftest import RunningServer
 from tests.helpers import Serve, Wire, on_server_loop, request, until_closed, wait_until
@@ -20,7 +21,8 @@ pytestmark = pytest.mark.timeout(60)
 
 
 def hello_app(probe: Probe | None = None) -> Any:
-    """Answers "hi"; reports each scope to `probe` (if any), after reading the body."""
+    """Answers "hi". With a `probe`: reports each scope, and whether its nested dicts held
+    what the app writes into them next (an app's own keys in `extensions` and `asgi`)."""
 
     async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -30,7 +32,8 @@ def hello_app(probe: Probe | None = None) -> Any:
             message = await receive()
             more = message.get("more_body", False)
         if probe is not None:
-            probe.put(scope)
+            probe.put((scope, "written" in scope["extensions"] or "written" in scope["asgi"]))
+            scope["extensions"]["written"] = scope["asgi"]["written"] = True
         await send({"type": "http.response.start", "status": 200, "headers": []})
         await send({"type": "http.response.body", "body": b"hi"})
 
@@ -126,22 +129,32 @@ def test_a_lingering_close_leaves_its_list_when_the_client_closes(
         assert kinds(srv, str(seconds)) == []
 
 
+def get_on_new_connections(srv: RunningServer, count: int) -> None:
+    """`count` GET requests, each on a connection of its own."""
+    for _ in range(count):
+        with srv.connect() as sock:
+            wire = Wire(sock)
+            wire.send(request("/"))
+            assert wire.response().body == b"hi"
+
+
 def test_each_connection_has_scope_dicts_of_its_own(serve: Serve) -> None:
     """An app that writes into its scope's nested dicts (asgi, extensions) changes nothing
     another connection sees."""
     probe = Probe()
     with serve(hello_app(probe)) as srv:
-        for _ in range(2):
-            with srv.connect() as sock:
-                wire = Wire(sock)
-                wire.send(request("/"))
-                assert wire.response().body == b"hi"
-        first, second = probe.get(), probe.get()
+        get_on_new_connections(srv, 2)
+        (first, seen), (second, seen_again) = probe.get(), probe.get()
+    assert not seen and not seen_again
     assert first["asgi"] is not second["asgi"]
     assert first["extensions"] is not second["extensions"]
     for ext in ("http.response.early_hint", "http.response.trailers", "http.response.pathsend"):
         assert first["extensions"][ext] is not second["extensions"][ext]
-    assert first["asgi"] == second["asgi"] == {"version": "3.0", "spec_version": "2.4"}
+    assert (
+        first["asgi"]
+        == second["asgi"]
+        == {"version": "3.0", "spec_version": "2.4", "written": True}
+    )
     assert first["scheme"] == "http" and "tls" not in first["extensions"]
     assert list(first) == list(second)
 
@@ -161,3 +174,50 @@ def test_connections_reset_before_their_first_request_leave_the_keep_alive_list(
         finally:
             for sock in socks:
                 sock.close()
+
+
+def bound(family: socket.AddressFamily, host: str) -> socket.socket:
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.bind((host, 0))
+    return sock
+
+
+def test_a_listener_on_one_address_gives_it_as_every_connections_server_address() -> None:
+    """fixed_address: an IP listener bound to one address is every accepted connection's
+    local address; a wildcard, a transparent or a UNIX listener is not."""
+    with bound(socket.AF_INET, "127.0.0.1") as one, bound(socket.AF_INET, "0.0.0.0") as anyv4:
+        assert fixed_address(one) == ("127.0.0.1", one.getsockname()[1])
+        assert fixed_address(anyv4) is None
+        try:
+            one.setsockopt(socket.SOL_IP, 19, 1)  # IP_TRANSPARENT (needs CAP_NET_ADMIN)
+        except PermissionError:
+            pass
+        else:
+            assert fixed_address(one) is None
+    if socket.has_ipv6:
+        with bound(socket.AF_INET6, "::1") as six, bound(socket.AF_INET6, "::") as anyv6:
+            assert fixed_address(six) == ("::1", six.getsockname()[1])
+            assert fixed_address(anyv6) is None
+    left, right = socket.socketpair()
+    with left, right:
+        assert fixed_address(left) is None
+
+
+def test_connections_of_a_one_address_listener_share_its_address(serve: Serve) -> None:
+    """The scope's `server` of each connection is the listener's, read once (not one
+    getsockname() per connection): the same tuple, with the right value."""
+    probe = Probe()
+    with serve(hello_app(probe)) as srv:
+        get_on_new_connections(srv, 2)
+
+        async def servers() -> list[Any]:
+            state = srv.server.state
+            assert state is not None
+            return [conn.server for conn in state.connections]
+
+        with srv.connect(), srv.connect():
+            wait_until(lambda: len(kinds(srv, "open")) == 2, "two connections")
+            first, second = on_server_loop(srv, servers)
+        assert first is second
+        assert first == ("127.0.0.1", srv.port)
+        assert probe.get()[0]["server"] == probe.get()[0]["server"] == ("127.0.0.1", srv.port)

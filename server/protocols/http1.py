@@ -137,8 +137,14 @@ class HTTP1Protocol(FlowControl, Channel):
         "ws_scope",
     )
 
-    def __init__(self, state: ServerState, proxied: tuple[Address, Address] | None = None) -> None:
-        """`proxied`: the client and server addresses a PROXY header gave (proxy_protocol.py)."""
+    def __init__(
+        self,
+        state: ServerState,
+        proxied: tuple[Address, Address] | None = None,
+        local: Address | None = None,
+    ) -> None:
+        """`proxied`: the client and server addresses a PROXY header gave (proxy_protocol.py);
+        `local`: the listener's own address, when it is every connection's (connection_factory)."""
         self.state = state
         self.transport: asyncio.Transport = None  # type: ignore[assignment]  # set at once
         self.parser = httptools.HttpRequestParser(self)
@@ -174,7 +180,7 @@ class HTTP1Protocol(FlowControl, Channel):
         self.deadline = 0.0
         self.phase = IDLE
         self.client: Address | None = None
-        self.server: Address | None = None
+        self.server: Address | None = local
         if proxied is not None:
             self.client, self.server = proxied
         self.scope_base: dict[str, Any] = {}
@@ -192,7 +198,8 @@ class HTTP1Protocol(FlowControl, Channel):
             state.metrics.connections += 1
         if self.client is None:  # (unless a PROXY header said who it is)
             self.client = address(transport.get_extra_info("peername"))
-            self.server = address(transport.get_extra_info("sockname"))
+            if self.server is None:  # (unless the listener has one address: `local`)
+                self.server = address(transport.get_extra_info("sockname"))
         if state.log_connections:
             log.debug("%s:%s - connection open", *(self.client or ("-", 0)))
         # CPython 3.12.0-3.12.8 and 3.13.0-3.13.1: asyncio's socket transport never pauses
