@@ -198,8 +198,8 @@ def connection_factory(
     """What `loop.create_server` calls for each accepted connection: the `--http` entry,
     behind the PROXY header reader with --proxy-protocol (the place for an HTTP/2 sniffer).
     `local`: the listener's address when every connection it accepts has it (one address,
-    not a wildcard: server.fixed_address): the scope's `server`, known without a
-    getsockname() per connection (~4k instructions of a new connection's ~100k)."""
+    not a wildcard: sockets.fixed_address): the scope's `server`, known without converting
+    each transport's sockname (~4k instructions of a new connection's ~96k)."""
     config = state.config
     protocol: ConnectionFactory = HTTP.load(config.http)
     if config.proxy_protocol:
