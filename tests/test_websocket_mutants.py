@@ -711,3 +711,18 @@ def test_a_frame_kept_when_the_app_closes_goes_to_the_library_with_the_rest(
         assert raw.at_eof()
         wait_until(lambda: not srv.server.state.connections, "the connection closed")
     assert probe.get() == {"type": "websocket.disconnect", "code": 4000, "reason": ""}
+
+
+def test_a_message_before_a_frame_left_to_the_library_is_delivered_once(serve: Serve) -> None:
+    """One read: a message the server parses, then a header it leaves to the library (a
+    reserved opcode, which the library fails with 1002). The library gets the read from that
+    header on, not the whole read: the app gets the message once."""
+    burst = frame_bytes(Opcode.TEXT, b"once") + bytes([0x83, 0x85])
+    probe = Probe()
+    with serve(recorder(probe)) as srv, RawWS(srv.port) as raw:
+        raw.sock.sendall(burst)
+        assert raw.recv_close()[0] == 1002
+        assert raw.at_eof()
+        got = events_to_disconnect(probe)
+    assert [m.get("text") for m in got[:-1]] == ["once"]
+    assert got[-1]["code"] == 1002
