@@ -26,7 +26,7 @@ from fastserve.protocols.h2 import H2WebSocket
 from tests.apps.core_apps import App, Probe, Receive, Scope, Send
 from tests.apps.ws_apps import flooder
 from tests.conftest import run_server
-from tests.helpers import abort, error_log, sent_and_read, settle, wait_until
+from tests.helpers import abort, error_log, sent_and_read, settle, until_closed, wait_until
 from tests.test_http2 import H2Client, close_clients, echo_app  # noqa: F401 (the fixture)
 from tests.test_http2_flow import connection
 from tests.test_http2_frames import (
@@ -1281,3 +1281,54 @@ def test_an_upload_without_expect_gets_no_100_continue() -> None:
         heads = [got[3] for got in raw.frames if got[0] == HEADERS and got[2] == 1]
         assert len(heads) == 1
         assert dict(hpack.Decoder().decode(heads[0], raw=True))[b":status"] == b"200"
+
+
+@pytest.mark.timeout(30)
+def test_a_requests_scope_names_the_client_and_the_server() -> None:
+    """scope["client"] and scope["server"] of an HTTP/2 request are the connection's two
+    ends: the client's address and port, and the server's."""
+    probe = Probe()
+
+    async def ends(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            probe.put((scope["client"], scope["server"]))
+        await app(scope, receive, send)
+
+    with run_server(ends) as srv:
+        raw = RawH2(srv.port)
+        OPEN.append(raw)
+        assert raw.served(Frames(), 1) == b"ok"
+        client, server = probe.get()
+        assert tuple(client) == raw.sock.getsockname()
+        assert tuple(server) == raw.sock.getpeername()
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("busy", [False, True])
+def test_a_goaway_from_the_client_closes_the_connection_once_its_streams_are_done(
+    busy: bool,
+) -> None:
+    """The client's GOAWAY (NO_ERROR): on an idle connection the server closes at once; with
+    stream 1 (/two) between its two writes, a stream opened after the GOAWAY is refused
+    (REFUSED_STREAM), stream 1 ends, and then the server closes."""
+    GATES.clear()
+    with run_server(app) as srv:
+        raw = RawH2(srv.port)
+        OPEN.append(raw)
+        f = Frames()
+        goaway = frame(GOAWAY, 0, 0, u32(0) + u32(0))
+        if busy:
+            raw.send(f.get(1, "/two"))
+            assert raw.until(DATA, 1)[3] == b"a" * 300
+            wait_until(lambda: len(GATES) == 1, "the app to wait")
+            raw.send(goaway + f.get(3, "/ok"))
+            assert raw.reset_code(3) == 0x7
+            srv.loop.call_soon_threadsafe(GATES[0].set)
+            rest = [raw.until(DATA, 1)]
+            while not rest[-1][1] & END_STREAM:
+                rest.append(raw.until(DATA, 1))
+            assert b"".join(got[3] for got in rest) == b"b"
+        else:
+            raw.send(goaway)
+        until_closed(raw.sock)
+        assert [got for got in raw.frames if got[2] == 3] == [(RST_STREAM, 0, 3, u32(0x7))] * busy
