@@ -20,7 +20,7 @@ from typing import Any
 import httptools
 import pytest
 
-from fastserve.protocols.http1 import HIGH_WATER, HTTP1Protocol
+from fastserve.protocols.http1 import HIGH_WATER, IDLE, HTTP1Protocol
 from fastserve.protocols.linger import IDLE_LINGER_SECONDS
 from tests.apps.core_apps import (
     App,
@@ -1129,3 +1129,45 @@ def test_the_scope_names_the_client_and_the_server(serve: Serve) -> None:
         assert wire.response().status == 200
         host, port = sock.getsockname()[:2]
         assert probe.get() == ((host, port), ("127.0.0.1", srv.port))
+
+
+# -- data_received (session 12): the version read from a read, the head deadline of a later request
+
+
+def test_a_read_that_goes_on_with_a_pipelined_head_is_no_request_line(serve: Serve) -> None:
+    """The next request's line came behind the first request; once the first is answered (the
+    connection idle), the read that goes on with its head starts with a field whose value
+    ends like a request line (" HTTP/1.1"): the request is still HTTP/1.0."""
+    probe = Probe()
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        probe.put(scope["http_version"])
+        await respond(send, 200, b"ok")
+
+    with serve(app) as srv, srv.connect() as sock:
+        sent_and_read(sock, b"GET /a HTTP/1.1\r\nHost: a\r\n\r\nGET /b HTTP/1.0\r\n")
+        assert Wire(sock).response().status == 200
+        assert probe.get() == "1.1"
+        conn = the_connection(srv)
+
+        async def phase() -> int:
+            return conn.phase
+
+        wait_until(lambda: on_server_loop(srv, phase) == IDLE, "the connection idle")
+        sock.sendall(b"X: HTTP/1.1\r\nHost: b\r\n\r\n")
+        raw = until_closed(sock)
+    assert statuses_of(raw) == [200], raw
+    assert probe.get() == "1.0"
+
+
+def test_a_later_requests_head_deadline_is_armed_at_its_first_read(serve: Serve) -> None:
+    """A kept-alive connection's next request: its head deadline (--timeout-request-header)
+    comes long before the keep-alive timer armed after the first answer: the 408 comes then."""
+    options = {"timeout_keep_alive": 60, "timeout_request_header": 0.3}
+    with serve(respond_ok, **options) as srv, srv.connect() as sock:
+        wire = Wire(sock)
+        wire.send(request("/"))
+        assert wire.response().status == 200
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: a\r\n")
+        raw = until_closed(sock, timeout=10)
+    assert status_of(raw) == 408, raw
