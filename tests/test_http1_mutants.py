@@ -50,6 +50,7 @@ from tests.helpers import (
     wait_until,
 )
 from tests.test_http2 import H2Client
+from tests.test_memory import timers
 from tests.test_metrics import samples, value
 
 WS_HANDSHAKE = (
@@ -1171,3 +1172,28 @@ def test_a_later_requests_head_deadline_is_armed_at_its_first_read(serve: Serve)
         sock.sendall(b"GET / HTTP/1.1\r\nHost: a\r\n")
         raw = until_closed(sock, timeout=10)
     assert status_of(raw) == 408, raw
+
+
+def test_a_first_body_in_many_reads_arms_one_timer(serve: Serve) -> None:
+    """A new connection's first request, its body in many reads: the first read arms the
+    body's timer, the reads after it arm none (one per read would each live for the body
+    timeout)."""
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        body, more = b"", True
+        while more:
+            message = await receive()
+            body += message.get("body", b"")
+            more = message.get("more_body", False)
+        await respond(send, 200, body)
+
+    with serve(app, timeout_request_body=60) as srv, srv.connect() as sock:
+        settle(srv)
+        before = timers()
+        sent_and_read(sock, request("/", "POST", "Content-Length: 12\r\n", b"a"))
+        for _ in range(10):
+            sent_and_read(sock, b"b")
+        settle(srv)
+        assert timers() <= before + 1
+        sock.sendall(b"c")
+        assert Wire(sock).response().body == b"a" + b"b" * 10 + b"c"
