@@ -1197,3 +1197,18 @@ def test_a_first_body_in_many_reads_arms_one_timer(serve: Serve) -> None:
         assert timers() <= before + 1
         sock.sendall(b"c")
         assert Wire(sock).response().body == b"a" + b"b" * 10 + b"c"
+
+
+def test_a_refused_first_request_leaves_no_timer_behind(serve: Serve) -> None:
+    """A new connection's first read is refused (400): the connection is closed by the end
+    of that read, and no timer is armed for it afterwards."""
+    with serve(respond_ok, timeout_request_header=60) as srv, srv.connect() as sock:
+        conn = the_connection(srv)
+        sock.sendall(b"BAD\r\n\r\n")
+        assert status_of(until_closed(sock)) == 400
+
+        async def timer() -> object:
+            return conn.timer
+
+        assert conn.closed
+        assert on_server_loop(srv, timer) is None
