@@ -1332,3 +1332,62 @@ def test_a_goaway_from_the_client_closes_the_connection_once_its_streams_are_don
             raw.send(goaway)
         until_closed(raw.sock)
         assert [got for got in raw.frames if got[2] == 3] == [(RST_STREAM, 0, 3, u32(0x7))] * busy
+
+
+@pytest.mark.timeout(60)
+def test_a_client_that_does_not_read_holds_the_app_whatever_its_windows() -> None:
+    """A client that opens every window (2^31-1) and then reads nothing: the app, which
+    yields after each 64 KiB of its 32 MiB body, is held in send() once the transport's
+    buffer is full (the kernel's buffers take a few MiB), not left to queue the whole body."""
+    chunk = b"x" * 65536
+    sent: list[int] = []
+
+    async def sender(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        await send({"type": "http.response.start", "status": 200})
+        for _ in range(512):
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            sent.append(len(chunk))
+            await asyncio.sleep(0)  # (the loop pass that writes, and so may pause writing)
+        await send({"type": "http.response.body", "body": b""})
+        sent.append(0)
+
+    settings = frame(SETTINGS, 0, 0, setting(0x4, 2**31 - 1))
+    grant = frame(WINDOW_UPDATE, 0, 0, u32(2**31 - 1 - 65535))
+    with run_server(sender, timeout_graceful_shutdown=0.2) as srv:
+        raw = RawH2(srv.port, PREFACE + settings + grant)
+        OPEN.append(raw)
+        raw.send(Frames().get(1, "/"))
+        conn = connection(srv)
+
+        def held() -> bool:
+            stream = conn.streams.get(1)
+            return stream is not None and stream.waiter is not None and conn.write_paused
+
+        wait_until(lambda: held() or sent[-1:] == [0], "the app held, or done", timeout=30)
+        assert held()
+        assert sum(sent) < 16 * 2**20
+        raw.close()
+
+
+@pytest.mark.timeout(30)
+def test_cookie_crumbs_reach_the_app_as_one_field_and_only_as_it() -> None:
+    """Two cookie fields (RFC 9113 §8.2.3 crumbs) around another field: the app gets the
+    other field once and one cookie field, "a=1; b=2", after it, and no crumb."""
+    probe = Probe()
+
+    async def fields(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            probe.put(scope["headers"])
+        await app(scope, receive, send)
+
+    with run_server(fields) as srv:
+        raw = RawH2(srv.port)
+        OPEN.append(raw)
+        crumbs = [("cookie", "a=1"), ("x-a", "1"), ("cookie", "b=2")]
+        raw.send(Frames().fields([*REQUEST, *crumbs]))
+        assert raw.until(DATA, 1)[3] == b"ok"
+        headers = probe.get()
+        named = [(n, v) for n, v in headers if n in (b"cookie", b"x-a")]
+        assert named == [(b"x-a", b"1"), (b"cookie", b"a=1; b=2")]
