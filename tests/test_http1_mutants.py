@@ -829,16 +829,21 @@ def test_a_head_split_over_reads_may_be_exactly_the_head_size_cap(serve: Serve, 
             assert raw.endswith(b"\r\n\r\nRequest header fields too large"), raw
 
 
-def test_the_version_of_a_read_is_its_first_request_lines(serve: Serve) -> None:
-    """A read holding one request and the line of the next (another version): each request
-    has its own version."""
-    probe = Probe()
+def version_app(probe: Probe) -> App:
+    """Reports each request's http_version, answers 200 "ok"."""
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
         probe.put(scope["http_version"])
         await respond(send, 200, b"ok")
 
-    with serve(app) as srv, srv.connect() as sock:
+    return app
+
+
+def test_the_version_of_a_read_is_its_first_request_lines(serve: Serve) -> None:
+    """A read holding one request and the line of the next (another version): each request
+    has its own version."""
+    probe = Probe()
+    with serve(version_app(probe)) as srv, srv.connect() as sock:
         sent_and_read(sock, b"GET /a HTTP/1.1\r\nHost: a\r\n\r\nGET /b HTTP/1.0\r\n")
         sock.sendall(b"Host: b\r\n\r\n")
         raw = until_closed(sock)
@@ -1140,12 +1145,7 @@ def test_a_read_that_goes_on_with_a_pipelined_head_is_no_request_line(serve: Ser
     connection idle), the read that goes on with its head starts with a field whose value
     ends like a request line (" HTTP/1.1"): the request is still HTTP/1.0."""
     probe = Probe()
-
-    async def app(scope: Scope, receive: Receive, send: Send) -> None:
-        probe.put(scope["http_version"])
-        await respond(send, 200, b"ok")
-
-    with serve(app) as srv, srv.connect() as sock:
+    with serve(version_app(probe)) as srv, srv.connect() as sock:
         sent_and_read(sock, b"GET /a HTTP/1.1\r\nHost: a\r\n\r\nGET /b HTTP/1.0\r\n")
         assert Wire(sock).response().status == 200
         assert probe.get() == "1.1"

@@ -18,7 +18,14 @@ from websockets.frames import Frame, Opcode
 
 from fastserve.protocols.websocket import VIEW_SIZE, frame_head
 from tests.apps.core_apps import Probe
-from tests.apps.ws_apps import RawWS, echo_app, events_to_disconnect, frame_bytes, recorder
+from tests.apps.ws_apps import (
+    RawWS,
+    echo_app,
+    events_of_a_closing_burst,
+    events_to_disconnect,
+    frame_bytes,
+    recorder,
+)
 from tests.helpers import Serve, wait_until
 
 
@@ -247,12 +254,7 @@ def test_invalid_utf8_after_a_good_message_in_one_read_closes_1007(serve: Serve)
             frame_bytes(Opcode.BINARY, b"never"),
         ]
     )
-    probe = Probe()
-    with serve(recorder(probe)) as srv, RawWS(srv.port) as raw:
-        raw.sock.sendall(burst)
-        assert raw.recv_close()[0] == 1007
-        assert raw.at_eof()
-        got = events_to_disconnect(probe)
+    got = events_of_a_closing_burst(serve, burst, 1007)
     assert [m.get("text") for m in got[:-1]] == ["ok"]
     assert got[-1]["code"] == 1007
 
@@ -276,12 +278,7 @@ def test_nothing_after_a_close_in_the_same_read_reaches_the_app(serve: Serve) ->
             frame_bytes(Opcode.TEXT, b"after"),
         ]
     )
-    probe = Probe()
-    with serve(recorder(probe)) as srv, RawWS(srv.port) as raw:
-        raw.sock.sendall(burst)
-        assert raw.recv_close()[0] == 1000
-        assert raw.at_eof()
-        got = events_to_disconnect(probe)
+    got = events_of_a_closing_burst(serve, burst, 1000)
     assert [m.get("text") for m in got[:-1]] == ["a"]
     assert got[-1]["code"] == 1000
 
@@ -290,12 +287,7 @@ def test_a_whole_message_inside_a_fragmented_one_closes_1002(serve: Serve) -> No
     """A new text frame where a continuation was due (RFC 6455 §5.4), in the same read: the
     library's verdict, not a message."""
     burst = frame_bytes(Opcode.TEXT, b"start", fin=False) + frame_bytes(Opcode.TEXT, b"whole")
-    probe = Probe()
-    with serve(recorder(probe)) as srv, RawWS(srv.port) as raw:
-        raw.sock.sendall(burst)
-        assert raw.recv_close()[0] == 1002
-        assert raw.at_eof()
-        got = events_to_disconnect(probe)
+    got = events_of_a_closing_burst(serve, burst, 1002)
     assert [m["type"] for m in got] == ["websocket.disconnect"]
 
 

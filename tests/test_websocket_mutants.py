@@ -23,6 +23,7 @@ from tests.apps.ws_apps import (
     RawWS,
     closed_code,
     echo_app,
+    events_of_a_closing_burst,
     events_to_disconnect,
     frame_bytes,
     headers,
@@ -718,11 +719,6 @@ def test_a_message_before_a_frame_left_to_the_library_is_delivered_once(serve: S
     reserved opcode, which the library fails with 1002). The library gets the read from that
     header on, not the whole read: the app gets the message once."""
     burst = frame_bytes(Opcode.TEXT, b"once") + bytes([0x83, 0x85])
-    probe = Probe()
-    with serve(recorder(probe)) as srv, RawWS(srv.port) as raw:
-        raw.sock.sendall(burst)
-        assert raw.recv_close()[0] == 1002
-        assert raw.at_eof()
-        got = events_to_disconnect(probe)
+    got = events_of_a_closing_burst(serve, burst, 1002)
     assert [m.get("text") for m in got[:-1]] == ["once"]
     assert got[-1]["code"] == 1002

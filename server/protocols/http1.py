@@ -335,14 +335,15 @@ class HTTP1Protocol(FlowControl, Channel):
         way, --timeout-request-body (check_body_progress). A request read whole and being
         answered needs none: its response's end arms the keep-alive deadline (cycle_done),
         and a close needs no timer of this protocol's."""
+        now = monotonic()
         if self.phase == HEAD:
-            delay = self.deadline - monotonic()
+            at = self.deadline
         elif self.parsing is not None:
-            delay = self.state.timeout_request_body
+            at = now + self.state.timeout_request_body
         else:
             return
-        self.timer_at = monotonic() + delay
-        self.timer = self.state.loop.call_later(delay, self.on_timer)
+        self.timer_at = at
+        self.timer = self.state.loop.call_later(at - now, self.on_timer)
 
     def forget_fresh(self) -> None:
         if self.fresh:

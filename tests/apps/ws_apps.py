@@ -373,3 +373,15 @@ def events_to_disconnect(probe: Probe) -> list[dict[str, Any]]:
     while not got or got[-1]["type"] != "websocket.disconnect":
         got.append(probe.get())
     return got
+
+
+def events_of_a_closing_burst(serve: Any, burst: bytes, code: int) -> list[dict[str, Any]]:
+    """`burst` sent in one write to a `recorder` app (`serve`: the tests' fixture): the
+    server's Close carries `code` and the TCP connection ends; what the app received up to
+    its disconnect."""
+    probe = Probe()
+    with serve(recorder(probe)) as srv, RawWS(srv.port) as raw:
+        raw.sock.sendall(burst)
+        assert raw.recv_close()[0] == code
+        assert raw.at_eof()
+        return events_to_disconnect(probe)
