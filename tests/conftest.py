@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 import threading
 from collections.abc import Callable, Iterator
@@ -15,6 +16,10 @@ from fastserve import Config, Server
 from fastserve.types import ASGIApp
 
 LOOPS = ["uvloop", "asyncio"]
+# FASTSERVE_TEST_EAGER_START=1 runs every run_server() server with --eager-start (Python
+# 3.12+; .ci/run runs the protocol suites that way once): the option's own code path, which the
+# default run never takes.
+EAGER_START = os.environ.get("FASTSERVE_TEST_EAGER_START") == "1"
 
 
 @pytest.fixture(params=LOOPS)
@@ -53,6 +58,8 @@ class RunningServer:
 def run_server(app: ASGIApp, **options: Any) -> Iterator[RunningServer]:
     """Serve `app` on 127.0.0.1:0 in a background thread until the block ends."""
     options.setdefault("port", 0)
+    if EAGER_START:
+        options.setdefault("eager_start", True)
     options.setdefault("lifespan", "off")
     options.setdefault("log_level", "warning")
     options.setdefault("access_log", False)

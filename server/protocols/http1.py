@@ -312,9 +312,8 @@ class HTTP1Protocol(FlowControl, Channel):
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
             upgrade_at = exc.args[0] if exc.args else len(data)
-        except RejectRequest as exc:
-            self.reject(exc)
         except httptools.HttpParserCallbackError as exc:
+            # What a callback raises (a RejectRequest too) arrives wrapped: never bare.
             self.callback_failed(exc)
         except httptools.HttpParserError as exc:
             self.parser_failed(exc, data)
