@@ -1,0 +1,263 @@
+"""The frame walk of server/protocols/h2.py (check_priorities) that a mutation pass (mutmut 3,
+docs/testing.md, issue 16) found unchecked: every test here failed against at least one mutant
+the rest of the suite let live. Over a real socket, with hand-built frames.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from tests.apps.core_apps import Receive, Scope, Send
+from tests.conftest import RunningServer, run_server
+from tests.helpers import error_log, sent_and_read, settle, unacknowledged, wait_until
+from tests.test_http2_frames import (
+    DATA,
+    END_STREAM,
+    FLOW_CONTROL_ERROR,
+    FRAME_SIZE_ERROR,
+    GOAWAY,
+    HEADERS,
+    PADDED,
+    PING,
+    PRIORITY,
+    PROTOCOL_ERROR,
+    RST_STREAM,
+    WINDOW_UPDATE,
+    Frames,
+    RawH2,
+    app,
+    frame,
+    u32,
+)
+
+pytest.importorskip("zttp")
+
+
+PATHS: list[str] = []
+
+
+async def counting(scope: Scope, receive: Receive, send: Send) -> None:
+    """/count reads its body and answers with its size; the rest as tests/test_http2_frames.py's
+    app (/hold waits for the client to go, anything else is served at once). Each request's
+    path goes to PATHS as its app starts."""
+    if scope["type"] == "http":
+        PATHS.append(scope["path"])
+    if scope["type"] == "http" and scope["path"] == "/count":
+        size = 0
+        while True:
+            message = await receive()
+            size += len(message.get("body", b""))
+            if not message.get("more_body"):
+                break
+        await send({"type": "http.response.start", "status": 200})
+        await send({"type": "http.response.body", "body": str(size).encode()})
+        return
+    await app(scope, receive, send)
+
+
+@pytest.fixture(scope="module")
+def srv() -> Iterator[RunningServer]:
+    with run_server(counting, loop="asyncio") as running:
+        yield running
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("cut", [3, 9, 10, 12, 13])
+def test_the_walk_keeps_its_place_after_a_frame_cut_across_reads(
+    srv: RunningServer, cut: int
+) -> None:
+    """A self-dependence cut across two reads is seen, and so is one in a later read: the walk
+    starts that read at its first frame, with nothing of the cut frame left over."""
+    raw = RawH2(srv.port)
+    try:
+        frames = Frames()
+        sent_and_read(raw.sock, frames.post(1, "/hold"))
+        for stream in (1, 3):
+            priority = frame(PRIORITY, 0, stream, u32(stream) + b"\x10")
+            if stream == 1:  # cut: the walk keeps its start for the next read
+                sent_and_read(raw.sock, priority[:cut])
+                sent_and_read(raw.sock, priority[cut:])
+            else:  # then a post in a read of its own, and a whole frame in the next
+                sent_and_read(raw.sock, frames.post(3, "/hold"))
+                raw.send(priority)
+            assert raw.reset_code(stream) == PROTOCOL_ERROR
+        assert raw.served(frames, 5) == b"ok /ok"
+    finally:
+        raw.close()
+
+
+def read_alone(raw: RawH2) -> None:
+    """A PING answered: the server has read what was sent before it."""
+    raw.send(frame(PING, 0, 0, b"readdone"))
+    while raw.until(PING)[3] != b"readdone":
+        pass
+
+
+def in_one_read(srv: RunningServer, raw: RawH2, data: bytes) -> None:
+    """Send `data` while the server's loop is held, and let it go once the server's kernel
+    holds every byte: asyncio reads up to 256 KiB at once, so `data` is one read."""
+    held, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        held.set()
+        release.wait(10)  # (blocks the server's loop)
+
+    try:
+        srv.loop.call_soon_threadsafe(hold)
+        assert held.wait(5)
+        raw.send(data)
+        wait_until(lambda: unacknowledged(raw.sock) == 0, "the server's kernel to hold it all")
+    finally:
+        release.set()
+
+
+@pytest.mark.timeout(30)
+def test_a_frame_of_64_kib_is_stepped_over_whole(srv: RunningServer) -> None:
+    """A HEADERS frame of 65,536 bytes (over SETTINGS_MAX_FRAME_SIZE: zttp would refuse it
+    with FRAME_SIZE_ERROR) and, in the same read, a PRIORITY frame on stream 0: the walk
+    reads the frame's 24-bit length whole (its first byte is 1), steps over its payload of
+    zeros, and finds the PRIORITY frame first (PROTOCOL_ERROR)."""
+    raw = RawH2(srv.port)
+    try:
+        read_alone(raw)
+        big = frame(HEADERS, 0, 1, bytes(65536))
+        in_one_read(srv, raw, big + frame(PRIORITY, 0, 0, u32(1) + b"\x10"))
+        assert raw.goaway()[1] == PROTOCOL_ERROR
+    finally:
+        raw.close()
+
+
+@pytest.mark.timeout(30)
+def test_a_padded_data_frame_cut_after_its_header_is_followed(srv: RunningServer) -> None:
+    """A padded DATA frame whose header ends a read: its pad length is in the next read,
+    where the walk takes the frame up again (the connection serves on)."""
+    raw = RawH2(srv.port)
+    try:
+        frames = Frames()
+        sent_and_read(raw.sock, frames.post(1, "/hold"))
+        padded = frame(DATA, PADDED, 1, b"\x02abc\x00\x00")
+        sent_and_read(raw.sock, padded[:9])
+        sent_and_read(raw.sock, padded[9:])
+        assert raw.served(frames, 3) == b"ok /ok"
+    finally:
+        raw.close()
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("ended", [True, False])
+def test_a_body_of_exactly_the_window_in_one_read_is_taken(srv: RunningServer, ended: bool) -> None:
+    """65,535 bytes of body (the stream's window and the connection's, exactly) in one read:
+    neither window is overdrawn. Ended there, the body is served whole; not ended, its app's
+    reads give the stream credit, and the client ends it after that."""
+    raw = RawH2(srv.port)
+    try:
+        read_alone(raw)
+        frames = Frames()
+        body = frame(DATA, 0, 1, b"x" * 16384) * 3
+        last = frame(DATA, END_STREAM if ended else 0, 1, b"x" * 16383)
+        in_one_read(srv, raw, frames.post(1, "/count") + body + last)
+        if not ended:
+            raw.until(WINDOW_UPDATE, 1)
+            raw.send(frame(DATA, END_STREAM, 1))
+        assert raw.until(DATA, 1)[3] == b"65535"
+        assert not [f for f in raw.frames if f[0] in (GOAWAY, RST_STREAM)]
+    finally:
+        raw.close()
+
+
+@pytest.mark.timeout(30)
+def test_a_hundred_empty_data_frames_are_not_a_flood(srv: RunningServer) -> None:
+    """The empty-DATA budget is 100 frames (the 101st is a flood, tests/test_h2_mutants.py):
+    100 in one read leave the connection serving."""
+    raw = RawH2(srv.port)
+    try:
+        read_alone(raw)
+        frames = Frames()
+        in_one_read(srv, raw, frames.post(1, "/hold") + frame(DATA, 0, 1) * 100)
+        assert raw.served(frames, 3) == b"ok /ok"
+        assert not [f for f in raw.frames if f[0] in (GOAWAY, RST_STREAM)]
+    finally:
+        raw.close()
+
+
+@pytest.mark.timeout(30)
+def test_data_past_the_connection_window_is_logged_as_such(srv: RunningServer) -> None:
+    """65,536 bytes in one read, 32,768 on each of two streams: within each stream's window,
+    one past the connection's: GOAWAY FLOW_CONTROL_ERROR and one line that says why."""
+    raw = RawH2(srv.port)
+    try:
+        frames = Frames()
+        read_alone(raw)
+        sent_and_read(raw.sock, frames.post(1, "/hold") + frames.post(3, "/hold"))
+        half = frame(DATA, 0, 1, b"x" * 16384) * 2 + frame(DATA, 0, 3, b"x" * 16384) * 2
+        with error_log(logging.INFO) as records:
+            in_one_read(srv, raw, half)
+            assert raw.goaway()[1] == FLOW_CONTROL_ERROR
+            lines = [r.getMessage() for r in records if "HTTP/2" in r.getMessage()]
+        port = raw.sock.getsockname()[1]
+        why = "connection error: DATA past the connection window"
+        assert lines == [f"127.0.0.1:{port} - HTTP/2 {why}"]
+    finally:
+        raw.close()
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize(
+    "payload", [b"\x00\x00\x01\x05", b"\x00\x01\x05"], ids=["4 bytes", "3 bytes"]
+)
+def test_a_short_priority_frame_cut_before_its_last_byte_is_a_frame_size_error(
+    srv: RunningServer, payload: bytes
+) -> None:
+    """A PRIORITY frame on idle stream 1 too short for its fields (RFC 9113 §6.3: 5 bytes),
+    sent but for its last byte: what has come of its dependency reads as 1, its own stream,
+    yet the walk reads no dependency out of a part of one. The frame, whole, is zttp's
+    FRAME_SIZE_ERROR."""
+    raw = RawH2(srv.port)
+    try:
+        read_alone(raw)
+        short = frame(PRIORITY, 0, 1, payload)
+        sent_and_read(raw.sock, short[:-1])
+        raw.send(short[-1:])
+        assert raw.goaway()[1] == FRAME_SIZE_ERROR
+    finally:
+        raw.close()
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize(
+    ("refused", "code"),
+    [
+        (lambda f: f.get(1, "/a") + frame(PRIORITY, 0, 0, u32(1) + b"\x10"), PROTOCOL_ERROR),
+        (lambda f: f.post(1, "/a") + frame(DATA, 0, 1) * 101, 0xB),  # ENHANCE_YOUR_CALM
+        (
+            lambda f: (
+                f.post(1, "/a")
+                + f.post(3, "/b")
+                + frame(DATA, 0, 1, b"x" * 16384) * 2
+                + frame(DATA, 0, 3, b"x" * 16384) * 2
+            ),
+            FLOW_CONTROL_ERROR,
+        ),
+    ],
+    ids=["PRIORITY on stream 0", "empty DATA flood", "DATA past the connection window"],
+)
+def test_a_read_refused_by_the_walk_starts_none_of_its_requests(
+    srv: RunningServer, refused: Callable[[Frames], bytes], code: int
+) -> None:
+    """The walk refuses a read (a connection error) before zttp parses it: no request of
+    that read reaches its app, neither one before the refused frame nor one after it."""
+    raw = RawH2(srv.port)
+    try:
+        read_alone(raw)
+        PATHS.clear()
+        frames = Frames()
+        in_one_read(srv, raw, refused(frames) + frames.get(7, "/c"))
+        assert raw.goaway() == (0, code)
+        settle(srv)
+        assert PATHS == []
+    finally:
+        raw.close()
