@@ -261,3 +261,30 @@ def test_a_read_refused_by_the_walk_starts_none_of_its_requests(
         assert PATHS == []
     finally:
         raw.close()
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("padded", [False, True])
+def test_the_connection_credit_for_a_data_frame_goes_out_with_its_header(
+    srv: RunningServer, padded: bool
+) -> None:
+    """The walk charges a DATA frame on its header (with its pad length, when padded), and
+    the connection's credit is granted as the charge reaches half the window: 16,384 bytes
+    and then the header of another 16,384 (32,768) get the WINDOW_UPDATE before the rest of
+    that frame is sent."""
+    raw = RawH2(srv.port)
+    try:
+        frames = Frames()
+        sent_and_read(raw.sock, frames.post(1, "/hold"))
+        if padded:
+            second = frame(DATA, PADDED, 1, b"\x10" + b"y" * 16367 + bytes(16))
+            head = 10
+        else:
+            second = frame(DATA, 0, 1, b"y" * 16384)
+            head = 9
+        sent_and_read(raw.sock, frame(DATA, 0, 1, b"x" * 16384) + second[:head])
+        assert int.from_bytes(raw.until(WINDOW_UPDATE, 0)[3]) == 32768
+        raw.send(second[head:])
+        assert raw.served(frames, 3) == b"ok /ok"
+    finally:
+        raw.close()
