@@ -104,17 +104,27 @@ def test_a_stalled_body_after_the_first_read_gets_408_at_the_body_timeout(
     assert raw.endswith(b"Request body timeout")
 
 
+async def closing_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """Answers "hi" with `connection: close` of its own: the server closes after it, though
+    the client asked for nothing."""
+    await send(
+        {"type": "http.response.start", "status": 200, "headers": [(b"connection", b"close")]}
+    )
+    await send({"type": "http.response.body", "body": b"hi"})
+
+
 @pytest.mark.parametrize(
     ("ask", "seconds"),
-    [("Connection: close\r\n", IDLE_LINGER_SECONDS), ("Content-Length: x\r\n", LINGER_SECONDS)],
-    ids=["after-a-close-response", "after-an-error"],
+    [("", IDLE_LINGER_SECONDS), ("Content-Length: x\r\n", LINGER_SECONDS)],
+    ids=["after-the-apps-close-response", "after-an-error"],
 )
 def test_a_lingering_close_leaves_its_list_when_the_client_closes(
     serve: Serve, ask: str, seconds: float
 ) -> None:
     """The response, the server's FIN, the connection kept on its duration's shared timer
-    while it drains; the client's close takes it out."""
-    with serve(hello_app(), timeout_keep_alive=60) as srv:
+    while it drains (the client may have sent its next request already); the client's close
+    takes it out."""
+    with serve(closing_app, timeout_keep_alive=60) as srv:
         sock = srv.connect()
         try:
             sock.sendall(request("/", headers=ask))
@@ -127,6 +137,66 @@ def test_a_lingering_close_leaves_its_list_when_the_client_closes(
             sock.close()
         wait_until(lambda: kinds(srv, "open") == [], "the close")
         assert kinds(srv, str(seconds)) == []
+
+
+@pytest.mark.parametrize(
+    "ask", ["GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n", "GET / HTTP/1.0\r\n\r\n"]
+)
+def test_a_client_that_asked_to_close_gets_a_plain_close(serve: Serve, ask: str) -> None:
+    """`Connection: close` (or HTTP/1.0 without keep-alive) from the client, its request
+    read whole: it must send nothing more (RFC 9112 §9.6), so the server closes outright,
+    without lingering: while the client still holds its end open, the server has let go."""
+    with serve(hello_app(), timeout_keep_alive=60) as srv, srv.connect() as sock:
+        sock.sendall(ask.encode())
+        raw = until_closed(sock, timeout=10)
+        assert raw.startswith((b"HTTP/1.1 200 ", b"HTTP/1.0 200 "))
+        assert raw.endswith(b"hi")
+        # (A lingering close would be on this list from before its FIN until the client
+        # closes or a second passes: the client holds its end open.)
+        assert kinds(srv, str(IDLE_LINGER_SECONDS)) == []
+        wait_until(lambda: kinds(srv, "open") == [], "the server's close")
+
+
+def test_a_client_that_asked_to_close_with_more_bytes_behind_gets_a_lingering_close(
+    serve: Serve,
+) -> None:
+    """Bytes after the request that asked to close (a client breaking the rule): they may
+    be followed by more, so the server lingers as after any close of its own."""
+    with serve(hello_app(), timeout_keep_alive=60) as srv:
+        sock = srv.connect()
+        try:
+            sock.sendall(request("/", headers="Connection: close\r\n") + request("/"))
+            raw = until_closed(sock, timeout=10)
+            assert raw.startswith(b"HTTP/1.1 200 ")
+            assert raw.count(b"HTTP/1.1 ") == 1
+            assert kinds(srv, str(IDLE_LINGER_SECONDS)) == ["Lingering"]
+        finally:
+            sock.close()
+        wait_until(lambda: kinds(srv, "open") == [], "the close")
+
+
+async def early_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """Answers "early" without reading the request body."""
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": b"early"})
+
+
+def test_a_client_that_asked_to_close_with_its_body_unread_gets_a_lingering_close(
+    serve: Serve,
+) -> None:
+    """The app answered before the body arrived: the rest of it is still coming, and a plain
+    close would answer it with a reset that can destroy the response. The server lingers."""
+    with serve(early_app, timeout_keep_alive=60) as srv:
+        sock = srv.connect()
+        try:
+            sock.sendall(request("/", "POST", "Connection: close\r\nContent-Length: 100\r\n", b"x"))
+            raw = until_closed(sock, timeout=10)
+            assert raw.startswith(b"HTTP/1.1 200 ")
+            assert raw.endswith(b"early")
+            assert kinds(srv, str(IDLE_LINGER_SECONDS)) == ["Lingering"]
+        finally:
+            sock.close()
+        wait_until(lambda: kinds(srv, "open") == [], "the close")
 
 
 def get_on_new_connections(srv: RunningServer, count: int) -> None:

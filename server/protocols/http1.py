@@ -116,6 +116,7 @@ class HTTP1Protocol(FlowControl, Channel):
         "headers",
         "join_pieces",
         "keep_alive",
+        "last_asked",
         "parser",
         "parsing",
         "pending_error",
@@ -165,6 +166,7 @@ class HTTP1Protocol(FlowControl, Channel):
         self.write_paused = False
         self.drain_waiter: asyncio.Future[None] | None = None
         self.keep_alive = True
+        self.last_asked = False  # the client asked to close after its request
         self.chunked = False  # the response being written is (HTTP/1.1 has one at a time)
         self.closed = False
         self.eof = False  # the client half-closed: no more requests, answer those we have
@@ -490,7 +492,11 @@ class HTTP1Protocol(FlowControl, Channel):
                     # HttpParserUpgrade at the end of this head (see handle_upgrade).
                     self.ws_scope = scope
                     return
-        keep_alive = self.keep_alive and parser.should_keep_alive() and not state.shutting_down
+        if parser.should_keep_alive():
+            keep_alive = self.keep_alive and not state.shutting_down
+        else:
+            keep_alive = False
+            self.last_asked = True  # Connection: close, or HTTP/1.0 without keep-alive
         cycle = RequestCycle(scope, self, state, keep_alive, expect_100 and http_version == "1.1")
         self.parsing = cycle
         if self.cycle is None:
@@ -584,7 +590,17 @@ class HTTP1Protocol(FlowControl, Channel):
             self.reject(self.pending_error)
             return
         if not reusable:
-            if cycle.response_complete:
+            if (
+                self.last_asked
+                and self.parsing is None
+                and not self.read_paused  # (as it is while requests are pipelined)
+            ):
+                # The client said this request was its last, and all of it has been read: it
+                # must not send more (RFC 9112 §9.6), so no input can be left unread for the
+                # kernel to answer with a reset. A plain close: no half-close, no wait for
+                # the client's FIN (a shutdown(), a read and a Lingering per connection).
+                self.close()
+            elif cycle.response_complete:
                 # FIN first, and unread input drained: closing with input unread makes the
                 # kernel send a reset, which can destroy the response (RFC 9112 §9.6).
                 self.close_idle()
