@@ -30,8 +30,10 @@ class Lingering(NoAppRunning):
     the client closes, LINGER_SECONDS pass or LINGER_BYTES arrive (see HTTP1Protocol.linger).
 
     The deadline is kept with every other lingering connection of the same duration, on one
-    timer (state.lingering, idle.py): a connection per request (`Connection: close`) would
-    otherwise create and cancel a loop timer each (~4k instructions of a 107k request)."""
+    timer (state.lingering, idle.py): a connection per request (an app answering
+    `Connection: close`) would otherwise create and cancel a loop timer each (~4k instructions
+    of a 107k request). A client that asked to close itself gets a plain close
+    (HTTP1Protocol.cycle_done)."""
 
     def __init__(
         self, transport: asyncio.Transport, state: ServerState, seconds: float = LINGER_SECONDS
