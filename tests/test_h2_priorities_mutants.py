@@ -288,3 +288,20 @@ def test_the_connection_credit_for_a_data_frame_goes_out_with_its_header(
         assert raw.served(frames, 3) == b"ok /ok"
     finally:
         raw.close()
+
+
+@pytest.mark.timeout(30)
+def test_a_self_dependence_is_acted_on_once_its_dependency_is_read(srv: RunningServer) -> None:
+    """A PRIORITY frame making open stream 1 depend on itself, sent but for its weight (the
+    last byte): the dependency is read whole, and the stream is reset before the frame ends."""
+    raw = RawH2(srv.port)
+    try:
+        frames = Frames()
+        sent_and_read(raw.sock, frames.post(1, "/hold"))
+        priority = frame(PRIORITY, 0, 1, u32(1) + b"\x10")
+        raw.send(priority[:-1])
+        assert raw.reset_code(1) == PROTOCOL_ERROR
+        raw.send(priority[-1:])
+        assert raw.served(frames, 3) == b"ok /ok"
+    finally:
+        raw.close()
