@@ -31,7 +31,7 @@ from .loops import implemented as implemented_loop
 from .pidfile import remove_listen_file, write_listen_file
 from .protocols import connection_factory, implemented
 from .sockets import bind_sockets, fixed_address, says_tcp, url
-from .state import ServerState
+from .state import GC_THRESHOLD, ServerState
 from .types import ASGIApp
 
 if TYPE_CHECKING:
@@ -44,7 +44,8 @@ HANDLED_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 def tune_gc() -> None:
     """Move everything loaded so far (the app, its modules, the lifespan state) out of the
-    collector's sight, and collect the young generation 10x less often.
+    collector's sight, and collect the young generation 10x less often (more rarely still
+    while many requests run at once: ServerState.grow_gc_room).
 
     Each request allocates a few dozen short-lived containers; with the default threshold
     (700) that is a gen-0 pass every ~20 requests, and every tenth a gen-1 pass. Measured on
@@ -55,7 +56,7 @@ def tune_gc() -> None:
     gc.collect()
     gc.freeze()
     threshold0, threshold1, threshold2 = gc.get_threshold()
-    gc.set_threshold(max(threshold0, 7000), threshold1, threshold2)
+    gc.set_threshold(max(threshold0, GC_THRESHOLD), threshold1, threshold2)
     tune_malloc()
 
 

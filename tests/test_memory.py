@@ -11,6 +11,7 @@ it was: only reference counting can bring it back.
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import os
 import platform
@@ -21,8 +22,17 @@ from collections.abc import Iterator
 
 import pytest
 
+from fastserve import Config
+from fastserve.state import (
+    GC_OBJECTS_PER_REQUEST,
+    GC_THRESHOLD,
+    GC_THRESHOLD_CAP,
+    NO_LIMIT,
+    ServerState,
+)
+from tests.apps.cli_procs import ServerProcess, fastserve_cmd
 from tests.apps.core_apps import App, core_app
-from tests.helpers import Serve, settle, until_closed, wait_until
+from tests.helpers import Serve, Wire, settle, until_closed, wait_until
 
 
 def count(name: str) -> int:
@@ -199,3 +209,67 @@ def test_a_freed_heap_top_is_kept_unless_the_operator_chose(env: dict[str, str])
         assert (set_it, int(kept) > 2 << 20, int(grew) < 1 << 20) == ("False", True, True)
     else:
         assert (set_it, kept, int(grew) > 6 << 20) == ("True", "0", True)  # (4 MiB reused)
+
+
+@pytest.mark.parametrize("tuned", [True, False])
+def test_the_young_generation_grows_with_the_requests_in_flight(tuned: bool) -> None:
+    """--gc-tune: the gen-0 threshold starts at GC_THRESHOLD and, once more requests run at
+    once than it has room for, rises to keep twice what they hold alive (a collection would
+    otherwise walk live requests it cannot free, over and over); --no-gc-tune leaves
+    Python's own. 300 requests held together, over real sockets, in a server subprocess (the
+    test process's collector is left alone)."""
+    together = 300
+    flag = [] if tuned else ["--no-gc-tune"]
+    cmd = fastserve_cmd("tests.apps.core_apps:gc_threshold_app", "--port", "0", *flag)
+    with ServerProcess(cmd) as server:
+        host, port = server.url().removeprefix("http://").rsplit(":", 1)
+        address = (host, int(port))
+
+        def threshold(sock: socket.socket, path: str) -> int:
+            sock.sendall(f"GET {path} HTTP/1.1\r\nHost: t\r\n\r\n".encode())
+            return int(Wire(sock).response(timeout=20).body)
+
+        with socket.create_connection(address, timeout=20) as sock:
+            before = threshold(sock, "/")
+        socks = [socket.create_connection(address, timeout=20) for _ in range(together)]
+        try:
+            for sock in socks:
+                sock.sendall(f"GET /together?n={together} HTTP/1.1\r\nHost: t\r\n\r\n".encode())
+            during = [int(Wire(sock).response(timeout=20).body) for sock in socks]
+        finally:
+            for sock in socks:
+                sock.close()
+    if tuned:
+        assert before == GC_THRESHOLD
+        # (Each answer reads the threshold when all 300 run: the last raise came before.)
+        assert min(during) >= GC_OBJECTS_PER_REQUEST * together
+        assert max(during) <= 2 * GC_OBJECTS_PER_REQUEST * together
+    else:
+        assert before == 700
+        assert set(during) == {700}
+
+
+def test_the_young_generation_stops_growing_at_its_cap_and_never_shrinks() -> None:
+    """grow_gc_room on its own (a real ServerState): each raise moves the watermark to twice
+    the requests in flight; at GC_THRESHOLD_CAP it stops, and the watermark with it; a
+    threshold already above what is wanted (the operator's, or an earlier raise) stays."""
+    saved = gc.get_threshold()
+    loop = asyncio.new_event_loop()
+    try:
+        state = ServerState(Config(app=core_app, gc_tune=True), core_app, loop, {}, None)
+        assert state.gc_watermark == GC_THRESHOLD // (2 * GC_OBJECTS_PER_REQUEST)
+        gc.set_threshold(GC_THRESHOLD, saved[1], saved[2])
+        state.grow_gc_room(200)
+        assert gc.get_threshold() == (2 * GC_OBJECTS_PER_REQUEST * 200, saved[1], saved[2])
+        assert state.gc_watermark == 400
+        state.grow_gc_room(150)  # (fewer: never lowered)
+        assert gc.get_threshold()[0] == 2 * GC_OBJECTS_PER_REQUEST * 200
+        assert state.gc_watermark == 300
+        state.grow_gc_room(GC_THRESHOLD_CAP)
+        assert gc.get_threshold()[0] == GC_THRESHOLD_CAP
+        assert state.gc_watermark == NO_LIMIT
+        untuned = ServerState(Config(app=core_app, gc_tune=False), core_app, loop, {}, None)
+        assert untuned.gc_watermark == NO_LIMIT
+    finally:
+        gc.set_threshold(*saved)
+        loop.close()

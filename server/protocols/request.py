@@ -141,8 +141,11 @@ def admit(cycle: RequestCycle, state: ServerState) -> bool:
     total = state.total_requests + 1
     if total >= state.max_requests and not last_request(cycle, state):
         return False
-    state.in_flight += 1
+    in_flight = state.in_flight + 1
+    state.in_flight = in_flight
     state.total_requests = total
+    if in_flight > state.gc_watermark:
+        state.grow_gc_room(in_flight)  # (--gc-tune, rare: see state.py)
     return True
 
 

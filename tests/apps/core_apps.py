@@ -8,6 +8,7 @@ an app that is holding a request. The client side of the raw-socket tests is `te
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import queue
 import threading
@@ -426,6 +427,25 @@ async def slow_app(scope: Scope, receive: Receive, send: Send) -> None:
     if scope["type"] == "http" and scope["path"] == "/slow":
         print("slow request started", flush=True)
     await lifespan_app(scope, receive, send)
+
+
+_together: dict[int, asyncio.Event] = {}
+_arrived: dict[int, int] = {}
+
+
+async def gc_threshold_app(scope: Scope, receive: Receive, send: Send) -> None:
+    """For --gc-tune (in a subprocess): answers the young generation's collection threshold;
+    /together?n=N first waits until N such requests run at once."""
+    if scope["type"] != "http":
+        return
+    if scope["path"] == "/together":
+        n = int(query(scope)["n"])
+        event = _together.setdefault(n, asyncio.Event())
+        _arrived[n] = _arrived.get(n, 0) + 1
+        if _arrived[n] >= n:
+            event.set()
+        await event.wait()
+    await respond(send, 200, str(gc.get_threshold()[0]).encode())
 
 
 def make_app() -> App:
