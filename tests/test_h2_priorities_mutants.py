@@ -16,6 +16,7 @@ from tests.conftest import RunningServer, run_server
 from tests.helpers import error_log, sent_and_read, settle, unacknowledged, wait_until
 from tests.test_http2_frames import (
     DATA,
+    END_HEADERS,
     END_STREAM,
     FLOW_CONTROL_ERROR,
     FRAME_SIZE_ERROR,
@@ -303,5 +304,24 @@ def test_a_self_dependence_is_acted_on_once_its_dependency_is_read(srv: RunningS
         assert raw.reset_code(1) == PROTOCOL_ERROR
         raw.send(priority[-1:])
         assert raw.served(frames, 3) == b"ok /ok"
+    finally:
+        raw.close()
+
+
+@pytest.mark.timeout(30)
+def test_a_body_ended_by_trailers_gets_no_window_credit(srv: RunningServer) -> None:
+    """40,000 bytes (more than half a window) and trailers (HEADERS with END_STREAM) in one
+    read, read by the app after that: the stream takes no more DATA, so no WINDOW_UPDATE
+    for it (the connection's is granted as the bytes arrive)."""
+    raw = RawH2(srv.port)
+    try:
+        read_alone(raw)
+        frames = Frames()
+        body = frame(DATA, 0, 1, b"x" * 16384) * 2 + frame(DATA, 0, 1, b"x" * 7232)
+        trailers = frame(HEADERS, END_HEADERS | END_STREAM, 1, frames.block([("x-t", "1")]))
+        in_one_read(srv, raw, frames.post(1, "/count") + body + trailers)
+        assert raw.until(DATA, 1)[3] == b"40000"
+        read_alone(raw)
+        assert [f[2] for f in raw.frames if f[0] == WINDOW_UPDATE] == [0]
     finally:
         raw.close()
