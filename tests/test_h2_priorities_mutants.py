@@ -325,3 +325,18 @@ def test_a_body_ended_by_trailers_gets_no_window_credit(srv: RunningServer) -> N
         assert [f[2] for f in raw.frames if f[0] == WINDOW_UPDATE] == [0]
     finally:
         raw.close()
+
+
+@pytest.mark.timeout(30)
+def test_a_header_block_is_not_read_as_a_dependency(srv: RunningServer) -> None:
+    """HEADERS without the PRIORITY flag on stream 0x20202085, whose block starts with the
+    same four bytes: three dynamic table size updates to 0 (0x20) and :path /index.html
+    (0x85, static entry 5). The walk reads no dependency there: the request is served."""
+    raw = RawH2(srv.port)
+    try:
+        stream = 0x20202085
+        block = u32(stream) + b"\x82\x86\x01\x01t"  # GET, http, :authority t
+        raw.send(frame(HEADERS, END_HEADERS | END_STREAM, stream, block))
+        assert raw.until(DATA, stream)[3] == b"ok /index.html"
+    finally:
+        raw.close()
