@@ -340,3 +340,18 @@ def test_a_header_block_is_not_read_as_a_dependency(srv: RunningServer) -> None:
         assert raw.until(DATA, stream)[3] == b"ok /index.html"
     finally:
         raw.close()
+
+
+@pytest.mark.timeout(30)
+def test_the_connection_credit_goes_out_at_exactly_half_the_window(srv: RunningServer) -> None:
+    """32,767 bytes of DATA (half the 65,535-byte window, rounded down) in one read: the
+    connection's WINDOW_UPDATE of 32,767 goes out at once."""
+    raw = RawH2(srv.port)
+    try:
+        frames = Frames()
+        sent_and_read(raw.sock, frames.post(1, "/hold"))
+        in_one_read(srv, raw, frame(DATA, 0, 1, b"x" * 16384) + frame(DATA, 0, 1, b"x" * 16383))
+        assert int.from_bytes(raw.until(WINDOW_UPDATE, 0)[3]) == 32767
+        assert raw.served(frames, 3) == b"ok /ok"
+    finally:
+        raw.close()
