@@ -248,6 +248,9 @@ class HTTP1Protocol(FlowControl, Channel):
         connection_lost.) Reading is over, so it counts as paused from here on."""
         if self.eof or self.closed:
             return None
+        # An answer held to the end of this pass ("Eager start") leaves first: where this
+        # returns None the transport closes itself, and the outbox skips closing transports.
+        self.flush_held()
         broken = self.parsing
         if broken is not None:
             if broken is not self.cycle and broken in self.pipeline:
