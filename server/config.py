@@ -158,7 +158,8 @@ class Config:
     )
     gc_tune: bool = opt(
         True,
-        "Freeze the startup heap (gc.freeze) and run gen-0 collections 10x less often; with "
+        "Freeze the startup heap (gc.freeze) and run gen-0 collections 10x less often (more "
+        "rarely still while many requests run at once); with "
         "glibc, also let malloc keep 8 MiB of free heap instead of trimming it and take "
         "blocks up to 4 MiB from the heap (unless MALLOC_TRIM_THRESHOLD_ or "
         "MALLOC_MMAP_THRESHOLD_ is set).",
