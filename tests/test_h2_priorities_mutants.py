@@ -355,3 +355,19 @@ def test_the_connection_credit_goes_out_at_exactly_half_the_window(srv: RunningS
         assert raw.served(frames, 3) == b"ok /ok"
     finally:
         raw.close()
+
+
+@pytest.mark.timeout(30)
+def test_a_short_priority_frame_on_stream_0_is_refused_from_its_header(
+    srv: RunningServer,
+) -> None:
+    """A PRIORITY frame on stream 0 of 3 bytes (too short for a dependency), sent but for its
+    last byte: the walk does not wait for a dependency the frame cannot hold, and refuses
+    it at once (RFC 9113 §6.3: GOAWAY PROTOCOL_ERROR)."""
+    raw = RawH2(srv.port)
+    try:
+        read_alone(raw)
+        raw.send(frame(PRIORITY, 0, 0, b"\x00\x00\x01")[:-1])
+        assert raw.goaway()[1] == PROTOCOL_ERROR
+    finally:
+        raw.close()
