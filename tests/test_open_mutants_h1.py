@@ -1,0 +1,119 @@
+"""HTTP/1.1 rules of server/protocols/http1.py that the mutation passes (docs/testing.md) had
+left open: each test here failed against a mutant the rest of the suite let live. Over real
+sockets; the server's loop is read (on_server_loop) only for what the client cannot see.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import struct
+import threading
+
+from fastserve.protocols.http1 import HIGH_WATER
+from tests.apps.core_apps import Probe, Receive, Scope, Send, read_body, respond
+from tests.helpers import (
+    Serve,
+    Wire,
+    error_log,
+    on_server_loop,
+    request,
+    sent_and_read,
+    unacknowledged,
+    wait_until,
+)
+from tests.test_http1_mutants import client_of, the_connection
+
+KEEP_ALIVE = 0.2  # the deadline a lost connection must not arm
+
+
+def test_an_app_returning_after_its_connection_was_reset_leaves_the_connection_alone(
+    serve: Serve,
+) -> None:
+    """The app answers, then runs on while the client resets the connection. When it returns,
+    the connection is gone: no keep-alive deadline is armed for it, and nothing closes it a
+    second time (one "connection reset" line, no later "connection closed"), and the server
+    still stops."""
+    probe = Probe()
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        await respond(send, 200, b"ok")
+        await probe.wait_release()
+
+    async def in_flight() -> int:
+        state = srv.server.state
+        assert state is not None
+        return int(state.in_flight)
+
+    with (
+        serve(app, log_level="debug", timeout_keep_alive=KEEP_ALIVE) as srv,
+        error_log() as records,
+    ):
+        with srv.connect() as sock:
+            wire = Wire(sock)
+            wire.send(request("/"))
+            assert wire.response().status == 200
+            who = client_of(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        wait_until(
+            lambda: any(r.getMessage() == f"{who} - connection reset" for r in records),
+            "the server to see the reset",
+        )
+        probe.release.set()
+        wait_until(lambda: on_server_loop(srv, in_flight) == 0, "the app to return")
+        # A barrier past any keep-alive deadline armed when the app returned (timers fire
+        # in deadline order).
+        on_server_loop(srv, lambda: asyncio.sleep(KEEP_ALIVE * 2))
+        lines = [r.getMessage() for r in records if r.getMessage().startswith(who + " - conn")]
+        assert lines == [f"{who} - connection open", f"{who} - connection reset"]
+    # (and the server stops: a lost connection closed again would leave its Lingering
+    # protocol counted among the connections, with no connection_lost() to come)
+
+
+def test_a_pipelined_request_with_exactly_the_high_water_mark_buffered_resumes_reading(
+    serve: Serve,
+) -> None:
+    """A request pipelined behind a running one pauses reading at its head; the body bytes
+    of the same read are buffered for it. When the running request ends and the pipelined
+    one starts with exactly HIGH_WATER (64 KiB) buffered, reading resumes at once, before
+    its app reads anything (pausing is for MORE than HIGH_WATER buffered)."""
+    first, second = Probe(), Probe()
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        probe = first if scope["path"] == "/a" else second
+        probe.put(scope["path"])
+        await probe.wait_release()
+        await respond(send, 200, b"%d" % len(await read_body(receive)))
+
+    held, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        held.set()
+        release.wait(10)  # (blocks the server's loop)
+
+    async def buffered() -> tuple[int, int, bool]:
+        return len(conn.pipeline), conn.pipeline[0].body_size, conn.read_paused
+
+    with serve(app) as srv, srv.connect() as sock:
+        sent_and_read(sock, request("/a"))
+        assert first.get() == "/a"
+        conn = the_connection(srv)
+        # The pipelined head and 64 KiB of its body, in one read of the server:
+        srv.loop.call_soon_threadsafe(hold)
+        assert held.wait(5)
+        try:
+            sock.sendall(request("/b", "POST", f"Content-Length: {HIGH_WATER + 10}\r\n"))
+            sock.sendall(b"a" * HIGH_WATER)
+            wait_until(lambda: unacknowledged(sock) == 0, "the server's kernel to hold it all")
+        finally:
+            release.set()
+        assert on_server_loop(srv, buffered) == (1, HIGH_WATER, True)
+        first.release.set()
+        assert second.get() == "/b"  # started, its body not read yet
+        sent_and_read(sock, b"b" * 10)  # times out if reading stayed paused
+        second.release.set()
+        wire = Wire(sock)
+        assert wire.response().body == b"0"
+        assert wire.response("POST").body == b"%d" % (HIGH_WATER + 10)
