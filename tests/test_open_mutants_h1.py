@@ -6,12 +6,20 @@ sockets; the server's loop is read (on_server_loop) only for what the client can
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import socket
+import ssl
 import struct
 import threading
+import time
+from collections.abc import Iterator
+
+import pytest
 
 from fastserve.protocols.http1 import HIGH_WATER
 from tests.apps.core_apps import Probe, Receive, Scope, Send, read_body, respond
+from tests.conftest import RunningServer
 from tests.helpers import (
     Serve,
     Wire,
@@ -19,12 +27,44 @@ from tests.helpers import (
     on_server_loop,
     request,
     sent_and_read,
+    settle,
     unacknowledged,
     wait_until,
 )
 from tests.test_http1_mutants import client_of, the_connection
+from tests.test_tls import Certs, certs, tls_socket
+
+__all__ = ["certs"]  # (the fixture, imported for the TLS test)
 
 KEEP_ALIVE = 0.2  # the deadline a lost connection must not arm
+
+
+@contextlib.contextmanager
+def loop_held(srv: RunningServer, sock: socket.socket) -> Iterator[None]:
+    """The server's loop blocked while the block sends on `sock`: once the server's kernel
+    holds every byte, the loop goes on and reads them all in one pass."""
+    held, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        held.set()
+        release.wait(10)  # (blocks the server's loop)
+
+    srv.loop.call_soon_threadsafe(hold)
+    assert held.wait(5)
+    try:
+        yield
+        wait_until(lambda: unacknowledged(sock) == 0, "the server's kernel to hold it all")
+    finally:
+        release.set()
+
+
+def cut_short(sock: ssl.SSLSocket) -> None:
+    """A POST's head and half its body, then the client's close_notify (the server's is not
+    awaited)."""
+    sock.sendall(request("/b", "POST", "Content-Length: 10\r\n", b"12345"))
+    sock.setblocking(False)
+    with contextlib.suppress(ssl.SSLWantReadError):
+        sock.unwrap()
 
 
 def test_an_app_returning_after_its_connection_was_reset_leaves_the_connection_alone(
@@ -87,12 +127,6 @@ def test_a_pipelined_request_with_exactly_the_high_water_mark_buffered_resumes_r
         await probe.wait_release()
         await respond(send, 200, b"%d" % len(await read_body(receive)))
 
-    held, release = threading.Event(), threading.Event()
-
-    def hold() -> None:
-        held.set()
-        release.wait(10)  # (blocks the server's loop)
-
     async def buffered() -> tuple[int, int, bool]:
         return len(conn.pipeline), conn.pipeline[0].body_size, conn.read_paused
 
@@ -101,14 +135,9 @@ def test_a_pipelined_request_with_exactly_the_high_water_mark_buffered_resumes_r
         assert first.get() == "/a"
         conn = the_connection(srv)
         # The pipelined head and 64 KiB of its body, in one read of the server:
-        srv.loop.call_soon_threadsafe(hold)
-        assert held.wait(5)
-        try:
+        with loop_held(srv, sock):
             sock.sendall(request("/b", "POST", f"Content-Length: {HIGH_WATER + 10}\r\n"))
             sock.sendall(b"a" * HIGH_WATER)
-            wait_until(lambda: unacknowledged(sock) == 0, "the server's kernel to hold it all")
-        finally:
-            release.set()
         assert on_server_loop(srv, buffered) == (1, HIGH_WATER, True)
         first.release.set()
         assert second.get() == "/b"  # started, its body not read yet
@@ -117,3 +146,75 @@ def test_a_pipelined_request_with_exactly_the_high_water_mark_buffered_resumes_r
         wire = Wire(sock)
         assert wire.response().body == b"0"
         assert wire.response("POST").body == b"%d" % (HIGH_WATER + 10)
+
+
+def test_a_pipelined_request_cut_short_by_a_tls_close_notify_never_runs(
+    serve: Serve, certs: Certs
+) -> None:
+    """Under TLS the client's close_notify can be read with a pipelined request's head and
+    part of its body (one read of the server, held while they arrive): asyncio's TLS layer
+    reports the end of input at once, though reading is paused. That request's body never
+    ends: it is dropped without running, the running one sees its client leave, and nothing
+    goes wrong on the way (no error logged)."""
+    started = Probe()
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        started.put(scope["path"])
+        await read_body(receive)
+        message = await receive()  # the running request: until its client leaves
+        started.put(message["type"])
+
+    with (
+        serve(app, **certs.options()) as srv,
+        error_log(name="asyncio") as loop_records,
+        error_log() as records,
+    ):
+        with tls_socket(srv.port, certs.client_context()) as sock:
+            sock.sendall(request("/a"))
+            assert started.get() == "/a"
+            with loop_held(srv, sock):
+                cut_short(sock)
+            assert started.get() == "http.disconnect"
+        settle(srv)
+    assert started.events.empty()  # /b never ran
+    errors = [r.getMessage() for r in loop_records + records if r.levelno >= logging.ERROR]
+    assert errors == []
+
+
+@pytest.mark.parametrize("loop_name", ["asyncio"])  # (uvloop runs due timers before reads)
+def test_a_request_ending_right_after_a_tls_close_notify_does_not_start_the_cut_one(
+    serve: Serve, certs: Certs
+) -> None:
+    """As above, and the running request ends in the very next pass, before the connection
+    is lost (its timer was due while the loop was held: asyncio runs it after the read).
+    The pipelined request whose body was cut short must not start then."""
+    started = Probe()
+    nap = 0.5
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        if scope["path"] == "/a":
+            started.put(("/a", asyncio.get_running_loop().time() + nap))
+            await asyncio.sleep(nap)
+            await respond(send, 200, b"a")
+            started.put("/a answered")
+        else:
+            started.put(scope["path"])
+
+    with serve(app, **certs.options()) as srv, error_log(name="asyncio") as loop_records:
+        with tls_socket(srv.port, certs.client_context()) as sock:
+            sock.sendall(request("/a"))
+            path, due = started.get()
+            assert path == "/a"
+            with loop_held(srv, sock):
+                # (held before the app's timer was due, or the test proves nothing)
+                assert time.monotonic() < due, "the app's timer was due before the hold"
+                cut_short(sock)
+                wait_until(lambda: time.monotonic() > due, "the app's timer to be due")
+            assert started.get() == "/a answered"
+        settle(srv)
+    assert started.events.empty()  # /b never ran
+    assert [r.getMessage() for r in loop_records if r.levelno >= logging.ERROR] == []
