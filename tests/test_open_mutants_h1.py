@@ -8,6 +8,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import signal
 import socket
 import ssl
 import struct
@@ -19,6 +21,7 @@ import pytest
 
 from fastserve.protocols.http1 import HIGH_WATER
 from tests.apps.core_apps import Probe, Receive, Scope, Send, read_body, respond
+from tests.apps.workers_procs import listeners
 from tests.conftest import RunningServer
 from tests.helpers import (
     Serve,
@@ -33,6 +36,7 @@ from tests.helpers import (
 )
 from tests.test_http1_mutants import client_of, the_connection
 from tests.test_tls import Certs, certs, tls_socket
+from tests.test_workers import start, wait_children
 
 __all__ = ["certs"]  # (the fixture, imported for the TLS test)
 
@@ -218,3 +222,37 @@ def test_a_request_ending_right_after_a_tls_close_notify_does_not_start_the_cut_
         settle(srv)
     assert started.events.empty()  # /b never ran
     assert [r.getMessage() for r in loop_records if r.levelno >= logging.ERROR] == []
+
+
+# -- supervisor.py worker_main: a worker's own bind failing under --reuse-port -------------------
+
+
+def test_a_worker_that_cannot_bind_its_reuse_port_listener_logs_why() -> None:
+    """Under --reuse-port each worker binds its own listener. The supervisor is stopped
+    while its workers die, and a listener without SO_REUSEPORT takes the port (the
+    supervisor's own socket holds it but never listens). The replacement worker cannot bind:
+    it logs the reason, in the supervisor's one line format, and the server stops (exit 3).
+    (Two workers: with one, there is no supervisor.)"""
+    with start(2, "--reuse-port") as server:
+        port = server.wait_running(2)
+        workers = wait_children(server, 2)
+        taken = socket.socket()
+        try:
+            server.signal(signal.SIGSTOP)
+            try:
+                for worker in workers:
+                    os.kill(worker, signal.SIGKILL)
+                wait_until(lambda: listeners(port) == 0, "the workers' listeners to close")
+                taken.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                taken.bind(("127.0.0.1", port))
+                taken.listen()
+            finally:
+                server.signal(signal.SIGCONT)
+            assert server.wait() == 3, server.log()
+        finally:
+            taken.close()
+    lines = [line for line in server.log().splitlines() if "address already in use" in line]
+    assert lines, server.log()
+    reason = f"cannot bind 127.0.0.1:{port}: address already in use"
+    # (one ERROR line per worker that tried: no traceback, no "Logging error" report)
+    assert all(line.startswith("ERROR:") and line.endswith(reason) for line in lines), lines
