@@ -30,14 +30,15 @@ if TYPE_CHECKING:
 # machine word: the per-request compare stays one instruction).
 NO_LIMIT: Final = 1 << 60
 
-# --gc-tune: the young generation's collection threshold (server.tune_gc; Python's is 700),
+# --gc-tune: the young generation's collection threshold (server.tune_gc),
 # and how it grows with the requests in flight (ServerState.grow_gc_room). A request in flight
 # keeps collectable objects alive (the hello app: 11 on CPython 3.11, its cycle, task,
 # coroutines, scope, ...; real apps more); once those outnumber the threshold, every
-# collection walks live requests it cannot free. 1,000 connections of wrk did that: ~100
-# gen-0 collections per 100,000 requests, half of the server's cache misses (cachegrind,
-# perf/README.md, session 13). The threshold is kept at twice GC_OBJECTS_PER_REQUEST for
-# each request in flight, up to GC_THRESHOLD_CAP (a collection's pause grows with it).
+# collection walks live requests it cannot free. 1,000 requests in flight at once did that
+# (perf/instructions.py's driver): ~100 gen-0 collections per 100,000 requests, half of its
+# cache misses (cachegrind, perf/README.md, session 13). The threshold is kept at twice
+# GC_OBJECTS_PER_REQUEST for each request in flight, up to GC_THRESHOLD_CAP (a collection's
+# pause grows with it). Python's own threshold is 700 (2000 from 3.13).
 GC_THRESHOLD: Final = 7000
 GC_OBJECTS_PER_REQUEST: Final = 32
 GC_THRESHOLD_CAP: Final = 1 << 17
