@@ -255,33 +255,42 @@ def on_server_loop(srv: RunningServer, run: Callable[[], Awaitable[T]], timeout:
     return asyncio.run_coroutine_threadsafe(wrapped(), srv.loop).result(timeout)
 
 
-def requests_read_in_one_pass(srv: RunningServer, count: int) -> list[bytes]:
-    """`count` connections each send one GET (`/0`, `/1`...) while the server's loop is
-    held, so the server reads them all in one pass of its loop; every byte each connection
-    received until the server closed it, in order."""
+@contextmanager
+def loop_held(srv: RunningServer, *socks: socket.socket) -> Iterator[None]:
+    """The server's loop blocked while the block sends on `socks`; once the server's kernel
+    holds every byte sent, the loop goes on and reads them all in one pass."""
     held, release = threading.Event(), threading.Event()
 
     def hold() -> None:
         held.set()
         release.wait(10)  # (blocks the server's loop)
 
+    srv.loop.call_soon_threadsafe(hold)
+    assert held.wait(5)
+    try:
+        yield
+        wait_until(
+            lambda: all(unacknowledged(sock) == 0 for sock in socks),
+            "the server's kernel to hold it all",
+        )
+    finally:
+        release.set()
+
+
+def requests_read_in_one_pass(srv: RunningServer, count: int) -> list[bytes]:
+    """`count` connections each send one GET (`/0`, `/1`...) while the server's loop is
+    held, so the server reads them all in one pass of its loop; every byte each connection
+    received until the server closed it, in order."""
     socks = [srv.connect() for _ in range(count)]
     try:
         state = srv.server.state
         assert state is not None
         wait_until(lambda: len(state.connections) == count, f"the server to take {count}")
-        srv.loop.call_soon_threadsafe(hold)
-        assert held.wait(5)
-        for i, sock in enumerate(socks):
-            sock.sendall(request(f"/{i}"))
-        wait_until(
-            lambda: all(unacknowledged(sock) == 0 for sock in socks),
-            "the server's kernel to hold every request",
-        )
-        release.set()
+        with loop_held(srv, *socks):
+            for i, sock in enumerate(socks):
+                sock.sendall(request(f"/{i}"))
         return [until_closed(sock) for sock in socks]
     finally:
-        release.set()
         for sock in socks:
             sock.close()
 

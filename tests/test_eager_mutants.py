@@ -18,7 +18,6 @@ from __future__ import annotations
 import logging
 import socket
 import sys
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -29,11 +28,11 @@ from tests.apps.core_apps import Probe
 from tests.helpers import (
     Serve,
     error_log,
+    loop_held,
     request,
     requests_read_in_one_pass,
     status_of,
     statuses_of,
-    unacknowledged,
     until_closed,
     wait_until,
 )
@@ -112,22 +111,11 @@ def test_an_eager_h2_app_that_answers_at_once_frees_its_slot_before_the_next_str
     pytest.importorskip("zttp")
     from tests.test_http2 import H2Client
 
-    held, release = threading.Event(), threading.Event()
-
-    def hold() -> None:
-        held.set()
-        release.wait(10)  # (blocks the server's loop)
-
     with serve(at_once_app, limit_concurrency=1, eager_start=eager_start) as srv:
         client = H2Client(srv.port)
-        try:
-            srv.loop.call_soon_threadsafe(hold)
-            assert held.wait(5)
+        with loop_held(srv, client.sock):
             streams = [client.request(f"/{i}", send=False) for i in range(3)]
             client.flush()
-            wait_until(lambda: unacknowledged(client.sock) == 0, "the server's kernel to hold them")
-        finally:
-            release.set()
         statuses = sorted(int(client.response(stream)[0][":status"]) for stream in streams)
         client.close()
     assert statuses == ([200, 200, 200] if eager_start else [200, 503, 503])
@@ -153,23 +141,12 @@ def test_requests_then_a_fin_read_in_one_pass_get_every_answer(
 ) -> None:
     """The requests and the FIN are in the server's socket before it reads (its loop is held
     while they arrive)."""
-    held, release = threading.Event(), threading.Event()
-
-    def hold() -> None:
-        held.set()
-        release.wait(10)  # (blocks the server's loop)
-
     with serve(at_once_app, eager_start=True, **options) as srv, srv.connect() as sock:
         state = srv.server.state
         assert state is not None
         wait_until(lambda: len(state.connections) == 1, "the server to take the connection")
-        try:
-            srv.loop.call_soon_threadsafe(hold)
-            assert held.wait(5)
+        with loop_held(srv, sock):
             sock.sendall(b"".join(request(path) for path in paths))
             sock.shutdown(socket.SHUT_WR)
-            wait_until(lambda: unacknowledged(sock) == 0, "the server's kernel to hold them")
-        finally:
-            release.set()
         raw = until_closed(sock)
     assert statuses_of(raw) == [200] * len(paths), raw

@@ -6,14 +6,13 @@ the rest of the suite let live. Over a real socket, with hand-built frames.
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Callable, Iterator
 
 import pytest
 
 from tests.apps.core_apps import Receive, Scope, Send
 from tests.conftest import RunningServer, run_server
-from tests.helpers import error_log, sent_and_read, settle, unacknowledged, wait_until
+from tests.helpers import error_log, loop_held, sent_and_read, settle
 from tests.test_http2_frames import (
     DATA,
     END_HEADERS,
@@ -101,19 +100,8 @@ def read_alone(raw: RawH2) -> None:
 def in_one_read(srv: RunningServer, raw: RawH2, data: bytes) -> None:
     """Send `data` while the server's loop is held, and let it go once the server's kernel
     holds every byte: asyncio reads up to 256 KiB at once, so `data` is one read."""
-    held, release = threading.Event(), threading.Event()
-
-    def hold() -> None:
-        held.set()
-        release.wait(10)  # (blocks the server's loop)
-
-    try:
-        srv.loop.call_soon_threadsafe(hold)
-        assert held.wait(5)
+    with loop_held(srv, raw.sock):
         raw.send(data)
-        wait_until(lambda: unacknowledged(raw.sock) == 0, "the server's kernel to hold it all")
-    finally:
-        release.set()
 
 
 @pytest.mark.timeout(30)

@@ -13,25 +13,22 @@ import signal
 import socket
 import ssl
 import struct
-import threading
 import time
-from collections.abc import Iterator
 
 import pytest
 
 from fastserve.protocols.http1 import HIGH_WATER
 from tests.apps.core_apps import Probe, Receive, Scope, Send, read_body, respond
 from tests.apps.workers_procs import listeners
-from tests.conftest import RunningServer
 from tests.helpers import (
     Serve,
     Wire,
     error_log,
+    loop_held,
     on_server_loop,
     request,
     sent_and_read,
     settle,
-    unacknowledged,
     wait_until,
 )
 from tests.test_http1_mutants import client_of, the_connection
@@ -41,25 +38,6 @@ from tests.test_workers import start, wait_children
 __all__ = ["certs"]  # (the fixture, imported for the TLS test)
 
 KEEP_ALIVE = 0.2  # the deadline a lost connection must not arm
-
-
-@contextlib.contextmanager
-def loop_held(srv: RunningServer, sock: socket.socket) -> Iterator[None]:
-    """The server's loop blocked while the block sends on `sock`: once the server's kernel
-    holds every byte, the loop goes on and reads them all in one pass."""
-    held, release = threading.Event(), threading.Event()
-
-    def hold() -> None:
-        held.set()
-        release.wait(10)  # (blocks the server's loop)
-
-    srv.loop.call_soon_threadsafe(hold)
-    assert held.wait(5)
-    try:
-        yield
-        wait_until(lambda: unacknowledged(sock) == 0, "the server's kernel to hold it all")
-    finally:
-        release.set()
 
 
 def cut_short(sock: ssl.SSLSocket) -> None:
