@@ -1,0 +1,100 @@
+"""The shared deadline timers (server/protocols/idle.py: state.idle_conns and the lingering
+lists), the protocol registry (server/protocols/__init__.py) and the peer-address cache
+(connection.py `address`) where a mutation pass (mutmut 3, docs/testing.md, session 14
+helper-39) found them unchecked: every test here failed against at least one mutant the rest
+of the suite let live. Over real sockets; the server's lists are read on its own loop.
+"""
+
+from __future__ import annotations
+
+from time import monotonic
+from typing import Any
+
+import pytest
+
+from fastserve.protocols import connection
+from fastserve.protocols.connection import address
+from tests.apps.core_apps import Probe
+from tests.conftest import RunningServer
+from tests.helpers import Serve, Wire, on_server_loop, request, until_closed, wait_until
+
+pytestmark = pytest.mark.timeout(60)
+
+
+async def hello(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    if scope["type"] != "http":
+        return
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": b"hi"})
+
+
+def keep_alive_deadlines(srv: RunningServer) -> tuple[list[float], float]:
+    """The deadlines in the server's keep-alive list, in its order, and the time, read on the
+    server's loop."""
+
+    async def read() -> tuple[list[float], float]:
+        state = srv.server.state
+        assert state is not None
+        return list(state.idle_conns.deadlines.values()), monotonic()
+
+    return on_server_loop(srv, read)
+
+
+# -- idle.py: one timer for many deadlines ------------------------------------------------------
+
+
+def test_a_connection_accepted_later_outlives_an_earlier_ones_keep_alive_deadline(
+    serve: Serve,
+) -> None:
+    """Two connections that never send, the second accepted when half the first one's wait
+    is gone: its deadline is a full timeout from its own accept (not from the list's first
+    entry, not in the past), the first is closed at its deadline while the second still
+    waits, and the second at its own."""
+    timeout = 2.0
+    with serve(hello, timeout_keep_alive=timeout) as srv, srv.connect() as first:
+        wait_until(lambda: len(keep_alive_deadlines(srv)[0]) == 1, "the first one listed")
+        [first_due], _ = keep_alive_deadlines(srv)
+        wait_until(lambda: monotonic() >= first_due - timeout / 2, "half its wait", timeout=5)
+        with srv.connect() as second:
+            wait_until(lambda: len(keep_alive_deadlines(srv)[0]) == 2, "the second one listed")
+            (due, second_due), now = keep_alive_deadlines(srv)
+            assert due == first_due
+            assert now < second_due <= now + timeout  # (its own full wait, still ahead)
+            assert second_due - first_due >= timeout / 2
+            assert until_closed(first, timeout=10) == b""
+            # The first one's sweep left the second alone: it is not due for a while.
+            assert keep_alive_deadlines(srv)[0] == [second_due]
+            assert until_closed(second, timeout=10) == b""
+            wait_until(lambda: keep_alive_deadlines(srv)[0] == [], "the list emptied")
+
+
+# -- connection.py: one host string per peer address -------------------------------------------
+
+
+def test_connections_from_one_address_share_one_host_string(serve: Serve) -> None:
+    """The transport makes a new host string for each connection; the scope's `client` of
+    every connection from 127.0.0.1 holds the same one (a string kept per address)."""
+    probe = Probe()
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        probe.put(scope["client"])
+        await hello(scope, receive, send)
+
+    with serve(app) as srv:
+        for _ in range(2):
+            with srv.connect() as sock:
+                wire = Wire(sock)
+                wire.send(request("/"))
+                assert wire.response().body == b"hi"
+        first, second = probe.get(), probe.get()
+    assert first[0] == second[0] == "127.0.0.1" and first[1] != second[1]
+    assert first[0] is second[0]
+
+
+def test_the_host_strings_kept_are_at_most_4096() -> None:
+    """Direct: 4,097 distinct hosts; the cache never holds more than 4,096 (it starts over)."""
+    hosts = [f"10.{i >> 8}.{i & 255}.1" for i in range(4097)]
+    for i, host in enumerate(hosts):
+        assert address((host, i)) == (host, i)
+        assert len(connection._HOSTS) <= 4096
+    assert len(connection._HOSTS) < 4096  # it started over (one left over at most)
