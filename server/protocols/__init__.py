@@ -9,10 +9,10 @@ the compiled build on 3.11), and the first handshake a worker sees waits about 1
 
 - `HTTP` entries are connection factories, `attr(state) -> asyncio.Protocol`, called once per
   accepted connection (`connection_factory` below builds what `loop.create_server` calls).
-- `WS` entries are upgrade hand-overs, `attr(state, scope, transport, rest, read_paused,
-  write_paused)`: the HTTP/1.1 protocol calls the one in `ServerState.ws_upgrade` when a
-  WebSocket handshake request is complete, with the transport it gives up. `None` turns
-  WebSockets off (an upgrade request then reaches the app as plain HTTP).
+- `WS` entries are upgrade hand-overs, `attr(state, scope, transport, rest, write_paused)`:
+  the HTTP/1.1 protocol calls the one in `ServerState.ws_upgrade` when a WebSocket handshake
+  request is complete, with the transport it gives up (reading on; writing maybe paused).
+  `None` turns WebSockets off (an upgrade request then reaches the app as plain HTTP).
 
 A name uvicorn accepts but fastserve has no implementation of (`--http h11`, `--ws wsproto`)
 is served by the entry named in the registry's `instead`, with one warning line saying so;

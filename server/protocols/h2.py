@@ -264,7 +264,7 @@ class H2WebSocket(H2Stream):
         from .websocket import websocket_over_h2
 
         self.ws = ws = websocket_over_h2(self.conn.state, scope, self.transport, self)
-        ws.start(b"", False)
+        ws.start(b"")
         if end_stream:
             self.peer_ended()
 

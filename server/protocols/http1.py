@@ -896,9 +896,13 @@ class HTTP1Protocol(FlowControl, Channel):
                 return
             upgrade = self.state.ws_upgrade  # the --ws entry (protocols/__init__.py)
             assert upgrade is not None
-            read_paused, write_paused = self.read_paused, self.write_paused
+            # Reading is on here: every pause_reading() above either comes with a request
+            # still being answered (self.cycle, or a pipelined one) or closes the connection,
+            # and cycle_done() resumes reading before the connection goes idle. Writing may be
+            # paused (an earlier response the client has not read yet): that goes with it.
+            write_paused = self.write_paused
             transport = self.detach()
-            upgrade(self.state, scope, transport, rest, read_paused, write_paused)
+            upgrade(self.state, scope, transport, rest, write_paused)
             return
         if self.parser.get_method() == b"CONNECT":
             self.pause_reading()  # what follows is tunnel data: never parsed as requests

@@ -126,14 +126,13 @@ def upgrade_to_websocket(
     scope: dict[str, Any],
     transport: asyncio.Transport,
     rest: bytes,
-    read_paused: bool,
     write_paused: bool,
 ) -> None:
-    """Take over `transport` (handed over by http1.py) for the WebSocket whose handshake
-    request is `scope`; `rest` is what the client sent after it."""
+    """Take over `transport` (handed over by http1.py, reading on) for the WebSocket whose
+    handshake request is `scope`; `rest` is what the client sent after it."""
     ws = WebSocketProtocol(state, scope, transport, write_paused)
     transport.set_protocol(ws)
-    ws.start(rest, read_paused)
+    ws.start(rest)
 
 
 def websocket_over_h2(
@@ -230,7 +229,7 @@ class WebSocketProtocol(FlowControl, Channel):
         self.http = RequestCycle(http_scope, channel or self, state, False, False)
         self.chunked = False
 
-    def start(self, rest: bytes, read_paused: bool) -> None:
+    def start(self, rest: bytes) -> None:
         """Validate the handshake, then run the app (or send the library's 4xx at once)."""
         state = self.state
         state.connections.add(self)
@@ -272,8 +271,6 @@ class WebSocketProtocol(FlowControl, Channel):
         self.scope = websocket_scope(scope)
         if rest:
             self.pending.append(rest)
-        self.read_paused = read_paused
-        self.resume_reading()
         # The app counts in `in_flight` (--limit-concurrency) for as long as it runs.
         state.in_flight += 1
         self.task = task = state.loop.create_task(self.run())
@@ -658,9 +655,8 @@ class WebSocketProtocol(FlowControl, Channel):
                 self.close(CloseCode.GOING_AWAY, "server shutdown")
 
     def cancel(self) -> None:
-        """The graceful timeout passed: cancel the app and drop the connection."""
-        if self.task is not None and not self.task.done():
-            self.task.cancel()
+        """The graceful timeout passed: drop the connection. (The server cancels the app's
+        task itself, with every task in `state.tasks`, right after.)"""
         if self.phase != CLOSED:
             self.transport.abort()
 
