@@ -7,16 +7,30 @@ of the suite let live. Over real sockets; the server's lists are read on its own
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
 from time import monotonic
 from typing import Any
 
 import pytest
 
-from fastserve.protocols import connection
+from fastserve import Config
+from fastserve.protocols import connection, implemented
 from fastserve.protocols.connection import address
+from tests.apps.cli_procs import HELLO, REPO, clean_env, run_cli
 from tests.apps.core_apps import Probe
 from tests.conftest import RunningServer
-from tests.helpers import Serve, Wire, on_server_loop, request, until_closed, wait_until
+from tests.helpers import (
+    Serve,
+    Wire,
+    error_log,
+    on_server_loop,
+    request,
+    until_closed,
+    wait_until,
+)
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -98,3 +112,58 @@ def test_the_host_strings_kept_are_at_most_4096() -> None:
         assert address((host, i)) == (host, i)
         assert len(connection._HOSTS) <= 4096
     assert len(connection._HOSTS) < 4096  # it started over (one left over at most)
+
+
+# -- protocols/__init__.py: what the names resolve to ------------------------------------------
+
+
+def test_a_name_served_by_another_entry_warns_in_exactly_these_words() -> None:
+    """`--http h11`: one warning line, word for word, then (`--ws foo`) the error, exit 3."""
+    result = run_cli(HELLO, "--port", "0", "--http", "h11", "--ws", "foo")
+    assert result.returncode == 3
+    assert result.stderr.splitlines() == [
+        "WARNING:  --http h11 is not implemented in fastserve; running httptools instead",
+        "ERROR:    --ws foo: unknown WebSocket implementation "
+        "(choose from auto, websockets, websockets-sansio, none, wsproto)",
+    ]
+
+
+def test_a_config_that_names_what_runs_is_kept_as_it_is() -> None:
+    """Direct: nothing to rewrite, the Config itself comes back (not a copy made again,
+    which would read its --env-file again); a rewritten one, passed again, too, silently."""
+    config = Config(app=HELLO)
+    assert implemented(config) is config
+    with error_log() as records:
+        once = implemented(Config(app=HELLO, http="h11"))
+        assert implemented(once) is once
+    assert once.http == "httptools"
+    assert [record.getMessage() for record in records] == [
+        "--http h11 is not implemented in fastserve; running httptools instead"
+    ]
+
+
+def test_an_http_library_that_fails_to_import_is_named_by_its_error(tmp_path: Path) -> None:
+    """Embedded (the CLI imports httptools itself, first): an httptools whose import raises
+    an ImportError of its own, with no module name in it (a broken build). The startup
+    error quotes that error."""
+    (tmp_path / "httptools.py").write_text('raise ImportError("this httptools build is broken")\n')
+    path = os.pathsep.join([str(tmp_path), *filter(None, [os.environ.get("PYTHONPATH")])])
+    code = (
+        "from fastserve import Config, ConfigError, Server\n"
+        "try:\n"
+        "    Server(Config(app='examples.hello:app', port=0, lifespan='off')).run()\n"
+        "except ConfigError as exc:\n"
+        "    print(exc)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=REPO,
+        env=clean_env(PYTHONPATH=path),
+        capture_output=True,
+        text=True,
+        timeout=20,
+    )
+    assert result.stdout.splitlines() == [
+        "--http auto needs the 'this httptools build is broken' package "
+        "(pip install 'fastserve[standard]')"
+    ], result.stderr
