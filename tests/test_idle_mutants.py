@@ -167,3 +167,23 @@ def test_an_http_library_that_fails_to_import_is_named_by_its_error(tmp_path: Pa
         "--http auto needs the 'this httptools build is broken' package "
         "(pip install 'fastserve[standard]')"
     ], result.stderr
+
+
+def test_http2_insisted_on_without_zttp_is_one_error_line_and_exit_3() -> None:
+    """`--http2` with zttp missing (made unimportable): the one line saying what to install."""
+    code = (
+        "import sys; sys.modules['zttp'] = None; "
+        "from fastserve.cli import main; sys.argv[0] = 'fastserve'; main()"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code, HELLO, "--port", "0", "--lifespan", "off", "--http2"],
+        cwd=REPO,
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=20,
+    )
+    assert result.returncode == 3
+    assert result.stderr.splitlines() == [
+        "ERROR:    --http2 needs zttp: pip install 'fastserve[standard]' (or zttp)"
+    ]
