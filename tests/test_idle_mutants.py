@@ -117,6 +117,13 @@ def test_the_host_strings_kept_are_at_most_4096() -> None:
 # -- protocols/__init__.py: what the names resolve to ------------------------------------------
 
 
+def python_c(code: str, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """`python -c code args` from the repository, in the tests' environment (clean_env)."""
+    options: dict[str, Any] = {"cwd": REPO, "env": clean_env(**env), "timeout": 20}
+    cmd = [sys.executable, "-c", code, *args]
+    return subprocess.run(cmd, capture_output=True, text=True, check=False, **options)
+
+
 def test_a_name_served_by_another_entry_warns_in_exactly_these_words() -> None:
     """`--http h11`: one warning line, word for word, then (`--ws foo`) the error, exit 3."""
     result = run_cli(HELLO, "--port", "0", "--http", "h11", "--ws", "foo")
@@ -155,14 +162,7 @@ def test_an_http_library_that_fails_to_import_is_named_by_its_error(tmp_path: Pa
         "except ConfigError as exc:\n"
         "    print(exc)\n"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", code],
-        cwd=REPO,
-        env=clean_env(PYTHONPATH=path),
-        capture_output=True,
-        text=True,
-        timeout=20,
-    )
+    result = python_c(code, PYTHONPATH=path)
     assert result.stdout.splitlines() == [
         "--http auto needs the 'this httptools build is broken' package "
         "(pip install 'fastserve[standard]')"
@@ -175,14 +175,7 @@ def test_http2_insisted_on_without_zttp_is_one_error_line_and_exit_3() -> None:
         "import sys; sys.modules['zttp'] = None; "
         "from fastserve.cli import main; sys.argv[0] = 'fastserve'; main()"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", code, HELLO, "--port", "0", "--lifespan", "off", "--http2"],
-        cwd=REPO,
-        env=clean_env(),
-        capture_output=True,
-        text=True,
-        timeout=20,
-    )
+    result = python_c(code, HELLO, "--port", "0", "--lifespan", "off", "--http2")
     assert result.returncode == 3
     assert result.stderr.splitlines() == [
         "ERROR:    --http2 needs zttp: pip install 'fastserve[standard]' (or zttp)"
