@@ -10,17 +10,21 @@ import asyncio
 import base64
 import logging
 import os
+import threading
 from typing import Any
 
+import h2.errors
+import h2.events
 import pytest
 from websockets.frames import Frame, Opcode
 
+from fastserve.protocols.h2 import H2Protocol
 from fastserve.protocols.websocket import OPEN
 from tests.apps.core_apps import Probe
 from tests.apps.ws_apps import RawWS, flooder
-from tests.helpers import Serve, error_log, stalled, wait_until
+from tests.helpers import Serve, error_log, loop_held, settle, stalled, wait_until
 from tests.test_http2 import H2Client
-from tests.test_http2_websocket import WS, with_http
+from tests.test_http2_websocket import WS, h2_reading_paused, with_http, ws_echo
 
 BIG = 16 * 1024 * 1024  # far more than the kernel's socket buffers on loopback hold
 
@@ -220,3 +224,132 @@ def test_the_graceful_timeout_drops_a_refused_handshake_still_flushing(serve: Se
                 pass
         except ConnectionResetError:
             pass
+
+
+# -- HTTP/2: the WebSocket stream's end (h2.py H2WebSocket) ----------------------------------------
+
+
+@pytest.mark.timeout(30)
+def test_a_websocket_that_ends_while_its_app_lags_gives_the_connection_back(
+    serve: Serve, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--ws-max-queue 1 and an app that does not receive: the HTTP/2 connection stops reading
+    (every stream waits). The app closes; the client's answer cannot be read, so the close
+    timeout resets the stream. The connection reads again: a request on it is answered."""
+    from fastserve.protocols import websocket
+
+    monkeypatch.setattr(websocket, "CLOSE_TIMEOUT", 0.2)
+    release, probe = threading.Event(), Probe()
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await receive()
+        await send({"type": "websocket.accept"})
+        while not release.is_set():
+            await asyncio.sleep(0.005)
+        await send({"type": "websocket.close", "code": 1000})
+        probe.put("closed")
+
+    with serve(with_http(app), ws_max_queue=1, ws_per_message_deflate=False) as srv:
+        client = H2Client(srv.port)
+        ws = WS(client)
+        assert ws.head()[":status"] == "200"
+        ws.send_text("fills the queue")
+        wait_until(lambda: h2_reading_paused(srv), "the connection to stop reading")
+        release.set()
+        assert probe.get() == "closed"
+        assert ws.close_frame().code == 1000
+        assert ws.until_reset() == h2.errors.ErrorCodes.CANCEL
+        headers, _ = client.response(client.request("/after"))
+        assert headers[":status"] == "200"
+        client.close()
+
+
+@pytest.mark.timeout(30)
+def test_end_stream_ends_the_websocket_once(serve: Serve) -> None:
+    """The client's END_STREAM ends the WebSocket (and our side of the stream) once: one
+    "connection closed" debug line, one disconnect for the app."""
+    probe = Probe()
+    with serve(ws_echo(probe), log_level="debug") as srv:
+        state = srv.server.state
+        assert state is not None and state.log_connections
+        with error_log(logging.DEBUG) as records:
+            client = H2Client(srv.port)
+            ws = WS(client)
+            assert probe.get()["type"] == "websocket"
+            ws.end()
+            assert probe.get() == {"type": "websocket.disconnect", "code": 1006, "reason": ""}
+            ws.until_ended()
+            wait_until(
+                lambda: not any(type(c).__name__ == "WebSocketProtocol" for c in state.connections),
+                "the WebSocket to be gone",
+            )
+            settle(srv)
+            closed = [r for r in records if "WebSocket connection closed" in r.getMessage()]
+            client.close()
+    assert len(closed) == 1, [r.getMessage() for r in closed]
+
+
+@pytest.mark.timeout(30)
+def test_a_denial_body_after_the_client_reset_the_stream_raises(serve: Serve) -> None:
+    """A denial response (403) whose body waits for the client's window; the client's
+    WINDOW_UPDATE and RST_STREAM are read in one pass, so the app's next piece of body meets a
+    stream that is gone: send() raises OSError (ASGI 2.4), saying the client disconnected, as
+    for any request."""
+    probe = Probe()
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await receive()
+        await send({"type": "websocket.http.response.start", "status": 403, "headers": []})
+        try:
+            for piece in (b"x" * 100, b"y"):
+                body = {"type": "websocket.http.response.body", "body": piece, "more_body": True}
+                await send(body)
+                probe.put(piece[:1])
+        except OSError as exc:
+            probe.put(str(exc))
+
+    with serve(with_http(app)) as srv:
+        client = H2Client(srv.port, window=10)
+        ws = WS(client)
+        assert ws.head()[":status"] == "403"
+        client.until(h2.events.DataReceived, ws.stream_id)  # 10 bytes: the window
+        with loop_held(srv, client.sock):
+            client.conn.increment_flow_control_window(90, ws.stream_id)
+            client.conn.reset_stream(ws.stream_id)
+            client.flush()
+        assert probe.get() == b"x"  # the window came: the first piece is out
+        assert probe.get() == "client disconnected"
+        client.close()
+
+
+# -- HTTP/2: reading resumes with writing (h2.py H2Protocol.resume_writing) ----------------------
+
+
+@pytest.mark.timeout(60)
+def test_an_http2_connection_reads_again_once_the_client_read_what_was_held(serve: Serve) -> None:
+    """A client that reads slowly: the response fills the server's write buffer, so the
+    connection stops reading too (h2.py pause_writing). Once the client has read it all, the
+    connection reads again: the next request on it is answered."""
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        body = b"b" * BIG if scope["path"] == "/big" else b"after"
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": body})
+
+    with serve(app) as srv:
+        state = srv.server.state
+        assert state is not None
+        client = H2Client(srv.port, window=2**31 - 1, receive_buffer=16384)
+        client.conn.increment_flow_control_window(2**31 - 1 - 65535)
+        first = client.request("/big")
+        wait_until(
+            lambda: any(isinstance(c, H2Protocol) and c.write_paused for c in state.connections),
+            "the server's write buffer to fill",
+        )
+        (conn,) = [c for c in state.connections if isinstance(c, H2Protocol)]
+        assert conn.read_paused  # (what makes the next request wait)
+        headers, body = client.response(first)
+        assert (headers[":status"], len(body)) == ("200", BIG)
+        headers, body = client.response(client.request("/after"))
+        assert (headers[":status"], body) == ("200", b"after")
+        client.close()
