@@ -1,0 +1,51 @@
+"""Mutants of the code changed since the last mutation pass of http1.py, cycle.py and
+request.py (session 14, helper-40): each test kills mutants the existing tests let live.
+Real servers over real sockets, raw bytes where the protocol matters."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from tests.helpers import Serve, Wire, request, sent_and_read
+
+
+async def where_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """Answers with the scope's addresses."""
+    body = json.dumps({"client": scope["client"], "server": scope["server"]}).encode()
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": body})
+
+
+def test_a_proxy_header_without_addresses_leaves_both_addresses_to_the_socket(
+    serve: Serve,
+) -> None:
+    """PROXY UNKNOWN hands the connection over with no addresses (proxy_protocol.hand_over:
+    no listener's `local` either), so connection_made asks the transport for both: the scope's
+    `client` is the peer's address, its `server` the socket's own. Kills connection_made
+    9-13 (client) and 15-19 (the sockname branch no other test reaches: every other
+    connection gets the listener's fixed address)."""
+    with serve(where_app, proxy_protocol=True) as srv, srv.connect() as sock:
+        sock.sendall(b"PROXY UNKNOWN\r\n")
+        wire = Wire(sock)
+        wire.send(request("/"))
+        seen = json.loads(wire.response().body)
+        assert seen["client"] == ["127.0.0.1", sock.getsockname()[1]]
+        assert seen["server"] == ["127.0.0.1", srv.port]
+
+
+async def hello_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": b"hello"})
+
+
+def test_a_first_head_split_over_two_reads_is_answered(serve: Serve) -> None:
+    """The first read of a new connection holds half a head: arm_after_first_read arms the
+    head deadline from `deadline` (now + --timeout-request-header). Kills data_received 11
+    (the deadline set in the past: the timer fires at once and answers 408)."""
+    with serve(hello_app, timeout_request_header=30) as srv, srv.connect() as sock:
+        sent_and_read(sock, b"GET / HTTP/1.1\r\n")
+        wire = Wire(sock)
+        wire.send(b"Host: x\r\n\r\n")
+        response = wire.response()
+        assert response.status == 200 and response.body == b"hello"
