@@ -5,8 +5,10 @@ Real servers over real sockets, raw bytes where the protocol matters."""
 from __future__ import annotations
 
 import json
+import socket
 from typing import Any
 
+from tests.apps.core_apps import Probe
 from tests.helpers import Serve, Wire, request, sent_and_read
 
 
@@ -49,3 +51,35 @@ def test_a_first_head_split_over_two_reads_is_answered(serve: Serve) -> None:
         wire.send(b"Host: x\r\n\r\n")
         response = wire.response()
         assert response.status == 200 and response.body == b"hello"
+
+
+def pipelined_app(probe: Probe) -> Any:
+    """`/first` answers at once; `/second` reads its (empty) body, then waits, unanswered,
+    for the disconnect and reports it."""
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await receive()
+        if scope["path"] == "/second":
+            probe.put("second started")
+            probe.put((await receive())["type"])
+            return
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"first"})
+
+    return app
+
+
+def test_a_request_started_from_the_pipeline_hears_its_client_reset(serve: Serve) -> None:
+    """Two requests in one packet: the second waits in the pipeline and cycle_done starts it
+    when the first ends (`self.cycle = nxt`). The client then resets the connection:
+    connection_lost tells the running cycle, whose app (not answered yet) sees
+    `http.disconnect`. Kills cycle_done 40 (`self.cycle = None`: the started request is no
+    one's, connection_lost tells nobody, and the app's receive() never returns)."""
+    probe = Probe()
+    with serve(pipelined_app(probe)) as srv, srv.connect() as sock:
+        sock.sendall(request("/first") + request("/second"))
+        assert Wire(sock).response().body == b"first"
+        assert probe.get() == "second started"
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00" * 2)
+        sock.close()  # a reset
+        assert probe.get(timeout=10) == "http.disconnect"
