@@ -8,6 +8,8 @@ import json
 import socket
 from typing import Any
 
+from fastserve.state import GC_OBJECTS_PER_REQUEST, GC_THRESHOLD
+from tests.apps.cli_procs import ServerProcess, fastserve_cmd
 from tests.apps.core_apps import Probe
 from tests.helpers import Serve, Wire, request, sent_and_read
 
@@ -83,3 +85,25 @@ def test_a_request_started_from_the_pipeline_hears_its_client_reset(serve: Serve
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00" * 2)
         sock.close()  # a reset
         assert probe.get(timeout=10) == "http.disconnect"
+
+
+def test_the_young_generation_grows_at_the_first_request_past_the_watermark() -> None:
+    """--gc-tune (the default): the watermark starts at GC_THRESHOLD // (2 * per request)
+    (109); admit raises the threshold once MORE requests than that are in flight, to twice
+    what they hold: 110 together read 2 * 32 * 110 = 7040. Kills admit 31 (`>=`: the raise
+    comes at 109, wants 6976 < 7000 and sets nothing, and moves the watermark to 218, so 110
+    together read 7000) and 32 (`grow_gc_room(None)`: a TypeError at the 110th)."""
+    watermark = GC_THRESHOLD // (2 * GC_OBJECTS_PER_REQUEST)
+    together = watermark + 1
+    cmd = fastserve_cmd("tests.apps.core_apps:gc_threshold_app", "--port", "0")
+    with ServerProcess(cmd) as server:
+        host, port = server.url().removeprefix("http://").rsplit(":", 1)
+        socks = [socket.create_connection((host, int(port)), timeout=20) for _ in range(together)]
+        try:
+            for sock in socks:
+                sock.sendall(f"GET /together?n={together} HTTP/1.1\r\nHost: t\r\n\r\n".encode())
+            during = {int(Wire(sock).response(timeout=20).body) for sock in socks}
+        finally:
+            for sock in socks:
+                sock.close()
+    assert during == {2 * GC_OBJECTS_PER_REQUEST * together}
