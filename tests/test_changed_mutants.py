@@ -11,7 +11,15 @@ from typing import Any
 from fastserve.state import GC_OBJECTS_PER_REQUEST, GC_THRESHOLD
 from tests.apps.cli_procs import ServerProcess, fastserve_cmd
 from tests.apps.core_apps import Probe
-from tests.helpers import Serve, Wire, request, sent_and_read
+from tests.helpers import (
+    Serve,
+    Wire,
+    error_log,
+    request,
+    sent_and_read,
+    until_closed,
+    wait_until,
+)
 
 
 async def where_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -107,3 +115,24 @@ def test_the_young_generation_grows_at_the_first_request_past_the_watermark() ->
             for sock in socks:
                 sock.close()
     assert during == {2 * GC_OBJECTS_PER_REQUEST * together}
+
+
+def test_a_connection_closed_without_an_error_is_logged_as_closed(serve: Serve) -> None:
+    """--log-level debug: a connection whose request said `Connection: close` ends cleanly,
+    and its last line says "connection closed", never "reset". Kills connection_lost 5
+    ("reset" whatever `exc`), 9 and 10 (the word changed)."""
+    with serve(hello_app, log_level="debug") as srv, error_log() as records:
+        with srv.connect() as sock:
+            port = sock.getsockname()[1]
+            sock.sendall(request("/", headers="Connection: close\r\n"))
+            assert until_closed(sock).startswith(b"HTTP/1.1 200 ")
+
+        def lines() -> list[str]:
+            mine = f"127.0.0.1:{port} - connection "
+            return [r.getMessage() for r in list(records) if r.getMessage().startswith(mine)]
+
+        wait_until(lambda: len(lines()) == 2, "the open and the close lines")
+    assert lines() == [
+        f"127.0.0.1:{port} - connection open",
+        f"127.0.0.1:{port} - connection closed",
+    ]
