@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import socket
+from pathlib import Path
 from typing import Any
 
 from fastserve.state import GC_OBJECTS_PER_REQUEST, GC_THRESHOLD
@@ -136,3 +137,26 @@ def test_a_connection_closed_without_an_error_is_logged_as_closed(serve: Serve) 
         f"127.0.0.1:{port} - connection open",
         f"127.0.0.1:{port} - connection closed",
     ]
+
+
+def test_a_unix_socket_connection_is_logged_without_an_address(
+    serve: Serve, tmp_path: Path
+) -> None:
+    """A UNIX socket's peer has no (host, port) (`client` is None): the connection lines
+    say "-:0". Kills connection_lost 19 ("XX-XX") and 20 (port 1)."""
+    path = str(tmp_path / "s.sock")
+    with (
+        serve(hello_app, uds=path, log_level="debug") as _srv,
+        error_log() as records,
+        socket.socket(socket.AF_UNIX) as sock,
+    ):
+        sock.settimeout(5)
+        sock.connect(path)
+        sock.sendall(request("/", headers="Connection: close\r\n"))
+        assert until_closed(sock).startswith(b"HTTP/1.1 200 ")
+
+        def lines() -> list[str]:
+            return [r.getMessage() for r in list(records) if " - connection " in r.getMessage()]
+
+        wait_until(lambda: len(lines()) == 2, "the open and the close lines")
+    assert lines() == ["-:0 - connection open", "-:0 - connection closed"]
