@@ -5,6 +5,7 @@ Real servers over real sockets, raw bytes where the protocol matters."""
 from __future__ import annotations
 
 import json
+import logging
 import socket
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from tests.helpers import (
     request,
     sent_and_read,
     until_closed,
+    wait_in_flight,
     wait_until,
 )
 
@@ -160,3 +162,35 @@ def test_a_unix_socket_connection_is_logged_without_an_address(
 
         wait_until(lambda: len(lines()) == 2, "the open and the close lines")
     assert lines() == ["-:0 - connection open", "-:0 - connection closed"]
+
+
+def holding_app(probe: Probe) -> Any:
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await probe.wait_release()
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"held"})
+
+    return app
+
+
+def test_a_fin_inside_the_body_of_a_refused_request_closes_without_an_error(
+    serve: Serve,
+) -> None:
+    """--limit-concurrency 1, one request held: a second connection's POST is refused (503)
+    while its body is still on its way, so it is the request being read but neither the
+    running one nor a pipelined one. The client's FIN then: eof_received returns None (the
+    transport closes), nothing logged at ERROR. Kills eof_received 4 (`... or broken in
+    self.pipeline`: `pipeline.remove()` of a request never queued raises ValueError out of
+    eof_received, which the event loop logs as a fatal error)."""
+    probe = Probe()
+    with serve(holding_app(probe), limit_concurrency=1) as srv, srv.connect() as held:
+        held.sendall(request("/"))
+        wait_in_flight(srv)
+        with error_log(name="asyncio") as records, srv.connect() as sock:
+            sock.sendall(request("/", "POST", "Content-Length: 10\r\n", b"abc"))
+            assert Wire(sock).response().status == 503
+            sock.shutdown(socket.SHUT_WR)
+            until_closed(sock)
+            probe.release.set()
+            assert Wire(held).response().body == b"held"
+        assert [r.getMessage() for r in records if r.levelno >= logging.ERROR] == []
