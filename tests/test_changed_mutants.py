@@ -194,3 +194,27 @@ def test_a_fin_inside_the_body_of_a_refused_request_closes_without_an_error(
             probe.release.set()
             assert Wire(held).response().body == b"held"
         assert [r.getMessage() for r in records if r.levelno >= logging.ERROR] == []
+
+
+def test_a_connection_refused_a_request_under_the_concurrency_limit_serves_the_next(
+    serve: Serve,
+) -> None:
+    """--limit-concurrency 1, one request held: another connection's GET gets the 503 and the
+    connection stays (admit's cycle_done(cycle): the refused exchange is complete, keep-alive);
+    once the held one is answered, that connection's next request is served, and nothing is
+    logged at ERROR. Kills admit 13 (`cycle_done(None)`: an AttributeError out of the parser
+    callback, "Exception while parsing a request" and the connection closed)."""
+    probe = Probe()
+    with serve(holding_app(probe), limit_concurrency=1) as srv, srv.connect() as held:
+        held.sendall(request("/"))
+        wait_in_flight(srv)
+        with error_log() as records, srv.connect() as sock:
+            wire = Wire(sock)
+            wire.send(request("/"))
+            assert wire.response().status == 503
+            probe.release.set()
+            assert Wire(held).response().body == b"held"
+            wait_in_flight(srv, 0)
+            wire.send(request("/"))
+            assert wire.response().body == b"held"
+        assert [r.getMessage() for r in records if r.levelno >= logging.ERROR] == []
