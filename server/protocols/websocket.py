@@ -655,8 +655,12 @@ class WebSocketProtocol(FlowControl, Channel):
                 self.close(CloseCode.GOING_AWAY, "server shutdown")
 
     def cancel(self) -> None:
-        """The graceful timeout passed: drop the connection. (The server cancels the app's
-        task itself, with every task in `state.tasks`, right after.)"""
+        """The graceful timeout passed: cancel the app and drop the connection. (The server
+        cancels every task in `state.tasks` right after, this one too; cancelling it here
+        first makes the app's CancelledError come before connection_lost, so it is logged as
+        a cancellation, not as an app that raised after the client left.)"""
+        if self.task is not None and not self.task.done():
+            self.task.cancel()
         if self.phase != CLOSED:
             self.transport.abort()
 
