@@ -19,7 +19,7 @@ import pytest
 from websockets.frames import Frame, Opcode
 
 from fastserve.protocols.h2 import H2Protocol
-from fastserve.protocols.websocket import OPEN
+from fastserve.protocols.websocket import OPEN, WebSocketProtocol
 from tests.apps.core_apps import Probe
 from tests.apps.ws_apps import RawWS, flooder
 from tests.helpers import Serve, error_log, loop_held, settle, stalled, wait_until
@@ -35,6 +35,11 @@ def upgrade_request(version: bytes = b"13") -> bytes:
         b"GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
         b"Sec-WebSocket-Key: %s\r\nSec-WebSocket-Version: %s\r\n\r\n" % (key, version)
     )
+
+
+def websockets_of(state: Any) -> list[WebSocketProtocol]:
+    """The server's WebSocket connections, as the test thread sees them."""
+    return [c for c in list(state.connections) if isinstance(c, WebSocketProtocol)]
 
 
 # -- on_close_timeout: the peer never answers our Close -------------------------------------------
@@ -184,7 +189,7 @@ def test_a_websocket_upgraded_behind_an_unread_response_waits_to_send(serve: Ser
         wait_until(lambda: state.in_flight == 0, "the HTTP exchange to end")
         sock.sendall(upgrade_request())  # and reads nothing
         wait_until(
-            lambda: any(getattr(c, "phase", None) == OPEN for c in state.connections),
+            lambda: any(ws.phase == OPEN for ws in websockets_of(state)),
             "the app to accept",
         )
         sent = stalled(srv, lambda: probe.counter, "the app's send() calls to stop returning")
@@ -212,7 +217,7 @@ def test_the_graceful_timeout_drops_a_refused_handshake_still_flushing(serve: Se
         wait_until(lambda: state.in_flight == 0, "the HTTP exchange to end")
         sock.sendall(upgrade_request(b"12"))
         wait_until(
-            lambda: any(type(c).__name__ == "WebSocketProtocol" for c in state.connections),
+            lambda: bool(websockets_of(state)),
             "the handshake to reach the WebSocket protocol",
         )
         srv.stop()
@@ -280,7 +285,7 @@ def test_end_stream_ends_the_websocket_once(serve: Serve) -> None:
             assert probe.get() == {"type": "websocket.disconnect", "code": 1006, "reason": ""}
             ws.until_ended()
             wait_until(
-                lambda: not any(type(c).__name__ == "WebSocketProtocol" for c in state.connections),
+                lambda: not websockets_of(state),
                 "the WebSocket to be gone",
             )
             settle(srv)
