@@ -611,7 +611,12 @@ class H2Protocol(FlowControl):
                         self.close()
                 elif kind is zttp.ConnectionClosed:
                     self.close()
-                    break
+                if self.closed:
+                    # Closed by this event's handler (a flood's GOAWAY, the peer's end): the
+                    # rest of the read is dropped, as bytes after a close would be. Going on
+                    # would log a flood once per frame left and start apps on a closed
+                    # connection.
+                    return
             if self.self_dependent:
                 self.self_dependence_errors()
             if self.overflowed:
@@ -1148,10 +1153,19 @@ class H2Protocol(FlowControl):
         self.go_away()
 
     def cancel(self) -> None:
+        """The graceful timeout passed: cancel the running apps, then close. The close waits
+        a loop pass, behind the cancelled tasks' wake-ups: each app's CancelledError then
+        arrives while its request is still connected and is logged as a cancellation (as
+        over HTTP/1.1), not as an exception raised after the client disconnected."""
+        cancelled = False
         for stream in list(self.streams.values()):
             if stream.cycle is not None and stream.cycle.task is not None:
                 stream.cycle.task.cancel()
-        self.close()
+                cancelled = True
+        if cancelled:
+            self.state.loop.call_soon(self.close)
+        else:
+            self.close()
 
 
 def spend(level: float, since: float, now: float, burst: float, rate: float) -> float:
