@@ -16,8 +16,9 @@ import pytest
 from fastserve.protocols import h2 as h2_module
 from fastserve.protocols.h2 import RESET_BURST, spend
 from tests.apps.core_apps import Probe, Receive, Scope, Send
-from tests.helpers import Serve, error_log
+from tests.helpers import Serve, error_log, wait_until
 from tests.test_http2 import H2Client, close_clients, echo_app  # noqa: F401 (the fixture)
+from tests.test_http2_flow import connection
 from tests.test_http2_websocket import WS
 
 pytest.importorskip("zttp")
@@ -93,3 +94,68 @@ def test_the_graceful_timeout_with_an_http2_websocket_open_stops_the_server(
     lines = [(r.levelno, r.getMessage()) for r in records]
     assert (logging.WARNING, "graceful shutdown timed out: cancelling 1 tasks") in lines, lines
     assert [r for r in records if r.levelno >= logging.ERROR] == [], lines
+
+
+async def reads_or_not(scope: Scope, receive: Receive, send: Send) -> None:
+    """/read: reads the whole body, then answers; /started: answers its head, then reads the
+    body; /early: answers without reading it."""
+    start = {"type": "http.response.start", "status": 200, "headers": []}
+    if scope["path"] == "/started":
+        await send(start)
+        await send({"type": "http.response.body", "body": b"started", "more_body": True})
+    if scope["path"] != "/early":
+        while (await receive()).get("more_body"):
+            pass
+    if scope["path"] != "/started":
+        await send(start)
+    await send({"type": "http.response.body", "body": b"done"})
+
+
+def test_a_connections_window_books_are_emptied_as_its_streams_end(serve: Serve) -> None:
+    """Each stream's receive window (`windows`) and the credit it is still owed (`owed`) go
+    when it ends: by END_STREAM with credit owed, and by the server's reset (a body over the
+    limit after the response's head). Checked while another stream keeps the connection busy
+    (an idle connection starts its books afresh): one that is never idle, for thousands of
+    streams, keeps no entry per ended one."""
+    with serve(reads_or_not, limit_request_body=1000) as srv:
+        client = H2Client(srv.port)
+        conn = connection(srv)
+        busy = client.request("/read", "POST", open_body=True)  # ended last
+        read = client.request("/read", "POST", open_body=True)
+        client.conn.send_data(read, b"x" * 100)
+        client.flush()
+        # Taken by the app: owed, under half a window (no WINDOW_UPDATE yet).
+        wait_until(lambda: conn.owed.get(read) == 100, "the credit owed")
+        client.conn.send_data(read, b"", end_stream=True)
+        client.flush()
+        assert client.response(read)[1] == b"done"
+        wait_until(lambda: read not in conn.windows, "the window dropped")
+        assert read not in conn.owed
+        over = client.request("/started", "POST", open_body=True)
+        client.until(h2.events.ResponseReceived, over)
+        client.conn.send_data(over, b"x" * 1001)
+        client.flush()
+        client.until(h2.events.StreamReset, over)
+        wait_until(lambda: over not in conn.windows, "the window dropped after a reset")
+        assert over not in conn.owed
+        assert list(conn.windows) == [busy]
+        client.conn.send_data(busy, b"", end_stream=True)
+        client.flush()
+        assert client.response(busy)[1] == b"done"
+        client.close()
+
+
+def test_a_body_left_unread_is_credited_back_when_its_stream_is_done(serve: Serve) -> None:
+    """The app answered without reading the body, whose stream the client has not ended: the
+    bytes it never took are dropped with the request, and the stream's window gets them back
+    (one WINDOW_UPDATE: more than half a window), so the client is not left stalled."""
+    with serve(reads_or_not) as srv:
+        client = H2Client(srv.port)
+        early = client.request("/early", "POST", open_body=True)
+        for _ in range(4):
+            client.conn.send_data(early, b"x" * 10_000)
+        client.flush()
+        assert client.response(early)[1] == b"done"
+        update = client.until(h2.events.WindowUpdated, early)
+        assert update.delta == 40_000
+        client.close()
