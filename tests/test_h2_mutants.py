@@ -1212,8 +1212,9 @@ def get_batch(raw: RawH2, f: Frames, streams: range) -> None:
 @pytest.mark.timeout(90)
 def test_a_connection_is_retired_after_its_4000th_stream_not_before() -> None:
     """3,999 GETs (in batches of 100) are served with no GOAWAY; the 4,000th is served,
-    then the first GOAWAY of the retirement (NO_ERROR, 2^31-1) comes."""
-    with run_server(app) as srv:
+    then the first GOAWAY of the retirement (NO_ERROR, 2^31-1) comes. (A long keep-alive
+    timeout: the idle connection's GOAWAY, the same frame, must not stand in for it.)"""
+    with run_server(app, timeout_keep_alive=60) as srv:
         raw = RawH2(srv.port)
         OPEN.append(raw)
         f = Frames()
@@ -1260,14 +1261,17 @@ def test_an_extended_connect_that_ends_its_stream_at_once_is_cancelled() -> None
 
 
 @pytest.mark.timeout(30)
-def test_an_upload_without_expect_gets_no_100_continue() -> None:
+@pytest.mark.parametrize("extra", [[], [("x-note", "100-continue")]])
+def test_an_upload_without_expect_gets_no_100_continue(extra: list[tuple[str, str]]) -> None:
     """A POST without `expect: 100-continue` whose app waits in receive() before its body
-    comes: no 100 is sent; the stream's only HEADERS are the response's (200)."""
+    comes: no 100 is sent; the stream's only HEADERS are the response's (200). (Also with
+    that value in another field: only an `expect` field asks.)"""
     with run_server(app) as srv:
         raw = RawH2(srv.port)
         OPEN.append(raw)
         f = Frames()
-        read_alone(raw, f.post(1, "/"))
+        fields = [(":method", "POST"), (":scheme", "http"), (":path", "/"), (":authority", "t")]
+        read_alone(raw, frame(HEADERS, END_HEADERS, 1, f.block(fields + extra)))
         conn = connection(srv)
 
         def waiting() -> bool:
