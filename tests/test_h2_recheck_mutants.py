@@ -148,7 +148,8 @@ def test_a_connections_window_books_are_emptied_as_its_streams_end(serve: Serve)
 def test_a_body_left_unread_is_credited_back_when_its_stream_is_done(serve: Serve) -> None:
     """The app answered without reading the body, whose stream the client has not ended: the
     bytes it never took are dropped with the request, and the stream's window gets them back
-    (one WINDOW_UPDATE: more than half a window), so the client is not left stalled."""
+    (one WINDOW_UPDATE: more than half a window), so the client is not left stalled; so do
+    the bytes it sends after that."""
     with serve(reads_or_not) as srv:
         client = H2Client(srv.port)
         early = client.request("/early", "POST", open_body=True)
@@ -158,4 +159,10 @@ def test_a_body_left_unread_is_credited_back_when_its_stream_is_done(serve: Serv
         assert client.response(early)[1] == b"done"
         update = client.until(h2.events.WindowUpdated, early)
         assert update.delta == 40_000
+        # More of the body after the request is done: dropped and credited at once.
+        client.events.clear()
+        for _ in range(4):
+            client.conn.send_data(early, b"x" * 10_000)
+        client.flush()
+        assert client.until(h2.events.WindowUpdated, early).delta == 40_000
         client.close()
