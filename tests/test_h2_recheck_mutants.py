@@ -1,8 +1,9 @@
 """Tests written for the h2.py mutants that survived when session 15 ran again, one at a time,
 the mutants whose kills had come from mutmut's own runner (issue 16): the rapid-reset budget
 (its exact size and its refill; test_http2.py's rapid-reset test checks the line that names
-it) and what the graceful timeout cancels on an HTTP/2 connection. docs/testing.md lists
-which mutant each one kills."""
+it), what the graceful timeout cancels on an HTTP/2 connection, and the receive-window books
+as streams end (entries dropped, unread bytes credited back). docs/testing.md lists which
+mutant each one kills."""
 
 from __future__ import annotations
 
