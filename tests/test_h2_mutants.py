@@ -1271,7 +1271,7 @@ def test_an_upload_without_expect_gets_no_100_continue(extra: list[tuple[str, st
         OPEN.append(raw)
         f = Frames()
         fields = [(":method", "POST"), (":scheme", "http"), (":path", "/"), (":authority", "t")]
-        read_alone(raw, frame(HEADERS, END_HEADERS, 1, f.block(fields + extra)))
+        read_alone(raw, f.fields(fields + extra, END_HEADERS))
         conn = connection(srv)
 
         def waiting() -> bool:
